@@ -1,0 +1,92 @@
+//! The typed errors every front end reports, with the codes of SPEC §5.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::rules::authorize::{Denial, Rule};
+use crate::store::StoreError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    Forbidden,
+    ScopeExceedsParent,
+    Conflict,
+    LimitExceeded,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ScopeExceedsParent => "scope_exceeds_parent",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A failure a caller can act on: a code and a one-line message that never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::NotFound, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::Forbidden, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::Conflict, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        tracing::error!(error = %e, "storage failure");
+        Error::new(ErrorCode::Internal, e.to_string())
+    }
+}
+
+impl From<Denial> for Error {
+    fn from(d: Denial) -> Error {
+        let code = match d.rule {
+            Rule::RateLimited => ErrorCode::RateLimited,
+            Rule::UsesExhausted => ErrorCode::LimitExceeded,
+            _ => ErrorCode::Forbidden,
+        };
+        Error::new(code, d.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

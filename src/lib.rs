@@ -1,0 +1,20 @@
+//! tokenwarden: an MCP server that manages access tokens as MCP tools and enforces them.
+//!
+//! The layers, from the inside out:
+//!
+//! - [`secret`], [`timestamp`], [`record`] and [`rules`]: plain data and pure functions. The
+//!   secret format, tool patterns, CIDR ranges, attenuation and the one authorisation
+//!   decision ([`rules::authorize::authorize`]) live here, with no I/O.
+//! - [`store`]: the only code that touches sled, with the in-memory cache of hot records.
+//! - [`service`]: the operations every front end calls (create, scope, revoke, …), enforcing
+//!   management reach and attenuation and flushing changes before they return.
+//! - The front ends are thin adapters over [`service::Service`].
+
+pub mod audit;
+pub mod error;
+pub mod record;
+pub mod rules;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod timestamp;

@@ -1,0 +1,304 @@
+//! Bearer secrets and token ids (SPEC §2).
+//!
+//! A secret is `mcp_` + 30 random base62 characters + 6 base62 characters of the CRC32 of those
+//! 30. The checksum lets us reject typos and garbage before touching storage. The store keeps
+//! only the BLAKE3 hash; the plaintext exists in memory only while a request is being answered.
+
+use std::fmt;
+
+use rand::TryRng;
+use rand::rngs::SysRng;
+use serde::{Deserialize, Serialize};
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub const SECRET_PREFIX: &str = "mcp_";
+const RANDOM_LEN: usize = 30;
+const CHECKSUM_LEN: usize = 6;
+pub const SECRET_LEN: usize = SECRET_PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
+pub const ID_PREFIX: &str = "tok_";
+const ID_RANDOM_LEN: usize = 24;
+pub const ID_LEN: usize = ID_PREFIX.len() + ID_RANDOM_LEN;
+
+/// Why a presented string is not a well-formed secret. Never carries the string itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretError {
+    Prefix,
+    Length,
+    Alphabet,
+    Checksum,
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretError::Prefix => "malformed token: it must start with mcp_",
+            SecretError::Length => "malformed token: it must be 40 characters long",
+            SecretError::Alphabet => "malformed token: it may contain only base62 characters",
+            SecretError::Checksum => "malformed token: checksum mismatch",
+        })
+    }
+}
+
+impl std::error::Error for SecretError {}
+
+/// A syntactically valid secret. Its `Debug` output is masked so it cannot leak through logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// The BLAKE3 hash of a secret: what the store keeps and looks up.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretHash({})", blake3::Hash::from(self.0).to_hex())
+    }
+}
+
+impl Secret {
+    /// A fresh secret from the operating system's RNG.
+    pub fn generate() -> Secret {
+        let mut s = String::with_capacity(SECRET_LEN);
+        s.push_str(SECRET_PREFIX);
+        let random = random_base62(RANDOM_LEN);
+        s.push_str(&random);
+        s.push_str(&checksum(random.as_bytes()));
+        Secret(s)
+    }
+
+    /// Validates prefix, length, alphabet and checksum, in that order, without any I/O.
+    pub fn parse(presented: &str) -> Result<Secret, SecretError> {
+        let Some(body) = presented.strip_prefix(SECRET_PREFIX) else {
+            return Err(SecretError::Prefix);
+        };
+        if body.len() != RANDOM_LEN + CHECKSUM_LEN {
+            return Err(SecretError::Length);
+        }
+        if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(SecretError::Alphabet);
+        }
+        let (random, sum) = body.split_at(RANDOM_LEN);
+        if checksum(random.as_bytes()) != sum {
+            return Err(SecretError::Checksum);
+        }
+        Ok(Secret(presented.to_owned()))
+    }
+
+    /// The full secret. Call only to hand it to its owner once (create/rotate results).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> SecretHash {
+        SecretHash(*blake3::hash(self.0.as_bytes()).as_bytes())
+    }
+
+    /// `mcp_` + first 4 random characters + `…` + last 4 characters.
+    pub fn masked(&self) -> String {
+        let random = &self.0[SECRET_PREFIX.len()..SECRET_PREFIX.len() + 4];
+        format!("{SECRET_PREFIX}{random}…{}", self.last4())
+    }
+
+    pub fn last4(&self) -> &str {
+        &self.0[SECRET_LEN - 4..]
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.masked())
+    }
+}
+
+/// A token id: `tok_` + 24 base62 characters. Not secret; logs and audit name tokens by it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TokenId(String);
+
+impl TokenId {
+    pub fn generate() -> TokenId {
+        TokenId(format!("{ID_PREFIX}{}", random_base62(ID_RANDOM_LEN)))
+    }
+
+    pub fn parse(s: &str) -> Result<TokenId, String> {
+        let valid = s.len() == ID_LEN
+            && s.starts_with(ID_PREFIX)
+            && s[ID_PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric());
+        if valid {
+            Ok(TokenId(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid token id {:?}: expected tok_ followed by 24 letters or digits",
+                truncate_for_message(s)
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TokenId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        TokenId::parse(&s)
+    }
+}
+
+impl From<TokenId> for String {
+    fn from(id: TokenId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Shortens user input quoted back in an error message, so a huge value cannot bloat it.
+pub fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 48;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head}…")
+    }
+}
+
+/// Base62 characters drawn without modulo bias (rejection sampling) from the OS RNG.
+fn random_base62(len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        SysRng
+            .try_fill_bytes(&mut buf)
+            .expect("the operating system's random number generator failed");
+        for &b in &buf {
+            // 248 = 4 * 62: bytes at or above it would bias the low digits.
+            if b < 248 && out.len() < len {
+                out.push(ALPHABET[(b % 62) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+/// The CRC32 of `data` as exactly six base62 digits, most significant first.
+fn checksum(data: &[u8]) -> String {
+    let mut n = crc32fast::hash(data) as u64;
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for d in digits.iter_mut().rev() {
+        *d = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn generated_secrets_round_trip() {
+        for _ in 0..200 {
+            let s = Secret::generate();
+            assert_eq!(s.expose().len(), SECRET_LEN);
+            let parsed = Secret::parse(s.expose()).expect("a generated secret parses");
+            assert_eq!(parsed.hash(), s.hash());
+        }
+    }
+
+    #[test]
+    fn every_single_character_corruption_is_rejected() {
+        let s = Secret::generate();
+        let original = s.expose().as_bytes().to_vec();
+        for pos in 0..original.len() {
+            for &c in ALPHABET.iter().chain(b"_-!") {
+                if c == original[pos] {
+                    continue;
+                }
+                let mut corrupted = original.clone();
+                corrupted[pos] = c;
+                let text = String::from_utf8(corrupted).unwrap();
+                assert!(
+                    Secret::parse(&text).is_err(),
+                    "corruption at {pos} to {} accepted",
+                    c as char
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_each_malformation_with_its_reason() {
+        let s = Secret::generate();
+        let good = s.expose();
+        assert_eq!(Secret::parse(""), Err(SecretError::Prefix));
+        assert_eq!(
+            Secret::parse(&good.replacen("mcp_", "mcq_", 1)),
+            Err(SecretError::Prefix)
+        );
+        assert_eq!(Secret::parse(&good[..39]), Err(SecretError::Length));
+        assert_eq!(Secret::parse(&format!("{good}0")), Err(SecretError::Length));
+        let mut bad = good.to_owned();
+        bad.replace_range(10..11, "-");
+        assert_eq!(Secret::parse(&bad), Err(SecretError::Alphabet));
+    }
+
+    #[test]
+    fn masked_reveals_at_most_eight_random_characters() {
+        for _ in 0..100 {
+            let s = Secret::generate();
+            let masked = s.masked();
+            let random = &s.expose()[4..34];
+            let shown: String = masked.trim_start_matches("mcp_").replace('…', "");
+            assert_eq!(shown.len(), 8);
+            assert!(masked.starts_with(&format!("mcp_{}", &random[..4])));
+            assert!(masked.ends_with(s.last4()));
+            assert!(!masked.contains(&random[4..]));
+        }
+    }
+
+    #[test]
+    fn debug_output_is_masked() {
+        let s = Secret::generate();
+        assert!(!format!("{s:?}").contains(s.expose()));
+    }
+
+    #[test]
+    fn ids_are_well_formed() {
+        let id = TokenId::generate();
+        assert_eq!(id.as_str().len(), ID_LEN);
+        assert_eq!(TokenId::parse(id.as_str()), Ok(id));
+        assert!(TokenId::parse("tok_short").is_err());
+        assert!(TokenId::parse("../../etc/passwd").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,80}") {
+            let _ = Secret::parse(&s);
+            let _ = TokenId::parse(&s);
+        }
+
+        #[test]
+        fn only_checksummed_strings_parse(body in "[0-9A-Za-z]{36}") {
+            let candidate = format!("mcp_{body}");
+            let ok = Secret::parse(&candidate).is_ok();
+            prop_assert_eq!(ok, checksum(body[..30].as_bytes()) == body[30..]);
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! Operations that change tokens: create, update, scope, pause, resume, rotate, revoke, delete.
+//!
+//! Each runs under the write lock: read the current records, check reach and attenuation,
+//! build one `Change` (records, hashes, audit), apply it, then flush outside the lock.
+
+use std::sync::{Arc, MutexGuard};
+
+use serde_json::json;
+
+use super::requests::{
+    CreateToken, Deleted, Issued, Revoked, RotateToken, ScopeToken, TokenRef, UpdateToken,
+};
+use super::usage::{Guard, UsageTable};
+use super::{Acting, Caller, Service, validate};
+use crate::audit::AuditEvent;
+use crate::error::{Error, ErrorCode, Result};
+use crate::record::{EffectiveStatus, Status, TokenRecord, effective_status};
+use crate::rules::pattern::ToolPattern;
+use crate::rules::scope::{ALL, Scope, normalise_buckets, normalise_tools};
+use crate::secret::{Secret, TokenId};
+use crate::store::{Change, HashEntry};
+use crate::timestamp::Timestamp;
+
+const MAX_GRACE_SECONDS: i64 = 86_400;
+const DEFAULT_GRACE_SECONDS: i64 = 60;
+
+fn exceeds_parent(parent: &TokenId, fields: &[&str]) -> Error {
+    Error::new(
+        ErrorCode::ScopeExceedsParent,
+        format!(
+            "requested scope exceeds parent {parent} in: {}",
+            fields.join(", ")
+        ),
+    )
+}
+
+fn links(chain: &[Arc<TokenRecord>]) -> Vec<&TokenRecord> {
+    chain.iter().map(Arc::as_ref).collect()
+}
+
+impl Service {
+    /// Applies `change`, keeps the usage table in step, releases the locks and flushes.
+    fn commit(
+        &self,
+        write: MutexGuard<'_, ()>,
+        usage: Option<Guard<'_>>,
+        change: Change,
+    ) -> Result<()> {
+        let mut usage = usage.unwrap_or_else(|| self.usage.lock());
+        let remaining = change.remaining_updates();
+        let removed = change.removed_ids();
+        self.store.apply(change)?;
+        for (id, r) in remaining {
+            UsageTable::set_remaining(&mut usage, &id, r);
+        }
+        for id in removed {
+            UsageTable::forget(&mut usage, &id);
+        }
+        drop(usage);
+        drop(write);
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Refuses a change to a revoked token, and a token widening its own scope.
+    fn check_changeable(
+        &self,
+        acting: &Acting,
+        target: &TokenRecord,
+        new_scope: &Scope,
+        parent: Option<&TokenRecord>,
+    ) -> Result<()> {
+        if target.status == Status::Revoked {
+            return Err(Error::conflict(format!("token {} is revoked", target.id)));
+        }
+        if let Some(parent) = parent {
+            let fields = new_scope.fields_exceeding(&parent.scope);
+            if !fields.is_empty() {
+                return Err(exceeds_parent(&parent.id, &fields));
+            }
+        }
+        if acting.token().is_some_and(|me| me.id == target.id) {
+            let fields = new_scope.fields_exceeding(&target.scope);
+            if !fields.is_empty() {
+                return Err(Error::forbidden(format!(
+                    "token {} may not widen its own scope: {}",
+                    target.id,
+                    fields.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Narrows every descendant of `root` so that no stored scope exceeds its parent's,
+    /// adjusting remaining uses to the new limits.
+    fn clamp_descendants(
+        &self,
+        root: &TokenRecord,
+        usage: &mut Guard<'_>,
+        change: &mut Change,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let mut narrowed = 0;
+        let mut stack: Vec<(Scope, TokenId)> = self
+            .store
+            .children(&root.id)?
+            .into_iter()
+            .map(|c| (root.scope.clone(), c))
+            .collect();
+        while let Some((parent_scope, id)) = stack.pop() {
+            let Some(child) = self.store.get(&id)? else {
+                continue;
+            };
+            let clamped = child.scope.clamped_to(&parent_scope);
+            for grandchild in self.store.children(&id)? {
+                stack.push((clamped.clone(), grandchild));
+            }
+            if clamped != child.scope {
+                let remaining =
+                    self.remaining_after_limit_change(usage, &child, clamped.max_uses)?;
+                change.set_remaining(child.id.clone(), remaining);
+                let mut updated = (*child).clone();
+                updated.scope = clamped;
+                updated.updated_at = now;
+                change.put(Some(child), updated);
+                narrowed += 1;
+            }
+        }
+        Ok(narrowed)
+    }
+
+    /// Remaining uses when `max_uses` changes: uses already spent under the old limit stay spent.
+    fn remaining_after_limit_change(
+        &self,
+        usage: &mut Guard<'_>,
+        record: &TokenRecord,
+        new_max: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let old_max = record.scope.max_uses;
+        Ok(match (old_max, new_max) {
+            (_, None) => None,
+            (None, Some(new)) => Some(new),
+            (Some(old), Some(new)) => {
+                let remaining =
+                    UsageTable::remaining(usage, &self.store, &record.id)?.unwrap_or(old);
+                let spent = old.saturating_sub(remaining);
+                Some(new.saturating_sub(spent))
+            }
+        })
+    }
+
+    pub fn create_token(&self, caller: &Caller, req: CreateToken) -> Result<Issued> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let name = validate::name(&req.name)?;
+        let description = req
+            .description
+            .as_deref()
+            .map(validate::description)
+            .transpose()?;
+        let metadata = validate::metadata(req.metadata.unwrap_or_default())?;
+        let buckets = req
+            .buckets
+            .as_deref()
+            .map(|b| validate::buckets("buckets", b))
+            .transpose()?;
+        let tools = req
+            .tools
+            .as_deref()
+            .map(|t| validate::tools("tools", t))
+            .transpose()?;
+        let allowed_ips = req
+            .allowed_ips
+            .as_deref()
+            .map(validate::allowed_ips)
+            .transpose()?;
+        let expires_at = validate::expiry(req.expires_at.as_deref(), req.ttl_seconds, now)?;
+        let max_uses = req.max_uses.map(validate::max_uses).transpose()?;
+        let rate = req
+            .rate_limit_per_minute
+            .map(validate::rate_limit)
+            .transpose()?;
+
+        let write = self.lock_writes();
+        let parent_chain = match (req.parent.as_deref(), acting.token()) {
+            (Some("none"), _) | (None, None) => {
+                if !acting.is_owner_or_admin() {
+                    return Err(Error::forbidden(
+                        "only the owner or an admin token may create a root token (parent: none)",
+                    ));
+                }
+                None
+            }
+            (Some("self") | None, Some(me)) => Some(self.caller_chain(&me.id)?),
+            (Some("self"), None) => {
+                return Err(Error::invalid(
+                    "the owner has no token to be a parent: use parent \"none\" or a token id",
+                ));
+            }
+            (Some(id), _) => Some(self.load_in_reach(&acting, id)?),
+        };
+
+        let scope = match &parent_chain {
+            None => Scope {
+                environment: self.config.environment.clone(),
+                buckets: match buckets {
+                    Some(b) if !b.is_empty() => b,
+                    _ => vec![ALL.to_owned()],
+                },
+                tools: match tools {
+                    Some(t) if !t.is_empty() => t,
+                    _ => vec![ToolPattern::Any],
+                },
+                read_only: req.read_only.unwrap_or(false),
+                admin: req.admin.unwrap_or(false),
+                allowed_ips: allowed_ips.unwrap_or_default(),
+                expires_at,
+                max_uses,
+                rate_limit_per_minute: rate,
+            },
+            Some(chain) => {
+                let p = &chain[0].scope;
+                Scope {
+                    environment: p.environment.clone(),
+                    buckets: buckets.unwrap_or_else(|| p.buckets.clone()),
+                    tools: tools.unwrap_or_else(|| p.tools.clone()),
+                    read_only: req.read_only.unwrap_or(p.read_only),
+                    admin: req.admin.unwrap_or(false),
+                    allowed_ips: allowed_ips.unwrap_or_else(|| p.allowed_ips.clone()),
+                    expires_at: expires_at.or(p.expires_at),
+                    max_uses: max_uses.or(p.max_uses),
+                    rate_limit_per_minute: rate.or(p.rate_limit_per_minute),
+                }
+            }
+        };
+
+        let (parent_id, depth) = match &parent_chain {
+            None => (None, 0),
+            Some(chain) => {
+                let parent = &chain[0];
+                let fields = scope.fields_exceeding(&parent.scope);
+                if !fields.is_empty() {
+                    return Err(exceeds_parent(&parent.id, &fields));
+                }
+                let status = effective_status(&links(chain), now);
+                if status != EffectiveStatus::Active {
+                    return Err(Error::conflict(format!(
+                        "parent {} cannot mint children while {}",
+                        parent.id,
+                        serde_json::to_value(status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    )));
+                }
+                let depth = parent.depth + 1;
+                if depth > self.config.max_depth {
+                    return Err(Error::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "a child of {} would be at depth {depth}; the limit is {}",
+                            parent.id, self.config.max_depth
+                        ),
+                    ));
+                }
+                self.check_live_children(&parent.id)?;
+                (Some(parent.id.clone()), depth)
+            }
+        };
+
+        let secret = Secret::generate();
+        let record = TokenRecord {
+            id: TokenId::generate(),
+            name,
+            description,
+            scope,
+            status: Status::Active,
+            masked: secret.masked(),
+            last4: secret.last4().to_owned(),
+            parent_id,
+            created_by: acting.actor.clone(),
+            depth,
+            metadata,
+            created_at: now,
+            updated_at: now,
+            paused_at: None,
+            revoked_at: None,
+            rotated_at: None,
+        };
+        let mut change = Change::default();
+        change.add_hash(
+            secret.hash(),
+            HashEntry {
+                id: record.id.clone(),
+                grace_until: None,
+            },
+        );
+        if record.scope.max_uses.is_some() {
+            change.set_remaining(record.id.clone(), record.scope.max_uses);
+        }
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "create",
+            &record.id,
+            now,
+            json!({
+                "name": record.name,
+                "parent_id": record.parent_id,
+                "scope": record.scope,
+            }),
+        ));
+        let id = record.id.clone();
+        change.put(None, record);
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %acting.actor, token = %id, "token created");
+        Ok(Issued {
+            record: self.view_of(&id, now)?,
+            token: secret.expose().to_owned(),
+        })
+    }
+
+    fn check_live_children(&self, parent: &TokenId) -> Result<()> {
+        let mut live = 0;
+        for child in self.store.children(parent)? {
+            if self
+                .store
+                .get(&child)?
+                .is_some_and(|c| c.status != Status::Revoked)
+            {
+                live += 1;
+            }
+        }
+        if live >= self.config.max_children {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "token {parent} already has {live} live children; the limit is {}",
+                    self.config.max_children
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn update_token(&self, caller: &Caller, req: UpdateToken) -> Result<super::TokenView> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let name = req.name.as_deref().map(validate::name).transpose()?;
+        let description = match &req.description {
+            Some(Some(d)) => Some(Some(validate::description(d)?)),
+            other => other.clone(),
+        };
+        let metadata = req.metadata.map(validate::metadata).transpose()?;
+        let expires_at = match &req.expires_at {
+            Some(Some(t)) => Some(Some(validate::future_timestamp("expires_at", t, now)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let max_uses = match req.max_uses {
+            Some(Some(n)) => Some(Some(validate::max_uses(n)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let rate = match req.rate_limit_per_minute {
+            Some(Some(n)) => Some(Some(validate::rate_limit(n)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        let mut updated = (**target).clone();
+        let mut changes = serde_json::Map::new();
+        if let Some(name) = name {
+            changes.insert("name".into(), json!(name));
+            updated.name = name;
+        }
+        if let Some(description) = description {
+            changes.insert("description".into(), json!(description));
+            updated.description = description;
+        }
+        if let Some(metadata) = metadata {
+            changes.insert("metadata".into(), json!(metadata));
+            updated.metadata = metadata;
+        }
+        if let Some(e) = expires_at {
+            changes.insert("expires_at".into(), json!(e));
+            updated.scope.expires_at = e;
+        }
+        if let Some(m) = max_uses {
+            changes.insert("max_uses".into(), json!(m));
+            updated.scope.max_uses = m;
+        }
+        if let Some(r) = rate {
+            changes.insert("rate_limit_per_minute".into(), json!(r));
+            updated.scope.rate_limit_per_minute = r;
+        }
+        self.check_changeable(
+            &acting,
+            target,
+            &updated.scope,
+            chain.get(1).map(Arc::as_ref),
+        )?;
+        if changes.is_empty() {
+            return self.view(&chain, now);
+        }
+        updated.updated_at = now;
+
+        let mut usage = self.usage.lock();
+        let mut change = Change::default();
+        if max_uses.is_some() {
+            let remaining =
+                self.remaining_after_limit_change(&mut usage, target, updated.scope.max_uses)?;
+            change.set_remaining(target.id.clone(), remaining);
+        }
+        let narrowed = self.clamp_descendants(&updated, &mut usage, &mut change, now)?;
+        if narrowed > 0 {
+            changes.insert("narrowed_descendants".into(), json!(narrowed));
+        }
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "update",
+            &target.id,
+            now,
+            changes.into(),
+        ));
+        let id = target.id.clone();
+        change.put(Some(Arc::clone(target)), updated);
+        self.commit(write, Some(usage), change)?;
+        self.view_of(&id, now)
+    }
+
+    pub fn scope_token(&self, caller: &Caller, req: ScopeToken) -> Result<super::TokenView> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        if req.buckets.is_some() && (req.add_buckets.is_some() || req.remove_buckets.is_some()) {
+            return Err(Error::invalid(
+                "give buckets, or add_buckets/remove_buckets, not both",
+            ));
+        }
+        if req.tools.is_some() && (req.add_tools.is_some() || req.remove_tools.is_some()) {
+            return Err(Error::invalid(
+                "give tools, or add_tools/remove_tools, not both",
+            ));
+        }
+        let set_buckets = req
+            .buckets
+            .as_deref()
+            .map(|b| validate::buckets("buckets", b))
+            .transpose()?;
+        let add_buckets = req
+            .add_buckets
+            .as_deref()
+            .map(|b| validate::buckets("add_buckets", b))
+            .transpose()?;
+        let remove_buckets = req
+            .remove_buckets
+            .as_deref()
+            .map(|b| validate::buckets("remove_buckets", b))
+            .transpose()?;
+        let set_tools = req
+            .tools
+            .as_deref()
+            .map(|t| validate::tools("tools", t))
+            .transpose()?;
+        let add_tools = req
+            .add_tools
+            .as_deref()
+            .map(|t| validate::tools("add_tools", t))
+            .transpose()?;
+        let remove_tools = req
+            .remove_tools
+            .as_deref()
+            .map(|t| validate::tools("remove_tools", t))
+            .transpose()?;
+        let allowed_ips = req
+            .allowed_ips
+            .as_deref()
+            .map(validate::allowed_ips)
+            .transpose()?;
+
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        let mut scope = target.scope.clone();
+        if let Some(b) = set_buckets {
+            scope.buckets = b;
+        }
+        if let Some(add) = add_buckets {
+            scope.buckets = normalise_buckets([scope.buckets, add].concat());
+        }
+        if let Some(remove) = remove_buckets {
+            if scope.buckets.iter().any(|b| b == ALL) {
+                return Err(Error::invalid(
+                    "cannot remove buckets from [\"*\"]: set buckets to the list you want",
+                ));
+            }
+            scope.buckets.retain(|b| !remove.contains(b));
+        }
+        if let Some(t) = set_tools {
+            scope.tools = t;
+        }
+        if let Some(add) = add_tools {
+            scope.tools = normalise_tools([scope.tools, add].concat());
+        }
+        if let Some(remove) = remove_tools {
+            if scope.tools.contains(&ToolPattern::Any) {
+                return Err(Error::invalid(
+                    "cannot remove tools from [\"*\"]: set tools to the list you want",
+                ));
+            }
+            scope.tools.retain(|t| !remove.contains(t));
+        }
+        if let Some(ro) = req.read_only {
+            scope.read_only = ro;
+        }
+        if let Some(ips) = allowed_ips {
+            scope.allowed_ips = ips;
+        }
+        self.check_changeable(&acting, target, &scope, chain.get(1).map(Arc::as_ref))?;
+        if scope == target.scope {
+            return self.view(&chain, now);
+        }
+        let mut updated = (**target).clone();
+        updated.scope = scope;
+        updated.updated_at = now;
+
+        let mut usage = self.usage.lock();
+        let mut change = Change::default();
+        let narrowed = self.clamp_descendants(&updated, &mut usage, &mut change, now)?;
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "scope",
+            &target.id,
+            now,
+            json!({
+                "from": target.scope,
+                "to": updated.scope,
+                "narrowed_descendants": narrowed,
+            }),
+        ));
+        let id = target.id.clone();
+        change.put(Some(Arc::clone(target)), updated);
+        self.commit(write, Some(usage), change)?;
+        self.view_of(&id, now)
+    }
+
+    pub fn pause_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        match target.status {
+            Status::Revoked => {
+                return Err(Error::conflict(format!("token {} is revoked", target.id)));
+            }
+            Status::Paused => return self.view(&chain, now),
+            _ => {}
+        }
+        let mut updated = (**target).clone();
+        updated.status = Status::Paused;
+        updated.paused_at = Some(now);
+        updated.updated_at = now;
+        let mut change = Change::default();
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "pause",
+            &target.id,
+            now,
+            json!({}),
+        ));
+        let id = target.id.clone();
+        change.put(Some(Arc::clone(target)), updated);
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %acting.actor, token = %id, "token paused");
+        self.view_of(&id, now)
+    }
+
+    pub fn resume_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        if acting.token().is_some_and(|me| me.id == target.id) {
+            return Err(Error::forbidden(format!(
+                "token {} may not resume itself",
+                target.id
+            )));
+        }
+        match target.status_at(now) {
+            Status::Revoked => {
+                return Err(Error::conflict(format!("token {} is revoked", target.id)));
+            }
+            Status::Expired => {
+                return Err(Error::conflict(format!("token {} has expired", target.id)));
+            }
+            Status::Active => return self.view(&chain, now),
+            Status::Paused => {}
+        }
+        let mut updated = (**target).clone();
+        updated.status = Status::Active;
+        updated.paused_at = None;
+        updated.updated_at = now;
+        let mut change = Change::default();
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "resume",
+            &target.id,
+            now,
+            json!({}),
+        ));
+        let id = target.id.clone();
+        change.put(Some(Arc::clone(target)), updated);
+        self.commit(write, None, change)?;
+        self.view_of(&id, now)
+    }
+
+    pub fn rotate_token(&self, caller: &Caller, req: RotateToken) -> Result<Issued> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+        if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+            return Err(Error::invalid(format!(
+                "grace_seconds must be between 0 and {MAX_GRACE_SECONDS} (got {grace})"
+            )));
+        }
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        if target.status == Status::Revoked {
+            return Err(Error::conflict(format!("token {} is revoked", target.id)));
+        }
+        let grace_until = now
+            .plus_seconds(grace as u64)
+            .expect("grace is at most a day");
+        let mut change = Change::default();
+        for (hash, entry) in self.store.hashes_of(&target.id)? {
+            let ends = entry
+                .grace_until
+                .map_or(grace_until, |g| g.min(grace_until));
+            if grace == 0 || ends <= now {
+                change.retire_hash(hash, target.id.clone());
+            } else {
+                change.add_hash(
+                    hash,
+                    HashEntry {
+                        id: target.id.clone(),
+                        grace_until: Some(ends),
+                    },
+                );
+            }
+        }
+        let secret = Secret::generate();
+        change.add_hash(
+            secret.hash(),
+            HashEntry {
+                id: target.id.clone(),
+                grace_until: None,
+            },
+        );
+        let mut updated = (**target).clone();
+        updated.masked = secret.masked();
+        updated.last4 = secret.last4().to_owned();
+        updated.rotated_at = Some(now);
+        updated.updated_at = now;
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "rotate",
+            &target.id,
+            now,
+            json!({ "grace_seconds": grace, "masked": updated.masked }),
+        ));
+        let id = target.id.clone();
+        change.put(Some(Arc::clone(target)), updated);
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %acting.actor, token = %id, grace, "token rotated");
+        Ok(Issued {
+            record: self.view_of(&id, now)?,
+            token: secret.expose().to_owned(),
+        })
+    }
+
+    /// Marks `target` and every descendant revoked; returns how many descendants changed.
+    fn revoke_subtree(
+        &self,
+        target: &Arc<TokenRecord>,
+        change: &mut Change,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let mut newly_revoked = 0;
+        let revoke = |record: &Arc<TokenRecord>, change: &mut Change| {
+            let mut updated = (**record).clone();
+            updated.status = Status::Revoked;
+            updated.revoked_at = Some(now);
+            updated.updated_at = now;
+            change.put(Some(Arc::clone(record)), updated);
+        };
+        if target.status != Status::Revoked {
+            revoke(target, change);
+        }
+        for id in self.store.descendants(&target.id)? {
+            if let Some(record) = self.store.get(&id)?
+                && record.status != Status::Revoked
+            {
+                revoke(&record, change);
+                newly_revoked += 1;
+            }
+        }
+        Ok(newly_revoked)
+    }
+
+    pub fn revoke_token(&self, caller: &Caller, req: TokenRef) -> Result<Revoked> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        let mut change = Change::default();
+        let revoked_descendants = self.revoke_subtree(target, &mut change, now)?;
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "revoke",
+            &target.id,
+            now,
+            json!({ "revoked_descendants": revoked_descendants }),
+        ));
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, "token revoked");
+        Ok(Revoked {
+            id: target.id.clone(),
+            revoked: true,
+            revoked_descendants,
+        })
+    }
+
+    pub fn delete_token(&self, caller: &Caller, req: TokenRef) -> Result<Deleted> {
+        let acting = self.acting(caller)?;
+        let now = Timestamp::now();
+        let write = self.lock_writes();
+        let chain = self.load_in_reach(&acting, &req.id)?;
+        let target = &chain[0];
+        let mut change = Change::default();
+        let mut subtree = vec![Arc::clone(target)];
+        for id in self.store.descendants(&target.id)? {
+            if let Some(record) = self.store.get(&id)? {
+                subtree.push(record);
+            }
+        }
+        for record in subtree.iter().rev() {
+            change.remove(Arc::clone(record));
+        }
+        change.audit(AuditEvent::new(
+            &acting.actor,
+            "delete",
+            &target.id,
+            now,
+            json!({ "deleted_descendants": subtree.len() - 1 }),
+        ));
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %acting.actor, token = %target.id, "token deleted");
+        Ok(Deleted {
+            id: target.id.clone(),
+            deleted: true,
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! The service API every front end calls: the MCP tools, the HTTP guard and the CLI.
+//!
+//! Each operation takes the caller, enforces management reach and attenuation (SPEC §4) and
+//! returns typed errors. Changes are serialised by one write lock, applied atomically by the
+//! store and flushed before the operation returns; the flush happens outside the lock, so
+//! concurrent writers share fsyncs (group commit).
+
+mod manage;
+mod query;
+pub mod requests;
+mod usage;
+mod validate;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::record::{Actor, TokenRecord, effective_status};
+use crate::rules::authorize::{Attempt, Denial, Tool, authorize};
+use crate::secret::{Secret, SecretError, TokenId};
+use crate::store::{Store, StoreConfig, StoreError};
+use crate::timestamp::Timestamp;
+use requests::TokenView;
+use usage::UsageTable;
+
+/// The tools annotated `readOnlyHint: true`. A read-only token may call only these.
+pub const READ_ONLY_TOOLS: &[&str] = &[
+    "whoami",
+    "list_tokens",
+    "get_token",
+    "verify_token",
+    "list_audit_events",
+];
+
+pub fn is_read_only_tool(name: &str) -> bool {
+    READ_ONLY_TOOLS.contains(&name)
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The environment this server runs in; tokens of others do not authenticate.
+    pub environment: String,
+    /// Deepest allowed token (a root is depth 0).
+    pub max_depth: u8,
+    /// Most live (not revoked) children one token may have.
+    pub max_children: usize,
+    pub store: StoreConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            environment: "default".to_owned(),
+            max_depth: 8,
+            max_children: 1000,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Who is asking: the owner (CLI, stdio without a token) or an authenticated token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Owner,
+    Token(TokenId),
+}
+
+/// Why a presented bearer does not authenticate; `Display` is the `error_description`.
+#[derive(Debug)]
+pub enum AuthFailure {
+    Malformed(SecretError),
+    Unknown,
+    RotatedOut(TokenId),
+    Denied(Denial),
+    Unavailable(String),
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthFailure::Malformed(e) => e.fmt(f),
+            AuthFailure::Unknown => f.write_str("unknown token"),
+            AuthFailure::RotatedOut(id) => {
+                write!(
+                    f,
+                    "token {id} was rotated and this secret's grace period has ended"
+                )
+            }
+            AuthFailure::Denied(d) => d.fmt(f),
+            AuthFailure::Unavailable(e) => write!(f, "cannot check the token now: {e}"),
+        }
+    }
+}
+
+impl From<StoreError> for AuthFailure {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure while authenticating");
+        AuthFailure::Unavailable(e.to_string())
+    }
+}
+
+/// The caller of one operation, resolved: its actor name and, for a token, its current chain.
+struct Acting {
+    actor: Actor,
+    chain: Option<Vec<Arc<TokenRecord>>>,
+}
+
+impl Acting {
+    fn token(&self) -> Option<&TokenRecord> {
+        self.chain.as_ref().map(|c| c[0].as_ref())
+    }
+
+    fn is_owner_or_admin(&self) -> bool {
+        self.token().is_none_or(|t| t.scope.admin)
+    }
+}
+
+pub struct Service {
+    store: Store,
+    config: ServiceConfig,
+    write_lock: Mutex<()>,
+    usage: UsageTable,
+}
+
+impl Service {
+    pub fn open(
+        data_dir: &Path,
+        config: ServiceConfig,
+    ) -> std::result::Result<Service, StoreError> {
+        let store = Store::open(data_dir, &config.store)?;
+        Ok(Service {
+            store,
+            config,
+            write_lock: Mutex::new(()),
+            usage: UsageTable::default(),
+        })
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a presented bearer secret: format, then hash lookup, then rules 1 and 5 along its
+    /// chain. This is the HTTP guard's whole job, and the hot path: hot tokens are answered
+    /// from memory.
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        client_ip: Option<IpAddr>,
+    ) -> std::result::Result<TokenId, AuthFailure> {
+        let now = Timestamp::now();
+        let id = self.resolve_secret(presented, now)?;
+        let chain = self.store.chain(&id)?.ok_or(AuthFailure::Unknown)?;
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let attempt = Attempt {
+            environment: &self.config.environment,
+            now,
+            client_ip,
+            tool: None,
+            bucket: None,
+            budgets: None,
+        };
+        authorize(&links, &attempt).map_err(AuthFailure::Denied)?;
+        Ok(id)
+    }
+
+    fn resolve_secret(
+        &self,
+        presented: &str,
+        now: Timestamp,
+    ) -> std::result::Result<TokenId, AuthFailure> {
+        let secret = Secret::parse(presented).map_err(AuthFailure::Malformed)?;
+        let entry = self
+            .store
+            .hash_entry(&secret.hash())?
+            .ok_or(AuthFailure::Unknown)?;
+        if entry.grace_until.is_some_and(|g| g <= now) {
+            return Err(AuthFailure::RotatedOut(entry.id));
+        }
+        Ok(entry.id)
+    }
+
+    /// Decides whether `caller` may call `tool` now and, if so, counts the call (uses and rate
+    /// limits along the chain). `tools/call` asks this before running any tool.
+    pub fn authorize_call(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        bucket: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<()> {
+        let Caller::Token(id) = caller else {
+            return Ok(());
+        };
+        let chain = self.caller_chain(id)?;
+        let tool = Tool {
+            name: tool,
+            read_only: is_read_only_tool(tool),
+        };
+        self.usage
+            .admit(&self.store, &chain, true, |links, budgets| {
+                let attempt = Attempt {
+                    environment: &self.config.environment,
+                    now: Timestamp::now(),
+                    client_ip,
+                    tool: Some(tool),
+                    bucket,
+                    budgets,
+                };
+                authorize(links, &attempt)
+            })
+            .map_err(Error::from)?
+            .map_err(Error::from)
+    }
+
+    /// Whether `caller` could call `tool` now, without counting a use: `tools/list` filtering.
+    pub fn may_call(&self, caller: &Caller, tool: &str, client_ip: Option<IpAddr>) -> bool {
+        let Caller::Token(id) = caller else {
+            return true;
+        };
+        let Ok(chain) = self.caller_chain(id) else {
+            return false;
+        };
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let attempt = Attempt {
+            environment: &self.config.environment,
+            now: Timestamp::now(),
+            client_ip,
+            tool: Some(Tool {
+                name: tool,
+                read_only: is_read_only_tool(tool),
+            }),
+            bucket: None,
+            budgets: None,
+        };
+        authorize(&links, &attempt).is_ok()
+    }
+
+    fn caller_chain(&self, id: &TokenId) -> Result<Vec<Arc<TokenRecord>>> {
+        self.store
+            .chain(id)?
+            .ok_or_else(|| Error::forbidden(format!("token {id} no longer exists")))
+    }
+
+    /// Resolves the caller of a management operation, refusing a token that may no longer act.
+    fn acting(&self, caller: &Caller) -> Result<Acting> {
+        match caller {
+            Caller::Owner => Ok(Acting {
+                actor: Actor::Owner,
+                chain: None,
+            }),
+            Caller::Token(id) => {
+                let chain = self.caller_chain(id)?;
+                let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+                let attempt = Attempt {
+                    environment: &self.config.environment,
+                    now: Timestamp::now(),
+                    client_ip: None,
+                    tool: None,
+                    bucket: None,
+                    budgets: None,
+                };
+                authorize(&links, &attempt)?;
+                Ok(Acting {
+                    actor: Actor::Token(id.clone()),
+                    chain: Some(chain),
+                })
+            }
+        }
+    }
+
+    /// Loads a token the caller may manage. Tokens outside its reach are reported as not found,
+    /// so a token cannot probe for ids it does not own.
+    fn load_in_reach(&self, acting: &Acting, id: &str) -> Result<Vec<Arc<TokenRecord>>> {
+        let id = TokenId::parse(id).map_err(Error::invalid)?;
+        let missing = || Error::not_found(format!("no token {id} within your reach"));
+        let chain = self.store.chain(&id)?.ok_or_else(missing)?;
+        if self.in_reach(acting, &chain) {
+            Ok(chain)
+        } else {
+            Err(missing())
+        }
+    }
+
+    fn in_reach(&self, acting: &Acting, chain: &[Arc<TokenRecord>]) -> bool {
+        match acting.token() {
+            None => true,
+            Some(me) if me.scope.admin => true,
+            Some(me) => chain.iter().any(|r| r.id == me.id),
+        }
+    }
+
+    /// The record as tools return it: effective status along the chain, live usage counters.
+    fn view(&self, chain: &[Arc<TokenRecord>], now: Timestamp) -> Result<TokenView> {
+        let record = &chain[0];
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let usage = self.usage.snapshot(&self.store, &record.id)?;
+        let scope = &record.scope;
+        Ok(TokenView {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            description: record.description.clone(),
+            environment: scope.environment.clone(),
+            buckets: scope.buckets.clone(),
+            tools: scope.tools.clone(),
+            read_only: scope.read_only,
+            admin: scope.admin,
+            allowed_ips: scope.allowed_ips.clone(),
+            status: record.status_at(now),
+            effective_status: effective_status(&links, now),
+            masked: record.masked.clone(),
+            last4: record.last4.clone(),
+            parent_id: record.parent_id.clone(),
+            created_by: record.created_by.clone(),
+            depth: record.depth,
+            metadata: record.metadata.clone(),
+            expires_at: scope.expires_at,
+            max_uses: scope.max_uses,
+            remaining_uses: if scope.max_uses.is_some() {
+                usage.remaining
+            } else {
+                None
+            },
+            rate_limit_per_minute: scope.rate_limit_per_minute,
+            use_count: usage.use_count,
+            last_used_at: usage.last_used_at,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            paused_at: record.paused_at,
+            revoked_at: record.revoked_at,
+            rotated_at: record.rotated_at,
+        })
+    }
+
+    fn view_of(&self, id: &TokenId, now: Timestamp) -> Result<TokenView> {
+        let chain = self
+            .store
+            .chain(id)?
+            .ok_or_else(|| Error::not_found(format!("no token {id}")))?;
+        self.view(&chain, now)
+    }
+
+    /// Writes usage counters behind (call every few seconds and at shutdown).
+    pub fn flush_usage(&self) -> Result<()> {
+        self.usage.write_behind(&self.store)?;
+        Ok(())
+    }
+
+    /// Flushes usage counters and everything else to disk: call on shutdown.
+    pub fn shutdown(&self) -> Result<()> {
+        self.flush_usage()?;
+        self.store.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! The arguments and results of every service operation. The MCP tools take these types as
+//! their arguments directly (their JSON Schemas come from here), and the CLI builds them from
+//! flags, so every front end speaks the same shapes. Unknown fields are refused.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::audit::AuditEvent;
+use crate::record::{Actor, EffectiveStatus, Status};
+use crate::rules::cidr::IpNet;
+use crate::rules::pattern::ToolPattern;
+use crate::secret::TokenId;
+use crate::timestamp::Timestamp;
+
+/// Distinguishes "absent" (keep) from `null` (clear) for optional fields of an update.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    #[default]
+    Desc,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTokens {
+    /// Only tokens whose own status is this: active, paused, revoked or expired.
+    pub status: Option<Status>,
+    /// Only tokens that may reach this bucket.
+    pub bucket: Option<String>,
+    /// Only direct children of this token id.
+    pub parent_id: Option<String>,
+    /// Case-insensitive substring of the name or description.
+    pub search: Option<String>,
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+    /// By creation time: `desc` (newest first, default) or `asc`.
+    pub order: Option<SortOrder>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRef {
+    /// The token id, `tok_` followed by 24 letters or digits.
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Human-readable name, 1-128 characters.
+    pub name: String,
+    /// Optional description, up to 1024 characters.
+    pub description: Option<String>,
+    /// Buckets the token may reach: names, or ["*"] for all. Omitted: a child inherits its
+    /// parent's; a root token gets all.
+    pub buckets: Option<Vec<String>>,
+    /// Tool patterns the token may call: exact names, "*", or prefixes such as "list_*".
+    /// Omitted: a child inherits its parent's; a root token gets all.
+    pub tools: Option<Vec<String>>,
+    /// If true, only tools annotated read-only may be called.
+    pub read_only: Option<bool>,
+    /// If true, the token may see and manage every token. Only the owner or an admin may grant it.
+    pub admin: Option<bool>,
+    /// CIDR ranges the token may be used from over HTTP, e.g. ["10.0.0.0/8"]. Empty: any.
+    pub allowed_ips: Option<Vec<String>>,
+    /// Expiry as RFC 3339, e.g. "2026-12-31T23:59:59Z". Exclusive with ttl_seconds.
+    pub expires_at: Option<String>,
+    /// Lifetime in seconds from now. Exclusive with expires_at.
+    pub ttl_seconds: Option<i64>,
+    /// Number of tool calls allowed in total. Omitted: unlimited (or the parent's limit).
+    pub max_uses: Option<i64>,
+    /// Tool calls allowed per minute. Omitted: unlimited (or the parent's limit).
+    pub rate_limit_per_minute: Option<i64>,
+    /// Free-form JSON object, at most 4 KiB serialised.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// "self" (default for a token caller: the new token is its child), "none" (a root token:
+    /// owner or admin only), or the id of a token in your reach to be the parent.
+    pub parent: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateToken {
+    /// The token id.
+    pub id: String,
+    /// New name, 1-128 characters.
+    pub name: Option<String>,
+    /// New description; null clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<String>")]
+    pub description: Option<Option<String>>,
+    /// Replaces the metadata object (at most 4 KiB serialised).
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// New expiry (RFC 3339); null removes it (only within the parent's expiry).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<String>")]
+    pub expires_at: Option<Option<String>>,
+    /// New total call limit; null removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<i64>")]
+    pub max_uses: Option<Option<i64>>,
+    /// New per-minute call limit; null removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<i64>")]
+    pub rate_limit_per_minute: Option<Option<i64>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeToken {
+    /// The token id.
+    pub id: String,
+    /// Replaces the bucket list (["*"] for all). Exclusive with add_buckets/remove_buckets.
+    pub buckets: Option<Vec<String>>,
+    /// Buckets to add.
+    pub add_buckets: Option<Vec<String>>,
+    /// Buckets to remove.
+    pub remove_buckets: Option<Vec<String>>,
+    /// Replaces the tool patterns. Exclusive with add_tools/remove_tools.
+    pub tools: Option<Vec<String>>,
+    /// Tool patterns to add.
+    pub add_tools: Option<Vec<String>>,
+    /// Tool patterns to remove (exact pattern text).
+    pub remove_tools: Option<Vec<String>>,
+    /// Set or clear read-only.
+    pub read_only: Option<bool>,
+    /// Replaces the allowed CIDR ranges; [] allows any address.
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    /// The token id.
+    pub id: String,
+    /// How long the old secret keeps working, 0-86400 seconds (default 60).
+    pub grace_seconds: Option<i64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyToken {
+    /// The secret to check (mcp_…). It is never stored or logged.
+    pub token: String,
+    /// A tool name to check the secret against.
+    pub tool: Option<String>,
+    /// A bucket to check the secret against.
+    pub bucket: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListAuditEvents {
+    /// Only events about this token id.
+    pub token_id: Option<String>,
+    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import.
+    pub action: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A token as every tool returns it (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: TokenId,
+    pub name: String,
+    pub description: Option<String>,
+    pub environment: String,
+    pub buckets: Vec<String>,
+    pub tools: Vec<ToolPattern>,
+    pub read_only: bool,
+    pub admin: bool,
+    pub allowed_ips: Vec<IpNet>,
+    pub status: Status,
+    pub effective_status: EffectiveStatus,
+    pub masked: String,
+    pub last4: String,
+    pub parent_id: Option<TokenId>,
+    pub created_by: Actor,
+    pub depth: u8,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub expires_at: Option<Timestamp>,
+    pub max_uses: Option<u64>,
+    pub remaining_uses: Option<u64>,
+    pub rate_limit_per_minute: Option<u32>,
+    pub use_count: u64,
+    pub last_used_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub paused_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub rotated_at: Option<Timestamp>,
+}
+
+/// The result of create and rotate: the record plus the secret, shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Issued {
+    #[serde(flatten)]
+    pub record: TokenView,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenPage {
+    pub records: Vec<TokenView>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Revoked {
+    pub id: TokenId,
+    pub revoked: bool,
+    pub revoked_descendants: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deleted {
+    pub id: TokenId,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Verification {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<TokenId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// `whoami`: the caller's record, or `{"owner": true}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WhoAmI {
+    Owner { owner: bool },
+    Token(Box<TokenView>),
+}

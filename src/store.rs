@@ -1,0 +1,666 @@
+//! The one place that touches sled.
+//!
+//! Everything lives in one sled tree under one-byte key prefixes, so that a management change
+//! (record, indexes and its audit event) is applied as one atomic `Batch`:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `t` | token id | record (JSON) |
+//! | `h` | BLAKE3 of a secret | token id, then grace end (8 bytes, ms) when rotated out |
+//! | `k` | token id + hash | empty: the hashes of a token, to retire them |
+//! | `c` | parent id + child id | empty |
+//! | `o` | created_at (8 bytes BE) + id | empty: creation order |
+//! | `s` | status byte + created_at + id | empty: creation order per stored status |
+//! | `a` | event id (8 bytes BE) | audit event (JSON) |
+//! | `u` | token id | use_count (8) + last_used_at (8): written behind |
+//! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
+//!
+//! Hot records and hashes are also kept in memory. Writers update sled, then the cache, under
+//! a version bump; a reader that filled from sled only stores its value if no write happened
+//! meanwhile. So the cache never serves a value older than the last completed write.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::audit::AuditEvent;
+use crate::record::{Status, TokenRecord};
+use crate::secret::{ID_LEN, SecretHash, TokenId};
+use crate::timestamp::Timestamp;
+
+const RECORD: u8 = b't';
+const HASH: u8 = b'h';
+const HASHES_OF: u8 = b'k';
+const CHILD: u8 = b'c';
+const ORDER: u8 = b'o';
+const STATUS: u8 = b's';
+const AUDIT: u8 = b'a';
+const USAGE: u8 = b'u';
+const REMAINING: u8 = b'r';
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database is held by another process.
+    Locked(String),
+    Sled(sled::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Locked(m) => f.write_str(m),
+            StoreError::Sled(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(m) => write!(f, "corrupt store: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// sled's page cache, in bytes.
+    pub sled_cache_bytes: u64,
+    /// How many token records (and as many secret hashes) to keep decoded in memory.
+    pub hot_records: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            sled_cache_bytes: 64 << 20,
+            hot_records: 150_000,
+        }
+    }
+}
+
+/// Where a secret hash points: its token, and when a rotated-out secret stops working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashEntry {
+    pub id: TokenId,
+    pub grace_until: Option<Timestamp>,
+}
+
+/// Usage counters as stored (written behind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredUsage {
+    pub use_count: u64,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// One atomic change: records written (with their previous version, for the indexes), hashes
+/// added or retired, records removed, and the audit events that describe it.
+#[derive(Default)]
+pub struct Change {
+    records: Vec<(Option<Arc<TokenRecord>>, TokenRecord)>,
+    new_hashes: Vec<(SecretHash, HashEntry)>,
+    retired_hashes: Vec<(SecretHash, TokenId)>,
+    removed: Vec<Arc<TokenRecord>>,
+    remaining: Vec<(TokenId, Option<u64>)>,
+    audit: Vec<AuditEvent>,
+}
+
+impl Change {
+    pub fn put(&mut self, old: Option<Arc<TokenRecord>>, new: TokenRecord) {
+        self.records.push((old, new));
+    }
+    pub fn add_hash(&mut self, hash: SecretHash, entry: HashEntry) {
+        self.new_hashes.push((hash, entry));
+    }
+    /// Forgets one hash of a token (a rotated-out secret whose grace has ended).
+    pub fn retire_hash(&mut self, hash: SecretHash, id: TokenId) {
+        self.retired_hashes.push((hash, id));
+    }
+    pub fn remove(&mut self, record: Arc<TokenRecord>) {
+        self.removed.push(record);
+    }
+    /// Sets (or clears, with `None`) a token's durable remaining-uses counter.
+    pub fn set_remaining(&mut self, id: TokenId, remaining: Option<u64>) {
+        self.remaining.push((id, remaining));
+    }
+    pub fn audit(&mut self, event: AuditEvent) {
+        self.audit.push(event);
+    }
+    pub fn remaining_updates(&self) -> Vec<(TokenId, Option<u64>)> {
+        self.remaining.clone()
+    }
+    pub fn removed_ids(&self) -> Vec<TokenId> {
+        self.removed.iter().map(|r| r.id.clone()).collect()
+    }
+}
+
+struct Cache {
+    version: u64,
+    records: HashMap<TokenId, Arc<TokenRecord>>,
+    hashes: HashMap<SecretHash, HashEntry>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    cache: RwLock<Cache>,
+    capacity: usize,
+    next_audit_id: AtomicU64,
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn status_byte(s: Status) -> u8 {
+    match s {
+        Status::Active => b'A',
+        Status::Paused => b'P',
+        Status::Revoked => b'R',
+        Status::Expired => b'E',
+    }
+}
+
+fn order_key(r: &TokenRecord) -> Vec<u8> {
+    key(
+        ORDER,
+        &[
+            &r.created_at.millis().to_be_bytes(),
+            r.id.as_str().as_bytes(),
+        ],
+    )
+}
+
+fn status_key(r: &TokenRecord) -> Vec<u8> {
+    key(
+        STATUS,
+        &[
+            &[status_byte(r.status)],
+            &r.created_at.millis().to_be_bytes(),
+            r.id.as_str().as_bytes(),
+        ],
+    )
+}
+
+fn child_key(parent: &TokenId, child: &TokenId) -> Vec<u8> {
+    key(
+        CHILD,
+        &[parent.as_str().as_bytes(), child.as_str().as_bytes()],
+    )
+}
+
+fn id_from(bytes: &[u8]) -> Result<TokenId> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| TokenId::parse(s).ok())
+        .ok_or_else(|| StoreError::Corrupt("a key holds an invalid token id".into()))
+}
+
+fn u64_from(bytes: &[u8]) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("a counter is not 8 bytes".into()))
+}
+
+fn encode_hash_entry(e: &HashEntry) -> Vec<u8> {
+    let mut v = e.id.as_str().as_bytes().to_vec();
+    if let Some(g) = e.grace_until {
+        v.extend_from_slice(&g.millis().to_be_bytes());
+    }
+    v
+}
+
+fn decode_hash_entry(v: &[u8]) -> Result<HashEntry> {
+    if v.len() < ID_LEN {
+        return Err(StoreError::Corrupt("short hash entry".into()));
+    }
+    let id = id_from(&v[..ID_LEN])?;
+    let grace_until = match &v[ID_LEN..] {
+        [] => None,
+        rest => Some(
+            Timestamp::from_millis(u64_from(rest)? as i64)
+                .ok_or_else(|| StoreError::Corrupt("bad grace timestamp".into()))?,
+        ),
+    };
+    Ok(HashEntry { id, grace_until })
+}
+
+/// Where in a creation-ordered index a page starts or resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, readable by its owner only.
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store> {
+        create_private_dir(dir).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(config.sled_cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(format!("the database in {} is in use", dir.display()))
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(format!("the database in {} is in use", dir.display()))
+                }
+                other => StoreError::Sled(other),
+            })?;
+        restrict_permissions(dir);
+        let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
+            Some(entry) => u64_from(&entry?.0[1..])? + 1,
+            None => 1,
+        };
+        Ok(Store {
+            db,
+            cache: RwLock::new(Cache {
+                version: 0,
+                records: HashMap::new(),
+                hashes: HashMap::new(),
+            }),
+            capacity: config.hot_records.max(1),
+            next_audit_id: AtomicU64::new(next_audit_id),
+        })
+    }
+
+    /// Makes every applied change durable. Concurrent callers share one fsync.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.db.scan_prefix([RECORD]).next().is_none()
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A token record, from memory when hot.
+    pub fn get(&self, id: &TokenId) -> Result<Option<Arc<TokenRecord>>> {
+        let version = {
+            let cache = self.cache_read();
+            if let Some(r) = cache.records.get(id) {
+                return Ok(Some(Arc::clone(r)));
+            }
+            cache.version
+        };
+        let Some(bytes) = self.db.get(key(RECORD, &[id.as_str().as_bytes()]))? else {
+            return Ok(None);
+        };
+        let record: Arc<TokenRecord> = Arc::new(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?,
+        );
+        let mut cache = self.cache_write();
+        if cache.version == version {
+            evict_if_full(&mut cache.records, self.capacity);
+            cache.records.insert(id.clone(), Arc::clone(&record));
+        }
+        Ok(Some(record))
+    }
+
+    /// The token a secret hash belongs to, from memory when hot.
+    pub fn hash_entry(&self, hash: &SecretHash) -> Result<Option<HashEntry>> {
+        let version = {
+            let cache = self.cache_read();
+            if let Some(e) = cache.hashes.get(hash) {
+                return Ok(Some(e.clone()));
+            }
+            cache.version
+        };
+        let Some(bytes) = self.db.get(key(HASH, &[&hash.0]))? else {
+            return Ok(None);
+        };
+        let entry = decode_hash_entry(&bytes)?;
+        let mut cache = self.cache_write();
+        if cache.version == version {
+            evict_if_full(&mut cache.hashes, self.capacity);
+            cache.hashes.insert(*hash, entry.clone());
+        }
+        Ok(Some(entry))
+    }
+
+    /// The token and its ancestors, nearest first. `None` when any link is missing.
+    pub fn chain(&self, id: &TokenId) -> Result<Option<Vec<Arc<TokenRecord>>>> {
+        let mut chain = Vec::with_capacity(4);
+        let mut next = Some(id.clone());
+        while let Some(id) = next {
+            let Some(record) = self.get(&id)? else {
+                return Ok(None);
+            };
+            next = record.parent_id.clone();
+            chain.push(record);
+            if chain.len() > u8::MAX as usize {
+                return Err(StoreError::Corrupt(format!("lineage of {id} loops")));
+            }
+        }
+        Ok(Some(chain))
+    }
+
+    pub fn children(&self, id: &TokenId) -> Result<Vec<TokenId>> {
+        let prefix = key(CHILD, &[id.as_str().as_bytes()]);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|entry| id_from(&entry?.0[prefix.len()..]))
+            .collect()
+    }
+
+    /// Every descendant of `id`, parents before children.
+    pub fn descendants(&self, id: &TokenId) -> Result<Vec<TokenId>> {
+        let mut out = Vec::new();
+        let mut frontier = vec![id.clone()];
+        while let Some(next) = frontier.pop() {
+            for child in self.children(&next)? {
+                frontier.push(child.clone());
+                out.push(child);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hashes currently pointing at `id`.
+    pub fn hashes_of(&self, id: &TokenId) -> Result<Vec<(SecretHash, HashEntry)>> {
+        let prefix = key(HASHES_OF, &[id.as_str().as_bytes()]);
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let hash: [u8; 32] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("bad hash key".into()))?;
+            if let Some(v) = self.db.get(key(HASH, &[&hash]))? {
+                out.push((SecretHash(hash), decode_hash_entry(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids in creation order from a creation-ordered index, starting after `after` (an index
+    /// suffix: created_at + id). `status` selects the per-status index.
+    pub fn ids_in_order(
+        &self,
+        status: Option<Status>,
+        order: Order,
+        after: Option<(Timestamp, &TokenId)>,
+    ) -> impl Iterator<Item = Result<(Timestamp, TokenId)>> + '_ {
+        let prefix = match status {
+            Some(s) => vec![STATUS, status_byte(s)],
+            None => vec![ORDER],
+        };
+        let start = prefix.clone();
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix is non-empty") += 1;
+        let iter = match (order, after) {
+            (Order::Asc, None) => self.db.range(start..end),
+            (Order::Desc, None) => self.db.range(start..end),
+            (Order::Asc, Some((t, id))) => {
+                let mut from = prefix.clone();
+                from.extend_from_slice(&t.millis().to_be_bytes());
+                from.extend_from_slice(id.as_str().as_bytes());
+                from.push(0);
+                self.db.range(from..end)
+            }
+            (Order::Desc, Some((t, id))) => {
+                let mut to = prefix.clone();
+                to.extend_from_slice(&t.millis().to_be_bytes());
+                to.extend_from_slice(id.as_str().as_bytes());
+                self.db.range(start..to)
+            }
+        };
+        let decode = move |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, _) = entry?;
+            let rest = &k[prefix.len()..];
+            if rest.len() != 8 + ID_LEN {
+                return Err(StoreError::Corrupt("bad index key".into()));
+            }
+            let created = Timestamp::from_millis(u64_from(&rest[..8])? as i64)
+                .ok_or_else(|| StoreError::Corrupt("bad index timestamp".into()))?;
+            Ok((created, id_from(&rest[8..])?))
+        };
+        let boxed: Box<dyn Iterator<Item = Result<(Timestamp, TokenId)>>> = match order {
+            Order::Asc => Box::new(iter.map(decode)),
+            Order::Desc => Box::new(iter.rev().map(decode)),
+        };
+        boxed
+    }
+
+    pub fn usage(&self, id: &TokenId) -> Result<StoredUsage> {
+        let Some(v) = self.db.get(key(USAGE, &[id.as_str().as_bytes()]))? else {
+            return Ok(StoredUsage::default());
+        };
+        if v.len() != 16 {
+            return Err(StoreError::Corrupt(format!("usage of {id}")));
+        }
+        let last = u64_from(&v[8..])? as i64;
+        Ok(StoredUsage {
+            use_count: u64_from(&v[..8])?,
+            last_used_at: (last > 0).then(|| Timestamp::from_millis(last)).flatten(),
+        })
+    }
+
+    pub fn remaining(&self, id: &TokenId) -> Result<Option<u64>> {
+        self.db
+            .get(key(REMAINING, &[id.as_str().as_bytes()]))?
+            .map(|v| u64_from(&v))
+            .transpose()
+    }
+
+    /// Writes usage counters (no flush: they are written behind on purpose).
+    pub fn write_usage(&self, usage: &[(TokenId, StoredUsage)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, u) in usage {
+            let mut v = u.use_count.to_be_bytes().to_vec();
+            let last = u.last_used_at.map(|t| t.millis()).unwrap_or(0) as u64;
+            v.extend_from_slice(&last.to_be_bytes());
+            batch.insert(key(USAGE, &[id.as_str().as_bytes()]), v);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Writes remaining-use counters. The caller flushes before it lets the uses through.
+    pub fn write_remaining(&self, remaining: &[(TokenId, u64)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, n) in remaining {
+            batch.insert(
+                key(REMAINING, &[id.as_str().as_bytes()]),
+                &n.to_be_bytes()[..],
+            );
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Applies `change` atomically, then brings the in-memory cache up to date. Not durable
+    /// until `flush`. Callers serialise changes (the service's write lock), so the previous
+    /// versions they pass are current.
+    pub fn apply(&self, change: Change) -> Result<Vec<AuditEvent>> {
+        let mut batch = sled::Batch::default();
+        for (old, new) in &change.records {
+            let id = new.id.as_str().as_bytes();
+            let json = serde_json::to_vec(new).expect("records always serialise");
+            batch.insert(key(RECORD, &[id]), json);
+            match old {
+                Some(old) if old.status != new.status => {
+                    batch.remove(status_key(old));
+                    batch.insert(status_key(new), &[][..]);
+                }
+                Some(_) => {}
+                None => {
+                    batch.insert(order_key(new), &[][..]);
+                    batch.insert(status_key(new), &[][..]);
+                    if let Some(parent) = &new.parent_id {
+                        batch.insert(child_key(parent, &new.id), &[][..]);
+                    }
+                }
+            }
+        }
+        for (hash, entry) in &change.new_hashes {
+            batch.insert(key(HASH, &[&hash.0]), encode_hash_entry(entry));
+            batch.insert(
+                key(HASHES_OF, &[entry.id.as_str().as_bytes(), &hash.0]),
+                &[][..],
+            );
+        }
+        let mut removed_hashes = Vec::new();
+        for (hash, id) in &change.retired_hashes {
+            batch.remove(key(HASH, &[&hash.0]));
+            batch.remove(key(HASHES_OF, &[id.as_str().as_bytes(), &hash.0]));
+            removed_hashes.push(*hash);
+        }
+        for record in &change.removed {
+            let id = record.id.as_str().as_bytes();
+            batch.remove(key(RECORD, &[id]));
+            batch.remove(order_key(record));
+            batch.remove(status_key(record));
+            batch.remove(key(USAGE, &[id]));
+            batch.remove(key(REMAINING, &[id]));
+            if let Some(parent) = &record.parent_id {
+                batch.remove(child_key(parent, &record.id));
+            }
+            for (hash, _) in self.hashes_of(&record.id)? {
+                batch.remove(key(HASH, &[&hash.0]));
+                batch.remove(key(HASHES_OF, &[id, &hash.0]));
+                removed_hashes.push(hash);
+            }
+        }
+        for (id, remaining) in &change.remaining {
+            let k = key(REMAINING, &[id.as_str().as_bytes()]);
+            match remaining {
+                Some(n) => batch.insert(k, &n.to_be_bytes()[..]),
+                None => batch.remove(k),
+            }
+        }
+        let mut events = change.audit;
+        for event in &mut events {
+            event.id = self.next_audit_id.fetch_add(1, Ordering::SeqCst);
+            let json = serde_json::to_vec(event).expect("audit events always serialise");
+            batch.insert(key(AUDIT, &[&event.id.to_be_bytes()]), json);
+        }
+        self.db.apply_batch(batch)?;
+
+        let mut cache = self.cache_write();
+        cache.version += 1;
+        for (_, new) in change.records {
+            if let Some(slot) = cache.records.get_mut(&new.id) {
+                *slot = Arc::new(new);
+            }
+        }
+        for (hash, entry) in change.new_hashes {
+            if let Some(slot) = cache.hashes.get_mut(&hash) {
+                *slot = entry;
+            }
+        }
+        for record in &change.removed {
+            cache.records.remove(&record.id);
+        }
+        for hash in removed_hashes {
+            cache.hashes.remove(&hash);
+        }
+        Ok(events)
+    }
+
+    /// Audit events, newest first, with id below `before` when given.
+    pub fn audit_events(
+        &self,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<AuditEvent>> + '_ {
+        let end = match before {
+            Some(id) => key(AUDIT, &[&id.to_be_bytes()]),
+            None => vec![AUDIT + 1],
+        };
+        self.db.range(vec![AUDIT]..end).rev().map(|entry| {
+            let (_, v) = entry?;
+            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
+        })
+    }
+
+    /// Every key and value, for `export`.
+    pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        self.db.iter().map(|e| {
+            e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        })
+    }
+}
+
+fn evict_if_full<K, V>(map: &mut HashMap<K, V>, capacity: usize) {
+    if map.len() >= capacity {
+        // Drop an arbitrary tenth: cheap, and hot entries come back on their next use.
+        let mut drop = capacity / 10 + 1;
+        map.retain(|_, _| {
+            if drop > 0 {
+                drop -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    {
+        fs::create_dir_all(dir)
+    }
+}
+
+/// Makes the files sled created readable by the owner only (the directory is already 0700).
+fn restrict_permissions(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let mode = if path.is_dir() { 0o700 } else { 0o600 };
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+}
