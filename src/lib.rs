@@ -11,7 +11,10 @@
 //! - The front ends are thin adapters over [`service::Service`].
 
 pub mod audit;
+pub mod cli;
 pub mod error;
+pub mod http;
+pub mod mcp;
 pub mod record;
 pub mod rules;
 pub mod secret;

@@ -158,9 +158,20 @@ impl Service {
         presented: &str,
         client_ip: Option<IpAddr>,
     ) -> std::result::Result<TokenId, AuthFailure> {
+        let id = self.resolve_secret(presented, Timestamp::now())?;
+        self.check_standing(&id, client_ip)?;
+        Ok(id)
+    }
+
+    /// Whether an authenticated token may still make requests (rules 1 and 5): open response
+    /// streams ask this periodically.
+    pub fn check_standing(
+        &self,
+        id: &TokenId,
+        client_ip: Option<IpAddr>,
+    ) -> std::result::Result<(), AuthFailure> {
         let now = Timestamp::now();
-        let id = self.resolve_secret(presented, now)?;
-        let chain = self.store.chain(&id)?.ok_or(AuthFailure::Unknown)?;
+        let chain = self.store.chain(id)?.ok_or(AuthFailure::Unknown)?;
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
         let attempt = Attempt {
             environment: &self.config.environment,
@@ -170,8 +181,7 @@ impl Service {
             bucket: None,
             budgets: None,
         };
-        authorize(&links, &attempt).map_err(AuthFailure::Denied)?;
-        Ok(id)
+        authorize(&links, &attempt).map_err(AuthFailure::Denied)
     }
 
     fn resolve_secret(

@@ -1,0 +1,130 @@
+//! The command line (SPEC §7): global options, `serve`, and the owner's token commands.
+
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// tokenwarden: a token authority for the Model Context Protocol.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version, about, long_about = None)]
+pub struct Cli {
+    /// Where the database lives [default: $TOKENWARDEN_DATA_DIR, else the platform data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The environment this server runs in; tokens of other environments do not authenticate.
+    #[arg(long, global = true, value_name = "NAME", default_value = "default")]
+    pub environment: String,
+
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG also works.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the MCP server over stdio and/or streamable HTTP.
+    ///
+    /// Example: tokenwarden serve --http 127.0.0.1:8787
+    Serve(serve::ServeArgs),
+}
+
+/// `--data-dir`, else `$TOKENWARDEN_DATA_DIR`, else the platform's per-user data directory.
+pub fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(dir) = &cli.data_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("TOKENWARDEN_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let base = if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library/Application Support"))
+    } else {
+        std::env::var_os("XDG_DATA_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| home.map(|h| h.join(".local/share")))
+    };
+    base.map(|b| b.join("tokenwarden"))
+        .ok_or_else(|| "cannot find a data directory: pass --data-dir or set TOKENWARDEN_DATA_DIR".to_owned())
+}
+
+/// Runs a parsed command line; the error is the one line to print.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli, args).await,
+    }
+}
+
+/// A failure of a command: one line for stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            exit_code: 1,
+        }
+    }
+}
+
+impl From<crate::error::Error> for CliError {
+    fn from(e: crate::error::Error) -> CliError {
+        CliError::new(e.to_string())
+    }
+}
+
+/// The file in the data directory naming the server that holds the database.
+pub const HOLDER_FILE: &str = "server.json";
+
+pub fn service_config(cli: &Cli) -> crate::service::ServiceConfig {
+    crate::service::ServiceConfig {
+        environment: cli.environment.clone(),
+        ..crate::service::ServiceConfig::default()
+    }
+}
+
+/// Opens the store, turning "held by another process" into one line that names the holder
+/// (exit code 2).
+pub fn open_service(
+    dir: &std::path::Path,
+    config: crate::service::ServiceConfig,
+) -> Result<crate::service::Service, CliError> {
+    match crate::service::Service::open(dir, config) {
+        Ok(service) => Ok(service),
+        Err(crate::store::StoreError::Locked(_)) => {
+            let holder = std::fs::read_to_string(dir.join(HOLDER_FILE))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            let who = match holder {
+                Some(h) => {
+                    let pid = h["pid"].as_u64().map(|p| format!("pid {p}")).unwrap_or_default();
+                    match h["http"].as_str() {
+                        Some(addr) => format!("a running tokenwarden server ({pid}, http://{addr}/mcp)"),
+                        None => format!("a running tokenwarden server ({pid})"),
+                    }
+                }
+                None => "another tokenwarden process".to_owned(),
+            };
+            Err(CliError {
+                message: format!(
+                    "the database in {} is held by {who}: stop it first, or manage tokens \
+                     through its MCP tools",
+                    dir.display()
+                ),
+                exit_code: 2,
+            })
+        }
+        Err(e) => Err(CliError::new(e.to_string())),
+    }
+}

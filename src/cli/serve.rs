@@ -1,0 +1,219 @@
+//! `tokenwarden serve`: stdio, streamable HTTP, or both in one process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cli, CliError, open_service};
+use crate::http::{self, HttpConfig};
+use crate::mcp::TokenServer;
+use crate::service::requests::CreateToken;
+use crate::service::{Caller, Service};
+
+/// How often usage counters are written behind (SPEC §8 allows up to 5 s).
+const USAGE_WRITE_BEHIND: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve MCP over stdin/stdout (as the owner, or as the token in $TOKENWARDEN_TOKEN).
+    #[arg(long)]
+    pub stdio: bool,
+
+    /// Serve MCP over streamable HTTP at http://ADDR/mcp, e.g. 127.0.0.1:8787.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// Also accept this Host header (besides localhost names); repeatable.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+
+    /// Also accept this browser Origin, e.g. https://app.example.com:443; repeatable.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Deepest allowed token lineage (a root token is depth 0).
+    #[arg(long, default_value_t = 8)]
+    pub max_depth: u8,
+}
+
+/// Names the running server in the data directory, so other commands can say who holds it.
+struct HolderFile(PathBuf);
+
+impl HolderFile {
+    fn write(dir: &Path, http: Option<SocketAddr>) -> HolderFile {
+        let path = dir.join(super::HOLDER_FILE);
+        let body = serde_json::json!({
+            "pid": std::process::id(),
+            "http": http.map(|a| a.to_string()),
+        });
+        if let Err(e) = std::fs::write(&path, body.to_string()) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+        HolderFile(path)
+    }
+}
+
+impl Drop for HolderFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    if !args.stdio && args.http.is_none() {
+        return Err(CliError::new(
+            "nothing to serve: pass --stdio, --http 127.0.0.1:8787, or both",
+        ));
+    }
+    let dir = super::data_dir(cli).map_err(CliError::new)?;
+    let mut config = super::service_config(cli);
+    config.max_depth = args.max_depth;
+    let service = Arc::new(open_service(&dir, config)?);
+
+    let stdio_caller = if args.stdio { Some(stdio_caller(&service)?) } else { None };
+    let listener = match args.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::new(format!("cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let _holder = HolderFile::write(&dir, bound);
+    if bound.is_some() {
+        bootstrap_admin(&service)?;
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let http_task = listener.map(|listener| {
+        let config = HttpConfig {
+            allowed_hosts: args.allowed_hosts.clone(),
+            allowed_origins: args.allowed_origins.clone(),
+        };
+        let app = http::router(Arc::clone(&service), &config, shutdown.child_token());
+        let stop = shutdown.clone();
+        tracing::info!("serving MCP over HTTP at http://{}/mcp", bound.expect("bound"));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
+
+    if let Some(caller) = stdio_caller {
+        let server = TokenServer::for_stdio(Arc::clone(&service), caller);
+        let running = server
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| CliError::new(format!("stdio session failed to start: {e}")))?;
+        tokio::select! {
+            _ = running.waiting() => tracing::info!("stdio client disconnected; shutting down"),
+            _ = shutdown.cancelled() => {}
+        }
+        // The stdio client owns this process: when it goes, so does the server.
+        shutdown.cancel();
+    }
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("HTTP server failed: {e}"),
+            Err(e) => tracing::error!("HTTP server task failed: {e}"),
+        }
+    }
+    let service = Arc::clone(&service);
+    tokio::task::spawn_blocking(move || service.shutdown())
+        .await
+        .map_err(|e| CliError::new(format!("shutdown failed: {e}")))??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The owner, or the token named by `TOKENWARDEN_TOKEN`, checked like an HTTP bearer.
+fn stdio_caller(service: &Service) -> Result<Caller, CliError> {
+    match std::env::var("TOKENWARDEN_TOKEN") {
+        Ok(secret) if !secret.is_empty() => service
+            .authenticate(secret.trim(), None)
+            .map(Caller::Token)
+            .map_err(|e| CliError::new(format!("TOKENWARDEN_TOKEN does not authenticate: {e}"))),
+        _ => Ok(Caller::Owner),
+    }
+}
+
+/// On the first start of an empty store with HTTP enabled, mint one admin token and show its
+/// secret once, on stderr.
+fn bootstrap_admin(service: &Service) -> Result<(), CliError> {
+    if !service.store().is_empty() {
+        return Ok(());
+    }
+    let issued = service.create_token(
+        &Caller::Owner,
+        CreateToken {
+            name: "bootstrap admin".to_owned(),
+            description: Some("Created on first start; manages every token.".to_owned()),
+            admin: Some(true),
+            parent: Some("none".to_owned()),
+            ..CreateToken::default()
+        },
+    )?;
+    let line = "=".repeat(78);
+    eprintln!(
+        "\n{line}\n  tokenwarden: first start, so one admin token was created ({id}).\n\n  \
+         {secret}\n\n  Use it as the HTTP bearer: Authorization: Bearer <token>\n  \
+         It is shown this once and never again. If you lose it, stop the server and run:\n    \
+         tokenwarden token create --name admin --admin --parent none\n{line}\n",
+        id = issued.record.id,
+        secret = issued.token,
+    );
+    Ok(())
+}
+
+async fn write_usage_behind(service: Arc<Service>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(USAGE_WRITE_BEHIND);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || service.flush_usage()).await {
+            Ok(Err(e)) => tracing::warn!("writing usage counters failed: {e}"),
+            Err(e) => tracing::warn!("usage writer failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

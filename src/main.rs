@@ -1,0 +1,42 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokenwarden::cli::{self, Cli};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match (&cli.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => EnvFilter::try_new(level),
+        (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(env),
+        _ => EnvFilter::try_new("info"),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid log level: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Logs go to stderr: on stdio, stdout carries only JSON-RPC.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.exit_code.clamp(1, 255) as u8)
+        }
+    }
+}

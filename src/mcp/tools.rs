@@ -1,0 +1,224 @@
+//! The MCP tool catalogue (SPEC §5): names, descriptions written for an LLM reader, input
+//! schemas derived from the service's request types, annotations, and dispatch to the service.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::common::{schema_for_empty_input, schema_for_input};
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::service::requests::{
+    CreateToken, ListAuditEvents, ListTokens, RotateToken, ScopeToken, TokenRef, UpdateToken,
+    VerifyToken,
+};
+use crate::service::{Caller, Service, is_read_only_tool};
+
+/// How a tool behaves, as its MCP annotations declare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ReadOnly,
+    Write,
+    Idempotent,
+    Destructive,
+}
+
+struct Spec {
+    name: &'static str,
+    kind: Kind,
+    description: &'static str,
+    schema: fn() -> Arc<JsonObject>,
+}
+
+fn schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
+    schema_for_input::<T>().expect("request types derive object schemas")
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "whoami",
+        kind: Kind::ReadOnly,
+        description: "Show who you are: the token record this session authenticates as (its \
+            id, scope, limits, status and lineage), or {\"owner\": true} when acting as the \
+            server's owner. Call it first to learn what you may do. Takes no arguments.",
+        schema: schema_for_empty_input,
+    },
+    Spec {
+        name: "list_tokens",
+        kind: Kind::ReadOnly,
+        description: "List the tokens you can see (all of them for the owner or an admin \
+            token; otherwise yourself and your descendants), newest first. Filters: status \
+            (active|paused|revoked|expired), bucket, parent_id, search (substring of name or \
+            description). Returns {records, has_more, next_cursor}; pass next_cursor back as \
+            cursor for the next page. Example: {\"status\": \"active\", \"limit\": 50}.",
+        schema: schema::<ListTokens>,
+    },
+    Spec {
+        name: "get_token",
+        kind: Kind::ReadOnly,
+        description: "Get one token record by id, including effective_status (whether an \
+            ancestor's pause, revocation or expiry blocks it) and usage. Never returns the \
+            secret. Example: {\"id\": \"tok_…\"}.",
+        schema: schema::<TokenRef>,
+    },
+    Spec {
+        name: "create_token",
+        kind: Kind::Write,
+        description: "Mint a new token and return its record plus `token`, the secret, shown \
+            only this once: hand it to the agent or service that will use it. As a token \
+            caller, the new token is your child (parent \"self\") and can never hold more than \
+            you: buckets, tools, read_only, allowed_ips, expiry and limits must lie within \
+            yours (omitted fields are inherited), else the call fails with \
+            scope_exceeds_parent naming each field. Example for a sub-agent that may only \
+            read: {\"name\": \"researcher\", \"buckets\": [\"docs\"], \"tools\": \
+            [\"whoami\", \"list_*\"], \"ttl_seconds\": 3600}.",
+        schema: schema::<CreateToken>,
+    },
+    Spec {
+        name: "update_token",
+        kind: Kind::Idempotent,
+        description: "Change a token's name, description, metadata, expires_at, max_uses or \
+            rate_limit_per_minute (null clears a limit, within the parent's limits). \
+            Descendants are narrowed to fit. Returns the updated record. Example: \
+            {\"id\": \"tok_…\", \"expires_at\": \"2026-12-31T00:00:00Z\"}.",
+        schema: schema::<UpdateToken>,
+    },
+    Spec {
+        name: "scope_token",
+        kind: Kind::Idempotent,
+        description: "Change what a token may reach: replace or add/remove buckets and tool \
+            patterns (exact names, \"*\", or prefixes such as \"list_*\"), set read_only, or \
+            replace allowed_ips. Never beyond its parent; narrowing a token narrows all its \
+            descendants at once. Returns the updated record. Example: {\"id\": \"tok_…\", \
+            \"remove_tools\": [\"create_token\"]}.",
+        schema: schema::<ScopeToken>,
+    },
+    Spec {
+        name: "pause_token",
+        kind: Kind::Idempotent,
+        description: "Suspend a token: it and all its descendants are refused from the next \
+            request on, until resume_token. Reversible (use revoke_token for permanent). \
+            Returns the record. Example: {\"id\": \"tok_…\"}.",
+        schema: schema::<TokenRef>,
+    },
+    Spec {
+        name: "resume_token",
+        kind: Kind::Idempotent,
+        description: "Reactivate a paused token (a token cannot resume itself). Fails with \
+            conflict if it is revoked or expired. Returns the record. Example: \
+            {\"id\": \"tok_…\"}.",
+        schema: schema::<TokenRef>,
+    },
+    Spec {
+        name: "rotate_token",
+        kind: Kind::Write,
+        description: "Issue a new secret for a token, keeping its id, scope and children. The \
+            old secret keeps working for grace_seconds (0-86400, default 60) so its user can \
+            switch over. Returns the record plus `token`, the new secret, shown only this \
+            once. Example: {\"id\": \"tok_…\", \"grace_seconds\": 0}.",
+        schema: schema::<RotateToken>,
+    },
+    Spec {
+        name: "revoke_token",
+        kind: Kind::Destructive,
+        description: "Permanently revoke a token and every descendant; they are refused from \
+            the very next request. Irreversible. Use it when a sub-agent is done or a secret \
+            may have leaked. Returns {id, revoked: true, revoked_descendants}. Example: \
+            {\"id\": \"tok_…\"}.",
+        schema: schema::<TokenRef>,
+    },
+    Spec {
+        name: "delete_token",
+        kind: Kind::Destructive,
+        description: "Revoke a token and its descendants and remove their records (the audit \
+            log keeps what happened). Irreversible. Returns {id, deleted: true}. Example: \
+            {\"id\": \"tok_…\"}.",
+        schema: schema::<TokenRef>,
+    },
+    Spec {
+        name: "verify_token",
+        kind: Kind::ReadOnly,
+        description: "Check whether a secret is valid now and, if tool and/or bucket are \
+            given, whether it may call that tool on that bucket. For services that accept \
+            tokenwarden tokens; owner and admin tokens only. Returns {valid, token_id?, \
+            allowed?, reason?}. Example: {\"token\": \"mcp_…\", \"tool\": \"search\", \
+            \"bucket\": \"docs\"}.",
+        schema: schema::<VerifyToken>,
+    },
+    Spec {
+        name: "list_audit_events",
+        kind: Kind::ReadOnly,
+        description: "Read the audit log of management actions (create, update, scope, pause, \
+            resume, rotate, revoke, delete, import), newest first, with actor, target, time \
+            and what changed. Owner and admin tokens only. Filters: token_id, action, since \
+            (RFC 3339). Returns {events, has_more, next_cursor}.",
+        schema: schema::<ListAuditEvents>,
+    },
+];
+
+/// Every tool's MCP definition, in catalogue order.
+pub fn definitions() -> Vec<Tool> {
+    SPECS
+        .iter()
+        .map(|spec| {
+            let annotations = match spec.kind {
+                Kind::ReadOnly => ToolAnnotations::new().read_only(true),
+                Kind::Write => ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false),
+                Kind::Idempotent => ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(true),
+                Kind::Destructive => ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(true)
+                    .idempotent(true),
+            };
+            debug_assert_eq!(spec.kind == Kind::ReadOnly, is_read_only_tool(spec.name));
+            Tool::new(spec.name, spec.description, (spec.schema)()).with_annotations(annotations)
+        })
+        .collect()
+}
+
+pub fn exists(name: &str) -> bool {
+    SPECS.iter().any(|s| s.name == name)
+}
+
+fn args<T: DeserializeOwned>(tool: &str, value: Value) -> Result<T> {
+    serde_json::from_value(value)
+        .map_err(|e| Error::invalid(format!("invalid arguments for {tool}: {e}")))
+}
+
+fn json<T: Serialize>(value: T) -> Result<Value> {
+    Ok(serde_json::to_value(value).expect("results always serialise"))
+}
+
+/// Runs tool `name` for `caller`. The caller has already been authorised for the tool.
+pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value) -> Result<Value> {
+    match name {
+        "whoami" => {
+            if arguments.as_object().is_some_and(|o| !o.is_empty()) {
+                return Err(Error::invalid("whoami takes no arguments"));
+            }
+            json(service.whoami(caller)?)
+        }
+        "list_tokens" => json(service.list_tokens(caller, args(name, arguments)?)?),
+        "get_token" => json(service.get_token(caller, args(name, arguments)?)?),
+        "create_token" => json(service.create_token(caller, args(name, arguments)?)?),
+        "update_token" => json(service.update_token(caller, args(name, arguments)?)?),
+        "scope_token" => json(service.scope_token(caller, args(name, arguments)?)?),
+        "pause_token" => json(service.pause_token(caller, args(name, arguments)?)?),
+        "resume_token" => json(service.resume_token(caller, args(name, arguments)?)?),
+        "rotate_token" => json(service.rotate_token(caller, args(name, arguments)?)?),
+        "revoke_token" => json(service.revoke_token(caller, args(name, arguments)?)?),
+        "delete_token" => json(service.delete_token(caller, args(name, arguments)?)?),
+        "verify_token" => json(service.verify_token(caller, args(name, arguments)?)?),
+        "list_audit_events" => json(service.list_audit_events(caller, args(name, arguments)?)?),
+        other => Err(Error::not_found(format!("unknown tool {other}"))),
+    }
+}
