@@ -70,7 +70,8 @@ impl SessionBindings {
         let mut map = self.lock();
         let now = Instant::now();
         map.retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_BINDING_TTL);
-        map.entry(session.to_owned()).or_insert((token.clone(), now));
+        map.entry(session.to_owned())
+            .or_insert((token.clone(), now));
     }
 
     fn unbind(&self, session: &str) {
@@ -101,8 +102,16 @@ fn loopback_origins() -> Vec<String> {
 /// The whole HTTP application: `/mcp` (guarded) and `/healthz` (open).
 pub fn router(service: Arc<Service>, config: &HttpConfig, shutdown: CancellationToken) -> Router {
     let mcp_config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(loopback_hosts().into_iter().chain(config.allowed_hosts.clone()))
-        .with_allowed_origins(loopback_origins().into_iter().chain(config.allowed_origins.clone()))
+        .with_allowed_hosts(
+            loopback_hosts()
+                .into_iter()
+                .chain(config.allowed_hosts.clone()),
+        )
+        .with_allowed_origins(
+            loopback_origins()
+                .into_iter()
+                .chain(config.allowed_origins.clone()),
+        )
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
     let factory_service = Arc::clone(&service);
@@ -122,7 +131,11 @@ pub fn router(service: Arc<Service>, config: &HttpConfig, shutdown: Cancellation
 }
 
 async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}")
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
 }
 
 fn unauthorized(description: &str) -> Response {
@@ -146,7 +159,9 @@ fn unauthorized(description: &str) -> Response {
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
     }
     response
 }
@@ -213,7 +228,11 @@ async fn guard(
     });
     let response = next.run(request).await;
 
-    if let Some(opened) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+    if let Some(opened) = response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
         state.sessions.bind(opened, &token_id);
     }
     if method == Method::DELETE
@@ -267,5 +286,8 @@ fn close_when_token_stops(
             }
         }
     });
-    Response::from_parts(parts, Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Response::from_parts(
+        parts,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
 }

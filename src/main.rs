@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let filter = match (&cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::try_new(level),
         (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(env),
-        _ => EnvFilter::try_new("info"),
+        _ => EnvFilter::try_new("info,rmcp=warn"),
     };
     let filter = match filter {
         Ok(f) => f,

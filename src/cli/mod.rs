@@ -42,7 +42,9 @@ pub fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("TOKENWARDEN_DATA_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
     let base = if cfg!(target_os = "macos") {
         home.map(|h| h.join("Library/Application Support"))
     } else {
@@ -51,8 +53,9 @@ pub fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
             .map(PathBuf::from)
             .or_else(|| home.map(|h| h.join(".local/share")))
     };
-    base.map(|b| b.join("tokenwarden"))
-        .ok_or_else(|| "cannot find a data directory: pass --data-dir or set TOKENWARDEN_DATA_DIR".to_owned())
+    base.map(|b| b.join("tokenwarden")).ok_or_else(|| {
+        "cannot find a data directory: pass --data-dir or set TOKENWARDEN_DATA_DIR".to_owned()
+    })
 }
 
 /// Runs a parsed command line; the error is the one line to print.
@@ -108,9 +111,14 @@ pub fn open_service(
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
             let who = match holder {
                 Some(h) => {
-                    let pid = h["pid"].as_u64().map(|p| format!("pid {p}")).unwrap_or_default();
+                    let pid = h["pid"]
+                        .as_u64()
+                        .map(|p| format!("pid {p}"))
+                        .unwrap_or_default();
                     match h["http"].as_str() {
-                        Some(addr) => format!("a running tokenwarden server ({pid}, http://{addr}/mcp)"),
+                        Some(addr) => {
+                            format!("a running tokenwarden server ({pid}, http://{addr}/mcp)")
+                        }
                         None => format!("a running tokenwarden server ({pid})"),
                     }
                 }

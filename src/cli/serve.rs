@@ -75,7 +75,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     config.max_depth = args.max_depth;
     let service = Arc::new(open_service(&dir, config)?);
 
-    let stdio_caller = if args.stdio { Some(stdio_caller(&service)?) } else { None };
+    let stdio_caller = if args.stdio {
+        Some(stdio_caller(&service)?)
+    } else {
+        None
+    };
     let listener = match args.http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -101,11 +105,17 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         };
         let app = http::router(Arc::clone(&service), &config, shutdown.child_token());
         let stop = shutdown.clone();
-        tracing::info!("serving MCP over HTTP at http://{}/mcp", bound.expect("bound"));
+        tracing::info!(
+            "serving MCP over HTTP at http://{}/mcp",
+            bound.expect("bound")
+        );
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         })
     });
 
@@ -196,14 +206,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

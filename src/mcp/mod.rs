@@ -11,7 +11,8 @@ use std::sync::Arc;
 #[allow(deprecated)]
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -55,16 +56,25 @@ impl TokenServer {
         }
     }
 
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<(Caller, Option<IpAddr>), ErrorData> {
+    fn caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(Caller, Option<IpAddr>), ErrorData> {
         if let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() {
             return match parts.extensions.get::<Authenticated>() {
                 Some(a) => Ok((Caller::Token(a.token_id.clone()), Some(a.client_ip))),
-                None => Err(ErrorData::internal_error("request was not authenticated", None)),
+                None => Err(ErrorData::internal_error(
+                    "request was not authenticated",
+                    None,
+                )),
             };
         }
         match &self.stdio_caller {
             Some(caller) => Ok((caller.clone(), None)),
-            None => Err(ErrorData::internal_error("request was not authenticated", None)),
+            None => Err(ErrorData::internal_error(
+                "request was not authenticated",
+                None,
+            )),
         }
     }
 }
@@ -80,12 +90,17 @@ fn error_result(error: &Error) -> CallToolResult {
 #[allow(deprecated)]
 impl ServerHandler for TokenServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder()
+        ServerConfig::new(
+            ServerCapabilities::builder()
                 .enable_tools()
                 .enable_logging()
-                .build())
-            .with_server_info(Implementation::new("tokenwarden", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "tokenwarden",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -110,7 +125,10 @@ impl ServerHandler for TokenServer {
         let (caller, ip) = self.caller(&context)?;
         let name = request.name.to_string();
         if !tools::exists(&name) {
-            return Err(ErrorData::invalid_params(format!("unknown tool {name}"), None));
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {name}"),
+                None,
+            ));
         }
         let service = Arc::clone(&self.service);
         let arguments = Value::Object(request.arguments.unwrap_or_default());
