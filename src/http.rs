@@ -101,6 +101,46 @@ fn loopback_origins() -> Vec<String> {
 
 /// The whole HTTP application: `/mcp` (guarded) and `/healthz` (open).
 pub fn router(service: Arc<Service>, config: &HttpConfig, shutdown: CancellationToken) -> Router {
+    let state = GuardState {
+        service: Arc::clone(&service),
+        sessions: Arc::default(),
+    };
+    Router::new()
+        .nest_service("/mcp", mcp_service(service, config, shutdown))
+        .layer(middleware::from_fn_with_state(state, guard))
+        .route("/healthz", get(healthz))
+}
+
+/// The same application with the bearer guard replaced by a fixed caller, for the benchmark
+/// that measures the guard's cost. Never built into the product: it needs the
+/// `bench-internals` feature.
+#[cfg(feature = "bench-internals")]
+pub fn unguarded_router(
+    service: Arc<Service>,
+    config: &HttpConfig,
+    shutdown: CancellationToken,
+    as_token: TokenId,
+) -> Router {
+    let caller = Authenticated {
+        token_id: as_token,
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+    };
+    Router::new()
+        .nest_service("/mcp", mcp_service(service, config, shutdown))
+        .layer(middleware::from_fn(
+            move |mut request: Request, next: Next| {
+                request.extensions_mut().insert(caller.clone());
+                next.run(request)
+            },
+        ))
+        .route("/healthz", get(healthz))
+}
+
+fn mcp_service(
+    service: Arc<Service>,
+    config: &HttpConfig,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<TokenServer, LocalSessionManager> {
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(
             loopback_hosts()
@@ -114,20 +154,11 @@ pub fn router(service: Arc<Service>, config: &HttpConfig, shutdown: Cancellation
         )
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
-    let factory_service = Arc::clone(&service);
-    let mcp = StreamableHttpService::new(
-        move || Ok(TokenServer::for_http(Arc::clone(&factory_service))),
+    StreamableHttpService::new(
+        move || Ok(TokenServer::for_http(Arc::clone(&service))),
         Arc::new(LocalSessionManager::default()),
         mcp_config,
-    );
-    let state = GuardState {
-        service,
-        sessions: Arc::default(),
-    };
-    Router::new()
-        .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(state, guard))
-        .route("/healthz", get(healthz))
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

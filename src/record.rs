@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::rules::scope::Scope;
-use crate::secret::TokenId;
+use crate::secret::{SecretHash, TokenId};
 use crate::timestamp::Timestamp;
 
 /// A token's own state. `Expired` is never stored: it is computed from `expires_at`.
@@ -83,8 +83,8 @@ impl<'de> Deserialize<'de> for Actor {
     }
 }
 
-/// Everything stored about a token except its secret's hash and its usage counters, which
-/// live under their own keys (see `store`).
+/// Everything stored about a token except its usage counters, which live under their own keys
+/// (see `store`). Tools never return this directly: they return a `TokenView`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: TokenId,
@@ -98,12 +98,33 @@ pub struct TokenRecord {
     pub parent_id: Option<TokenId>,
     pub created_by: Actor,
     pub depth: u8,
+    #[serde(with = "metadata_as_json")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub paused_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
     pub rotated_at: Option<Timestamp>,
+    /// Hashes of the secrets that authenticate as this token: the current one, plus rotated-out
+    /// ones still inside their grace period.
+    pub hashes: Vec<SecretHash>,
+}
+
+/// Metadata is free-form JSON; the compact binary record encoding cannot carry arbitrary JSON
+/// values, so it is stored as a JSON string.
+mod metadata_as_json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    type Map = serde_json::Map<String, serde_json::Value>;
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(map).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl TokenRecord {

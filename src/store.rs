@@ -5,15 +5,16 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `t` | token id | record (JSON) |
+//! | `t` | token id | record (postcard, compact binary; its secret hashes included) |
 //! | `h` | BLAKE3 of a secret | token id, then grace end (8 bytes, ms) when rotated out |
-//! | `k` | token id + hash | empty: the hashes of a token, to retire them |
 //! | `c` | parent id + child id | empty |
-//! | `o` | created_at (8 bytes BE) + id | empty: creation order |
-//! | `s` | status byte + created_at + id | empty: creation order per stored status |
+//! | `s` | status byte + created_at (8 bytes BE) + id | empty: creation order per stored status |
 //! | `a` | event id (8 bytes BE) | audit event (JSON) |
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
+//!
+//! Few keys per token, short values, time-ordered ids and small segments keep sled's space
+//! amplification down (see BENCHMARKS.md for the measurements behind these choices).
 //!
 //! Hot records and hashes are also kept in memory. Writers update sled, then the cache, under
 //! a version bump; a reader that filled from sled only stores its value if no write happened
@@ -32,10 +33,13 @@ use crate::timestamp::Timestamp;
 
 const RECORD: u8 = b't';
 const HASH: u8 = b'h';
-const HASHES_OF: u8 = b'k';
 const CHILD: u8 = b'c';
-const ORDER: u8 = b'o';
 const STATUS: u8 = b's';
+/// The stored statuses, in the order their indexes are merged.
+const STORED_STATUSES: [Status; 3] = [Status::Active, Status::Paused, Status::Revoked];
+/// sled's log segment size: small segments are cleaned sooner, which roughly halves the space
+/// a large store takes compared with the 512 KiB default.
+const SEGMENT_BYTES: usize = 64 * 1024;
 const AUDIT: u8 = b'a';
 const USAGE: u8 = b'u';
 const REMAINING: u8 = b'r';
@@ -105,7 +109,7 @@ pub struct StoredUsage {
 pub struct Change {
     records: Vec<(Option<Arc<TokenRecord>>, TokenRecord)>,
     new_hashes: Vec<(SecretHash, HashEntry)>,
-    retired_hashes: Vec<(SecretHash, TokenId)>,
+    retired_hashes: Vec<SecretHash>,
     removed: Vec<Arc<TokenRecord>>,
     remaining: Vec<(TokenId, Option<u64>)>,
     audit: Vec<AuditEvent>,
@@ -118,9 +122,10 @@ impl Change {
     pub fn add_hash(&mut self, hash: SecretHash, entry: HashEntry) {
         self.new_hashes.push((hash, entry));
     }
-    /// Forgets one hash of a token (a rotated-out secret whose grace has ended).
-    pub fn retire_hash(&mut self, hash: SecretHash, id: TokenId) {
-        self.retired_hashes.push((hash, id));
+    /// Forgets one hash (a rotated-out secret whose grace has ended). The caller also drops it
+    /// from the record's `hashes`.
+    pub fn retire_hash(&mut self, hash: SecretHash) {
+        self.retired_hashes.push(hash);
     }
     pub fn remove(&mut self, record: Arc<TokenRecord>) {
         self.removed.push(record);
@@ -171,16 +176,6 @@ fn status_byte(s: Status) -> u8 {
     }
 }
 
-fn order_key(r: &TokenRecord) -> Vec<u8> {
-    key(
-        ORDER,
-        &[
-            &r.created_at.millis().to_be_bytes(),
-            r.id.as_str().as_bytes(),
-        ],
-    )
-}
-
 fn status_key(r: &TokenRecord) -> Vec<u8> {
     key(
         STATUS,
@@ -211,6 +206,14 @@ fn u64_from(bytes: &[u8]) -> Result<u64> {
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| StoreError::Corrupt("a counter is not 8 bytes".into()))
+}
+
+fn encode_record(record: &TokenRecord) -> Vec<u8> {
+    postcard::to_allocvec(record).expect("records always serialise")
+}
+
+fn decode_record(id: &TokenId, bytes: &[u8]) -> Result<TokenRecord> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
 }
 
 fn encode_hash_entry(e: &HashEntry) -> Vec<u8> {
@@ -255,6 +258,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(config.sled_cache_bytes)
+            .segment_size(SEGMENT_BYTES)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -316,10 +320,7 @@ impl Store {
         let Some(bytes) = self.db.get(key(RECORD, &[id.as_str().as_bytes()]))? else {
             return Ok(None);
         };
-        let record: Arc<TokenRecord> = Arc::new(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?,
-        );
+        let record = Arc::new(decode_record(id, &bytes)?);
         let mut cache = self.cache_write();
         if cache.version == version {
             evict_if_full(&mut cache.records, self.capacity);
@@ -387,57 +388,64 @@ impl Store {
         Ok(out)
     }
 
-    /// The hashes currently pointing at `id`.
-    pub fn hashes_of(&self, id: &TokenId) -> Result<Vec<(SecretHash, HashEntry)>> {
-        let prefix = key(HASHES_OF, &[id.as_str().as_bytes()]);
+    /// The hashes of `record`'s secrets with where each points (and its grace, if rotated out).
+    pub fn hashes_of(&self, record: &TokenRecord) -> Result<Vec<(SecretHash, HashEntry)>> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix(&prefix) {
-            let (k, _) = entry?;
-            let hash: [u8; 32] = k[prefix.len()..]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("bad hash key".into()))?;
-            if let Some(v) = self.db.get(key(HASH, &[&hash]))? {
-                out.push((SecretHash(hash), decode_hash_entry(&v)?));
+        for hash in &record.hashes {
+            if let Some(v) = self.db.get(key(HASH, &[&hash.0]))? {
+                out.push((*hash, decode_hash_entry(&v)?));
             }
         }
         Ok(out)
     }
 
-    /// Ids in creation order from a creation-ordered index, starting after `after` (an index
-    /// suffix: created_at + id). `status` selects the per-status index.
+    /// Ids in creation order, from the per-status index of `status`, or from all three stored
+    /// statuses merged. Starts after `after` (created_at + id) when given.
     pub fn ids_in_order(
         &self,
         status: Option<Status>,
         order: Order,
         after: Option<(Timestamp, &TokenId)>,
     ) -> impl Iterator<Item = Result<(Timestamp, TokenId)>> + '_ {
-        let prefix = match status {
-            Some(s) => vec![STATUS, status_byte(s)],
-            None => vec![ORDER],
+        let statuses: Vec<Status> = match status {
+            Some(s) => vec![s],
+            None => STORED_STATUSES.to_vec(),
         };
+        let streams: Vec<_> = statuses
+            .into_iter()
+            .map(|s| self.status_index(s, order, after).peekable())
+            .collect();
+        MergeInOrder { streams, order }
+    }
+
+    fn status_index(
+        &self,
+        status: Status,
+        order: Order,
+        after: Option<(Timestamp, &TokenId)>,
+    ) -> Box<dyn Iterator<Item = Result<(Timestamp, TokenId)>> + '_> {
+        let prefix = vec![STATUS, status_byte(status)];
         let start = prefix.clone();
         let mut end = prefix.clone();
         *end.last_mut().expect("prefix is non-empty") += 1;
+        let at = |t: Timestamp, id: &TokenId| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&t.millis().to_be_bytes());
+            k.extend_from_slice(id.as_str().as_bytes());
+            k
+        };
         let iter = match (order, after) {
-            (Order::Asc, None) => self.db.range(start..end),
-            (Order::Desc, None) => self.db.range(start..end),
+            (_, None) => self.db.range(start..end),
             (Order::Asc, Some((t, id))) => {
-                let mut from = prefix.clone();
-                from.extend_from_slice(&t.millis().to_be_bytes());
-                from.extend_from_slice(id.as_str().as_bytes());
+                let mut from = at(t, id);
                 from.push(0);
                 self.db.range(from..end)
             }
-            (Order::Desc, Some((t, id))) => {
-                let mut to = prefix.clone();
-                to.extend_from_slice(&t.millis().to_be_bytes());
-                to.extend_from_slice(id.as_str().as_bytes());
-                self.db.range(start..to)
-            }
+            (Order::Desc, Some((t, id))) => self.db.range(start..at(t, id)),
         };
         let decode = move |entry: sled::Result<(sled::IVec, sled::IVec)>| {
             let (k, _) = entry?;
-            let rest = &k[prefix.len()..];
+            let rest = &k[2..];
             if rest.len() != 8 + ID_LEN {
                 return Err(StoreError::Corrupt("bad index key".into()));
             }
@@ -445,11 +453,10 @@ impl Store {
                 .ok_or_else(|| StoreError::Corrupt("bad index timestamp".into()))?;
             Ok((created, id_from(&rest[8..])?))
         };
-        let boxed: Box<dyn Iterator<Item = Result<(Timestamp, TokenId)>>> = match order {
+        match order {
             Order::Asc => Box::new(iter.map(decode)),
             Order::Desc => Box::new(iter.rev().map(decode)),
-        };
-        boxed
+        }
     }
 
     pub fn usage(&self, id: &TokenId) -> Result<StoredUsage> {
@@ -506,8 +513,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         for (old, new) in &change.records {
             let id = new.id.as_str().as_bytes();
-            let json = serde_json::to_vec(new).expect("records always serialise");
-            batch.insert(key(RECORD, &[id]), json);
+            batch.insert(key(RECORD, &[id]), encode_record(new));
             match old {
                 Some(old) if old.status != new.status => {
                     batch.remove(status_key(old));
@@ -515,7 +521,6 @@ impl Store {
                 }
                 Some(_) => {}
                 None => {
-                    batch.insert(order_key(new), &[][..]);
                     batch.insert(status_key(new), &[][..]);
                     if let Some(parent) = &new.parent_id {
                         batch.insert(child_key(parent, &new.id), &[][..]);
@@ -525,31 +530,23 @@ impl Store {
         }
         for (hash, entry) in &change.new_hashes {
             batch.insert(key(HASH, &[&hash.0]), encode_hash_entry(entry));
-            batch.insert(
-                key(HASHES_OF, &[entry.id.as_str().as_bytes(), &hash.0]),
-                &[][..],
-            );
         }
-        let mut removed_hashes = Vec::new();
-        for (hash, id) in &change.retired_hashes {
+        let mut removed_hashes = change.retired_hashes.clone();
+        for hash in &change.retired_hashes {
             batch.remove(key(HASH, &[&hash.0]));
-            batch.remove(key(HASHES_OF, &[id.as_str().as_bytes(), &hash.0]));
-            removed_hashes.push(*hash);
         }
         for record in &change.removed {
             let id = record.id.as_str().as_bytes();
             batch.remove(key(RECORD, &[id]));
-            batch.remove(order_key(record));
             batch.remove(status_key(record));
             batch.remove(key(USAGE, &[id]));
             batch.remove(key(REMAINING, &[id]));
             if let Some(parent) = &record.parent_id {
                 batch.remove(child_key(parent, &record.id));
             }
-            for (hash, _) in self.hashes_of(&record.id)? {
+            for hash in &record.hashes {
                 batch.remove(key(HASH, &[&hash.0]));
-                batch.remove(key(HASHES_OF, &[id, &hash.0]));
-                removed_hashes.push(hash);
+                removed_hashes.push(*hash);
             }
         }
         for (id, remaining) in &change.remaining {
@@ -609,6 +606,37 @@ impl Store {
             e.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(StoreError::from)
         })
+    }
+}
+
+/// Merges index streams that are each in creation order into one stream in that order.
+struct MergeInOrder<I: Iterator<Item = Result<(Timestamp, TokenId)>>> {
+    streams: Vec<std::iter::Peekable<I>>,
+    order: Order,
+}
+
+impl<I: Iterator<Item = Result<(Timestamp, TokenId)>>> Iterator for MergeInOrder<I> {
+    type Item = Result<(Timestamp, TokenId)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut best: Option<(usize, (Timestamp, TokenId))> = None;
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            match stream.peek() {
+                None => continue,
+                Some(Err(_)) => return stream.next(),
+                Some(Ok(head)) => {
+                    let better = best.as_ref().is_none_or(|(_, b)| match self.order {
+                        Order::Asc => head < b,
+                        Order::Desc => head > b,
+                    });
+                    if better {
+                        best = Some((i, head.clone()));
+                    }
+                }
+            }
+        }
+        let (i, _) = best?;
+        self.streams[i].next()
     }
 }
 

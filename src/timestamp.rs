@@ -78,16 +78,28 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// Text (RFC 3339) in human-readable formats such as JSON; milliseconds in the store's compact
+/// binary encoding.
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Timestamp::parse(&text).map_err(serde::de::Error::custom)
+        } else {
+            let millis = i64::deserialize(d)?;
+            Timestamp::from_millis(millis)
+                .ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+        }
     }
 }
 

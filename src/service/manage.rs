@@ -287,6 +287,7 @@ impl Service {
             paused_at: None,
             revoked_at: None,
             rotated_at: None,
+            hashes: vec![secret.hash()],
         };
         let mut change = Change::default();
         change.add_hash(
@@ -638,13 +639,16 @@ impl Service {
             .plus_seconds(grace as u64)
             .expect("grace is at most a day");
         let mut change = Change::default();
-        for (hash, entry) in self.store.hashes_of(&target.id)? {
+        let mut updated = (**target).clone();
+        updated.hashes.clear();
+        for (hash, entry) in self.store.hashes_of(target)? {
             let ends = entry
                 .grace_until
                 .map_or(grace_until, |g| g.min(grace_until));
             if grace == 0 || ends <= now {
-                change.retire_hash(hash, target.id.clone());
+                change.retire_hash(hash);
             } else {
+                updated.hashes.push(hash);
                 change.add_hash(
                     hash,
                     HashEntry {
@@ -655,6 +659,7 @@ impl Service {
             }
         }
         let secret = Secret::generate();
+        updated.hashes.push(secret.hash());
         change.add_hash(
             secret.hash(),
             HashEntry {
@@ -662,7 +667,6 @@ impl Service {
                 grace_until: None,
             },
         );
-        let mut updated = (**target).clone();
         updated.masked = secret.masked();
         updated.last4 = secret.last4().to_owned();
         updated.rotated_at = Some(now);

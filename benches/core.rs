@@ -1,0 +1,199 @@
+//! In-process benchmarks of SPEC §9: secret parse + hash, the decision with a warm chain, hot and
+//! cold verify against 1,000,000 stored tokens, durable create/revoke, and the first page of
+//! list_tokens with a status filter.
+//!
+//! Run: `cargo bench --bench core` (the first run builds the fixture under target/).
+
+#[path = "support/fixture.rs"]
+mod fixture;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tokenwarden::record::TokenRecord;
+use tokenwarden::rules::authorize::{Attempt, Tool, authorize};
+use tokenwarden::secret::Secret;
+use tokenwarden::service::requests::{CreateToken, ListTokens, TokenRef};
+use tokenwarden::service::{Caller, Service, ServiceConfig};
+use tokenwarden::timestamp::Timestamp;
+
+const HOT_SET: usize = 100_000;
+
+fn secret_parse_and_hash(c: &mut Criterion) {
+    let secret = Secret::generate().expose().to_owned();
+    c.bench_function("secret parse + blake3", |b| {
+        b.iter(|| Secret::parse(black_box(&secret)).unwrap().hash())
+    });
+}
+
+fn decision_warm_chain(c: &mut Criterion) {
+    let (service, secrets) = fixture::open(ServiceConfig::default());
+    let id = service.authenticate(&secrets[0], None).unwrap();
+    let chain: Vec<Arc<TokenRecord>> = service.store().chain(&id).unwrap().unwrap();
+    assert_eq!(chain.len(), 4, "leaf at depth 3");
+    let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+    let attempt = Attempt {
+        environment: "default",
+        now: Timestamp::now(),
+        client_ip: Some("127.0.0.1".parse().unwrap()),
+        tool: Some(Tool {
+            name: "list_tokens",
+            read_only: true,
+        }),
+        bucket: Some("a"),
+        budgets: None,
+    };
+    c.bench_function("authorize, chain of depth 3", |b| {
+        b.iter(|| authorize(black_box(&links), black_box(&attempt)).unwrap())
+    });
+}
+
+/// Hot verify: secret → decision for a working set of 100,000 recently seen tokens.
+fn verify_hot(c: &mut Criterion) {
+    let (service, secrets) = fixture::open(ServiceConfig::default());
+    let hot = &secrets[..HOT_SET];
+    for s in hot {
+        service.authenticate(s, None).unwrap();
+    }
+    let mut i = 0;
+    c.bench_function("verify hot secret (100k working set, 1M stored)", |b| {
+        b.iter(|| {
+            i = (i + 7919) % HOT_SET;
+            service.authenticate(black_box(&hot[i]), None).unwrap()
+        })
+    });
+    report_percentiles("verify hot", 200_000, |k| {
+        service
+            .authenticate(&hot[(k * 7919) % HOT_SET], None)
+            .unwrap();
+    });
+}
+
+/// Cold verify: the first use of each secret since the store was opened.
+fn verify_cold(c: &mut Criterion) {
+    let (service, secrets) = fixture::open(ServiceConfig::default());
+    let cold = &secrets[HOT_SET..];
+    let mut next = 0;
+    let mut group = c.benchmark_group("cold");
+    group.sample_size(20);
+    group.bench_function("verify cold secret (first use, 1M stored)", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                service
+                    .authenticate(&cold[next % cold.len()], None)
+                    .unwrap();
+                next += 1;
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    drop(service);
+    // Percentiles on a freshly opened store, over secrets never presented in it.
+    let (service, _) = fixture::open(ServiceConfig::default());
+    let base = cold.len() / 2;
+    report_percentiles("verify cold", 20_000, |k| {
+        service
+            .authenticate(&cold[base + k * 17 % (cold.len() / 2)], None)
+            .unwrap();
+    });
+}
+
+fn durable_create_revoke(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let service = Service::open(dir.path(), ServiceConfig::default()).unwrap();
+    let mut group = c.benchmark_group("durable");
+    group.sample_size(20);
+    group.bench_function("create_token (flushed)", |b| {
+        b.iter(|| {
+            service
+                .create_token(
+                    &Caller::Owner,
+                    CreateToken {
+                        name: "bench".into(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+        })
+    });
+    let ids: Vec<String> = (0..50_000)
+        .map(|_| {
+            service
+                .create_token(
+                    &Caller::Owner,
+                    CreateToken {
+                        name: "victim".into(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .record
+                .id
+                .to_string()
+        })
+        .collect();
+    let mut next = 0;
+    group.bench_function("revoke_token (flushed)", |b| {
+        b.iter(|| {
+            let id = ids[next % ids.len()].clone();
+            next += 1;
+            service
+                .revoke_token(&Caller::Owner, TokenRef { id })
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn list_first_page(c: &mut Criterion) {
+    let (service, _) = fixture::open(ServiceConfig::default());
+    let mut group = c.benchmark_group("list");
+    group.sample_size(20);
+    group.bench_function(
+        "list_tokens first page (100, status=active, 1M stored)",
+        |b| {
+            b.iter(|| {
+                let page = service
+                    .list_tokens(
+                        &Caller::Owner,
+                        ListTokens {
+                            status: Some(tokenwarden::record::Status::Active),
+                            limit: Some(100),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                assert_eq!(page.records.len(), 100);
+            })
+        },
+    );
+    group.finish();
+}
+
+/// Prints p50/p99 of `n` single calls (criterion reports means; §9 targets percentiles).
+fn report_percentiles(label: &str, n: usize, mut f: impl FnMut(usize)) {
+    let mut samples: Vec<Duration> = Vec::with_capacity(n);
+    for k in 0..n {
+        let start = Instant::now();
+        f(k);
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let p = |q: f64| samples[((n as f64 * q) as usize).min(n - 1)];
+    println!("{label}: p50 {:?}  p99 {:?}  ({n} calls)", p(0.50), p(0.99));
+}
+
+criterion_group!(
+    benches,
+    secret_parse_and_hash,
+    decision_warm_chain,
+    verify_hot,
+    verify_cold,
+    durable_create_revoke,
+    list_first_page
+);
+criterion_main!(benches);
