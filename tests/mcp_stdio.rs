@@ -249,3 +249,35 @@ fn stdout_carries_only_json_rpc() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+/// `serve --stdio --http ADDR` serves both transports from one process (one database): a token
+/// minted by the owner over stdio works over HTTP at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_and_http_in_one_process() {
+    let dir = TempDir::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--stdio", "--http", &addr])
+        .env_remove("TOKENWARDEN_TOKEN");
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let owner = rmcp::ServiceExt::serve(rmcp::model::ClientConfig::default(), transport)
+        .await
+        .unwrap();
+    let issued = ok(
+        &owner,
+        "create_token",
+        json!({"name": "web", "tools": ["whoami"]}),
+    )
+    .await;
+    let url = format!("http://{addr}/mcp");
+    let web = connect_http(&url, issued["token"].as_str().unwrap()).await;
+    assert_eq!(ok(&web, "whoami", json!({})).await["name"], "web");
+    owner.cancel().await.unwrap();
+}
