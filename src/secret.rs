@@ -5,6 +5,7 @@
 //! only the BLAKE3 hash; the plaintext exists in memory only while a request is being answered.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand::TryRng;
 use rand::rngs::SysRng;
@@ -66,12 +67,24 @@ impl Secret {
         s.push_str(SECRET_PREFIX);
         let random = random_base62(RANDOM_LEN);
         s.push_str(&random);
-        s.push_str(&checksum(random.as_bytes()));
+        s.push_str(checksum(random.as_bytes()).as_str());
         Secret(s)
     }
 
     /// Validates prefix, length, alphabet and checksum, in that order, without any I/O.
     pub fn parse(presented: &str) -> Result<Secret, SecretError> {
+        Secret::check(presented)?;
+        Ok(Secret(presented.to_owned()))
+    }
+
+    /// The hash of a presented secret, after the same checks as `parse`, without copying it:
+    /// what the per-request guard needs.
+    pub fn hash_presented(presented: &str) -> Result<SecretHash, SecretError> {
+        Secret::check(presented)?;
+        Ok(SecretHash(*blake3::hash(presented.as_bytes()).as_bytes()))
+    }
+
+    fn check(presented: &str) -> Result<(), SecretError> {
         let Some(body) = presented.strip_prefix(SECRET_PREFIX) else {
             return Err(SecretError::Prefix);
         };
@@ -85,7 +98,7 @@ impl Secret {
         if checksum(random.as_bytes()) != sum {
             return Err(SecretError::Checksum);
         }
-        Ok(Secret(presented.to_owned()))
+        Ok(())
     }
 
     /// The full secret. Call only to hand it to its owner once (create/rotate results).
@@ -115,9 +128,11 @@ impl fmt::Debug for Secret {
 }
 
 /// A token id: `tok_` + 24 base62 characters. Not secret; logs and audit name tokens by it.
+/// Shared (`Arc<str>`): ids are cloned on every request's hot path, and a clone is then a
+/// reference-count increment rather than an allocation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TokenId(String);
+pub struct TokenId(Arc<str>);
 
 impl TokenId {
     pub fn generate() -> TokenId {
@@ -129,10 +144,13 @@ impl TokenId {
             n /= 62;
         }
         let time = std::str::from_utf8(&time).expect("base62 digits are ASCII");
-        TokenId(format!(
-            "{ID_PREFIX}{time}{}",
-            random_base62(ID_RANDOM_LEN - ID_TIME_LEN)
-        ))
+        TokenId(
+            format!(
+                "{ID_PREFIX}{time}{}",
+                random_base62(ID_RANDOM_LEN - ID_TIME_LEN)
+            )
+            .into(),
+        )
     }
 
     pub fn parse(s: &str) -> Result<TokenId, String> {
@@ -142,7 +160,7 @@ impl TokenId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric());
         if valid {
-            Ok(TokenId(s.to_owned()))
+            Ok(TokenId(s.into()))
         } else {
             Err(format!(
                 "invalid token id {:?}: expected tok_ followed by 24 letters or digits",
@@ -165,7 +183,7 @@ impl TryFrom<String> for TokenId {
 
 impl From<TokenId> for String {
     fn from(id: TokenId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 
@@ -211,14 +229,36 @@ fn random_base62(len: usize) -> String {
 }
 
 /// The CRC32 of `data` as exactly six base62 digits, most significant first.
-fn checksum(data: &[u8]) -> String {
+fn checksum(data: &[u8]) -> Checksum {
     let mut n = crc32fast::hash(data) as u64;
     let mut digits = [b'0'; CHECKSUM_LEN];
     for d in digits.iter_mut().rev() {
         *d = ALPHABET[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
+    Checksum(digits)
+}
+
+/// Six base62 digits, compared with the presented ones without allocating.
+#[derive(PartialEq, Eq)]
+struct Checksum([u8; CHECKSUM_LEN]);
+
+impl Checksum {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base62 digits are ASCII")
+    }
+}
+
+impl PartialEq<str> for Checksum {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Checksum {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
 }
 
 #[cfg(test)]

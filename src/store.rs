@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -147,8 +148,34 @@ impl Change {
 
 struct Cache {
     version: u64,
-    records: HashMap<TokenId, Arc<TokenRecord>>,
-    hashes: HashMap<SecretHash, HashEntry>,
+    records: HashMap<TokenId, Arc<TokenRecord>, BuildHasherDefault<FastHasher>>,
+    hashes: HashMap<SecretHash, HashEntry, BuildHasherDefault<FastHasher>>,
+}
+
+/// FxHash-style hashing for the hot caches. SipHash's flooding resistance buys nothing here:
+/// the keys are server-generated ids and BLAKE3 outputs, which a client cannot choose.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    /// A final avalanche (murmur3's): hashbrown takes the bucket from the low bits and a tag
+    /// from the high ones, and the multiply above leaves the low bits poorly mixed.
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
 }
 
 pub struct Store {
@@ -278,8 +305,8 @@ impl Store {
             db,
             cache: RwLock::new(Cache {
                 version: 0,
-                records: HashMap::new(),
-                hashes: HashMap::new(),
+                records: HashMap::default(),
+                hashes: HashMap::default(),
             }),
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
@@ -348,6 +375,29 @@ impl Store {
             cache.hashes.insert(*hash, entry.clone());
         }
         Ok(Some(entry))
+    }
+
+    /// Runs `decide` over the in-memory chain of the token a secret hash belongs to, under one
+    /// read lock and without cloning records: the hot path of every request. `None` when the
+    /// hash or any link is not in memory; the caller then takes the path that loads them.
+    pub fn with_cached_chain<R>(
+        &self,
+        hash: &SecretHash,
+        decide: impl FnOnce(&HashEntry, &[&TokenRecord]) -> R,
+    ) -> Option<R> {
+        let cache = self.cache_read();
+        let entry = cache.hashes.get(hash)?;
+        let mut links: Vec<&TokenRecord> = Vec::with_capacity(4);
+        let mut next = Some(&entry.id);
+        while let Some(id) = next {
+            let record = cache.records.get(id)?;
+            links.push(record);
+            next = record.parent_id.as_ref();
+            if links.len() > u8::MAX as usize {
+                return None;
+            }
+        }
+        Some(decide(entry, &links))
     }
 
     /// The token and its ancestors, nearest first. `None` when any link is missing.
@@ -640,7 +690,7 @@ impl<I: Iterator<Item = Result<(Timestamp, TokenId)>>> Iterator for MergeInOrder
     }
 }
 
-fn evict_if_full<K, V>(map: &mut HashMap<K, V>, capacity: usize) {
+fn evict_if_full<K, V, S>(map: &mut HashMap<K, V, S>, capacity: usize) {
     if map.len() >= capacity {
         // Drop an arbitrary tenth: cheap, and hot entries come back on their next use.
         let mut drop = capacity / 10 + 1;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
 use crate::rules::authorize::{Attempt, Denial, Tool, authorize};
 use crate::secret::{Secret, SecretError, TokenId};
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{HashEntry, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
 use requests::TokenView;
 use usage::UsageTable;
@@ -158,9 +158,31 @@ impl Service {
         presented: &str,
         client_ip: Option<IpAddr>,
     ) -> std::result::Result<TokenId, AuthFailure> {
-        let id = self.resolve_secret(presented, Timestamp::now())?;
-        self.check_standing(&id, client_ip)?;
-        Ok(id)
+        let hash = Secret::hash_presented(presented).map_err(AuthFailure::Malformed)?;
+        let now = Timestamp::now();
+        let attempt = Attempt {
+            environment: &self.config.environment,
+            now,
+            client_ip,
+            tool: None,
+            bucket: None,
+            budgets: None,
+        };
+        let judge = |entry: &HashEntry, links: &[&TokenRecord]| {
+            if entry.grace_until.is_some_and(|g| g <= now) {
+                return Err(AuthFailure::RotatedOut(entry.id.clone()));
+            }
+            authorize(links, &attempt).map_err(AuthFailure::Denied)?;
+            Ok(entry.id.clone())
+        };
+        if let Some(decision) = self.store.with_cached_chain(&hash, judge) {
+            return decision;
+        }
+        // Not all in memory yet: load the hash and the chain (this fills the cache).
+        let entry = self.store.hash_entry(&hash)?.ok_or(AuthFailure::Unknown)?;
+        let chain = self.store.chain(&entry.id)?.ok_or(AuthFailure::Unknown)?;
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        judge(&entry, &links)
     }
 
     /// Whether an authenticated token may still make requests (rules 1 and 5): open response
@@ -189,11 +211,8 @@ impl Service {
         presented: &str,
         now: Timestamp,
     ) -> std::result::Result<TokenId, AuthFailure> {
-        let secret = Secret::parse(presented).map_err(AuthFailure::Malformed)?;
-        let entry = self
-            .store
-            .hash_entry(&secret.hash())?
-            .ok_or(AuthFailure::Unknown)?;
+        let hash = Secret::hash_presented(presented).map_err(AuthFailure::Malformed)?;
+        let entry = self.store.hash_entry(&hash)?.ok_or(AuthFailure::Unknown)?;
         if entry.grace_until.is_some_and(|g| g <= now) {
             return Err(AuthFailure::RotatedOut(entry.id));
         }
