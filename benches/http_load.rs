@@ -24,17 +24,10 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn serve(app: axum::Router) -> SocketAddr {
+async fn serve(app: axum::Router, shutdown: CancellationToken) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    tokio::spawn(http::serve(listener, app, shutdown));
     addr
 }
 
@@ -149,13 +142,13 @@ fn main() {
             .unwrap();
         let config = HttpConfig { allowed_hosts: vec![], allowed_origins: vec![] };
         let shutdown = CancellationToken::new();
-        let guarded = serve(http::router(Arc::clone(&service), &config, shutdown.clone())).await;
+        let guarded = serve(http::router(Arc::clone(&service), &config, shutdown.clone()), shutdown.clone()).await;
         let unguarded = serve(http::unguarded_router(
             Arc::clone(&service),
             &config,
             shutdown.clone(),
             admin.record.id.clone(),
-        ))
+        ), shutdown.clone())
         .await;
         println!("tools/call whoami over streamable HTTP: {clients} clients, {seconds} s rounds, {rounds} rounds per variant");
         let mut with_guard = Vec::new();

@@ -34,6 +34,8 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const STREAM_RECHECK: Duration = Duration::from_millis(250);
 /// Session bindings unused this long are forgotten (rmcp closes idle sessions after 300 s).
 const SESSION_BINDING_TTL: Duration = Duration::from_secs(3600);
+/// Stale bindings are swept when a new session opens and the table is at least this big.
+const PRUNE_SESSIONS_ABOVE: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
@@ -69,7 +71,9 @@ impl SessionBindings {
     fn bind(&self, session: &str, token: &TokenId) {
         let mut map = self.lock();
         let now = Instant::now();
-        map.retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_BINDING_TTL);
+        if map.len() >= PRUNE_SESSIONS_ABOVE {
+            map.retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_BINDING_TTL);
+        }
         map.entry(session.to_owned())
             .or_insert((token.clone(), now));
     }
@@ -159,6 +163,28 @@ fn mcp_service(
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     )
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled. Connections get TCP_NODELAY (a
+/// small JSON-RPC reply must not wait ~40 ms for Nagle and delayed ACKs) and carry the peer's
+/// address, which the guard checks against `allowed_ips`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -272,11 +298,13 @@ async fn guard(
     {
         state.sessions.unbind(session);
     }
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
+    let is_stream = method == Method::GET
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if is_stream {
         close_when_token_stops(response, state.service, token_id, client_ip)
     } else {
