@@ -21,12 +21,22 @@ fn python_with_sdk() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success());
     if !has_sdk {
-        let created = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
-        assert!(created.is_ok_and(|s| s.success()), "python3 -m venv failed: is Python 3.10+ installed?");
+        let created = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
+        assert!(
+            created.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: is Python 3.10+ installed?"
+        );
         let installed = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", MCP_SDK])
             .status();
-        assert!(installed.is_ok_and(|s| s.success()), "pip install {MCP_SDK} failed");
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "pip install {MCP_SDK} failed"
+        );
     }
     python
 }
@@ -46,6 +56,9 @@ fn the_python_sdk_runs_the_agent_flow() {
         .expect("run the Python SDK client");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("python sdk agent flow: ok"), "{stdout}");
 }
