@@ -6,10 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs what it does; a one-shot command prints its result and logs only trouble.
+    let default_filter = match cli.command {
+        cli::Command::Serve(_) => "info,rmcp=warn",
+        _ => "warn",
+    };
     let filter = match (&cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::try_new(level),
         (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(env),
-        _ => EnvFilter::try_new("info,rmcp=warn"),
+        _ => EnvFilter::try_new(default_filter),
     };
     let filter = match filter {
         Ok(f) => f,
@@ -35,7 +40,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             ExitCode::from(e.exit_code.clamp(1, 255) as u8)
         }
     }

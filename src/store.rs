@@ -650,6 +650,71 @@ impl Store {
         })
     }
 
+    /// Checks that a key/value pair from a backup is one this store could have written, and
+    /// says what it belongs to.
+    pub fn classify_entry(key: &[u8], value: &[u8]) -> std::result::Result<BackupEntry, String> {
+        let (&prefix, rest) = key.split_first().ok_or("empty key")?;
+        let id = |bytes: &[u8]| id_from(bytes).map_err(|e| e.to_string());
+        Ok(match prefix {
+            RECORD => {
+                let id = id(rest)?;
+                let record = decode_record(&id, value).map_err(|e| e.to_string())?;
+                if record.id != id {
+                    return Err(format!("record under key {id} is for {}", record.id));
+                }
+                BackupEntry::Record(record)
+            }
+            HASH if rest.len() == 32 => {
+                BackupEntry::OfToken(decode_hash_entry(value).map_err(|e| e.to_string())?.id)
+            }
+            CHILD if rest.len() == 2 * ID_LEN => {
+                id(&rest[..ID_LEN])?;
+                BackupEntry::OfToken(id(&rest[ID_LEN..])?)
+            }
+            STATUS if rest.len() == 1 + 8 + ID_LEN => BackupEntry::OfToken(id(&rest[9..])?),
+            AUDIT if rest.len() == 8 => {
+                serde_json::from_slice::<AuditEvent>(value)
+                    .map_err(|e| format!("audit event: {e}"))?;
+                BackupEntry::Audit
+            }
+            USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
+            REMAINING if value.len() == 8 => BackupEntry::OfToken(id(rest)?),
+            _ => return Err("unknown or malformed key".to_owned()),
+        })
+    }
+
+    /// True when the store holds nothing at all: no token and no audit event.
+    pub fn is_blank(&self) -> bool {
+        self.db.is_empty()
+    }
+
+    /// Writes backup entries in one atomic batch, keeping any key already present, flushes,
+    /// and resets the in-memory state derived from storage. Returns how many entries were
+    /// written. Entries must have passed `classify_entry`.
+    pub fn import_entries(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<usize> {
+        let mut batch = sled::Batch::default();
+        let mut written = 0;
+        for (k, v) in entries {
+            if self.db.contains_key(k)? {
+                continue;
+            }
+            batch.insert(k.as_slice(), v.as_slice());
+            written += 1;
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        let next = match self.db.scan_prefix([AUDIT]).next_back() {
+            Some(entry) => u64_from(&entry?.0[1..])? + 1,
+            None => 1,
+        };
+        self.next_audit_id.fetch_max(next, Ordering::SeqCst);
+        let mut cache = self.cache_write();
+        cache.version += 1;
+        cache.records.clear();
+        cache.hashes.clear();
+        Ok(written)
+    }
+
     /// Every key and value, for `export`.
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         self.db.iter().map(|e| {
@@ -741,4 +806,15 @@ fn restrict_permissions(dir: &Path) {
             }
         }
     }
+}
+
+/// What one backup entry belongs to.
+#[derive(Debug)]
+pub enum BackupEntry {
+    /// A token's record.
+    Record(TokenRecord),
+    /// An index entry, secret hash or counter of this token.
+    OfToken(TokenId),
+    /// An audit event.
+    Audit,
 }

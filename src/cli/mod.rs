@@ -1,6 +1,13 @@
-//! The command line (SPEC §7): global options, `serve`, and the owner's token commands.
+//! The command line (SPEC §7): global options, `serve`, and the owner's commands (`token …`,
+//! `audit`, `export`, `import`). The owner's commands are thin adapters over
+//! [`crate::service::Service`], acting as [`crate::service::Caller::Owner`]: they build the
+//! same request types the MCP tools take and print the same result objects.
 
+pub mod audit;
+pub mod backup;
+pub mod output;
 pub mod serve;
+pub mod token;
 
 use std::path::PathBuf;
 
@@ -22,6 +29,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Print results as JSON (one object per line; one record per line for lists), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +43,29 @@ pub enum Command {
     ///
     /// Example: tokenwarden serve --http 127.0.0.1:8787
     Serve(serve::ServeArgs),
+
+    /// Manage tokens as the owner: list, get, create, update, scope, pause, resume, rotate,
+    /// revoke, delete.
+    ///
+    /// Example: tokenwarden token create --name ci --buckets docs --tools 'list_*' --ttl-seconds 3600
+    Token(token::TokenArgs),
+
+    /// Show the audit log of management actions, newest first.
+    ///
+    /// Example: tokenwarden audit --token-id tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --limit 50
+    Audit(audit::AuditArgs),
+
+    /// Write a JSON-lines backup of every token (secret hashes, never secrets), usage counters
+    /// and the audit log.
+    ///
+    /// Example: tokenwarden export --output tokenwarden-backup.jsonl
+    Export(backup::ExportArgs),
+
+    /// Restore a backup written by `export` into an empty store (or, with --merge, add the
+    /// tokens a store lacks).
+    ///
+    /// Example: tokenwarden --data-dir /srv/tokenwarden import --input tokenwarden-backup.jsonl
+    Import(backup::ImportArgs),
 }
 
 /// `--data-dir`, else `$TOKENWARDEN_DATA_DIR`, else the platform's per-user data directory.
@@ -62,6 +96,10 @@ pub fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Token(args) => token::run(&cli, args),
+        Command::Audit(args) => audit::run(&cli, args),
+        Command::Export(args) => backup::export(&cli, args),
+        Command::Import(args) => backup::import(&cli, args),
     }
 }
 
@@ -79,10 +117,25 @@ impl CliError {
             exit_code: 1,
         }
     }
+
+    /// A failure already explained (or needing no words, like a closed stdout pipe): exits
+    /// non-zero without printing.
+    pub fn quiet() -> CliError {
+        CliError {
+            message: String::new(),
+            exit_code: 1,
+        }
+    }
 }
 
 impl From<crate::error::Error> for CliError {
     fn from(e: crate::error::Error) -> CliError {
+        CliError::new(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> CliError {
         CliError::new(e.to_string())
     }
 }
@@ -95,6 +148,18 @@ pub fn service_config(cli: &Cli) -> crate::service::ServiceConfig {
         environment: cli.environment.clone(),
         ..crate::service::ServiceConfig::default()
     }
+}
+
+/// Opens the service for one of the owner's commands, in the data directory `cli` names.
+pub fn owner_service(cli: &Cli) -> Result<crate::service::Service, CliError> {
+    let dir = data_dir(cli).map_err(CliError::new)?;
+    open_service(&dir, service_config(cli))
+}
+
+/// Flushes everything and closes the service at the end of an owner's command.
+pub fn close_service(service: crate::service::Service) -> Result<(), CliError> {
+    service.shutdown()?;
+    Ok(())
 }
 
 /// Opens the store, turning "held by another process" into one line that names the holder

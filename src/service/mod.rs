@@ -5,9 +5,11 @@
 //! store and flushed before the operation returns; the flush happens outside the lock, so
 //! concurrent writers share fsyncs (group commit).
 
+mod backup;
 mod manage;
 mod query;
 pub mod requests;
+pub use backup::Imported;
 mod usage;
 mod validate;
 

@@ -1,0 +1,112 @@
+//! `tokenwarden export` and `import`: backup and restore as JSON lines (the format is
+//! described in [`crate::service::Service::export`]). A backup holds secret hashes, never
+//! secrets, yet whoever holds one can restore working tokens: it is written readable by its
+//! owner only.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde_json::json;
+
+use super::output::Out;
+use super::{Cli, CliError};
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Write the backup to FILE (created readable by you only, and only once complete)
+    /// instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Read the backup from FILE instead of standard input.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Import into a store that is not empty: add only the tokens it lacks (each must still fit
+    /// within its parent as the store holds it); the backup's audit events are not added.
+    #[arg(long)]
+    pub merge: bool,
+}
+
+pub fn export(cli: &Cli, args: &ExportArgs) -> Result<(), CliError> {
+    let service = super::owner_service(cli)?;
+    let written = match &args.output {
+        None => {
+            let mut stdout = io::stdout().lock();
+            service.export(&mut stdout)
+        }
+        Some(path) => export_to_file(&service, path),
+    };
+    super::close_service(service)?;
+    let entries = written?;
+    if let Some(path) = &args.output {
+        let mut out = Out::new();
+        if cli.json {
+            out.json(&json!({ "entries": entries, "path": path }))?;
+        } else {
+            out.line(format!("exported {entries} entries to {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes to a temporary file beside `path` and renames it into place once complete, so a
+/// failed export never leaves a truncated backup under the chosen name.
+fn export_to_file(service: &crate::service::Service, path: &Path) -> crate::error::Result<u64> {
+    let io_error = |what: &str, e: io::Error| {
+        crate::error::Error::new(
+            crate::error::ErrorCode::Internal,
+            format!("cannot {what} {}: {e}", path.display()),
+        )
+    };
+    let partial = path.with_extension("partial");
+    let file = private_file(&partial).map_err(|e| io_error("create", e))?;
+    let mut writer = BufWriter::new(file);
+    let entries = service.export(&mut writer).inspect_err(|_| {
+        let _ = fs::remove_file(&partial);
+    })?;
+    writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|file| file.sync_all())
+        .and_then(|()| fs::rename(&partial, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&partial);
+            io_error("write", e)
+        })?;
+    Ok(entries)
+}
+
+fn private_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
+    // Read the file before opening the store, so a missing file changes nothing.
+    let mut input: Box<dyn io::BufRead> = match &args.input {
+        None => Box::new(io::stdin().lock()),
+        Some(path) => {
+            Box::new(BufReader::new(File::open(path).map_err(|e| {
+                CliError::new(format!("cannot read {}: {e}", path.display()))
+            })?))
+        }
+    };
+    let service = super::owner_service(cli)?;
+    let imported = service.import(&mut input, args.merge);
+    super::close_service(service)?;
+    let imported = imported?;
+    let mut out = Out::new();
+    if cli.json {
+        out.json(&json!(imported))
+    } else {
+        out.line(format!("imported {} entries", imported.entries_written))
+    }
+}

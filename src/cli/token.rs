@@ -1,0 +1,459 @@
+//! `tokenwarden token …`: the token tools on the command line, acting as the owner.
+//!
+//! Each subcommand turns its flags into the JSON arguments of the tool of the same name and
+//! calls [`crate::mcp::tools::dispatch`], the function the MCP server calls: one argument
+//! parser, one validation, one result shape for both front ends.
+
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+use super::output::{self, Out};
+use super::{Cli, CliError};
+use crate::mcp::tools::dispatch;
+use crate::service::{Caller, Service};
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// List tokens, newest first, as a table.
+    ///
+    /// Example: tokenwarden token list --status active --bucket docs --all
+    List(ListArgs),
+    /// Show one token.
+    ///
+    /// Example: tokenwarden token get tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
+    Get(IdArg),
+    /// Create a token and print its secret, once.
+    ///
+    /// Example: tokenwarden token create --name ci --buckets docs --tools 'list_*,whoami' --ttl-seconds 86400
+    Create(CreateArgs),
+    /// Change a token's name, description, metadata, expiry or limits.
+    ///
+    /// Example: tokenwarden token update tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --expires-at none --max-uses 100
+    Update(UpdateArgs),
+    /// Change what a token may reach: buckets, tools, read-only, allowed addresses.
+    ///
+    /// Example: tokenwarden token scope tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --remove-tools delete_token --read-only true
+    Scope(ScopeArgs),
+    /// Pause a token (and, in effect, its descendants) until resumed.
+    ///
+    /// Example: tokenwarden token pause tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
+    Pause(IdArg),
+    /// Resume a paused token.
+    ///
+    /// Example: tokenwarden token resume tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
+    Resume(IdArg),
+    /// Issue a new secret for a token; the old one works for a grace period.
+    ///
+    /// Example: tokenwarden token rotate tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --grace-seconds 300
+    Rotate(RotateArgs),
+    /// Revoke a token and every descendant, permanently.
+    ///
+    /// Example: tokenwarden token revoke tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
+    Revoke(IdArg),
+    /// Delete a revoked or expired token's record (a live token must be revoked first).
+    ///
+    /// Example: tokenwarden token delete tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
+    Delete(IdArg),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The token id (tok_…).
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tokens whose own status is this: active, paused, revoked or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only tokens that may reach this bucket.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Only direct children of this token id.
+    #[arg(long, value_name = "ID")]
+    pub parent_id: Option<String>,
+    /// Case-insensitive substring of the name or description.
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+    /// Page size, 1-100 [default: 20].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Resume after the page that printed this cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// By creation time: desc (newest first, the default) or asc.
+    #[arg(long)]
+    pub order: Option<String>,
+    /// Follow every page instead of stopping after one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Human-readable name, 1-128 characters.
+    #[arg(long)]
+    pub name: String,
+    /// Optional description, up to 1024 characters.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Buckets, comma-separated, or '*' for all [default: all, or the parent's].
+    #[arg(long, value_delimiter = ',')]
+    pub buckets: Option<Vec<String>>,
+    /// Tool patterns, comma-separated: names, '*', or prefixes like 'list_*' [default: all, or the parent's].
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Option<Vec<String>>,
+    /// Only read-only tools may be called.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The token may see and manage every token.
+    #[arg(long)]
+    pub admin: bool,
+    /// CIDR ranges the token may be used from, comma-separated [default: any].
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    pub allowed_ips: Option<Vec<String>>,
+    /// Expiry as RFC 3339, e.g. 2026-12-31T23:59:59Z.
+    #[arg(long, value_name = "TIME", conflicts_with = "ttl_seconds")]
+    pub expires_at: Option<String>,
+    /// Lifetime in seconds from now.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub ttl_seconds: Option<i64>,
+    /// Total number of tool calls allowed.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_uses: Option<i64>,
+    /// Tool calls allowed per minute.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rate_limit_per_minute: Option<i64>,
+    /// A JSON object, at most 4 KiB, e.g. '{"team":"infra"}'.
+    #[arg(long, value_name = "JSON", value_parser = json_object)]
+    pub metadata: Option<Value>,
+    /// The parent token id, to create a child no broader than it [default: a root token].
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The token id (tok_…).
+    pub id: String,
+    /// New name, 1-128 characters.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New description.
+    #[arg(long, conflicts_with = "clear_description")]
+    pub description: Option<String>,
+    /// Remove the description.
+    #[arg(long)]
+    pub clear_description: bool,
+    /// Replace the metadata with this JSON object.
+    #[arg(long, value_name = "JSON", value_parser = json_object)]
+    pub metadata: Option<Value>,
+    /// New expiry as RFC 3339, or 'none' to remove it.
+    #[arg(long, value_name = "TIME|none", value_parser = text_or_none)]
+    pub expires_at: Option<Value>,
+    /// New total call limit, or 'none' to remove it.
+    #[arg(long, value_name = "N|none", value_parser = integer_or_none, allow_negative_numbers = true)]
+    pub max_uses: Option<Value>,
+    /// New per-minute call limit, or 'none' to remove it.
+    #[arg(long, value_name = "N|none", value_parser = integer_or_none, allow_negative_numbers = true)]
+    pub rate_limit_per_minute: Option<Value>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// The token id (tok_…).
+    pub id: String,
+    /// Replace the buckets (comma-separated, '*' for all).
+    #[arg(long, value_delimiter = ',')]
+    pub buckets: Option<Vec<String>>,
+    /// Buckets to add, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub add_buckets: Option<Vec<String>>,
+    /// Buckets to remove, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub remove_buckets: Option<Vec<String>>,
+    /// Replace the tool patterns, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Option<Vec<String>>,
+    /// Tool patterns to add, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub add_tools: Option<Vec<String>>,
+    /// Tool patterns to remove (exact pattern text), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub remove_tools: Option<Vec<String>>,
+    /// Set (true) or clear (false) read-only.
+    #[arg(long, value_name = "true|false")]
+    pub read_only: Option<bool>,
+    /// Replace the allowed CIDR ranges, comma-separated; '' allows any address.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The token id (tok_…).
+    pub id: String,
+    /// How long the old secret keeps working, 0-86400 seconds [default: 60].
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub grace_seconds: Option<i64>,
+}
+
+fn json_object(text: &str) -> Result<Value, String> {
+    match serde_json::from_str(text) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err("must be a JSON object, e.g. '{\"team\":\"infra\"}'".to_owned()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+fn text_or_none(text: &str) -> Result<Value, String> {
+    Ok(if text == "none" {
+        Value::Null
+    } else {
+        json!(text)
+    })
+}
+
+fn integer_or_none(text: &str) -> Result<Value, String> {
+    match text {
+        "none" => Ok(Value::Null),
+        _ => text
+            .parse::<i64>()
+            .map(|n| json!(n))
+            .map_err(|_| "must be a whole number or 'none'".to_owned()),
+    }
+}
+
+/// Tool arguments, with absent flags left out (the tool's default applies).
+#[derive(Default)]
+pub struct Arguments(Map<String, Value>);
+
+impl Arguments {
+    pub fn id(id: &str) -> Arguments {
+        Arguments::default().set("id", Some(id))
+    }
+
+    pub fn set(mut self, key: &str, value: Option<impl Into<Value>>) -> Arguments {
+        if let Some(value) = value {
+            self.0.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// A comma-separated list flag; empty items are dropped, so `--allowed-ips ''` is `[]`.
+    fn list(self, key: &str, items: &Option<Vec<String>>) -> Arguments {
+        let items = items.as_ref().map(|items| {
+            items
+                .iter()
+                .filter(|i| !i.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        self.set(key, items)
+    }
+
+    fn flag(self, key: &str, on: bool) -> Arguments {
+        self.set(key, on.then_some(true))
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+pub fn run(cli: &Cli, args: &TokenArgs) -> Result<(), CliError> {
+    let service = super::owner_service(cli)?;
+    let result = execute(&service, cli.json, &args.command);
+    let closed = super::close_service(service);
+    result.and(closed)
+}
+
+fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), CliError> {
+    let call = |tool: &str, args: Arguments| -> Result<Value, CliError> {
+        Ok(dispatch(service, &Caller::Owner, tool, args.into_value())?)
+    };
+    let mut out = Out::new();
+    match command {
+        TokenCommand::List(list) => return list_tokens(service, json, list, &mut out),
+        TokenCommand::Get(a) => {
+            show_record(&mut out, json, call("get_token", Arguments::id(&a.id))?)
+        }
+        TokenCommand::Create(a) => {
+            let args = Arguments::default()
+                .set("name", Some(a.name.as_str()))
+                .set("description", a.description.as_deref())
+                .list("buckets", &a.buckets)
+                .list("tools", &a.tools)
+                .flag("read_only", a.read_only)
+                .flag("admin", a.admin)
+                .list("allowed_ips", &a.allowed_ips)
+                .set("expires_at", a.expires_at.as_deref())
+                .set("ttl_seconds", a.ttl_seconds)
+                .set("max_uses", a.max_uses)
+                .set("rate_limit_per_minute", a.rate_limit_per_minute)
+                .set("metadata", a.metadata.clone())
+                .set("parent", Some(a.parent.as_deref().unwrap_or("none")));
+            show_secret(&mut out, json, call("create_token", args)?)
+        }
+        TokenCommand::Update(a) => {
+            let description = match (&a.description, a.clear_description) {
+                (_, true) => Some(Value::Null),
+                (text, false) => text.as_deref().map(Value::from),
+            };
+            let args = Arguments::id(&a.id)
+                .set("name", a.name.as_deref())
+                .set("description", description)
+                .set("metadata", a.metadata.clone())
+                .set("expires_at", a.expires_at.clone())
+                .set("max_uses", a.max_uses.clone())
+                .set("rate_limit_per_minute", a.rate_limit_per_minute.clone());
+            show_record(&mut out, json, call("update_token", args)?)
+        }
+        TokenCommand::Scope(a) => {
+            let args = Arguments::id(&a.id)
+                .list("buckets", &a.buckets)
+                .list("add_buckets", &a.add_buckets)
+                .list("remove_buckets", &a.remove_buckets)
+                .list("tools", &a.tools)
+                .list("add_tools", &a.add_tools)
+                .list("remove_tools", &a.remove_tools)
+                .set("read_only", a.read_only)
+                .list("allowed_ips", &a.allowed_ips);
+            show_record(&mut out, json, call("scope_token", args)?)
+        }
+        TokenCommand::Pause(a) => {
+            show_record(&mut out, json, call("pause_token", Arguments::id(&a.id))?)
+        }
+        TokenCommand::Resume(a) => {
+            show_record(&mut out, json, call("resume_token", Arguments::id(&a.id))?)
+        }
+        TokenCommand::Rotate(a) => {
+            let args = Arguments::id(&a.id).set("grace_seconds", a.grace_seconds);
+            show_secret(&mut out, json, call("rotate_token", args)?)
+        }
+        TokenCommand::Revoke(a) => {
+            let result = call("revoke_token", Arguments::id(&a.id))?;
+            if json {
+                return out.json(&result);
+            }
+            out.line(format!(
+                "revoked {} and {} descendant(s)",
+                a.id, result["revoked_descendants"]
+            ))
+        }
+        TokenCommand::Delete(a) => {
+            let result = call("delete_token", Arguments::id(&a.id))?;
+            if json {
+                return out.json(&result);
+            }
+            out.line(format!("deleted {}", a.id))
+        }
+    }
+}
+
+fn show_record(out: &mut Out, json: bool, record: Value) -> Result<(), CliError> {
+    if json {
+        out.json(&record)
+    } else {
+        out.fields(&record)
+    }
+}
+
+/// A create or rotate result: the record, then the secret, which is never shown again.
+fn show_secret(out: &mut Out, json: bool, mut issued: Value) -> Result<(), CliError> {
+    if json {
+        return out.json(&issued);
+    }
+    let secret = issued["token"].take();
+    if let Some(record) = issued.as_object_mut() {
+        record.remove("token");
+    }
+    out.fields(&issued)?;
+    out.line("")?;
+    out.line(format!("secret: {}", output::cell(&secret)))?;
+    out.line("This secret will not be shown again: store it now (it is kept only as a hash).")
+}
+
+fn list_tokens(
+    service: &Service,
+    json: bool,
+    list: &ListArgs,
+    out: &mut Out,
+) -> Result<(), CliError> {
+    const ALL_PAGE: u32 = 100;
+    let mut args = Arguments::default()
+        .set("status", list.status.as_deref())
+        .set("bucket", list.bucket.as_deref())
+        .set("parent_id", list.parent_id.as_deref())
+        .set("search", list.search.as_deref())
+        .set("limit", list.limit.or(list.all.then_some(ALL_PAGE)))
+        .set("cursor", list.cursor.as_deref())
+        .set("order", list.order.as_deref())
+        .into_value();
+    let records = paginate(service, "list_tokens", "records", list.all, &mut args)?;
+    if json {
+        records.rows.iter().try_for_each(|r| out.json(r))?;
+    } else if records.rows.is_empty() {
+        out.line("no tokens")?;
+    } else {
+        out.lines(&output::table(&output::TOKEN_COLUMNS, &records.rows))?;
+    }
+    more_hint(out, json, records.next_cursor)
+}
+
+/// Rows gathered from one page, or from every page with `all`.
+pub struct Rows {
+    pub rows: Vec<Value>,
+    /// Set when more pages follow the ones gathered.
+    pub next_cursor: Option<String>,
+}
+
+/// Calls a paged tool (as the owner), following `next_cursor` when `all`.
+pub fn paginate(
+    service: &Service,
+    tool: &str,
+    field: &str,
+    all: bool,
+    args: &mut Value,
+) -> Result<Rows, CliError> {
+    let mut rows = Vec::new();
+    loop {
+        let mut page = dispatch(service, &Caller::Owner, tool, args.clone())?;
+        if let Value::Array(items) = page[field].take() {
+            rows.extend(items);
+        }
+        let next = page["next_cursor"]
+            .as_str()
+            .filter(|_| page["has_more"] == true);
+        match next {
+            Some(cursor) if all => args["cursor"] = json!(cursor),
+            next => {
+                return Ok(Rows {
+                    rows,
+                    next_cursor: next.map(str::to_owned),
+                });
+            }
+        }
+    }
+}
+
+/// Tells how to get the next page; on stderr with `--json`, so stdout stays pure JSON lines.
+pub fn more_hint(out: &mut Out, json: bool, next_cursor: Option<String>) -> Result<(), CliError> {
+    let Some(cursor) = next_cursor else {
+        return Ok(());
+    };
+    let hint = format!("more: pass --cursor {cursor} for the next page, or --all for every page");
+    if json {
+        eprintln!("{hint}");
+        Ok(())
+    } else {
+        out.line(hint)
+    }
+}

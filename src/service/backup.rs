@@ -1,0 +1,233 @@
+//! Export and import: JSON lines holding every stored key and value (records with their secret
+//! hashes, lineage and status indexes, usage counters, the audit log). Secrets are never
+//! stored, so a backup holds none.
+//!
+//! Format: a header line `{"format":"tokenwarden-export","version":1,"entries":N}`, then one
+//! `{"k":"<hex>","v":"<hex>"}` line per entry.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Service;
+use crate::audit::AuditEvent;
+use crate::error::{Error, ErrorCode, Result};
+use crate::record::{Actor, Status};
+use crate::store::{BackupEntry, Change, Store};
+use crate::timestamp::Timestamp;
+
+const FORMAT: &str = "tokenwarden-export";
+const VERSION: u64 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    version: u64,
+    entries: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    k: String,
+    v: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::new(ErrorCode::Internal, format!("I/O error: {e}"))
+}
+
+/// What an import did.
+#[derive(Debug, Serialize)]
+pub struct Imported {
+    pub entries_written: u64,
+}
+
+impl Service {
+    /// Writes the whole store to `out`; returns the number of entries.
+    pub fn export(&self, out: &mut dyn Write) -> Result<u64> {
+        self.flush_usage()?;
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .store
+            .raw_entries()
+            .collect::<std::result::Result<_, _>>()?;
+        let header = Header {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            entries: entries.len() as u64,
+        };
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&header).expect("header serialises")
+        )
+        .map_err(io_error)?;
+        for (k, v) in &entries {
+            let line = Entry {
+                k: hex(k),
+                v: hex(v),
+            };
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&line).expect("entry serialises")
+            )
+            .map_err(io_error)?;
+        }
+        out.flush().map_err(io_error)?;
+        Ok(entries.len() as u64)
+    }
+
+    /// Reads a backup from `input` and writes it into the store, all or nothing: every line is
+    /// checked first, and any bad or missing line fails the import naming its line number.
+    ///
+    /// Without `merge` the store must be blank (no token, no audit event) and receives the
+    /// backup as it was. With `merge`, only the tokens the store lacks are added, with their
+    /// secret hashes, indexes and counters; the backup's audit events are not (the import's
+    /// own event records what was added). A merged token whose parent is already in the store
+    /// must still fit within it: a revoked parent or a scope the parent no longer covers
+    /// refuses the whole import.
+    pub fn import(&self, input: &mut dyn BufRead, merge: bool) -> Result<Imported> {
+        if !merge && !self.store.is_blank() {
+            return Err(Error::conflict(
+                "the store is not empty: import into a new data directory, or pass --merge to \
+                 add only the tokens it lacks",
+            ));
+        }
+        let entries = read_backup(input)?;
+        let _write = self.lock_writes();
+        let chosen = if merge {
+            self.entries_to_merge(entries)?
+        } else {
+            entries.into_iter().map(|(k, v, _)| (k, v)).collect()
+        };
+        let written = self.store.import_entries(&chosen)?;
+        let mut change = Change::default();
+        change.audit(AuditEvent {
+            id: 0,
+            at: Timestamp::now(),
+            actor: Actor::Owner,
+            action: "import".to_owned(),
+            target: None,
+            changes: json!({ "entries_written": written, "merge": merge }),
+        });
+        self.store.apply(change)?;
+        self.store.flush()?;
+        Ok(Imported {
+            entries_written: written as u64,
+        })
+    }
+
+    /// The entries of the tokens the store lacks, after checking that each fits under its
+    /// parent as the store holds it now.
+    fn entries_to_merge(
+        &self,
+        entries: Vec<(Vec<u8>, Vec<u8>, BackupEntry)>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut new_ids = HashSet::new();
+        let mut new_records = Vec::new();
+        for (_, _, entry) in &entries {
+            if let BackupEntry::Record(record) = entry
+                && self.store.get(&record.id)?.is_none()
+            {
+                new_ids.insert(record.id.clone());
+                new_records.push(record);
+            }
+        }
+        for record in new_records {
+            let Some(parent_id) = &record.parent_id else {
+                continue;
+            };
+            if new_ids.contains(parent_id) {
+                continue;
+            }
+            let refuse =
+                |why: String| Error::conflict(format!("cannot merge token {}: {why}", record.id));
+            let Some(parent) = self.store.get(parent_id)? else {
+                return Err(refuse(format!(
+                    "its parent {parent_id} is in neither the store nor the backup"
+                )));
+            };
+            if parent.status == Status::Revoked && record.status != Status::Revoked {
+                return Err(refuse(format!("its parent {parent_id} has been revoked")));
+            }
+            let exceeding = record.scope.fields_exceeding(&parent.scope);
+            if !exceeding.is_empty() {
+                return Err(refuse(format!(
+                    "its scope exceeds its parent {parent_id} in {}",
+                    exceeding.join(", ")
+                )));
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .filter(|(_, _, entry)| match entry {
+                BackupEntry::Record(record) => new_ids.contains(&record.id),
+                BackupEntry::OfToken(id) => new_ids.contains(id),
+                BackupEntry::Audit => false,
+            })
+            .map(|(k, v, _)| (k, v))
+            .collect())
+    }
+}
+
+/// Parses and checks a whole backup before anything is written.
+fn read_backup(input: &mut dyn BufRead) -> Result<Vec<(Vec<u8>, Vec<u8>, BackupEntry)>> {
+    let bad = |line: usize, why: &str| Error::invalid(format!("line {line}: {why}"));
+    let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let header: Header = match lines.next() {
+        None => return Err(bad(1, "empty input: expected the export header")),
+        Some((n, line)) => serde_json::from_str(&line.map_err(io_error)?)
+            .map_err(|e| bad(n, &format!("not an export header: {e}")))?,
+    };
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(bad(
+            1,
+            &format!(
+                "unsupported format {:?} version {}",
+                header.format, header.version
+            ),
+        ));
+    }
+    let mut entries = Vec::new();
+    let mut last_line = 1;
+    for (n, line) in lines {
+        last_line = n;
+        let line = line.map_err(|e| bad(n, &format!("unreadable: {e}")))?;
+        let entry: Entry =
+            serde_json::from_str(&line).map_err(|e| bad(n, &format!("not an entry: {e}")))?;
+        let (Some(k), Some(v)) = (unhex(&entry.k), unhex(&entry.v)) else {
+            return Err(bad(n, "key and value must be hex"));
+        };
+        let class = Store::classify_entry(&k, &v).map_err(|why| bad(n, &why))?;
+        entries.push((k, v, class));
+    }
+    if entries.len() as u64 != header.entries {
+        return Err(bad(
+            last_line + 1,
+            &format!(
+                "truncated: the header announces {} entries, found {}",
+                header.entries,
+                entries.len()
+            ),
+        ));
+    }
+    Ok(entries)
+}
