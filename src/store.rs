@@ -662,7 +662,7 @@ impl Store {
                 if record.id != id {
                     return Err(format!("record under key {id} is for {}", record.id));
                 }
-                BackupEntry::Record(record)
+                BackupEntry::Record(Box::new(record))
             }
             HASH if rest.len() == 32 => {
                 BackupEntry::OfToken(decode_hash_entry(value).map_err(|e| e.to_string())?.id)
@@ -812,7 +812,7 @@ fn restrict_permissions(dir: &Path) {
 #[derive(Debug)]
 pub enum BackupEntry {
     /// A token's record.
-    Record(TokenRecord),
+    Record(Box<TokenRecord>),
     /// An index entry, secret hash or counter of this token.
     OfToken(TokenId),
     /// An audit event.

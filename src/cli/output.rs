@@ -16,6 +16,12 @@ pub struct Out {
     stdout: io::StdoutLock<'static>,
 }
 
+impl Default for Out {
+    fn default() -> Out {
+        Out::new()
+    }
+}
+
 impl Out {
     pub fn new() -> Out {
         Out {

@@ -56,7 +56,7 @@ pub enum TokenCommand {
     ///
     /// Example: tokenwarden token revoke tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
     Revoke(IdArg),
-    /// Delete a revoked or expired token's record (a live token must be revoked first).
+    /// Revoke a token and its descendants and remove their records.
     ///
     /// Example: tokenwarden token delete tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
     Delete(IdArg),
@@ -281,7 +281,7 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
     };
     let mut out = Out::new();
     match command {
-        TokenCommand::List(list) => return list_tokens(service, json, list, &mut out),
+        TokenCommand::List(list) => list_tokens(service, json, list, &mut out),
         TokenCommand::Get(a) => {
             show_record(&mut out, json, call("get_token", Arguments::id(&a.id))?)
         }

@@ -41,7 +41,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -53,6 +53,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 fn io_error(e: std::io::Error) -> Error {
     Error::new(ErrorCode::Internal, format!("I/O error: {e}"))
 }
+
+/// A backup entry, checked: key, value, and what it belongs to.
+type Classified = (Vec<u8>, Vec<u8>, BackupEntry);
 
 /// What an import did.
 #[derive(Debug, Serialize)]
@@ -137,10 +140,7 @@ impl Service {
 
     /// The entries of the tokens the store lacks, after checking that each fits under its
     /// parent as the store holds it now.
-    fn entries_to_merge(
-        &self,
-        entries: Vec<(Vec<u8>, Vec<u8>, BackupEntry)>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn entries_to_merge(&self, entries: Vec<Classified>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut new_ids = HashSet::new();
         let mut new_records = Vec::new();
         for (_, _, entry) in &entries {
@@ -189,7 +189,7 @@ impl Service {
 }
 
 /// Parses and checks a whole backup before anything is written.
-fn read_backup(input: &mut dyn BufRead) -> Result<Vec<(Vec<u8>, Vec<u8>, BackupEntry)>> {
+fn read_backup(input: &mut dyn BufRead) -> Result<Vec<Classified>> {
     let bad = |line: usize, why: &str| Error::invalid(format!("line {line}: {why}"));
     let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
     let header: Header = match lines.next() {

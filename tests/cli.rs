@@ -1,0 +1,653 @@
+//! The owner's command line (SPEC §7), run as the real binary against real data directories:
+//! every `token` command, `audit`, `export`/`import`, their error paths, and a database held
+//! by a running server.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{BIN, Server, bearer, raw_initialize};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Runs `tokenwarden --data-dir DIR ARGS…`.
+fn tw(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TOKENWARDEN_DATA_DIR")
+        .output()
+        .expect("run tokenwarden")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = tw(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out), "", "{args:?} wrote to stderr");
+    stdout(&out)
+}
+
+/// Runs a `--json` command that must succeed and prints one object.
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let text = ok(dir, &[&["--json"], args].concat());
+    assert_eq!(text.lines().count(), 1, "one object on one line: {text}");
+    serde_json::from_str(&text).expect("JSON output")
+}
+
+/// Runs a command that must fail with `code`, printing exactly one line on stderr that
+/// contains `needle`, and nothing on stdout.
+fn fails(dir: &Path, args: &[&str], code: i32, needle: &str) -> String {
+    let out = tw(dir, args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "", "{args:?} printed to stdout");
+    err
+}
+
+fn one_line(err: &str) {
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+fn create(dir: &Path, args: &[&str]) -> (String, String) {
+    let issued = ok_json(dir, &[&["token", "create"], args].concat());
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let secret = issued["token"].as_str().unwrap().to_owned();
+    (id, secret)
+}
+
+#[test]
+fn every_token_command_works_as_the_owner() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+
+    assert_eq!(ok(dir, &["token", "list"]), "no tokens\n");
+
+    // Human create: the record, then the secret once, then the warning.
+    let text = ok(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--buckets",
+            "docs,wiki",
+            "--tools",
+            "list_*,whoami,create_token",
+            "--ttl-seconds",
+            "3600",
+            "--metadata",
+            r#"{"team":"infra"}"#,
+        ],
+    );
+    let secret_line = text
+        .lines()
+        .find(|l| l.starts_with("secret: mcp_"))
+        .expect("secret line");
+    assert_eq!(
+        text.matches("mcp_").count(),
+        2,
+        "masked + secret only:\n{text}"
+    );
+    assert!(text.contains("name:") && text.contains(" ci\n"), "{text}");
+    assert!(
+        text.contains("buckets:") && text.contains("docs,wiki"),
+        "{text}"
+    );
+    assert!(text.contains(r#"{"team":"infra"}"#), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("will not be shown again"), "{text}");
+    let parent_secret = secret_line.trim_start_matches("secret: ").to_owned();
+    let parent = ok_json(dir, &["token", "list"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A child, made with --json: the result object of create_token.
+    let (child, _) = create(
+        dir,
+        &["--name", "child", "--parent", &parent, "--tools", "whoami"],
+    );
+    let (grandchild, _) = create(dir, &["--name", "grandchild", "--parent", &child]);
+
+    // list: a table with the columns of §7, newest first; --json: one record per line.
+    let table = ok(dir, &["token", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    for column in [
+        "ID",
+        "NAME",
+        "STATUS",
+        "BUCKETS",
+        "TOOLS",
+        "EXPIRES",
+        "LAST USED",
+    ] {
+        assert!(lines[0].contains(column), "{table}");
+    }
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[1].starts_with(&grandchild) && lines[3].starts_with(&parent),
+        "{table}"
+    );
+    let name_at = lines[0].find("NAME").unwrap();
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .all(|l| l[name_at..].starts_with(|c: char| c.is_alphabetic()))
+    );
+    let json_lines = ok(dir, &["--json", "token", "list", "--order", "asc"]);
+    let ids: Vec<String> = json_lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, [parent.clone(), child.clone(), grandchild.clone()]);
+    let page = ok(dir, &["token", "list", "--limit", "1"]);
+    assert!(
+        page.contains("--cursor"),
+        "a partial page says how to go on: {page}"
+    );
+    assert_eq!(
+        ok(dir, &["token", "list", "--limit", "1", "--all"])
+            .lines()
+            .count(),
+        4
+    );
+    let filtered = ok(dir, &["--json", "token", "list", "--parent-id", &parent]);
+    assert_eq!(filtered.lines().count(), 1);
+
+    // get: key: value lines.
+    let got = ok(dir, &["token", "get", &child]);
+    assert!(
+        got.lines()
+            .any(|l| l.starts_with("parent_id:") && l.ends_with(&parent)),
+        "{got}"
+    );
+    assert!(!got.contains("secret"), "{got}");
+
+    // update, including clearing with `none`.
+    let updated = ok_json(
+        dir,
+        &[
+            "token",
+            "update",
+            &parent,
+            "--max-uses",
+            "50",
+            "--description",
+            "ci",
+        ],
+    );
+    assert_eq!(updated["max_uses"], 50);
+    assert_eq!(updated["description"], "ci");
+    let cleared = ok_json(
+        dir,
+        &[
+            "token",
+            "update",
+            &parent,
+            "--max-uses",
+            "none",
+            "--clear-description",
+        ],
+    );
+    assert_eq!(cleared["max_uses"], Value::Null);
+    assert_eq!(cleared["description"], Value::Null);
+
+    // scope: narrowing the parent narrows the child at once.
+    let scoped = ok_json(
+        dir,
+        &["token", "scope", &parent, "--remove-buckets", "wiki"],
+    );
+    assert_eq!(scoped["buckets"], serde_json::json!(["docs"]));
+    assert_eq!(
+        ok_json(dir, &["token", "get", &child])["buckets"],
+        serde_json::json!(["docs"])
+    );
+    let read_only = ok_json(dir, &["token", "scope", &child, "--read-only", "true"]);
+    assert_eq!(read_only["read_only"], true);
+
+    // pause / resume: descendants follow in effect.
+    assert_eq!(
+        ok_json(dir, &["token", "pause", &parent])["status"],
+        "paused"
+    );
+    assert_eq!(
+        ok_json(dir, &["token", "get", &grandchild])["effective_status"],
+        "paused_by_ancestor"
+    );
+    assert!(
+        ok(dir, &["token", "resume", &parent])
+            .lines()
+            .any(|l| l.starts_with("status:") && l.ends_with("active"))
+    );
+
+    // rotate: a new secret, shown once.
+    let rotated = ok(dir, &["token", "rotate", &parent, "--grace-seconds", "0"]);
+    let new_secret = rotated
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("new secret");
+    assert!(new_secret.starts_with("mcp_") && new_secret != parent_secret);
+    assert!(rotated.contains("will not be shown again"));
+
+    // revoke cascades; delete removes the revoked record.
+    let revoked = ok(dir, &["token", "revoke", &parent]);
+    assert_eq!(revoked, format!("revoked {parent} and 2 descendant(s)\n"));
+    assert_eq!(
+        ok_json(dir, &["token", "get", &grandchild])["status"],
+        "revoked"
+    );
+    assert_eq!(
+        ok(dir, &["token", "delete", &grandchild]),
+        format!("deleted {grandchild}\n")
+    );
+    assert_eq!(ok(dir, &["--json", "token", "list"]).lines().count(), 2);
+
+    // audit: every action above, newest first, as a table or JSON lines.
+    let audit = ok(dir, &["audit", "--all"]);
+    for action in [
+        "create", "update", "scope", "pause", "resume", "rotate", "revoke", "delete",
+    ] {
+        assert!(
+            audit.contains(&format!(" {action} ")),
+            "{action} missing from\n{audit}"
+        );
+    }
+    assert!(!audit.contains(&parent_secret) && !audit.contains(new_secret));
+    let events = ok(
+        dir,
+        &[
+            "--json",
+            "audit",
+            "--token-id",
+            &parent,
+            "--action",
+            "scope",
+        ],
+    );
+    assert_eq!(events.lines().count(), 1, "{events}");
+}
+
+#[test]
+fn errors_are_one_line_and_change_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let (parent, _) = create(dir, &["--name", "p", "--buckets", "a", "--tools", "whoami"]);
+    let before = ok(dir, &["--json", "token", "list"]);
+    let audit_before = ok(dir, &["--json", "audit", "--all"]);
+
+    let unknown = "tok_0000000000000000000000AA";
+    one_line(&fails(dir, &["token", "get", unknown], 1, "not_found"));
+    one_line(&fails(dir, &["token", "revoke", unknown], 1, "not_found"));
+    one_line(&fails(
+        dir,
+        &["token", "get", "tok_nope"],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["token", "get", "../../etc/passwd"],
+        1,
+        "invalid_argument",
+    ));
+    let escalation = fails(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            &parent,
+            "--buckets",
+            "b",
+            "--tools",
+            "*",
+        ],
+        1,
+        "scope_exceeds_parent",
+    );
+    one_line(&escalation);
+    assert!(
+        escalation.contains("buckets") && escalation.contains("tools"),
+        "{escalation}"
+    );
+    one_line(&fails(
+        dir,
+        &["token", "create", "--name", ""],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["token", "create", "--name", "x", "--ttl-seconds", "-5"],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--allowed-ips",
+            "10.0.0.0/99",
+        ],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["token", "create", "--name", "x", "--tools", "**"],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["token", "update", &parent, "--expires-at", "yesterday"],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["token", "list", "--status", "sleepy"],
+        1,
+        "invalid_argument",
+    ));
+    one_line(&fails(
+        dir,
+        &["audit", "--since", "not-a-time"],
+        1,
+        "invalid_argument",
+    ));
+    // Argument errors from the parser: usage on stderr, non-zero, nothing done.
+    fails(
+        dir,
+        &["token", "create", "--name", "x", "--metadata", "[1]"],
+        2,
+        "JSON object",
+    );
+    fails(
+        dir,
+        &["token", "update", &parent, "--max-uses", "lots"],
+        2,
+        "whole number",
+    );
+    fails(dir, &["token", "frobnicate"], 2, "unrecognized subcommand");
+    fails(dir, &["token", "create"], 2, "--name");
+
+    assert_eq!(ok(dir, &["--json", "token", "list"]), before);
+    assert_eq!(ok(dir, &["--json", "audit", "--all"]), audit_before);
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let tmp = TempDir::new().unwrap();
+    let commands: &[&[&str]] = &[
+        &["serve"],
+        &["token"],
+        &["token", "list"],
+        &["token", "get"],
+        &["token", "create"],
+        &["token", "update"],
+        &["token", "scope"],
+        &["token", "pause"],
+        &["token", "resume"],
+        &["token", "rotate"],
+        &["token", "revoke"],
+        &["token", "delete"],
+        &["audit"],
+        &["export"],
+        &["import"],
+    ];
+    for command in commands {
+        let help = ok(tmp.path(), &[*command, &["--help"]].concat());
+        assert!(
+            help.contains("Example: tokenwarden"),
+            "{command:?} help lacks an example:\n{help}"
+        );
+        assert!(help.contains("Usage: tokenwarden"), "{help}");
+    }
+}
+
+#[test]
+fn a_database_held_by_a_running_server_is_refused_with_exit_code_2() {
+    let tmp = TempDir::new().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    for args in [
+        &["token", "list"][..],
+        &["audit"],
+        &["export"],
+        &["token", "create", "--name", "x"],
+    ] {
+        let err = fails(tmp.path(), args, 2, "held by a running tokenwarden server");
+        one_line(&err);
+        assert!(
+            err.contains(&server.addr),
+            "names the holder's address: {err}"
+        );
+        assert!(err.contains("pid "), "names the holder's pid: {err}");
+    }
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_restored_backup_keeps_old_secrets_working_and_revoked_ones_dead() {
+    let tmp = TempDir::new().unwrap();
+    let (source, restored, backup) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("backup.jsonl"),
+    );
+    let (live, live_secret) = create(&source, &["--name", "live"]);
+    let (dead, dead_secret) = create(&source, &["--name", "dead"]);
+    let (_, child_secret) = create(&source, &["--name", "child", "--parent", &dead]);
+    ok(&source, &["token", "revoke", &dead]);
+    ok(&source, &["token", "rotate", &live, "--grace-seconds", "0"]);
+    let (_, fresh_secret) = create(&source, &["--name", "fresh"]);
+
+    let exported = ok(&source, &["export", "--output", backup.to_str().unwrap()]);
+    assert!(exported.starts_with("exported "), "{exported}");
+    let text = std::fs::read_to_string(&backup).unwrap();
+    for secret in [&live_secret, &dead_secret, &child_secret, &fresh_secret] {
+        assert!(!text.contains(secret.as_str()), "a backup holds no secret");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "backup readable by its owner only");
+    }
+
+    ok(&restored, &["import", "--input", backup.to_str().unwrap()]);
+    assert_eq!(
+        ok(&restored, &["--json", "token", "list", "--all"]),
+        ok(&source, &["--json", "token", "list", "--all"]),
+        "every record comes back as it was"
+    );
+    assert_eq!(
+        ok(&restored, &["--json", "audit", "--action", "revoke"]),
+        ok(&source, &["--json", "audit", "--action", "revoke"]),
+        "the audit log comes back"
+    );
+
+    let server = Server::start(&restored, &[]);
+    assert!(
+        server.admin_token.is_none(),
+        "a restored store is not empty: no bootstrap token"
+    );
+    let status = |secret: String| {
+        let url = server.url();
+        async move {
+            raw_initialize(&url, &[("authorization", &bearer(&secret))])
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(fresh_secret).await,
+        200,
+        "a secret issued before the export works"
+    );
+    assert_eq!(
+        status(dead_secret).await,
+        401,
+        "a revoked token stays revoked"
+    );
+    assert_eq!(status(child_secret).await, 401, "its descendants too");
+    assert_eq!(
+        status(live_secret).await,
+        401,
+        "a rotated-out secret stays rotated out"
+    );
+}
+
+#[test]
+fn import_refuses_bad_files_and_non_empty_stores_without_writing() {
+    let tmp = TempDir::new().unwrap();
+    let (source, target, backup) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("backup.jsonl"),
+    );
+    let (parent, _) = create(&source, &["--name", "p", "--buckets", "a,b"]);
+    create(
+        &source,
+        &["--name", "c", "--parent", &parent, "--buckets", "b"],
+    );
+    ok(&source, &["export", "-o", backup.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&backup).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let write = |name: &str, lines: &[&str]| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+
+    // A corrupted line (a flipped hex digit in a record makes it undecodable; a cut line is
+    // not JSON), and a file missing its last line: each names the line, and nothing is written.
+    let mut corrupt = lines.clone();
+    let cut = &lines[4][..lines[4].len() / 2];
+    corrupt[4] = cut;
+    let corrupt = write("corrupt.jsonl", &corrupt);
+    let err = fails(
+        &target,
+        &["import", "-i", corrupt.to_str().unwrap()],
+        1,
+        "line 5:",
+    );
+    one_line(&err);
+    let truncated = write("truncated.jsonl", &lines[..lines.len() - 1]);
+    let err = fails(
+        &target,
+        &["import", "-i", truncated.to_str().unwrap()],
+        1,
+        &format!("line {}:", lines.len()),
+    );
+    assert!(err.contains("truncated"), "{err}");
+    let mut garbled = lines.clone();
+    let record_line = lines
+        .iter()
+        .position(|l| l.starts_with(r#"{"k":"74"#))
+        .expect("a record line");
+    let bad_record = lines[record_line].replacen(r#""v":""#, r#""v":"ff"#, 1);
+    garbled[record_line] = &bad_record;
+    let garbled = write("garbled.jsonl", &garbled);
+    fails(
+        &target,
+        &["import", "-i", garbled.to_str().unwrap()],
+        1,
+        &format!("line {}:", record_line + 1),
+    );
+    fails(
+        &target,
+        &["import", "-i", tmp.path().join("missing").to_str().unwrap()],
+        1,
+        "cannot read",
+    );
+    assert_eq!(ok(&target, &["token", "list"]), "no tokens\n");
+    assert_eq!(
+        ok(&target, &["audit"]),
+        "no audit events\n",
+        "nothing half-imported"
+    );
+
+    // A store that is not empty is refused unless --merge, which adds only what it lacks.
+    create(&target, &["--name", "already here"]);
+    fails(
+        &target,
+        &["import", "-i", backup.to_str().unwrap()],
+        1,
+        "--merge",
+    );
+    assert_eq!(ok(&target, &["--json", "token", "list"]).lines().count(), 1);
+    let merged = ok_json(
+        &target,
+        &["import", "-i", backup.to_str().unwrap(), "--merge"],
+    );
+    assert!(merged["entries_written"].as_u64().unwrap() > 0, "{merged}");
+    assert_eq!(ok(&target, &["--json", "token", "list"]).lines().count(), 3);
+    let again = ok_json(
+        &target,
+        &["import", "-i", backup.to_str().unwrap(), "--merge"],
+    );
+    assert_eq!(again["entries_written"], 0, "merging twice adds nothing");
+
+    // A merged child must still fit its parent as the store holds it now: here the child was
+    // deleted and its parent narrowed since the backup, so the merge is refused whole.
+    let third = tmp.path().join("c");
+    ok(&third, &["import", "-i", backup.to_str().unwrap()]);
+    let child = ok_json(&third, &["token", "list", "--parent-id", &parent])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&third, &["token", "revoke", &child]);
+    ok(&third, &["token", "delete", &child]);
+    ok(&third, &["token", "scope", &parent, "--buckets", "a"]);
+    let err = fails(
+        &third,
+        &["import", "-i", backup.to_str().unwrap(), "--merge"],
+        1,
+        "exceeds its parent",
+    );
+    assert!(err.contains(&child) && err.contains("buckets"), "{err}");
+    assert_eq!(
+        ok(&third, &["--json", "token", "list"]).lines().count(),
+        1,
+        "nothing merged"
+    );
+}
