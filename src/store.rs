@@ -19,12 +19,16 @@
 //! Hot records and hashes are also kept in memory. Writers update sled, then the cache, under
 //! a version bump; a reader that filled from sled only stores its value if no write happened
 //! meanwhile. So the cache never serves a value older than the last completed write.
+//!
+//! On top of that, a cached secret hash can remember that its chain admitted it (see
+//! [`Cached::Admitted`]): valid only at the cache version it was made at, so any write at all
+//! forgets every such verdict, and only until the chain's earliest expiry.
 
 use std::collections::HashMap;
 use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::audit::AuditEvent;
@@ -149,7 +153,66 @@ impl Change {
 struct Cache {
     version: u64,
     records: HashMap<TokenId, Arc<TokenRecord>, BuildHasherDefault<FastHasher>>,
-    hashes: HashMap<SecretHash, HashEntry, BuildHasherDefault<FastHasher>>,
+    hashes: HashMap<SecretHash, CachedHash, BuildHasherDefault<FastHasher>>,
+}
+
+/// A hash entry in memory, with the hot path's remembered verdict.
+struct CachedHash {
+    entry: HashEntry,
+    admission: Admission,
+}
+
+impl CachedHash {
+    fn new(entry: HashEntry) -> CachedHash {
+        CachedHash {
+            entry,
+            admission: Admission::default(),
+        }
+    }
+}
+
+/// "The chain admitted this secret at cache version `version - 1`, until `until`." Written by
+/// readers under the cache's read lock; every reader of one version computes the same verdict,
+/// so concurrent writes store equal values, and `version` is stored last (release) and read
+/// first (acquire) so a matching version always comes with its `until`.
+#[derive(Default)]
+struct Admission {
+    /// Cache version + 1; 0 when nothing is remembered.
+    version: AtomicU64,
+    /// Milliseconds since the epoch; `i64::MAX` when no link expires.
+    until: AtomicI64,
+}
+
+/// What the hot path finds in memory for a secret hash.
+pub enum Cached<'a> {
+    /// The chain admitted this secret (rules of authentication, no address rule in the chain)
+    /// and nothing has been written since; `now` is before the chain's earliest expiry.
+    Admitted,
+    /// The token and its ancestors, nearest first, to decide on; `Remember` keeps a verdict
+    /// of admission for next time.
+    Chain(&'a [&'a TokenRecord], Remember<'a>),
+}
+
+/// Where to remember that a chain admitted a secret.
+pub struct Remember<'a> {
+    slot: Option<(&'a Admission, u64)>,
+}
+
+impl Remember<'_> {
+    /// For a chain loaded outside the cache: nothing is remembered.
+    pub fn nowhere() -> Remember<'static> {
+        Remember { slot: None }
+    }
+
+    /// Remembers that the chain admits its secret until `until` (its earliest expiry), for as
+    /// long as nothing is written.
+    pub fn admitted_until(self, until: Option<Timestamp>) {
+        if let Some((admission, version)) = self.slot {
+            let until = until.map_or(i64::MAX, |t| t.millis());
+            admission.until.store(until, Ordering::Relaxed);
+            admission.version.store(version + 1, Ordering::Release);
+        }
+    }
 }
 
 /// FxHash-style hashing for the hot caches. SipHash's flooding resistance buys nothing here:
@@ -361,7 +424,7 @@ impl Store {
         let version = {
             let cache = self.cache_read();
             if let Some(e) = cache.hashes.get(hash) {
-                return Ok(Some(e.clone()));
+                return Ok(Some(e.entry.clone()));
             }
             cache.version
         };
@@ -372,23 +435,32 @@ impl Store {
         let mut cache = self.cache_write();
         if cache.version == version {
             evict_if_full(&mut cache.hashes, self.capacity);
-            cache.hashes.insert(*hash, entry.clone());
+            cache.hashes.insert(*hash, CachedHash::new(entry.clone()));
         }
         Ok(Some(entry))
     }
 
-    /// Runs `decide` over the in-memory chain of the token a secret hash belongs to, under one
-    /// read lock and without cloning records: the hot path of every request. `None` when the
-    /// hash or any link is not in memory; the caller then takes the path that loads them.
+    /// Runs `decide` over what memory holds for a secret hash, under one read lock and without
+    /// cloning records: the hot path of every request. `decide` gets a remembered admission
+    /// when one is current (no write since, `now` before the chain's earliest expiry), else the
+    /// cached chain. `None` when the hash or any link is not in memory; the caller then takes
+    /// the path that loads them.
     pub fn with_cached_chain<R>(
         &self,
         hash: &SecretHash,
-        decide: impl FnOnce(&HashEntry, &[&TokenRecord]) -> R,
+        now: Timestamp,
+        decide: impl FnOnce(&HashEntry, Cached<'_>) -> R,
     ) -> Option<R> {
         let cache = self.cache_read();
-        let entry = cache.hashes.get(hash)?;
+        let cached = cache.hashes.get(hash)?;
+        let admission = &cached.admission;
+        if admission.version.load(Ordering::Acquire) == cache.version + 1
+            && now.millis() < admission.until.load(Ordering::Relaxed)
+        {
+            return Some(decide(&cached.entry, Cached::Admitted));
+        }
         let mut links: Vec<&TokenRecord> = Vec::with_capacity(4);
-        let mut next = Some(&entry.id);
+        let mut next = Some(&cached.entry.id);
         while let Some(id) = next {
             let record = cache.records.get(id)?;
             links.push(record);
@@ -397,7 +469,10 @@ impl Store {
                 return None;
             }
         }
-        Some(decide(entry, &links))
+        let remember = Remember {
+            slot: Some((admission, cache.version)),
+        };
+        Some(decide(&cached.entry, Cached::Chain(&links, remember)))
     }
 
     /// The token and its ancestors, nearest first. `None` when any link is missing.
@@ -623,7 +698,7 @@ impl Store {
         }
         for (hash, entry) in change.new_hashes {
             if let Some(slot) = cache.hashes.get_mut(&hash) {
-                *slot = entry;
+                *slot = CachedHash::new(entry);
             }
         }
         for record in &change.removed {

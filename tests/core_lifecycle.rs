@@ -1244,3 +1244,93 @@ fn revocation_wins_over_concurrent_hot_requests() {
         );
     }
 }
+
+/// The hot path remembers that a chain admitted a secret; that memory must never outlive a
+/// change. Each secret is presented three times before every change (the first fills the
+/// cache, the second remembers the admission, the third is answered from that memory), and
+/// the change must bite on the very next presentation.
+#[test]
+fn remembered_admissions_never_outlive_a_change() {
+    let fx = Fixture::new();
+    let s = &fx.service;
+    let warm = |x: &Issued| {
+        for _ in 0..3 {
+            assert_authenticates(s, &x.token, &x.record.id);
+        }
+    };
+    let p = root(s, "p", &[], &[]);
+    let c = child_of(s, &p, "c");
+    let g = child_of(s, &c, "g");
+
+    warm(&g);
+    s.pause_token(&Caller::Owner, token_ref(&p.record.id))
+        .unwrap();
+    assert_denied(s, &g.token, Rule::Paused, true);
+    s.resume_token(&Caller::Owner, token_ref(&p.record.id))
+        .unwrap();
+    warm(&g);
+
+    // An address rule anywhere in the chain makes the verdict depend on the client.
+    s.scope_token(
+        &Caller::Owner,
+        ScopeToken {
+            id: id_of(&c),
+            allowed_ips: strings(&["10.0.0.0/8"]),
+            ..ScopeToken::default()
+        },
+    )
+    .unwrap();
+    let outside: IpAddr = "192.0.2.1".parse().unwrap();
+    let inside: IpAddr = "10.1.2.3".parse().unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.authenticate(&g.token, Some(inside)).unwrap(), g.record.id);
+        match s.authenticate(&g.token, Some(outside)) {
+            Err(AuthFailure::Denied(d)) => assert_eq!(d.rule, Rule::Address),
+            other => panic!("an outside address must be refused every time: {other:?}"),
+        }
+    }
+
+    // Rotation without grace retires the remembered secret at once.
+    let rotated = s
+        .rotate_token(
+            &Caller::Owner,
+            RotateToken {
+                id: id_of(&g),
+                grace_seconds: Some(0),
+            },
+        )
+        .unwrap();
+    assert!(
+        s.authenticate(&g.token, None).is_err(),
+        "rotated-out secret still admitted"
+    );
+    let g = Issued {
+        token: rotated.token,
+        ..g
+    };
+    warm(&g);
+
+    // An unrelated write forgets the verdict, which is then made again.
+    root(s, "unrelated", &[], &[]);
+    warm(&g);
+
+    s.revoke_token(&Caller::Owner, token_ref(&c.record.id))
+        .unwrap();
+    assert_denied(s, &g.token, Rule::Revoked, false);
+
+    // Expiry needs no write: the remembered verdict ends at the chain's earliest expiry.
+    let e = create(
+        s,
+        &Caller::Owner,
+        CreateToken {
+            name: "short-lived".into(),
+            ttl_seconds: Some(1),
+            parent: Some("none".into()),
+            ..CreateToken::default()
+        },
+    );
+    let ec = child_of(s, &e, "child");
+    warm(&ec);
+    thread::sleep(Duration::from_millis(1100));
+    assert_denied(s, &ec.token, Rule::Expired, false);
+}

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
 use crate::rules::authorize::{Attempt, Denial, Tool, authorize};
 use crate::secret::{Secret, SecretError, TokenId};
-use crate::store::{HashEntry, Store, StoreConfig, StoreError};
+use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
 use requests::TokenView;
 use usage::UsageTable;
@@ -170,21 +170,27 @@ impl Service {
             bucket: None,
             budgets: None,
         };
-        let judge = |entry: &HashEntry, links: &[&TokenRecord]| {
+        let judge = |entry: &HashEntry, cached: Cached<'_>| {
             if entry.grace_until.is_some_and(|g| g <= now) {
                 return Err(AuthFailure::RotatedOut(entry.id.clone()));
             }
-            authorize(links, &attempt).map_err(AuthFailure::Denied)?;
+            if let Cached::Chain(links, remember) = cached {
+                authorize(links, &attempt).map_err(AuthFailure::Denied)?;
+                // Remember the admission unless an address rule makes it depend on the client.
+                if links.iter().all(|link| link.scope.allowed_ips.is_empty()) {
+                    remember.admitted_until(links.iter().filter_map(|l| l.scope.expires_at).min());
+                }
+            }
             Ok(entry.id.clone())
         };
-        if let Some(decision) = self.store.with_cached_chain(&hash, judge) {
+        if let Some(decision) = self.store.with_cached_chain(&hash, now, judge) {
             return decision;
         }
         // Not all in memory yet: load the hash and the chain (this fills the cache).
         let entry = self.store.hash_entry(&hash)?.ok_or(AuthFailure::Unknown)?;
         let chain = self.store.chain(&entry.id)?.ok_or(AuthFailure::Unknown)?;
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
-        judge(&entry, &links)
+        judge(&entry, Cached::Chain(&links, Remember::nowhere()))
     }
 
     /// Whether an authenticated token may still make requests (rules 1 and 5): open response
