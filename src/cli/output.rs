@@ -173,9 +173,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "ID      NAME    TOOLS",
-                "tok_a   short   a,b",
-                "tok_bb  x?[2J   (none)",
+                "ID      NAME   TOOLS",
+                "tok_a   short  a,b",
+                "tok_bb  x?[2J  (none)",
             ]
         );
         assert_eq!(clip(&"n".repeat(50), 40).chars().count(), 40);
