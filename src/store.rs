@@ -29,7 +29,7 @@ use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::audit::AuditEvent;
 use crate::record::{Status, TokenRecord};
@@ -246,6 +246,25 @@ pub struct Store {
     cache: RwLock<Cache>,
     capacity: usize,
     next_audit_id: AtomicU64,
+    flusher: Flusher,
+}
+
+/// Group commit for [`Store::flush`]: each caller takes a ticket after its change was applied;
+/// a flush that starts after a ticket was taken makes that change durable, so callers arriving
+/// while a flush runs wait for the next one, which one of them runs for all.
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<FlushState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets handed out.
+    taken: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    running: bool,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -373,13 +392,41 @@ impl Store {
             }),
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
+            flusher: Flusher::default(),
         })
     }
 
-    /// Makes every applied change durable. Concurrent callers share one fsync.
+    /// Makes every change applied before the call durable. Concurrent callers share fsyncs
+    /// (group commit, see [`Flusher`]).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        let lock = || self.flusher.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock();
+        state.taken += 1;
+        let ticket = state.taken;
+        loop {
+            if state.durable >= ticket {
+                return Ok(());
+            }
+            if state.running {
+                state = self
+                    .flusher
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.running = true;
+            let covers = state.taken;
+            drop(state);
+            let flushed = self.db.flush();
+            state = lock();
+            state.running = false;
+            if flushed.is_ok() {
+                state.durable = state.durable.max(covers);
+            }
+            self.flusher.done.notify_all();
+            flushed?;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
