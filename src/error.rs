@@ -43,11 +43,16 @@ pub struct Error {
 }
 
 impl Error {
+    /// Anything shaped like a secret in `message` is redacted: messages quote inputs, and an
+    /// input may be a secret pasted in the wrong place.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
-        Error {
-            code,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = if message.contains(crate::secret::SECRET_PREFIX) {
+            crate::secret::redact_secrets(&message)
+        } else {
+            message
+        };
+        Error { code, message }
     }
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(ErrorCode::InvalidArgument, message)

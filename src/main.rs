@@ -4,6 +4,23 @@ use clap::Parser;
 use tokenwarden::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
+/// Libraries that, at debug or trace, log HTTP headers (the bearer secret) or JSON-RPC bodies
+/// (create/rotate results carry a new secret). Whatever level is asked for, they log at most
+/// `warn`; tokenwarden's own logs never hold a secret at any level.
+const CAPPED_TARGETS: &[&str] = &[
+    "rmcp", "hyper", "hyper_util", "h2", "http", "axum", "tower", "tower_http", "reqwest",
+    "sled", "mio", "tokio_util",
+];
+
+fn cap_dependency_logs(mut filter: EnvFilter) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    for target in CAPPED_TARGETS {
+        // A later directive for the same target replaces an earlier one, so this wins over
+        // RUST_LOG=trace and over RUST_LOG=rmcp=trace alike.
+        filter = filter.add_directive(format!("{target}=warn").parse()?);
+    }
+    Ok(filter)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server logs what it does; a one-shot command prints its result and logs only trouble.
@@ -16,7 +33,7 @@ fn main() -> ExitCode {
         (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(env),
         _ => EnvFilter::try_new(default_filter),
     };
-    let filter = match filter {
+    let filter = match filter.and_then(cap_dependency_logs) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: invalid log level: {e}");

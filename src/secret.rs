@@ -201,12 +201,30 @@ impl fmt::Debug for TokenId {
 /// Shortens user input quoted back in an error message, so a huge value cannot bloat it.
 pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 48;
+    let s = redact_secrets(s);
     if s.chars().count() <= MAX {
-        s.to_owned()
+        s
     } else {
         let head: String = s.chars().take(MAX).collect();
         format!("{head}…")
     }
+}
+
+/// Replaces everything that could be a secret (`mcp_` and the letters and digits after it) by
+/// `mcp_[redacted]`, so a secret pasted where something else was expected is never echoed.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(SECRET_PREFIX) {
+        out.push_str(&rest[..at]);
+        out.push_str(SECRET_PREFIX);
+        out.push_str("[redacted]");
+        let after = &rest[at + SECRET_PREFIX.len()..];
+        let body = after.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        rest = &after[body..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Base62 characters drawn without modulo bias (rejection sampling) from the OS RNG.
@@ -324,6 +342,16 @@ mod tests {
             assert!(masked.ends_with(s.last4()));
             assert!(!masked.contains(&random[4..]));
         }
+    }
+
+    #[test]
+    fn redaction_hides_every_secret_shaped_run() {
+        let secret = Secret::generate();
+        let text = format!("id {} and {}!, mcp_", secret.expose(), secret.expose());
+        let redacted = redact_secrets(&text);
+        assert_eq!(redacted, "id mcp_[redacted] and mcp_[redacted]!, mcp_[redacted]");
+        assert_eq!(redact_secrets("tok_abc: no secret here"), "tok_abc: no secret here");
+        assert!(!truncate_for_message(secret.expose()).contains(&secret.expose()[4..12]));
     }
 
     #[test]
