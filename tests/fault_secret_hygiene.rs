@@ -61,7 +61,12 @@ async fn no_secret_reaches_logs_audit_or_errors_at_trace_level() {
     drop(worker);
 
     // Rotate without grace: the old secret is refused, the new one works.
-    let rotated = ok(&admin, "rotate_token", json!({"id": id, "grace_seconds": 0})).await;
+    let rotated = ok(
+        &admin,
+        "rotate_token",
+        json!({"id": id, "grace_seconds": 0}),
+    )
+    .await;
     let second = rotated["token"].as_str().unwrap().to_owned();
     let (status, text) = status_and_text(&url, &first).await;
     assert_eq!(status, 401);
@@ -83,24 +88,122 @@ async fn no_secret_reaches_logs_audit_or_errors_at_trace_level() {
     }
 
     // Secrets pasted where they do not belong.
-    said.push(err(&admin, "get_token", json!({"id": second}), "invalid_argument").await);
-    said.push(err(&admin, "revoke_token", json!({"id": second}), "invalid_argument").await);
-    said.push(err(&admin, "list_tokens", json!({"parent_id": second}), "invalid_argument").await);
-    said.push(err(&admin, "list_tokens", json!({"cursor": second}), "invalid_argument").await);
-    said.push(err(&admin, "list_audit_events", json!({"token_id": second}), "invalid_argument").await);
+    said.push(
+        err(
+            &admin,
+            "get_token",
+            json!({"id": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "revoke_token",
+            json!({"id": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "list_tokens",
+            json!({"parent_id": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "list_tokens",
+            json!({"cursor": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "list_audit_events",
+            json!({"token_id": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
     let long_name = format!("{second}{}", "x".repeat(200));
-    said.push(err(&admin, "create_token", json!({"name": long_name}), "invalid_argument").await);
-    said.push(err(&admin, "create_token", json!({"name": "n", "parent": second}), "invalid_argument").await);
-    said.push(err(&admin, "create_token", json!({"name": "n", "allowed_ips": [second]}), "invalid_argument").await);
-    said.push(err(&admin, "create_token", json!({"name": "n", "expires_at": second}), "invalid_argument").await);
-    said.push(err(&admin, "verify_token", json!({"token": second, "wrong": 1}), "invalid_argument").await);
+    said.push(
+        err(
+            &admin,
+            "create_token",
+            json!({"name": long_name}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "create_token",
+            json!({"name": "n", "parent": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "create_token",
+            json!({"name": "n", "allowed_ips": [second]}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "create_token",
+            json!({"name": "n", "expires_at": second}),
+            "invalid_argument",
+        )
+        .await,
+    );
+    said.push(
+        err(
+            &admin,
+            "verify_token",
+            json!({"token": second, "wrong": 1}),
+            "invalid_argument",
+        )
+        .await,
+    );
 
     // verify_token answers about a secret without repeating it.
-    said.push(err(&worker, "verify_token", json!({"token": second}), "forbidden").await);
-    let verdict = ok(&admin, "verify_token", json!({"token": near_miss(&second, 12)})).await;
+    said.push(
+        err(
+            &worker,
+            "verify_token",
+            json!({"token": second}),
+            "forbidden",
+        )
+        .await,
+    );
+    let verdict = ok(
+        &admin,
+        "verify_token",
+        json!({"token": near_miss(&second, 12)}),
+    )
+    .await;
     assert_eq!(verdict["valid"], false);
     said.push(verdict.to_string());
-    let verdict = ok(&admin, "verify_token", json!({"token": second, "tool": "list_tokens"})).await;
+    let verdict = ok(
+        &admin,
+        "verify_token",
+        json!({"token": second, "tool": "list_tokens"}),
+    )
+    .await;
     assert_eq!(verdict["valid"], true);
     said.push(verdict.to_string());
 
@@ -131,11 +234,20 @@ async fn no_secret_reaches_logs_audit_or_errors_at_trace_level() {
     drop(admin);
     server.stop();
     let stderr = server.stderr();
-    assert!(stderr.lines().count() > 10, "trace logging was on: {stderr}");
+    assert!(
+        stderr.lines().count() > 10,
+        "trace logging was on: {stderr}"
+    );
 
     for secret in [&first, &second] {
-        assert!(!leaks(&stderr, secret), "a secret reached stderr:\n{stderr}");
-        assert!(!leaks(&audit, secret), "a secret reached the audit log: {audit}");
+        assert!(
+            !leaks(&stderr, secret),
+            "a secret reached stderr:\n{stderr}"
+        );
+        assert!(
+            !leaks(&audit, secret),
+            "a secret reached the audit log: {audit}"
+        );
         for message in &said {
             assert!(!leaks(message, secret), "a secret was echoed: {message}");
         }
