@@ -8,11 +8,23 @@ use tracing_subscriber::EnvFilter;
 /// (create/rotate results carry a new secret). Whatever level is asked for, they log at most
 /// `warn`; tokenwarden's own logs never hold a secret at any level.
 const CAPPED_TARGETS: &[&str] = &[
-    "rmcp", "hyper", "hyper_util", "h2", "http", "axum", "tower", "tower_http", "reqwest",
-    "sled", "mio", "tokio_util",
+    "rmcp",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "http",
+    "axum",
+    "tower",
+    "tower_http",
+    "reqwest",
+    "sled",
+    "mio",
+    "tokio_util",
 ];
 
-fn cap_dependency_logs(mut filter: EnvFilter) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+fn cap_dependency_logs(
+    mut filter: EnvFilter,
+) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     for target in CAPPED_TARGETS {
         // A later directive for the same target replaces an earlier one, so this wins over
         // RUST_LOG=trace and over RUST_LOG=rmcp=trace alike.

@@ -349,8 +349,14 @@ mod tests {
         let secret = Secret::generate();
         let text = format!("id {} and {}!, mcp_", secret.expose(), secret.expose());
         let redacted = redact_secrets(&text);
-        assert_eq!(redacted, "id mcp_[redacted] and mcp_[redacted]!, mcp_[redacted]");
-        assert_eq!(redact_secrets("tok_abc: no secret here"), "tok_abc: no secret here");
+        assert_eq!(
+            redacted,
+            "id mcp_[redacted] and mcp_[redacted]!, mcp_[redacted]"
+        );
+        assert_eq!(
+            redact_secrets("tok_abc: no secret here"),
+            "tok_abc: no secret here"
+        );
         assert!(!truncate_for_message(secret.expose()).contains(&secret.expose()[4..12]));
     }
 
