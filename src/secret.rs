@@ -386,7 +386,7 @@ mod tests {
         fn only_checksummed_strings_parse(body in "[0-9A-Za-z]{36}") {
             let candidate = format!("mcp_{body}");
             let ok = Secret::parse(&candidate).is_ok();
-            prop_assert_eq!(ok, checksum(body[..30].as_bytes()) == body[30..]);
+            prop_assert_eq!(ok, checksum(&body.as_bytes()[..30]) == body[30..]);
         }
     }
 }
