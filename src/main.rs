@@ -34,7 +34,23 @@ fn cap_dependency_logs(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help and --version print and succeed
+        Err(e) => {
+            // Usage errors in one line, like every other error.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("error: {message} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     // The server logs what it does; a one-shot command prints its result and logs only trouble.
     let default_filter = match cli.command {
         cli::Command::Serve(_) => "info,rmcp=warn",

@@ -393,21 +393,22 @@ fn errors_are_one_line_and_change_nothing() {
         1,
         "invalid_argument",
     ));
-    // Argument errors from the parser: usage on stderr, non-zero, nothing done.
-    fails(
-        dir,
-        &["token", "create", "--name", "x", "--metadata", "[1]"],
-        2,
-        "JSON object",
-    );
-    fails(
-        dir,
-        &["token", "update", &parent, "--max-uses", "lots"],
-        2,
-        "whole number",
-    );
-    fails(dir, &["token", "frobnicate"], 2, "unrecognized subcommand");
-    fails(dir, &["token", "create"], 2, "--name");
+    // Argument errors from the parser: one line too, exit code 2, nothing done.
+    let usage_errors: [(&[&str], &str); 4] = [
+        (
+            &["token", "create", "--name", "x", "--metadata", "[1]"],
+            "JSON object",
+        ),
+        (
+            &["token", "update", &parent, "--max-uses", "lots"],
+            "whole number",
+        ),
+        (&["token", "frobnicate"], "unrecognized subcommand"),
+        (&["token", "create"], "--name"),
+    ];
+    for (args, needle) in usage_errors {
+        one_line(&fails(dir, args, 2, needle));
+    }
 
     assert_eq!(ok(dir, &["--json", "token", "list"]), before);
     assert_eq!(ok(dir, &["--json", "audit", "--all"]), audit_before);
