@@ -594,6 +594,32 @@ fn import_refuses_bad_files_and_non_empty_stores_without_writing() {
         1,
         &format!("line {}:", record_line + 1),
     );
+    // A spliced file: the parent's record removed and the count fixed to match.
+    let parent_key: String = parent.bytes().map(|b| format!("{b:02x}")).collect();
+    let spliced: Vec<String> = lines
+        .iter()
+        .filter(|l| !l.starts_with(&format!(r#"{{"k":"74{parent_key}""#)))
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(
+        spliced.len(),
+        lines.len() - 1,
+        "the parent's record line was found"
+    );
+    let header = format!(
+        r#"{{"format":"tokenwarden-export","version":1,"entries":{}}}"#,
+        spliced.len() - 1
+    );
+    let mut spliced_lines: Vec<&str> = spliced.iter().map(String::as_str).collect();
+    spliced_lines[0] = &header;
+    let spliced = write("spliced.jsonl", &spliced_lines);
+    let err = fails(
+        &target,
+        &["import", "-i", spliced.to_str().unwrap()],
+        1,
+        "inconsistent backup",
+    );
+    assert!(err.contains(&parent), "{err}");
     fails(
         &target,
         &["import", "-i", tmp.path().join("missing").to_str().unwrap()],

@@ -15,6 +15,7 @@ use super::Service;
 use crate::audit::AuditEvent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::record::{Actor, Status};
+use crate::secret::TokenId;
 use crate::store::{BackupEntry, Change, Store};
 use crate::timestamp::Timestamp;
 
@@ -229,5 +230,34 @@ fn read_backup(input: &mut dyn BufRead) -> Result<Vec<Classified>> {
             ),
         ));
     }
+    check_lineage(&entries)?;
     Ok(entries)
+}
+
+/// An export is a consistent snapshot: every index entry, hash and counter belongs to a token
+/// whose record is in the file, and every parent is in the file. A file that breaks this was
+/// edited or spliced, and is refused whole.
+fn check_lineage(entries: &[Classified]) -> Result<()> {
+    let records: HashSet<&TokenId> = entries
+        .iter()
+        .filter_map(|(_, _, entry)| match entry {
+            BackupEntry::Record(record) => Some(&record.id),
+            _ => None,
+        })
+        .collect();
+    for (_, _, entry) in entries {
+        let missing = match entry {
+            BackupEntry::Record(record) => {
+                record.parent_id.as_ref().filter(|p| !records.contains(p))
+            }
+            BackupEntry::OfToken(id) => Some(id).filter(|id| !records.contains(id)),
+            BackupEntry::Audit => None,
+        };
+        if let Some(id) = missing {
+            return Err(Error::invalid(format!(
+                "inconsistent backup: token {id} is referred to but its record is not in the file"
+            )));
+        }
+    }
+    Ok(())
 }
