@@ -24,7 +24,7 @@
 //! [`Cached::Admitted`]): valid only at the cache version it was made at, so any write at all
 //! forgets every such verdict, and only until the chain's earliest expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
@@ -787,16 +787,22 @@ impl Store {
                 BackupEntry::Record(Box::new(record))
             }
             HASH if rest.len() == 32 => {
-                BackupEntry::OfToken(decode_hash_entry(value).map_err(|e| e.to_string())?.id)
+                let mut hash = [0; 32];
+                hash.copy_from_slice(rest);
+                let entry = decode_hash_entry(value).map_err(|e| e.to_string())?;
+                BackupEntry::Hash(SecretHash(hash), entry.id)
             }
             CHILD if rest.len() == 2 * ID_LEN => {
                 id(&rest[..ID_LEN])?;
-                BackupEntry::OfToken(id(&rest[ID_LEN..])?)
+                BackupEntry::Index(id(&rest[ID_LEN..])?)
             }
-            STATUS if rest.len() == 1 + 8 + ID_LEN => BackupEntry::OfToken(id(&rest[9..])?),
+            STATUS if rest.len() == 1 + 8 + ID_LEN => BackupEntry::Index(id(&rest[9..])?),
             AUDIT if rest.len() == 8 => {
-                serde_json::from_slice::<AuditEvent>(value)
+                let event = serde_json::from_slice::<AuditEvent>(value)
                     .map_err(|e| format!("audit event: {e}"))?;
+                if event.id != u64_from(rest).map_err(|e| e.to_string())? {
+                    return Err(format!("audit event {} under another id's key", event.id));
+                }
                 BackupEntry::Audit
             }
             USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
@@ -810,17 +816,32 @@ impl Store {
         self.db.is_empty()
     }
 
-    /// Writes backup entries in one atomic batch, keeping any key already present, flushes,
-    /// and resets the in-memory state derived from storage. Returns how many entries were
-    /// written. Entries must have passed `classify_entry`.
-    pub fn import_entries(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<usize> {
+    /// Writes backup entries in one atomic batch, with the status and child index entries of
+    /// every record among them rebuilt from the records (never taken from the file), flushes,
+    /// and resets the in-memory state derived from storage. Refuses, writing nothing, if any
+    /// key is already present. Returns how many entries were written. Entries must have passed
+    /// `classify_entry`, and index entries must not be among them.
+    pub fn import_entries(
+        &self,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        records: &[&TokenRecord],
+    ) -> Result<usize> {
         let mut batch = sled::Batch::default();
         let mut written = 0;
-        for (k, v) in entries {
-            if self.db.contains_key(k)? {
-                continue;
+        let indexes = records.iter().flat_map(|r| {
+            let child = r
+                .parent_id
+                .as_ref()
+                .map(|p| (child_key(p, &r.id), Vec::new()));
+            std::iter::once((status_key(r), Vec::new())).chain(child)
+        });
+        for (k, v) in entries.iter().cloned().chain(indexes) {
+            if self.db.contains_key(&k)? {
+                return Err(StoreError::Corrupt(
+                    "a backup entry collides with one already in the store".to_owned(),
+                ));
             }
-            batch.insert(k.as_slice(), v.as_slice());
+            batch.insert(k, v);
             written += 1;
         }
         self.db.apply_batch(batch)?;
@@ -835,6 +856,20 @@ impl Store {
         cache.records.clear();
         cache.hashes.clear();
         Ok(written)
+    }
+
+    /// Ids of tokens deleted from this store (the targets of its `delete` audit events).
+    pub fn deleted_ids(&self) -> Result<HashSet<TokenId>> {
+        let mut deleted = HashSet::new();
+        for event in self.audit_events(None) {
+            let event = event?;
+            if event.action == "delete"
+                && let Some(target) = event.target
+            {
+                deleted.insert(target);
+            }
+        }
+        Ok(deleted)
     }
 
     /// Every key and value, for `export`.
@@ -935,8 +970,12 @@ fn restrict_permissions(dir: &Path) {
 pub enum BackupEntry {
     /// A token's record.
     Record(Box<TokenRecord>),
-    /// An index entry, secret hash or counter of this token.
+    /// A usage counter of this token.
     OfToken(TokenId),
+    /// A secret hash, and the token it authenticates as.
+    Hash(SecretHash, TokenId),
+    /// A status or child index entry of this token: rebuilt from the records on import.
+    Index(TokenId),
     /// An audit event.
     Audit,
 }

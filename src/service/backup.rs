@@ -5,7 +5,7 @@
 //! Format: a header line `{"format":"tokenwarden-export","version":1,"entries":N}`, then one
 //! `{"k":"<hex>","v":"<hex>"}` line per entry.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde_json::json;
 use super::Service;
 use crate::audit::AuditEvent;
 use crate::error::{Error, ErrorCode, Result};
-use crate::record::{Actor, Status};
+use crate::record::{Actor, Status, TokenRecord};
 use crate::secret::TokenId;
 use crate::store::{BackupEntry, Change, Store};
 use crate::timestamp::Timestamp;
@@ -117,12 +117,34 @@ impl Service {
         }
         let entries = read_backup(input)?;
         let _write = self.lock_writes();
-        let chosen = if merge {
-            self.entries_to_merge(entries)?
+        let skipped = if merge {
+            self.already_here(&entries)?
         } else {
-            entries.into_iter().map(|(k, v, _)| (k, v)).collect()
+            HashSet::new()
         };
-        let written = self.store.import_entries(&chosen)?;
+        let chosen: Vec<&Classified> = entries
+            .iter()
+            .filter(|(_, _, entry)| match entry {
+                BackupEntry::Record(r) => !skipped.contains(&r.id),
+                BackupEntry::OfToken(id) | BackupEntry::Hash(_, id) => !skipped.contains(id),
+                // Indexes are rebuilt from the records; a merge keeps the store's own audit log.
+                BackupEntry::Index(_) => false,
+                BackupEntry::Audit => !merge,
+            })
+            .collect();
+        let records: Vec<&TokenRecord> = chosen
+            .iter()
+            .filter_map(|(_, _, entry)| match entry {
+                BackupEntry::Record(r) => Some(r.as_ref()),
+                _ => None,
+            })
+            .collect();
+        self.check_forest(&records, &chosen)?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = chosen
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        let written = self.store.import_entries(&pairs, &records)?;
         let mut change = Change::default();
         change.audit(AuditEvent {
             id: 0,
@@ -139,33 +161,74 @@ impl Service {
         })
     }
 
-    /// The entries of the tokens the store lacks, after checking that each fits under its
-    /// parent as the store holds it now.
-    fn entries_to_merge(&self, entries: Vec<Classified>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut new_ids = HashSet::new();
-        let mut new_records = Vec::new();
-        for (_, _, entry) in &entries {
-            if let BackupEntry::Record(record) = entry
-                && self.store.get(&record.id)?.is_none()
-            {
-                new_ids.insert(record.id.clone());
-                new_records.push(record);
+    /// For a merge: the tokens of the backup that are not to be added — those the store holds,
+    /// those deleted from it since (a deletion is never undone by a restore), and their
+    /// descendants.
+    fn already_here(&self, entries: &[Classified]) -> Result<HashSet<TokenId>> {
+        let deleted = self.store.deleted_ids()?;
+        let mut parents: Vec<(&TokenId, Option<&TokenId>)> = Vec::new();
+        let mut skipped = HashSet::new();
+        for (_, _, entry) in entries {
+            if let BackupEntry::Record(r) = entry {
+                if deleted.contains(&r.id) || self.store.get(&r.id)?.is_some() {
+                    skipped.insert(r.id.clone());
+                }
+                parents.push((&r.id, r.parent_id.as_ref()));
             }
         }
-        for record in new_records {
-            let Some(parent_id) = &record.parent_id else {
-                continue;
-            };
-            if new_ids.contains(parent_id) {
-                continue;
+        // A token under a deleted one goes too (until nothing changes: lineage is shallow).
+        loop {
+            let before = skipped.len();
+            for (id, parent) in &parents {
+                if parent.is_some_and(|p| {
+                    deleted.contains(p)
+                        || (skipped.contains(p) && self.store.get(p).ok().flatten().is_none())
+                }) {
+                    skipped.insert((*id).clone());
+                }
             }
+            if skipped.len() == before {
+                return Ok(skipped);
+            }
+        }
+    }
+
+    /// Every token to be written must sit in its place: its parent (in the file, else already
+    /// in the store) exists, its depth is its parent's plus one, its scope is within its
+    /// parent's, it is revoked if its parent is; and the secret hashes that point at it are
+    /// the ones its record lists. Refuses the whole import otherwise.
+    fn check_forest(&self, records: &[&TokenRecord], chosen: &[&Classified]) -> Result<()> {
+        let by_id: HashMap<&TokenId, &TokenRecord> = records.iter().map(|r| (&r.id, *r)).collect();
+        for record in records {
             let refuse =
-                |why: String| Error::conflict(format!("cannot merge token {}: {why}", record.id));
-            let Some(parent) = self.store.get(parent_id)? else {
-                return Err(refuse(format!(
-                    "its parent {parent_id} is in neither the store nor the backup"
-                )));
+                |why: String| Error::conflict(format!("cannot import token {}: {why}", record.id));
+            let Some(parent_id) = &record.parent_id else {
+                if record.depth != 0 {
+                    return Err(refuse(format!("a root token with depth {}", record.depth)));
+                }
+                continue;
             };
+            let stored;
+            let parent: &TokenRecord = match by_id.get(parent_id) {
+                Some(p) => p,
+                None => match self.store.get(parent_id)? {
+                    Some(p) => {
+                        stored = p;
+                        &stored
+                    }
+                    None => {
+                        return Err(refuse(format!(
+                            "its parent {parent_id} is in neither the store nor the backup"
+                        )));
+                    }
+                },
+            };
+            if record.depth != parent.depth.saturating_add(1) {
+                return Err(refuse(format!(
+                    "depth {} under a parent of depth {}",
+                    record.depth, parent.depth
+                )));
+            }
             if parent.status == Status::Revoked && record.status != Status::Revoked {
                 return Err(refuse(format!("its parent {parent_id} has been revoked")));
             }
@@ -177,15 +240,25 @@ impl Service {
                 )));
             }
         }
-        Ok(entries
-            .into_iter()
-            .filter(|(_, _, entry)| match entry {
-                BackupEntry::Record(record) => new_ids.contains(&record.id),
-                BackupEntry::OfToken(id) => new_ids.contains(id),
-                BackupEntry::Audit => false,
-            })
-            .map(|(k, v, _)| (k, v))
-            .collect())
+        for (_, _, entry) in chosen {
+            match entry {
+                BackupEntry::Hash(hash, id) => match by_id.get(id) {
+                    Some(r) if r.hashes.contains(hash) => {}
+                    _ => {
+                        return Err(Error::conflict(format!(
+                            "cannot import: a secret hash points at token {id}, whose record does not list it"
+                        )));
+                    }
+                },
+                BackupEntry::OfToken(id) if !by_id.contains_key(id) => {
+                    return Err(Error::conflict(format!(
+                        "cannot import: a counter of token {id} comes without its record"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -250,7 +323,9 @@ fn check_lineage(entries: &[Classified]) -> Result<()> {
             BackupEntry::Record(record) => {
                 record.parent_id.as_ref().filter(|p| !records.contains(p))
             }
-            BackupEntry::OfToken(id) => Some(id).filter(|id| !records.contains(id)),
+            BackupEntry::OfToken(id) | BackupEntry::Hash(_, id) | BackupEntry::Index(id) => {
+                Some(id).filter(|id| !records.contains(id))
+            }
             BackupEntry::Audit => None,
         };
         if let Some(id) = missing {
