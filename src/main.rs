@@ -3,6 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokenwarden::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::prelude::*;
 
 /// Libraries that, at debug or trace, log HTTP headers (the bearer secret) or JSON-RPC bodies
 /// (create/rotate results carry a new secret). Whatever level is asked for, they log at most
@@ -22,15 +24,18 @@ const CAPPED_TARGETS: &[&str] = &[
     "tokio_util",
 ];
 
-fn cap_dependency_logs(
-    mut filter: EnvFilter,
-) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-    for target in CAPPED_TARGETS {
-        // A later directive for the same target replaces an earlier one, so this wins over
-        // RUST_LOG=trace and over RUST_LOG=rmcp=trace alike.
-        filter = filter.add_directive(format!("{target}=warn").parse()?);
-    }
-    Ok(filter)
+/// True for events of the capped libraries below `warn`, whatever their module path
+/// (`rmcp::service` as well as `rmcp`) or span: these are dropped after the user's filter, so
+/// no `RUST_LOG` directive, however specific, can let them through.
+fn capped(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    *metadata.level() > tracing::Level::WARN
+        && CAPPED_TARGETS.iter().any(|capped| {
+            target == *capped
+                || target
+                    .strip_prefix(capped)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
                 .collect();
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let message = tokenwarden::secret::redact_secrets(message);
             eprintln!("error: {message} (see --help)");
             return ExitCode::from(2);
         }
@@ -61,7 +67,7 @@ fn main() -> ExitCode {
         (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(env),
         _ => EnvFilter::try_new(default_filter),
     };
-    let filter = match filter.and_then(cap_dependency_logs) {
+    let filter = match filter {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: invalid log level: {e}");
@@ -69,10 +75,14 @@ fn main() -> ExitCode {
         }
     };
     // Logs go to stderr: on stdio, stdout carries only JSON-RPC.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(filter)
+                .with_filter(filter_fn(|metadata| !capped(metadata))),
+        )
         .init();
 
     let runtime = match tokio::runtime::Runtime::new() {

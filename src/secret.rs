@@ -220,6 +220,7 @@ pub fn redact_secrets(text: &str) -> String {
         out.push_str(SECRET_PREFIX);
         out.push_str("[redacted]");
         let after = &rest[at + SECRET_PREFIX.len()..];
+        let after = after.strip_prefix("[redacted]").unwrap_or(after);
         let body = after.bytes().take_while(u8::is_ascii_alphanumeric).count();
         rest = &after[body..];
     }
@@ -352,6 +353,11 @@ mod tests {
         assert_eq!(
             redacted,
             "id mcp_[redacted] and mcp_[redacted]!, mcp_[redacted]"
+        );
+        assert_eq!(
+            redact_secrets(&redacted),
+            redacted,
+            "redacting twice changes nothing"
         );
         assert_eq!(
             redact_secrets("tok_abc: no secret here"),

@@ -39,7 +39,15 @@ async fn status_and_text(url: &str, secret: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_logs_audit_or_errors_at_trace_level() {
     let tmp = TempDir::new().unwrap();
-    let mut server = Server::start_with_env(tmp.path(), &[], &[("RUST_LOG", "trace")]);
+    let mut server = Server::start_with_env(
+        tmp.path(),
+        &[],
+        // Everything at trace, with module-level directives that try to get past the caps.
+        &[(
+            "RUST_LOG",
+            "trace,rmcp=trace,rmcp::service=trace,hyper=trace,h2::codec=trace",
+        )],
+    );
     let url = server.url();
     let admin_secret = server.admin().to_owned();
     let admin = connect_http(&url, &admin_secret).await;
