@@ -81,9 +81,15 @@ fn export_to_file(service: &crate::service::Service, path: &Path) -> crate::erro
     Ok(entries)
 }
 
+/// A new file readable by its owner only. A leftover file of that name (say, from an export
+/// that was killed) is removed first, so its permissions never carry over.
 fn private_file(path: &Path) -> io::Result<File> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
