@@ -188,6 +188,10 @@ async fn no_secret_reaches_logs_audit_or_errors_at_trace_level() {
         .await,
     );
 
+    // A secret used as a tool name is refused at the protocol level, without being echoed.
+    let refusal = try_call(&admin, &second, json!({})).await;
+    said.push(format!("{refusal:?}"));
+
     // verify_token answers about a secret without repeating it.
     said.push(
         err(

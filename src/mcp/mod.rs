@@ -19,7 +19,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::secret::TokenId;
+use crate::secret::{TokenId, truncate_for_message};
 use crate::service::{Caller, Service};
 
 /// Put into the HTTP request's extensions by the guard once the bearer has authenticated.
@@ -126,7 +126,7 @@ impl ServerHandler for TokenServer {
         let name = request.name.to_string();
         if !tools::exists(&name) {
             return Err(ErrorData::invalid_params(
-                format!("unknown tool {name}"),
+                format!("unknown tool {}", truncate_for_message(&name)),
                 None,
             ));
         }
