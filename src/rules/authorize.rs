@@ -108,6 +108,31 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+impl<'a> Attempt<'a> {
+    /// An attempt to authenticate only (rules 1 and 5): no tool, bucket or use.
+    pub fn authentication(environment: &'a str, now: Timestamp, client_ip: Option<IpAddr>) -> Self {
+        Attempt {
+            environment,
+            now,
+            client_ip,
+            tool: None,
+            bucket: None,
+            budgets: None,
+        }
+    }
+}
+
+/// After [`authorize`] allowed an authentication over `chain`, how long that verdict holds for
+/// every client while the chain is unchanged: `None` when an address rule makes it depend on the
+/// client, else `Some` of the chain's earliest expiry (`Some(None)`: none expires). Statuses and
+/// environment cannot change without a write; expiry is the only rule that moves with time.
+pub fn authentication_holds_until(chain: &[&TokenRecord]) -> Option<Option<Timestamp>> {
+    if chain.iter().any(|link| !link.scope.allowed_ips.is_empty()) {
+        return None;
+    }
+    Some(chain.iter().filter_map(|link| link.scope.expires_at).min())
+}
+
 /// Decides whether the token `chain[0]` (followed by its parent, up to the root) may make
 /// `attempt`. Checks every rule of SPEC §4 against the token and each ancestor; the first
 /// failure is returned.

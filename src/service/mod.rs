@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
-use crate::rules::authorize::{Attempt, Denial, Tool, authorize};
+use crate::rules::authorize::{Attempt, Denial, Tool, authentication_holds_until, authorize};
 use crate::secret::{Secret, SecretError, TokenId};
 use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
@@ -162,23 +162,15 @@ impl Service {
     ) -> std::result::Result<TokenId, AuthFailure> {
         let hash = Secret::hash_presented(presented).map_err(AuthFailure::Malformed)?;
         let now = Timestamp::now();
-        let attempt = Attempt {
-            environment: &self.config.environment,
-            now,
-            client_ip,
-            tool: None,
-            bucket: None,
-            budgets: None,
-        };
+        let attempt = Attempt::authentication(&self.config.environment, now, client_ip);
         let judge = |entry: &HashEntry, cached: Cached<'_>| {
             if entry.grace_until.is_some_and(|g| g <= now) {
                 return Err(AuthFailure::RotatedOut(entry.id.clone()));
             }
             if let Cached::Chain(links, remember) = cached {
                 authorize(links, &attempt).map_err(AuthFailure::Denied)?;
-                // Remember the admission unless an address rule makes it depend on the client.
-                if links.iter().all(|link| link.scope.allowed_ips.is_empty()) {
-                    remember.admitted_until(links.iter().filter_map(|l| l.scope.expires_at).min());
+                if let Some(until) = authentication_holds_until(links) {
+                    remember.admitted_until(until);
                 }
             }
             Ok(entry.id.clone())
@@ -203,14 +195,7 @@ impl Service {
         let now = Timestamp::now();
         let chain = self.store.chain(id)?.ok_or(AuthFailure::Unknown)?;
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
-        let attempt = Attempt {
-            environment: &self.config.environment,
-            now,
-            client_ip,
-            tool: None,
-            bucket: None,
-            budgets: None,
-        };
+        let attempt = Attempt::authentication(&self.config.environment, now, client_ip);
         authorize(&links, &attempt).map_err(AuthFailure::Denied)
     }
 
@@ -299,14 +284,8 @@ impl Service {
             Caller::Token(id) => {
                 let chain = self.caller_chain(id)?;
                 let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
-                let attempt = Attempt {
-                    environment: &self.config.environment,
-                    now: Timestamp::now(),
-                    client_ip: None,
-                    tool: None,
-                    bucket: None,
-                    budgets: None,
-                };
+                let attempt =
+                    Attempt::authentication(&self.config.environment, Timestamp::now(), None);
                 authorize(&links, &attempt)?;
                 Ok(Acting {
                     actor: Actor::Token(id.clone()),

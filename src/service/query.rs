@@ -205,14 +205,7 @@ impl Service {
             return Ok(invalid(AuthFailure::Unknown.to_string(), None));
         };
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
-        let base = Attempt {
-            environment: &self.config.environment,
-            now,
-            client_ip: None,
-            tool: None,
-            bucket: None,
-            budgets: None,
-        };
+        let base = Attempt::authentication(&self.config.environment, now, None);
         if let Err(denial) = authorize(&links, &base) {
             return Ok(invalid(denial.to_string(), Some(id)));
         }
