@@ -105,9 +105,16 @@ impl ServerHandler for TokenServer {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        // The whole list fits one page, so no cursor was ever issued: any cursor is invalid.
+        if request.is_some_and(|r| r.cursor.is_some()) {
+            return Err(ErrorData::invalid_params(
+                "invalid cursor: tools/list returns every tool in one page",
+                None,
+            ));
+        }
         let (caller, ip) = self.caller(&context)?;
         let tools = tools::definitions()
             .into_iter()
