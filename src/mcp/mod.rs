@@ -117,8 +117,9 @@ impl ServerHandler for TokenServer {
         }
         let (caller, ip) = self.caller(&context)?;
         let tools = tools::definitions()
-            .into_iter()
+            .iter()
             .filter(|t| self.service.may_call(&caller, &t.name, ip))
+            .cloned()
             .collect();
         // What a token may call differs per caller: never let a cache share the list.
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
@@ -168,6 +169,9 @@ impl ServerHandler for TokenServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
-        tools::definitions().into_iter().find(|t| t.name == name)
+        tools::definitions()
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
     }
 }
