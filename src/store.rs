@@ -12,6 +12,8 @@
 //! | `a` | event id (8 bytes BE) | audit event (JSON) |
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
+//! | `d` | token id | deleted_at (8 bytes, ms): a tombstone, so no import brings the token back |
+//! | `m` | name | the store's own bookkeeping (not exported) |
 //!
 //! Few keys per token, short values, time-ordered ids and small segments keep sled's space
 //! amplification down (see BENCHMARKS.md for the measurements behind these choices).
@@ -48,6 +50,11 @@ const SEGMENT_BYTES: usize = 64 * 1024;
 const AUDIT: u8 = b'a';
 const USAGE: u8 = b'u';
 const REMAINING: u8 = b'r';
+const TOMBSTONE: u8 = b'd';
+const META: u8 = b'm';
+/// Set once the tombstones of a store written before they existed have been derived from its
+/// audit log (see [`Store::open`]).
+const TOMBSTONES_DERIVED: &[u8] = b"mtombstones";
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -144,6 +151,10 @@ impl Change {
     }
     pub fn remaining_updates(&self) -> Vec<(TokenId, Option<u64>)> {
         self.remaining.clone()
+    }
+    /// Whether the change writes or removes any record (an audit event alone is not a change).
+    pub fn writes_records(&self) -> bool {
+        !self.records.is_empty() || !self.removed.is_empty()
     }
     pub fn removed_ids(&self) -> Vec<TokenId> {
         self.removed.iter().map(|r| r.id.clone()).collect()
@@ -379,6 +390,7 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_permissions(dir);
+        derive_legacy_tombstones(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -652,7 +664,15 @@ impl Store {
             .transpose()
     }
 
-    /// Writes usage counters (no flush: they are written behind on purpose).
+    /// Whether `id` names a token this store deleted (it keeps a tombstone for every one).
+    pub fn is_deleted(&self, id: &TokenId) -> Result<bool> {
+        Ok(self
+            .db
+            .contains_key(key(TOMBSTONE, &[id.as_str().as_bytes()]))?)
+    }
+
+    /// Writes usage counters (no flush: they are written behind on purpose). The caller makes
+    /// sure each token still exists, under the lock that deletions take too.
     pub fn write_usage(&self, usage: &[(TokenId, StoredUsage)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (id, u) in usage {
@@ -665,7 +685,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes remaining-use counters. The caller flushes before it lets the uses through.
+    /// Writes remaining-use counters. The caller flushes before it lets the uses through, and
+    /// makes sure each token still exists, under the lock that deletions take too.
     pub fn write_remaining(&self, remaining: &[(TokenId, u64)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (id, n) in remaining {
@@ -707,8 +728,10 @@ impl Store {
         for hash in &change.retired_hashes {
             batch.remove(key(HASH, &[&hash.0]));
         }
+        let deleted_at = Timestamp::now().millis().to_be_bytes();
         for record in &change.removed {
             let id = record.id.as_str().as_bytes();
+            batch.insert(key(TOMBSTONE, &[id]), &deleted_at[..]);
             batch.remove(key(RECORD, &[id]));
             batch.remove(status_key(record));
             batch.remove(key(USAGE, &[id]));
@@ -807,6 +830,7 @@ impl Store {
             }
             USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
             REMAINING if value.len() == 8 => BackupEntry::OfToken(id(rest)?),
+            TOMBSTONE if value.len() == 8 => BackupEntry::Tombstone(id(rest)?),
             _ => return Err("unknown or malformed key".to_owned()),
         })
     }
@@ -858,27 +882,120 @@ impl Store {
         Ok(written)
     }
 
-    /// Ids of tokens deleted from this store (the targets of its `delete` audit events).
-    pub fn deleted_ids(&self) -> Result<HashSet<TokenId>> {
-        let mut deleted = HashSet::new();
-        for event in self.audit_events(None) {
-            let event = event?;
-            if event.action == "delete"
-                && let Some(target) = event.target
-            {
-                deleted.insert(target);
-            }
-        }
-        Ok(deleted)
+    /// The tombstone entry that remembers `id` as deleted at `at`, for an import to write.
+    pub fn tombstone_entry(id: &TokenId, at: Timestamp) -> (Vec<u8>, Vec<u8>) {
+        (
+            key(TOMBSTONE, &[id.as_str().as_bytes()]),
+            at.millis().to_be_bytes().to_vec(),
+        )
     }
 
-    /// Every key and value, for `export`.
-    pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
-        self.db.iter().map(|e| {
-            e.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        })
+    /// Whether the audit log holds more than `max_events` events (counted by event id: ids are
+    /// consecutive, and pruning removes the oldest), or an event older than `older_than`.
+    pub fn audit_exceeds(&self, max_events: u64, older_than: Timestamp) -> Result<bool> {
+        let Some(entry) = self.db.scan_prefix([AUDIT]).next() else {
+            return Ok(false);
+        };
+        let (k, v) = entry?;
+        let oldest = u64_from(&k[1..])?;
+        if oldest < self.next_audit_id.load(Ordering::SeqCst).saturating_sub(max_events) {
+            return Ok(true);
+        }
+        let event: AuditEvent = serde_json::from_slice(&v)
+            .map_err(|e| StoreError::Corrupt(format!("audit event {oldest}: {e}")))?;
+        Ok(event.at < older_than)
     }
+
+    /// Removes the oldest audit events: every event but the newest `keep_newest` (by event
+    /// id), and every event older than `older_than`. Returns how many were removed. Events
+    /// are removed in chunks, so a long log never becomes one huge batch; no flush (the caller
+    /// audits the pruning and flushes once).
+    pub fn prune_audit(&self, keep_newest: u64, older_than: Timestamp) -> Result<u64> {
+        const CHUNK: usize = 10_000;
+        let next = self.next_audit_id.load(Ordering::SeqCst);
+        let below = next.saturating_sub(keep_newest);
+        let mut pruned = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            let mut done = true;
+            for entry in self.db.range(vec![AUDIT]..vec![AUDIT + 1]) {
+                let (k, v) = entry?;
+                let id = u64_from(&k[1..])?;
+                if id >= below {
+                    let event: AuditEvent = serde_json::from_slice(&v)
+                        .map_err(|e| StoreError::Corrupt(format!("audit event {id}: {e}")))?;
+                    if event.at >= older_than {
+                        break;
+                    }
+                }
+                batch.remove(k);
+                in_batch += 1;
+                if in_batch == CHUNK {
+                    done = false;
+                    break;
+                }
+            }
+            self.db.apply_batch(batch)?;
+            pruned += in_batch as u64;
+            if done {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// Every key and value, for `export`, except the store's own bookkeeping.
+    pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        self.db
+            .iter()
+            .filter(|e| !matches!(e, Ok((k, _)) if k.first() == Some(&META)))
+            .map(|e| {
+                e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+    }
+}
+
+/// Stores written before tombstones existed remember deletions only in their audit log. Once,
+/// the first time such a store is opened, every token its audit log names that has no record
+/// is given a tombstone (a record only ever goes away by deletion). Descendants deleted along
+/// with a token that was itself imported by a merge have no event of their own and cannot be
+/// recovered this way.
+fn derive_legacy_tombstones(db: &sled::Db) -> Result<()> {
+    if db.contains_key(TOMBSTONES_DERIVED)? {
+        return Ok(());
+    }
+    if db.scan_prefix([AUDIT]).next().is_none() {
+        // Nothing was ever written (or only by a version that marks itself): nothing to derive.
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut derived = HashSet::new();
+    for entry in db.scan_prefix([AUDIT]) {
+        let (_, v) = entry?;
+        let event: AuditEvent = serde_json::from_slice(&v)
+            .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))?;
+        let Some(target) = event.target else { continue };
+        let id = target.as_str().as_bytes();
+        if derived.contains(&target)
+            || db.contains_key(key(RECORD, &[id]))?
+            || db.contains_key(key(TOMBSTONE, &[id]))?
+        {
+            continue;
+        }
+        batch.insert(key(TOMBSTONE, &[id]), &event.at.millis().to_be_bytes()[..]);
+        derived.insert(target);
+    }
+    batch.insert(TOMBSTONES_DERIVED, &[][..]);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    if !derived.is_empty() {
+        tracing::info!(
+            tombstones = derived.len(),
+            "remembered the tokens this store deleted before it kept tombstones"
+        );
+    }
+    Ok(())
 }
 
 /// Merges index streams that are each in creation order into one stream in that order.
@@ -978,4 +1095,6 @@ pub enum BackupEntry {
     Index(TokenId),
     /// An audit event.
     Audit,
+    /// A deleted token's tombstone.
+    Tombstone(TokenId),
 }

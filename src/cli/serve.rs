@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Deepest allowed token lineage (a root token is depth 0).
     #[arg(long, default_value_t = 8)]
     pub max_depth: u8,
+
+    #[command(flatten)]
+    pub audit_retention: super::audit::AuditRetentionArgs,
 }
 
 /// Names the running server in the data directory, so other commands can say who holds it.
@@ -73,6 +76,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
+    config.audit_retention = args.audit_retention.retention();
     let service = Arc::new(open_service(&dir, config)?);
 
     let stdio_caller = if args.stdio {
@@ -96,6 +100,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
+    tokio::spawn(super::audit::prune_in_background(
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let http_task = listener.map(|listener| {
