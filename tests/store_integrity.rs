@@ -111,7 +111,12 @@ fn deletes_racing_with_calls_leave_no_orphan_counters_and_every_export_imports()
         let mut export = Vec::new();
         service.export(&mut export).unwrap();
         let orphans = orphan_counters(&String::from_utf8(export).unwrap());
-        assert!(orphans.is_empty(), "usage outlived its token: {orphans:?}");
+        assert!(
+            orphans.is_empty(),
+            "{} usage entries outlived their token, e.g. {:?}",
+            orphans.len(),
+            orphans.first()
+        );
         service.shutdown().unwrap();
     }
 
