@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::audit::AuditEvent;
@@ -257,6 +257,9 @@ pub struct Store {
     cache: RwLock<Cache>,
     capacity: usize,
     next_audit_id: AtomicU64,
+    /// Whether the store is known to keep tombstones (see [`derive_legacy_tombstones`]); the
+    /// first change written to a new store records it.
+    tombstones_marked: AtomicBool,
     flusher: Flusher,
 }
 
@@ -390,7 +393,7 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_permissions(dir);
-        derive_legacy_tombstones(&db)?;
+        let tombstones_marked = derive_legacy_tombstones(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -404,6 +407,7 @@ impl Store {
             }),
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
+            tombstones_marked: AtomicBool::new(tombstones_marked),
             flusher: Flusher::default(),
         })
     }
@@ -751,6 +755,10 @@ impl Store {
                 None => batch.remove(k),
             }
         }
+        let marking = !self.tombstones_marked.load(Ordering::Relaxed);
+        if marking {
+            batch.insert(TOMBSTONES_DERIVED, &[][..]);
+        }
         let mut events = change.audit;
         for event in &mut events {
             event.id = self.next_audit_id.fetch_add(1, Ordering::SeqCst);
@@ -758,6 +766,9 @@ impl Store {
             batch.insert(key(AUDIT, &[&event.id.to_be_bytes()]), json);
         }
         self.db.apply_batch(batch)?;
+        if marking {
+            self.tombstones_marked.store(true, Ordering::Relaxed);
+        }
 
         let mut cache = self.cache_write();
         cache.version += 1;
@@ -960,14 +971,15 @@ impl Store {
 /// the first time such a store is opened, every token its audit log names that has no record
 /// is given a tombstone (a record only ever goes away by deletion). Descendants deleted along
 /// with a token that was itself imported by a merge have no event of their own and cannot be
-/// recovered this way.
-fn derive_legacy_tombstones(db: &sled::Db) -> Result<()> {
+/// recovered this way. Returns whether the store is now marked as keeping tombstones (a blank
+/// store is not, until its first change).
+fn derive_legacy_tombstones(db: &sled::Db) -> Result<bool> {
     if db.contains_key(TOMBSTONES_DERIVED)? {
-        return Ok(());
+        return Ok(true);
     }
     if db.scan_prefix([AUDIT]).next().is_none() {
-        // Nothing was ever written (or only by a version that marks itself): nothing to derive.
-        return Ok(());
+        // Nothing was ever changed (or a blank store got an import): nothing to derive.
+        return Ok(false);
     }
     let mut batch = sled::Batch::default();
     let mut derived = HashSet::new();
@@ -995,7 +1007,7 @@ fn derive_legacy_tombstones(db: &sled::Db) -> Result<()> {
             "remembered the tokens this store deleted before it kept tombstones"
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Merges index streams that are each in creation order into one stream in that order.

@@ -7,7 +7,7 @@ mod core_support;
 use core_support::*;
 use tokenwarden::record::TokenRecord;
 use tokenwarden::secret::Secret;
-use tokenwarden::service::Caller;
+use tokenwarden::service::{Caller, Service};
 use tokenwarden::service::requests::ListTokens;
 
 fn hex(bytes: &[u8]) -> String {
@@ -313,4 +313,59 @@ fn orphan_usage_counters_of_older_backups_are_dropped_not_fatal() {
         );
         assert!(target.service.authenticate(&kept.token, None).is_ok());
     }
+}
+
+/// Removes every tombstone and the store's bookkeeping, as a store or backup written before
+/// tombstones existed would be.
+fn without_tombstones(entries: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    entries.retain(|(k, _)| k[0] != b'd' && k[0] != b'm');
+}
+
+#[test]
+fn stores_and_backups_older_than_tombstones_still_keep_deletions() {
+    let f = Fixture::new();
+    let gone = root(&f.service, "gone", &[], &[]);
+    let under = child_of(&f.service, &gone, "under");
+    let stale = export(&f);
+    f.service
+        .delete_token(&Caller::Owner, token_ref(&gone.record.id))
+        .unwrap();
+
+    // A backup from before tombstones: its audit log says which tokens were deleted.
+    let mut old_backup = export(&f);
+    without_tombstones(&mut old_backup);
+    let restored = Fixture::new();
+    restored
+        .service
+        .import(&mut &backup(&old_backup)[..], false)
+        .unwrap();
+    let merged = restored
+        .service
+        .import(&mut &backup(&stale)[..], true)
+        .unwrap();
+    assert_eq!(merged.entries_written, 0, "nothing deleted comes back");
+    assert!(restored.service.authenticate(&under.token, None).is_err());
+
+    // A store from before tombstones: the first open derives them from its audit log.
+    let Fixture { dir, service } = f;
+    service.shutdown().unwrap();
+    drop(service);
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .segment_size(64 * 1024)
+            .open()
+            .unwrap();
+        for entry in db.iter() {
+            let (k, _) = entry.unwrap();
+            if k[0] == b'd' || k[0] == b'm' {
+                db.remove(k).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
+    let service = Service::open(dir.path(), Default::default()).unwrap();
+    let merged = service.import(&mut &backup(&stale)[..], true).unwrap();
+    assert_eq!(merged.entries_written, 0, "nothing deleted comes back");
+    assert!(service.authenticate(&under.token, None).is_err());
 }
