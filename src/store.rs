@@ -909,7 +909,12 @@ impl Store {
         };
         let (k, v) = entry?;
         let oldest = u64_from(&k[1..])?;
-        if oldest < self.next_audit_id.load(Ordering::SeqCst).saturating_sub(max_events) {
+        if oldest
+            < self
+                .next_audit_id
+                .load(Ordering::SeqCst)
+                .saturating_sub(max_events)
+        {
             return Ok(true);
         }
         let event: AuditEvent = serde_json::from_slice(&v)

@@ -7,8 +7,8 @@ mod core_support;
 use core_support::*;
 use tokenwarden::record::TokenRecord;
 use tokenwarden::secret::Secret;
-use tokenwarden::service::{Caller, Service};
 use tokenwarden::service::requests::ListTokens;
+use tokenwarden::service::{Caller, Service};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -242,7 +242,8 @@ fn a_lineage_that_loops_is_refused_naming_the_record() {
             .unwrap_err();
         assert!(err.message.contains("loops"), "{err}");
         assert!(
-            err.message.contains(a.record.id.as_str()) || err.message.contains(b.record.id.as_str()),
+            err.message.contains(a.record.id.as_str())
+                || err.message.contains(b.record.id.as_str()),
             "names the record: {err}"
         );
         assert_eq!(err.message.lines().count(), 1);
@@ -272,8 +273,10 @@ fn a_depth_that_skips_or_exceeds_the_limit_is_refused() {
     }
 
     // A lineage built under a higher --max-depth does not fit a store run with the default.
-    let mut deep_config = tokenwarden::service::ServiceConfig::default();
-    deep_config.max_depth = 12;
+    let deep_config = tokenwarden::service::ServiceConfig {
+        max_depth: 12,
+        ..Default::default()
+    };
     let deep = Fixture::with_config(deep_config);
     let mut last = root(&deep.service, "d0", &[], &[]);
     for depth in 1..=9 {

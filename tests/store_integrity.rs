@@ -46,7 +46,12 @@ fn orphan_counters(export: &str) -> Vec<String> {
     let keys: Vec<String> = export
         .lines()
         .skip(1)
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["k"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["k"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     let record = |id_hex: &str| format!("74{id_hex}");
     keys.iter()
@@ -89,11 +94,17 @@ fn deletes_racing_with_calls_leave_no_orphan_counters_and_every_export_imports()
             let callers: Vec<_> = [&limited, &child, &unlimited, &child]
                 .into_iter()
                 .map(|id| {
-                    let (service, go, caller) =
-                        (Arc::clone(&service), Arc::clone(&go), Caller::Token(id.clone()));
+                    let (service, go, caller) = (
+                        Arc::clone(&service),
+                        Arc::clone(&go),
+                        Caller::Token(id.clone()),
+                    );
                     std::thread::spawn(move || {
                         go.store(true, Ordering::SeqCst);
-                        while service.authorize_call(&caller, "whoami", None, None).is_ok() {}
+                        while service
+                            .authorize_call(&caller, "whoami", None, None)
+                            .is_ok()
+                        {}
                     })
                 })
                 .collect();
@@ -126,7 +137,10 @@ fn deletes_racing_with_calls_leave_no_orphan_counters_and_every_export_imports()
     succeeds(&source, &["export", "-o", backup.to_str().unwrap()]);
     for (dir, args) in [
         ("fresh", &["import", "-i", backup.to_str().unwrap()][..]),
-        ("merged", &["import", "-i", backup.to_str().unwrap(), "--merge"]),
+        (
+            "merged",
+            &["import", "-i", backup.to_str().unwrap(), "--merge"],
+        ),
     ] {
         let out = tw(&tmp.path().join(dir), args);
         assert!(out.status.success(), "import refused: {}", stderr(&out));
@@ -185,7 +199,10 @@ fn calls_that_change_nothing_write_nothing() {
     }
     assert_eq!(events(), before, "no-op updates write no audit event");
     let grown = f.service.store().size_on_disk().saturating_sub(size_before);
-    assert!(grown < 64 * 1024, "no-op updates grew the store by {grown} bytes");
+    assert!(
+        grown < 64 * 1024,
+        "no-op updates grew the store by {grown} bytes"
+    );
 
     // State changes are written once; repeating them changes nothing.
     for _ in 0..3 {
@@ -197,7 +214,11 @@ fn calls_that_change_nothing_write_nothing() {
     for _ in 0..3 {
         f.service.revoke_token(&owner, token_ref(&t.id)).unwrap();
     }
-    assert_eq!(events(), before + 3, "one event per change: pause, resume, revoke");
+    assert_eq!(
+        events(),
+        before + 3,
+        "one event per change: pause, resume, revoke"
+    );
 }
 
 /// Audit events as the CLI prints them, oldest last.
@@ -289,7 +310,10 @@ fn the_audit_log_is_pruned_by_age_and_by_count_and_pruning_is_audited_once() {
     server.stop();
     assert_eq!(audit_log(&dir), log, "nothing changed");
 
-    let out = tw(&dir, &["serve", "--http", "127.0.0.1:0", "--audit-max-events", "0"]);
+    let out = tw(
+        &dir,
+        &["serve", "--http", "127.0.0.1:0", "--audit-max-events", "0"],
+    );
     assert_eq!(out.status.code(), Some(2), "a zero limit is a usage error");
 }
 
@@ -307,7 +331,10 @@ fn modes(dir: &Path) -> Vec<(String, u32)> {
             if path.is_dir() {
                 stack.push(path);
             } else if let Ok(meta) = std::fs::metadata(&path) {
-                out.push((path.display().to_string(), meta.permissions().mode() & 0o777));
+                out.push((
+                    path.display().to_string(),
+                    meta.permissions().mode() & 0o777,
+                ));
             }
         }
     }
@@ -342,7 +369,9 @@ async fn every_store_file_is_private_while_serving_under_a_permissive_umask() {
         "the holder file is checked: {files:?}"
     );
     assert!(
-        files.iter().any(|(p, _)| p.contains("/blobs/") && !p.ends_with('/')),
+        files
+            .iter()
+            .any(|(p, _)| p.contains("/blobs/") && !p.ends_with('/')),
         "blob files are checked: {files:?}"
     );
     let open: Vec<_> = files.iter().filter(|(_, m)| m & 0o077 != 0).collect();
@@ -353,9 +382,11 @@ async fn every_store_file_is_private_while_serving_under_a_permissive_umask() {
 fn a_store_problem_is_reported_in_one_line() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
-    let created: Value =
-        serde_json::from_str(&succeeds(&dir, &["--json", "token", "create", "--name", "x"]))
-            .unwrap();
+    let created: Value = serde_json::from_str(&succeeds(
+        &dir,
+        &["--json", "token", "create", "--name", "x"],
+    ))
+    .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     {
         // Garble the record behind tokenwarden's back (same segment size as the store's).
@@ -383,7 +414,10 @@ fn an_older_backup_with_orphan_counters_imports_with_one_warning() {
     let exported = succeeds(&source, &["export"]);
     // A use counter and a remaining-uses counter of a token that is not in the file, as a
     // delete racing with calls left them before this was fixed.
-    let ghost: String = "tok_0VccqIYacpzRvBmmuM5n2tML".bytes().map(|b| format!("{b:02x}")).collect();
+    let ghost: String = "tok_0VccqIYacpzRvBmmuM5n2tML"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut lines: Vec<String> = exported.lines().map(str::to_owned).collect();
     lines.push(format!(r#"{{"k":"75{ghost}","v":"{}"}}"#, "00".repeat(16)));
     lines.push(format!(r#"{{"k":"72{ghost}","v":"{}"}}"#, "00".repeat(8)));
@@ -397,6 +431,12 @@ fn an_older_backup_with_orphan_counters_imports_with_one_warning() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.lines().count(), 1, "one warning line: {err}");
-    assert!(err.starts_with("warning: dropped 2 usage counters"), "{err}");
-    assert!(!succeeds(&target, &["export"]).contains(&ghost), "the orphans are not imported");
+    assert!(
+        err.starts_with("warning: dropped 2 usage counters"),
+        "{err}"
+    );
+    assert!(
+        !succeeds(&target, &["export"]).contains(&ghost),
+        "the orphans are not imported"
+    );
 }
