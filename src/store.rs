@@ -26,7 +26,7 @@
 //! [`Cached::Admitted`]): valid only at the cache version it was made at, so any write at all
 //! forgets every such verdict, and only until the chain's earliest expiry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
@@ -37,6 +37,10 @@ use crate::audit::AuditEvent;
 use crate::record::{Status, TokenRecord};
 use crate::secret::{ID_LEN, SecretHash, TokenId};
 use crate::timestamp::Timestamp;
+
+mod audit_log;
+mod tombstones;
+use tombstones::derive_legacy_tombstones;
 
 const RECORD: u8 = b't';
 const HASH: u8 = b'h';
@@ -668,13 +672,6 @@ impl Store {
             .transpose()
     }
 
-    /// Whether `id` names a token this store deleted (it keeps a tombstone for every one).
-    pub fn is_deleted(&self, id: &TokenId) -> Result<bool> {
-        Ok(self
-            .db
-            .contains_key(key(TOMBSTONE, &[id.as_str().as_bytes()]))?)
-    }
-
     /// Writes usage counters (no flush: they are written behind on purpose). The caller makes
     /// sure each token still exists, under the lock that deletions take too.
     pub fn write_usage(&self, usage: &[(TokenId, StoredUsage)]) -> Result<()> {
@@ -791,21 +788,6 @@ impl Store {
         Ok(events)
     }
 
-    /// Audit events, newest first, with id below `before` when given.
-    pub fn audit_events(
-        &self,
-        before: Option<u64>,
-    ) -> impl Iterator<Item = Result<AuditEvent>> + '_ {
-        let end = match before {
-            Some(id) => key(AUDIT, &[&id.to_be_bytes()]),
-            None => vec![AUDIT + 1],
-        };
-        self.db.range(vec![AUDIT]..end).rev().map(|entry| {
-            let (_, v) = entry?;
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
-        })
-    }
-
     /// Checks that a key/value pair from a backup is one this store could have written, and
     /// says what it belongs to.
     pub fn classify_entry(key: &[u8], value: &[u8]) -> std::result::Result<BackupEntry, String> {
@@ -893,73 +875,6 @@ impl Store {
         Ok(written)
     }
 
-    /// The tombstone entry that remembers `id` as deleted at `at`, for an import to write.
-    pub fn tombstone_entry(id: &TokenId, at: Timestamp) -> (Vec<u8>, Vec<u8>) {
-        (
-            key(TOMBSTONE, &[id.as_str().as_bytes()]),
-            at.millis().to_be_bytes().to_vec(),
-        )
-    }
-
-    /// Whether the audit log holds more than `max_events` events (counted by event id: ids are
-    /// consecutive, and pruning removes the oldest), or an event older than `older_than`.
-    pub fn audit_exceeds(&self, max_events: u64, older_than: Timestamp) -> Result<bool> {
-        let Some(entry) = self.db.scan_prefix([AUDIT]).next() else {
-            return Ok(false);
-        };
-        let (k, v) = entry?;
-        let oldest = u64_from(&k[1..])?;
-        if oldest
-            < self
-                .next_audit_id
-                .load(Ordering::SeqCst)
-                .saturating_sub(max_events)
-        {
-            return Ok(true);
-        }
-        let event: AuditEvent = serde_json::from_slice(&v)
-            .map_err(|e| StoreError::Corrupt(format!("audit event {oldest}: {e}")))?;
-        Ok(event.at < older_than)
-    }
-
-    /// Removes the oldest audit events: every event but the newest `keep_newest` (by event
-    /// id), and every event older than `older_than`. Returns how many were removed. Events
-    /// are removed in chunks, so a long log never becomes one huge batch; no flush (the caller
-    /// audits the pruning and flushes once).
-    pub fn prune_audit(&self, keep_newest: u64, older_than: Timestamp) -> Result<u64> {
-        const CHUNK: usize = 10_000;
-        let next = self.next_audit_id.load(Ordering::SeqCst);
-        let below = next.saturating_sub(keep_newest);
-        let mut pruned = 0;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            let mut done = true;
-            for entry in self.db.range(vec![AUDIT]..vec![AUDIT + 1]) {
-                let (k, v) = entry?;
-                let id = u64_from(&k[1..])?;
-                if id >= below {
-                    let event: AuditEvent = serde_json::from_slice(&v)
-                        .map_err(|e| StoreError::Corrupt(format!("audit event {id}: {e}")))?;
-                    if event.at >= older_than {
-                        break;
-                    }
-                }
-                batch.remove(k);
-                in_batch += 1;
-                if in_batch == CHUNK {
-                    done = false;
-                    break;
-                }
-            }
-            self.db.apply_batch(batch)?;
-            pruned += in_batch as u64;
-            if done {
-                return Ok(pruned);
-            }
-        }
-    }
-
     /// Every key and value, for `export`, except the store's own bookkeeping.
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         self.db
@@ -970,49 +885,6 @@ impl Store {
                     .map_err(StoreError::from)
             })
     }
-}
-
-/// Stores written before tombstones existed remember deletions only in their audit log. Once,
-/// the first time such a store is opened, every token its audit log names that has no record
-/// is given a tombstone (a record only ever goes away by deletion). Descendants deleted along
-/// with a token that was itself imported by a merge have no event of their own and cannot be
-/// recovered this way. Returns whether the store is now marked as keeping tombstones (a blank
-/// store is not, until its first change).
-fn derive_legacy_tombstones(db: &sled::Db) -> Result<bool> {
-    if db.contains_key(TOMBSTONES_DERIVED)? {
-        return Ok(true);
-    }
-    if db.scan_prefix([AUDIT]).next().is_none() {
-        // Nothing was ever changed (or a blank store got an import): nothing to derive.
-        return Ok(false);
-    }
-    let mut batch = sled::Batch::default();
-    let mut derived = HashSet::new();
-    for entry in db.scan_prefix([AUDIT]) {
-        let (_, v) = entry?;
-        let event: AuditEvent = serde_json::from_slice(&v)
-            .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))?;
-        let Some(target) = event.target else { continue };
-        let id = target.as_str().as_bytes();
-        if derived.contains(&target)
-            || db.contains_key(key(RECORD, &[id]))?
-            || db.contains_key(key(TOMBSTONE, &[id]))?
-        {
-            continue;
-        }
-        batch.insert(key(TOMBSTONE, &[id]), &event.at.millis().to_be_bytes()[..]);
-        derived.insert(target);
-    }
-    batch.insert(TOMBSTONES_DERIVED, &[][..]);
-    db.apply_batch(batch)?;
-    db.flush()?;
-    if !derived.is_empty() {
-        tracing::info!(
-            tombstones = derived.len(),
-            "remembered the tokens this store deleted before it kept tombstones"
-        );
-    }
-    Ok(true)
 }
 
 /// Merges index streams that are each in creation order into one stream in that order.
