@@ -486,6 +486,17 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// Whether a token record exists, without filling the cache (for checks on paths that
+    /// must not evict hot records).
+    pub fn exists(&self, id: &TokenId) -> Result<bool> {
+        if self.cache_read().records.contains_key(id) {
+            return Ok(true);
+        }
+        Ok(self
+            .db
+            .contains_key(key(RECORD, &[id.as_str().as_bytes()]))?)
+    }
+
     /// The token a secret hash belongs to, from memory when hot.
     pub fn hash_entry(&self, hash: &SecretHash) -> Result<Option<HashEntry>> {
         let version = {

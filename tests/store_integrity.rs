@@ -219,6 +219,17 @@ fn calls_that_change_nothing_write_nothing() {
         before + 3,
         "one event per change: pause, resume, revoke"
     );
+
+    // Merging a store's own backup back into it adds nothing, so it writes nothing.
+    let mut backup = Vec::new();
+    f.service.export(&mut backup).unwrap();
+    let merged = f.service.import(&mut &backup[..], true).unwrap();
+    assert_eq!(merged.entries_written, 0);
+    assert_eq!(
+        events(),
+        before + 3,
+        "an import that adds nothing is not audited"
+    );
 }
 
 /// Audit events as the CLI prints them, oldest last.
@@ -346,6 +357,15 @@ fn modes(dir: &Path) -> Vec<(String, u32)> {
 async fn every_store_file_is_private_while_serving_under_a_permissive_umask() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
+    // What an older version left behind: a world-readable directory and holder file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let holder = dir.join("server.json");
+        std::fs::write(&holder, r#"{"pid":1,"http":null}"#).unwrap();
+        std::fs::set_permissions(&holder, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let mut server = Server::start_with_umask(&dir, "000", &[]);
     let client = connect_http(&server.url(), server.admin()).await;
     // Records near the 4 KiB metadata limit fill sled's pages past its inline threshold, so

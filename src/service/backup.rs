@@ -165,6 +165,14 @@ impl Service {
             .iter()
             .map(|(k, v, _)| (k.clone(), v.clone()))
             .collect();
+        if pairs.is_empty() {
+            // Nothing to add (a merge of what the store already holds): nothing is written,
+            // not even an audit event.
+            return Ok(Imported {
+                entries_written: 0,
+                orphan_counters_dropped,
+            });
+        }
         let written = self.store.import_entries(&pairs, &records)?;
         let mut change = Change::default();
         change.audit(AuditEvent {

@@ -94,7 +94,7 @@ impl UsageTable {
         let minute = now.millis() / 60_000;
         let mut map = self.lock();
         for link in &links {
-            if store.get(&link.id)?.is_none() {
+            if !store.exists(&link.id)? {
                 return Err(Error::forbidden(format!(
                     "token {} no longer exists",
                     link.id
@@ -185,7 +185,7 @@ impl UsageTable {
         let mut map = self.lock();
         let mut gone = Vec::new();
         for (id, _) in map.iter().filter(|(_, s)| s.pending_uses > 0) {
-            if store.get(id)?.is_none() {
+            if !store.exists(id)? {
                 gone.push(id.clone());
             }
         }
