@@ -74,13 +74,22 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub struct AuditRetentionArgs {
     /// Prune audit events older than this many days.
     #[arg(long, value_name = "DAYS", default_value_t = AuditRetention::default().max_age_days,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = at_least_one::<u32>)]
     pub audit_retention_days: u32,
 
     /// Keep at most this many audit events (the newest).
     #[arg(long, value_name = "N", default_value_t = AuditRetention::default().max_events,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = at_least_one::<u64>)]
     pub audit_max_events: u64,
+}
+
+/// A whole number of at least 1: the audit log is always bounded, and keeping nothing is not
+/// a retention.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_owned()),
+    }
 }
 
 impl AuditRetentionArgs {

@@ -425,7 +425,11 @@ fn check_depths(entries: &[Classified], max_depth: u8) -> Result<()> {
         let mut next = record.parent_id.as_ref();
         while let Some(id) = next.filter(|_| seen.len() <= usize::from(u8::MAX) + 1) {
             if !seen.insert(id) {
-                return Err(refuse(format!("its lineage loops (through {id})")));
+                return Err(refuse(if *id == record.id {
+                    "its lineage loops back to itself: it is its own ancestor".to_owned()
+                } else {
+                    format!("its lineage loops at {id}")
+                }));
             }
             next = by_id.get(id).and_then(|r| r.parent_id.as_ref());
         }
