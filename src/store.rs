@@ -57,7 +57,7 @@ const REMAINING: u8 = b'r';
 const TOMBSTONE: u8 = b'd';
 const META: u8 = b'm';
 /// Set once the tombstones of a store written before they existed have been derived from its
-/// audit log (see [`Store::open`]).
+/// audit log (see [`tombstones::derive_legacy_tombstones`]).
 const TOMBSTONES_DERIVED: &[u8] = b"mtombstones";
 
 #[derive(Debug)]

@@ -116,7 +116,13 @@ impl Service {
     /// secret hashes, indexes and counters; the backup's audit events are not (the import's
     /// own event records what was added). A merged token whose parent is already in the store
     /// must still fit within it: a revoked parent or a scope the parent no longer covers
-    /// refuses the whole import.
+    /// refuses the whole import. A token the store deleted (it has a tombstone) is never
+    /// added, nor anything under it; the backup's tombstones the store lacks are added.
+    ///
+    /// Either way, a lineage that loops, skips a depth or goes deeper than `max_depth` refuses
+    /// the file, and usage counters of tokens not in the file (left by older versions) are
+    /// dropped and counted in `orphan_counters_dropped`. An import that adds nothing writes
+    /// nothing.
     pub fn import(&self, input: &mut dyn BufRead, merge: bool) -> Result<Imported> {
         if !merge && !self.store.is_blank() {
             return Err(Error::conflict(
