@@ -40,7 +40,7 @@ use crate::timestamp::Timestamp;
 
 mod audit_log;
 mod tombstones;
-use tombstones::derive_legacy_tombstones;
+use tombstones::upgrade_older_store;
 
 const RECORD: u8 = b't';
 const HASH: u8 = b'h';
@@ -57,7 +57,7 @@ const REMAINING: u8 = b'r';
 const TOMBSTONE: u8 = b'd';
 const META: u8 = b'm';
 /// Set once the tombstones of a store written before they existed have been derived from its
-/// audit log (see [`tombstones::derive_legacy_tombstones`]).
+/// audit log (see [`tombstones::upgrade_older_store`]).
 const TOMBSTONES_DERIVED: &[u8] = b"mtombstones";
 
 #[derive(Debug)]
@@ -261,7 +261,7 @@ pub struct Store {
     cache: RwLock<Cache>,
     capacity: usize,
     next_audit_id: AtomicU64,
-    /// Whether the store is known to keep tombstones (see [`derive_legacy_tombstones`]); the
+    /// Whether the store is known to keep tombstones (see [`upgrade_older_store`]); the
     /// first change written to a new store records it.
     tombstones_marked: AtomicBool,
     flusher: Flusher,
@@ -397,7 +397,7 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_permissions(dir);
-        let tombstones_marked = derive_legacy_tombstones(&db)?;
+        let tombstones_marked = upgrade_older_store(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,

@@ -365,10 +365,23 @@ fn stores_and_backups_older_than_tombstones_still_keep_deletions() {
                 db.remove(k).unwrap();
             }
         }
+        // And the usage counter a delete racing with calls could leave behind.
+        db.insert(
+            [&b"u"[..], gone.record.id.as_str().as_bytes()].concat(),
+            vec![0; 16],
+        )
+        .unwrap();
         db.flush().unwrap();
     }
     let service = Service::open(dir.path(), Default::default()).unwrap();
     let merged = service.import(&mut &backup(&stale)[..], true).unwrap();
     assert_eq!(merged.entries_written, 0, "nothing deleted comes back");
     assert!(service.authenticate(&under.token, None).is_err());
+    let mut out = Vec::new();
+    service.export(&mut out).unwrap();
+    let ghost = hex(&[&b"u"[..], gone.record.id.as_str().as_bytes()].concat());
+    assert!(
+        !String::from_utf8(out).unwrap().contains(&ghost),
+        "the upgrade dropped the orphan counter"
+    );
 }

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use super::{AUDIT, RECORD, Result, Store, StoreError, TOMBSTONE, TOMBSTONES_DERIVED, key};
+use super::{
+    AUDIT, RECORD, REMAINING, Result, Store, StoreError, TOMBSTONE, TOMBSTONES_DERIVED, USAGE, key,
+};
 use crate::audit::AuditEvent;
 use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
@@ -25,13 +27,14 @@ impl Store {
     }
 }
 
-/// Stores written before tombstones existed remember deletions only in their audit log. Once,
-/// the first time such a store is opened, every token its audit log names that has no record
-/// is given a tombstone (a record only ever goes away by deletion). Descendants deleted along
-/// with a token that was itself imported by a merge have no event of their own and cannot be
-/// recovered this way. Returns whether the store is now marked as keeping tombstones (a blank
-/// store is not, until its first change).
-pub(super) fn derive_legacy_tombstones(db: &sled::Db) -> Result<bool> {
+/// Brings a store written before tombstones existed up to date, once, the first time it is
+/// opened. Such a store remembers deletions only in its audit log: every token the log names
+/// that has no record is given a tombstone (a record only ever goes away by deletion).
+/// Descendants deleted along with a token that was itself imported by a merge have no event of
+/// their own and cannot be recovered this way. Usage counters whose token is gone (left by a
+/// delete racing with calls) are removed, so its exports carry none. Returns whether the store
+/// is now marked as keeping tombstones (a blank store is not, until its first change).
+pub(super) fn upgrade_older_store(db: &sled::Db) -> Result<bool> {
     if db.contains_key(TOMBSTONES_DERIVED)? {
         return Ok(true);
     }
@@ -56,13 +59,24 @@ pub(super) fn derive_legacy_tombstones(db: &sled::Db) -> Result<bool> {
         batch.insert(key(TOMBSTONE, &[id]), &event.at.millis().to_be_bytes()[..]);
         derived.insert(target);
     }
+    let mut orphans = 0;
+    for prefix in [USAGE, REMAINING] {
+        for entry in db.scan_prefix([prefix]) {
+            let (k, _) = entry?;
+            if !db.contains_key(key(RECORD, &[&k[1..]]))? {
+                batch.remove(k);
+                orphans += 1;
+            }
+        }
+    }
     batch.insert(TOMBSTONES_DERIVED, &[][..]);
     db.apply_batch(batch)?;
     db.flush()?;
-    if !derived.is_empty() {
+    if !derived.is_empty() || orphans > 0 {
         tracing::info!(
             tombstones = derived.len(),
-            "remembered the tokens this store deleted before it kept tombstones"
+            orphan_counters = orphans,
+            "upgraded the store: remembered the tokens it deleted, dropped counters of none"
         );
     }
     Ok(true)
