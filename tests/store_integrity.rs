@@ -460,3 +460,64 @@ fn an_older_backup_with_orphan_counters_imports_with_one_warning() {
         "the orphans are not imported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_racing_with_calls_over_http_leave_a_store_whose_backup_imports() {
+    const ROUNDS: usize = 12;
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("served");
+    let mut server = Server::start(&dir, &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    for round in 0..ROUNDS {
+        let limited = ok(
+            &admin,
+            "create_token",
+            json!({"name": "limited", "parent": "none", "max_uses": 1_000_000}),
+        )
+        .await;
+        let plain = ok(
+            &admin,
+            "create_token",
+            json!({"name": "plain", "parent": "none"}),
+        )
+        .await;
+        let mut callers = Vec::new();
+        for issued in [&limited, &plain, &limited, &plain] {
+            let client = connect_http(&server.url(), issued["token"].as_str().unwrap()).await;
+            callers.push(tokio::spawn(async move {
+                // Until the token is gone: then the next request is refused.
+                while let Ok(result) = common::try_call(&client, "whoami", json!({})).await {
+                    if result.is_error == Some(true) {
+                        break;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5 + 7 * (round as u64 % 4))).await;
+        for issued in [&limited, &plain] {
+            ok(&admin, "delete_token", json!({"id": issued["id"]})).await;
+        }
+        for caller in callers {
+            caller.await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // a write-behind tick
+    server.stop();
+    drop(admin);
+
+    let exported = succeeds(&dir, &["export"]);
+    let orphans = orphan_counters(&exported);
+    assert!(
+        orphans.is_empty(),
+        "{} usage entries outlived their token",
+        orphans.len()
+    );
+    let backup = tmp.path().join("backup.jsonl");
+    std::fs::write(&backup, &exported).unwrap();
+    let out = tw(
+        &tmp.path().join("fresh"),
+        &["import", "-i", backup.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "import refused: {}", stderr(&out));
+    assert_eq!(stderr(&out), "", "no orphans to warn about");
+}
