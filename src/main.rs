@@ -39,6 +39,15 @@ fn capped(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 fn main() -> ExitCode {
+    // Every file this process creates — sled's log, snapshots and blobs, server.json, backups —
+    // is readable by its owner only, whatever umask it was started with (SPEC §6). Set first,
+    // before any thread or file exists.
+    #[cfg(unix)]
+    // SAFETY: umask(2) only replaces the process's file mode creation mask; it cannot fail
+    // and reads or writes no memory of ours.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help and --version print and succeed

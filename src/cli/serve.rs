@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Open HTTP connections; beyond it the longest-idle connection is closed to make room.
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    #[command(flatten)]
+    pub audit_retention: super::audit::AuditRetentionArgs,
 }
 
 /// Names the running server in the data directory, so other commands can say who holds it.
@@ -86,6 +89,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
+    config.audit_retention = args.audit_retention.retention();
     let service = Arc::new(open_service(&dir, config)?);
 
     let stdio_caller = if args.stdio {
@@ -109,6 +113,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
+    tokio::spawn(super::audit::prune_in_background(
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let http_app = match &listener {

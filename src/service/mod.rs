@@ -10,6 +10,8 @@ mod manage;
 mod query;
 pub mod requests;
 pub use backup::Imported;
+mod retention;
+pub use retention::AuditRetention;
 mod usage;
 mod validate;
 
@@ -48,6 +50,8 @@ pub struct ServiceConfig {
     pub max_depth: u8,
     /// Most live (not revoked) children one token may have.
     pub max_children: usize,
+    /// How much of the audit log `prune_audit` keeps.
+    pub audit_retention: AuditRetention,
     pub store: StoreConfig,
 }
 
@@ -57,6 +61,7 @@ impl Default for ServiceConfig {
             environment: "default".to_owned(),
             max_depth: 8,
             max_children: 1000,
+            audit_retention: AuditRetention::default(),
             store: StoreConfig::default(),
         }
     }
@@ -240,8 +245,7 @@ impl Service {
                     budgets,
                 };
                 authorize(links, &attempt)
-            })
-            .map_err(Error::from)?
+            })?
             .map_err(Error::from)
     }
 
