@@ -140,7 +140,7 @@ fn main() {
         let admin = service
             .create_token(&Caller::Owner, CreateToken { name: "load".into(), admin: Some(true), ..Default::default() })
             .unwrap();
-        let config = HttpConfig { allowed_hosts: vec![], allowed_origins: vec![] };
+        let config = HttpConfig { allowed_hosts: vec![], allowed_origins: vec![], gateway: None };
         let shutdown = CancellationToken::new();
         let guarded = serve(http::router(Arc::clone(&service), &config, shutdown.clone()), shutdown.clone()).await;
         let unguarded = serve(http::unguarded_router(

@@ -43,6 +43,8 @@ pub struct HttpConfig {
     pub allowed_hosts: Vec<String>,
     /// Extra browser origins accepted besides loopback origins.
     pub allowed_origins: Vec<String>,
+    /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// Which token opened each MCP session, so that no other token can use it.
@@ -158,8 +160,9 @@ fn mcp_service(
         )
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
+    let gateway = config.gateway.clone();
     StreamableHttpService::new(
-        move || Ok(TokenServer::for_http(Arc::clone(&service))),
+        move || Ok(TokenServer::for_http(Arc::clone(&service)).with_gateway(gateway.clone())),
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     )
