@@ -197,11 +197,9 @@ impl Connection {
                             on_change();
                             backoff = FIRST_BACKOFF;
                             let ended = self.serve(&session, &refresh, &on_change).await;
-                            self.set(
-                                Status::Unavailable(ended.clone()),
-                                None,
-                                Some(Vec::new()),
-                            );
+                            // The tools stay listed: their calls answer upstream_unavailable
+                            // until the upstream is back, rather than "unknown tool".
+                            self.set(Status::Unavailable(ended.clone()), None, None);
                             on_change();
                             session.close().await;
                             if self.stop.is_cancelled() {
@@ -232,7 +230,7 @@ impl Connection {
     fn fail(&self, bucket: &str, error: String, backoff: Duration, on_change: &OnChange) {
         tracing::warn!(target: "upstream", bucket = %bucket,
             "unavailable: {error}; retrying in {}s", backoff.as_secs());
-        self.set(Status::Unavailable(error), None, Some(Vec::new()));
+        self.set(Status::Unavailable(error), None, None);
         on_change();
     }
 
