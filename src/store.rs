@@ -1071,3 +1071,74 @@ pub enum BackupEntry {
     /// An audit event.
     Audit,
 }
+
+#[cfg(test)]
+mod record_encoding_tests {
+    use super::*;
+    use crate::record::{Actor, Status};
+    use crate::rules::pattern::ToolPattern;
+    use crate::rules::scope::Scope;
+    use crate::secret::Secret;
+
+    fn sample() -> TokenRecord {
+        let secret = Secret::generate();
+        let now = Timestamp::now();
+        TokenRecord {
+            id: TokenId::generate(),
+            name: "n".into(),
+            description: Some("d".into()),
+            scope: Scope {
+                buckets: vec!["fs".into()],
+                tools: vec![ToolPattern::parse("fs__*").unwrap()],
+                read_only: true,
+                max_uses: Some(3),
+                ..Scope::unlimited("default")
+            },
+            status: Status::Active,
+            masked: secret.masked(),
+            last4: secret.last4().to_owned(),
+            parent_id: None,
+            created_by: Actor::Owner,
+            depth: 0,
+            metadata: serde_json::Map::new(),
+            created_at: now,
+            updated_at: now,
+            paused_at: None,
+            revoked_at: None,
+            rotated_at: None,
+            hashes: vec![secret.hash()],
+        }
+    }
+
+    #[test]
+    fn records_stored_before_deny_tools_still_decode() {
+        let r = sample();
+        let s = &r.scope;
+        // The old layout, field by field (postcard writes a struct as its fields in order).
+        let old = postcard::to_allocvec(&(
+            (&r.id, &r.name, &r.description),
+            (
+                &s.environment,
+                &s.buckets,
+                &s.tools,
+                s.read_only,
+                s.admin,
+                &s.allowed_ips,
+                s.expires_at,
+                s.max_uses,
+                s.rate_limit_per_minute,
+            ),
+            (&r.status, &r.masked, &r.last4, &r.parent_id, &r.created_by, r.depth, "{}"),
+            (r.created_at, r.updated_at, r.paused_at, r.revoked_at, r.rotated_at, &r.hashes),
+        ))
+        .unwrap();
+        assert_eq!(decode_record(&r.id, &old).unwrap(), r);
+    }
+
+    #[test]
+    fn records_round_trip_with_their_denials() {
+        let mut r = sample();
+        r.scope.deny_tools = vec![ToolPattern::parse("fs__write_*").unwrap()];
+        assert_eq!(decode_record(&r.id, &encode_record(&r)).unwrap(), r);
+    }
+}

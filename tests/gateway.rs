@@ -803,3 +803,53 @@ async fn streamable_http_upstream_passes_results_and_progress_through() {
     let _ = fixture.kill();
     let _ = fixture.wait();
 }
+
+#[test]
+fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
+    let setup = Setup::new();
+    let good = json!({
+        "test": fixture_entry(&setup.path("t.log"), json!({"readOnlyTools": ["read_*", "env"]})),
+        "fs": npm_entry("server-filesystem", &[&setup.files()], json!({})),
+    });
+    let file = setup.write_upstreams(good.clone());
+    let out = Command::new(common::BIN)
+        .args(["upstreams", "--upstreams"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("test  connected (stdio, 9 tools)"), "{stdout}");
+    let flag = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.trim_end().ends_with("read-only"))
+    };
+    // readOnlyTools replaces the annotations: slow is annotated read-only but not listed.
+    assert_eq!(flag("test__read_note"), Some(true), "{stdout}");
+    assert_eq!(flag("test__env"), Some(true), "{stdout}");
+    assert_eq!(flag("test__slow"), Some(false), "{stdout}");
+    assert_eq!(flag("fs__read_text_file"), Some(true), "{stdout}");
+    assert_eq!(flag("fs__write_file"), Some(false), "{stdout}");
+
+    let mut servers = good;
+    servers["gone"] = json!({"command": setup.path("no-such-command")});
+    let file = setup.write_upstreams(servers);
+    let out = Command::new(common::BIN)
+        .args(["--json", "upstreams", "--upstreams"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let gone = lines.iter().find(|l| l["bucket"] == json!("gone")).unwrap();
+    assert_eq!(gone["status"], json!("unavailable"));
+    assert!(gone["error"].as_str().unwrap().contains("no-such-command"), "{gone}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gone"), "{stderr}");
+}
