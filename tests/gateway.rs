@@ -853,3 +853,106 @@ fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gone"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_upstreams_file_and_keeps_it_when_invalid() {
+    let setup = Setup::new();
+    let servers = json!({
+        "keep": fixture_entry(&setup.path("keep.log"), json!({})),
+        "drop": fixture_entry(&setup.path("drop.log"), json!({})),
+        "change": fixture_entry(&setup.path("change.log"), json!({})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["keep", "drop", "change"], "connected").await;
+    let recorder = Recorder::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(server.url())
+        .auth_header(server.admin().to_owned());
+    let watcher = recorder
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    ok(&admin, "keep__write_note", json!({"text": "still here"})).await;
+    ok(&admin, "change__write_note", json!({"text": "forgotten on restart"})).await;
+
+    let hup = |pid: u32| {
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+        assert!(status.unwrap().success());
+    };
+    setup.write_upstreams(json!({
+        "keep": fixture_entry(&setup.path("keep.log"), json!({})),
+        "change": fixture_entry(&setup.path("change.log"), json!({"timeoutSeconds": 30})),
+        "added": fixture_entry(&setup.path("added.log"), json!({})),
+    }));
+    hup(server.pid());
+    wait_for(&admin, &["keep", "change", "added"], "connected").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = tool_names(&admin).await;
+        if !names.iter().any(|n| n.starts_with("drop__")) {
+            assert!(names.contains(&"added__read_note".to_owned()), "{names:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "drop__ tools still listed: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let buckets = ok(&admin, "list_buckets", json!({})).await;
+    assert!(!buckets.to_string().contains("\"drop\""), "{buckets}");
+    // Unchanged upstreams keep running (their state survives); changed ones restart.
+    let kept = try_call(&admin, "keep__read_note", json!({})).await.unwrap();
+    assert!(text_of(&kept).contains("still here"), "{kept:?}");
+    let changed = try_call(&admin, "change__read_note", json!({})).await.unwrap();
+    assert!(!text_of(&changed).contains("forgotten"), "{changed:?}");
+    assert!(recorder.list_changed.load(Ordering::SeqCst) > 0, "clients were not told");
+
+    // An invalid file is logged; the running configuration stays.
+    std::fs::write(setup.path("upstreams.json"), "{ not json").unwrap();
+    hup(server.pid());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no log line for the refused reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(&admin, &["keep", "change", "added"], "connected").await;
+    watcher.cancel().await.unwrap();
+    server.stop();
+}
+
+/// The Python SDK (installed into `target/py-mcp` like tests/python_sdk.rs does) as the client.
+#[test]
+fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-mcp");
+    let python = venv.join("bin/python");
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import mcp, httpx2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "mcp==2.3.0"])
+            .status();
+        assert!(installed.is_ok_and(|s| s.success()), "pip install mcp failed");
+    }
+    let setup = Setup::new();
+    let mut server = start(&setup, setup.standard());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = connect_http(&server.url(), server.admin()).await;
+        wait_for(&admin, &["fs", "mem"], "connected").await;
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/gateway_flow.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(server.url())
+        .arg(server.admin())
+        .arg(setup.path("files/a.txt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("python sdk gateway flow: ok"), "{stdout}");
+    server.stop();
+}

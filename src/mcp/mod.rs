@@ -350,7 +350,15 @@ impl TokenServer {
             .await;
         done.cancel();
         let failure = match outcome {
-            Ok(result) => return Ok(result.into()),
+            Ok(mut result) => {
+                // `resultType` belongs to the protocol this session speaks, not to the
+                // upstream's answer: an upstream on an older revision leaves it out, and
+                // clients of the newer ones refuse a result without it.
+                if result.result_type.is_none() {
+                    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                }
+                return Ok(result.into());
+            }
             Err(CallFailure::Upstream(error)) => return Err(error),
             Err(failure) => failure,
         };
