@@ -956,3 +956,41 @@ fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
     assert!(stdout.contains("python sdk gateway flow: ok"), "{stdout}");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_clients_are_told_when_the_tool_list_changes() {
+    let setup = Setup::new();
+    let file = setup.write_upstreams(json!({"test": fixture_entry(&setup.path("t.log"), json!({}))}));
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.arg("--data-dir")
+        .arg(setup.data())
+        .args(["serve", "--stdio", "--upstreams"])
+        .arg(&file)
+        .env_remove("TOKENWARDEN_TOKEN");
+    let recorder = Recorder::default();
+    let owner = recorder
+        .clone()
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    wait_for(&owner, &["test"], "connected").await;
+    let seen = recorder.list_changed.load(Ordering::SeqCst);
+    owner
+        .call_tool(CallToolRequestParams::new("test__add_tool"))
+        .await
+        .unwrap();
+    eventually(
+        || recorder.list_changed.load(Ordering::SeqCst) > seen,
+        "notifications/tools/list_changed over stdio",
+    )
+    .await;
+    let names: Vec<String> = owner
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
+    owner.cancel().await.unwrap();
+}
