@@ -136,7 +136,14 @@ impl Session {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": {"name": tool, "arguments": {"message": "ping"}}});
         let started = Instant::now();
-        let text = self.request(&body).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .request(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let elapsed = started.elapsed();
         assert!(text.contains("ping"), "unexpected answer: {text}");
         elapsed
@@ -251,7 +258,10 @@ fn main() {
             if text.contains("ping") && !text.contains("\"isError\":true") {
                 break;
             }
-            assert!(Instant::now() < deadline, "gateway never reached the upstream: {text}");
+            assert!(
+                Instant::now() < deadline,
+                "gateway never reached the upstream: {text}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         println!(
@@ -267,7 +277,14 @@ fn main() {
                 direct_calls += d.latencies.len();
                 direct_secs += d.seconds;
                 direct.extend(d.latencies);
-                let g = round(&gateway_url, Some(&admin), "everything__echo", clients, seconds).await;
+                let g = round(
+                    &gateway_url,
+                    Some(&admin),
+                    "everything__echo",
+                    clients,
+                    seconds,
+                )
+                .await;
                 gw_calls += g.latencies.len();
                 gw_secs += g.seconds;
                 through.extend(g.latencies);

@@ -1128,8 +1128,23 @@ mod record_encoding_tests {
                 s.max_uses,
                 s.rate_limit_per_minute,
             ),
-            (&r.status, &r.masked, &r.last4, &r.parent_id, &r.created_by, r.depth, "{}"),
-            (r.created_at, r.updated_at, r.paused_at, r.revoked_at, r.rotated_at, &r.hashes),
+            (
+                &r.status,
+                &r.masked,
+                &r.last4,
+                &r.parent_id,
+                &r.created_by,
+                r.depth,
+                "{}",
+            ),
+            (
+                r.created_at,
+                r.updated_at,
+                r.paused_at,
+                r.revoked_at,
+                r.rotated_at,
+                &r.hashes,
+            ),
         ))
         .unwrap();
         assert_eq!(decode_record(&r.id, &old).unwrap(), r);

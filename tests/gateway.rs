@@ -160,7 +160,12 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     let admin = connect_http(&server.url(), server.admin()).await;
     wait_for(&admin, &["fs", "mem", "test"], "connected").await;
     let all = tool_names(&admin).await;
-    for name in ["fs__write_file", "fs__read_text_file", "mem__read_graph", "test__slow"] {
+    for name in [
+        "fs__write_file",
+        "fs__read_text_file",
+        "mem__read_graph",
+        "test__slow",
+    ] {
         assert!(all.contains(&name.to_owned()), "admin sees {name}: {all:?}");
     }
 
@@ -174,11 +179,19 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     let reader_secret = reader["token"].as_str().unwrap().to_owned();
     let r = connect_http(&server.url(), &reader_secret).await;
     let names = tool_names(&r).await;
-    assert!(names.contains(&"fs__read_text_file".to_owned()), "{names:?}");
-    assert!(names.contains(&"fs__list_directory".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"fs__read_text_file".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"fs__list_directory".to_owned()),
+        "{names:?}"
+    );
     assert!(!names.contains(&"fs__write_file".to_owned()), "{names:?}");
     assert!(
-        names.iter().all(|n| !n.starts_with("mem__") && !n.starts_with("test__")),
+        names
+            .iter()
+            .all(|n| !n.starts_with("mem__") && !n.starts_with("test__")),
         "{names:?}"
     );
     let a_txt = setup.path("files/a.txt").display().to_string();
@@ -228,7 +241,13 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
         .await
         .unwrap();
     assert!(text_of(&listed).contains("a.txt"), "{listed:?}");
-    err(&c, "fs__read_text_file", json!({"path": a_txt}), "forbidden").await;
+    err(
+        &c,
+        "fs__read_text_file",
+        json!({"path": a_txt}),
+        "forbidden",
+    )
+    .await;
 
     // deny_tools: a child that may not read media files.
     let no_media = ok(
@@ -242,7 +261,13 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     let d_names = tool_names(&d).await;
     assert!(!d_names.contains(&"fs__read_media_file".to_owned()));
     assert!(d_names.contains(&"fs__read_text_file".to_owned()));
-    let message = err(&d, "fs__read_media_file", json!({"path": a_txt}), "forbidden").await;
+    let message = err(
+        &d,
+        "fs__read_media_file",
+        json!({"path": a_txt}),
+        "forbidden",
+    )
+    .await;
     assert!(message.contains("deny_tools"), "{message}");
     // A grandchild keeps the denial it inherits, whatever it asks for.
     let grandchild = ok(
@@ -293,7 +318,10 @@ async fn connect_stdio_with(
         .arg(upstreams)
         .env("TOKENWARDEN_TOKEN", token);
     let transport = TokioChildProcess::new(cmd).expect("spawn tokenwarden --stdio");
-    client_config().serve(transport).await.expect("stdio client")
+    client_config()
+        .serve(transport)
+        .await
+        .expect("stdio client")
 }
 
 fn client_config() -> ClientConfig {
@@ -312,7 +340,11 @@ fn cli(data: &Path, args: &[&str]) -> Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -324,8 +356,16 @@ async fn stdio_token_sees_exactly_what_it_may_call_and_its_secret_stays_home() {
     let issued = cli(
         &data,
         &[
-            "token", "create", "--name", "agent", "--buckets", "fs,test", "--read-only",
-            "--deny-tools", "test__crash", "--json",
+            "token",
+            "create",
+            "--name",
+            "agent",
+            "--buckets",
+            "fs,test",
+            "--read-only",
+            "--deny-tools",
+            "test__crash",
+            "--json",
         ],
     );
     let secret = issued["token"].as_str().unwrap().to_owned();
@@ -339,15 +379,29 @@ async fn stdio_token_sees_exactly_what_it_may_call_and_its_secret_stays_home() {
         .into_iter()
         .map(|t| t.name.to_string())
         .collect();
-    assert!(names.contains(&"fs__read_text_file".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"fs__read_text_file".to_owned()),
+        "{names:?}"
+    );
     assert!(names.contains(&"test__env".to_owned()), "{names:?}");
-    for hidden in ["fs__write_file", "test__write_note", "test__crash", "create_token"] {
-        assert!(!names.contains(&hidden.to_owned()), "{hidden} visible: {names:?}");
+    for hidden in [
+        "fs__write_file",
+        "test__write_note",
+        "test__crash",
+        "create_token",
+    ] {
+        assert!(
+            !names.contains(&hidden.to_owned()),
+            "{hidden} visible: {names:?}"
+        );
     }
     assert!(names.iter().all(|n| !n.starts_with("mem__")), "{names:?}");
     // Fitted names: 200 characters and "/"/spaces.
     assert!(names.contains(&"test__name_with_spaces_and_slashes".to_owned()));
-    let long: Vec<&String> = names.iter().filter(|n| n.starts_with("test__long_")).collect();
+    let long: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("test__long_"))
+        .collect();
     assert_eq!(long.len(), 1);
     assert_eq!(long[0].len(), 64);
     let fitted = client
@@ -376,8 +430,14 @@ async fn stdio_token_sees_exactly_what_it_may_call_and_its_secret_stays_home() {
         .unwrap()
         .structured_content
         .unwrap();
-    assert!(!env["names"].to_string().contains("TOKENWARDEN_TOKEN"), "{env}");
-    assert!(!env["values"].to_string().contains(&secret), "the bearer reached the upstream");
+    assert!(
+        !env["names"].to_string().contains("TOKENWARDEN_TOKEN"),
+        "{env}"
+    );
+    assert!(
+        !env["values"].to_string().contains(&secret),
+        "the bearer reached the upstream"
+    );
     client.cancel().await.unwrap();
 }
 
@@ -483,9 +543,11 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
     // Progress reaches the client under its own token.
     let raw = RawSession::open(&server.url(), server.admin()).await;
     let answer = raw
-        .post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        .post(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
             "name": "test__slow", "arguments": {"seconds": 0.5},
-            "_meta": {"progressToken": "client-token-42"}}}))
+            "_meta": {"progressToken": "client-token-42"}}}),
+        )
         .await;
     let progress: Vec<&Value> = answer
         .iter()
@@ -500,14 +562,31 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
     );
     let last = answer.last().unwrap();
     assert_eq!(last["id"], json!(7));
-    assert!(last["result"]["content"].to_string().contains("slept"), "{last}");
+    assert!(
+        last["result"]["content"].to_string().contains("slept"),
+        "{last}"
+    );
 
     // Timeout: answered with upstream_timeout, and the upstream call is cancelled.
     let started = Instant::now();
-    let message = err(&admin, "quick__slow", json!({"seconds": 5}), "upstream_timeout").await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let message = err(
+        &admin,
+        "quick__slow",
+        json!({"seconds": 5}),
+        "upstream_timeout",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(message.contains("quick__slow"), "{message}");
-    eventually(|| setup.log("quick.log").contains("cancelled slow"), "timed-out call cancelled upstream").await;
+    eventually(
+        || setup.log("quick.log").contains("cancelled slow"),
+        "timed-out call cancelled upstream",
+    )
+    .await;
 
     // Client cancellation reaches the upstream call.
     let mut params = CallToolRequestParams::new("test__slow");
@@ -521,7 +600,11 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     handle.cancel(Some("test".into())).await.unwrap();
-    eventually(|| setup.log("test.log").contains("cancelled slow"), "client cancel forwarded").await;
+    eventually(
+        || setup.log("test.log").contains("cancelled slow"),
+        "client cancel forwarded",
+    )
+    .await;
 
     // A token paused mid-call: cancelled upstream and answered within a second.
     let worker = ok(
@@ -545,7 +628,13 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         .unwrap();
     assert!(is_error, "{value}");
     assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
-    assert!(value["error"]["message"].as_str().unwrap().contains("paused"), "{value}");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("paused"),
+        "{value}"
+    );
     assert!(
         answered_at.duration_since(paused_at) < Duration::from_millis(1000),
         "answered {:?} after the pause",
@@ -562,7 +651,10 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
     ok(&admin, "test__add_tool", json!({})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while recorder.list_changed.load(Ordering::SeqCst) == seen {
-        assert!(Instant::now() < deadline, "no notifications/tools/list_changed");
+        assert!(
+            Instant::now() < deadline,
+            "no notifications/tools/list_changed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let names: Vec<String> = watcher
@@ -588,7 +680,11 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
 
     // Killed mid-call: a clear error for that call; other buckets keep working; it comes back.
     let crashed = call(&admin, "test__crash", json!({})).await;
-    assert_eq!(crashed.1["error"]["code"], json!("upstream_unavailable"), "{crashed:?}");
+    assert_eq!(
+        crashed.1["error"]["code"],
+        json!("upstream_unavailable"),
+        "{crashed:?}"
+    );
     let listed = try_call(&admin, "fs__list_directory", json!({"path": setup.files()}))
         .await
         .unwrap();
@@ -599,14 +695,21 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         if !is_error {
             break;
         }
-        assert_eq!(value["error"]["code"], json!("upstream_unavailable"), "{value}");
+        assert_eq!(
+            value["error"]["code"],
+            json!("upstream_unavailable"),
+            "{value}"
+        );
         assert!(Instant::now() < deadline, "test upstream did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     admin.cancel().await.unwrap();
     server.stop();
     let secret_lines = server.stderr().matches(server.admin()).count();
-    assert_eq!(secret_lines, 1, "a secret reached the log beyond the first-start banner");
+    assert_eq!(
+        secret_lines, 1,
+        "a secret reached the log beyond the first-start banner"
+    );
 }
 
 async fn eventually(check: impl Fn() -> bool, what: &str) {
@@ -622,8 +725,14 @@ fn bad_upstreams_files_refuse_to_start_in_one_line() {
     let setup = Setup::new();
     let cases = [
         (json!({"Bad Key": {"command": "x"}}), "Bad Key"),
-        (json!({"web": {"type": "sse", "url": "http://x"}}), "unknown type"),
-        (json!({"fs": {"command": "x", "args": ["${TW_TEST_UNSET_VAR}"]}}), "TW_TEST_UNSET_VAR"),
+        (
+            json!({"web": {"type": "sse", "url": "http://x"}}),
+            "unknown type",
+        ),
+        (
+            json!({"fs": {"command": "x", "args": ["${TW_TEST_UNSET_VAR}"]}}),
+            "TW_TEST_UNSET_VAR",
+        ),
     ];
     for (servers, needle) in cases {
         let file = setup.write_upstreams(servers);
@@ -665,17 +774,29 @@ async fn broken_upstreams_affect_only_their_bucket() {
     });
     let mut server = start(&setup, servers);
     let admin = connect_http(&server.url(), server.admin()).await;
-    let listed = wait_for(&admin, &["missing", "exits", "hangs", "garbage"], "unavailable").await;
+    let listed = wait_for(
+        &admin,
+        &["missing", "exits", "hangs", "garbage"],
+        "unavailable",
+    )
+    .await;
     for bucket in listed["buckets"].as_array().unwrap() {
         if bucket["status"] == json!("unavailable") {
-            assert!(bucket["error"].as_str().is_some_and(|e| !e.is_empty()), "{bucket}");
+            assert!(
+                bucket["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{bucket}"
+            );
         }
     }
     wait_for(&admin, &["good"], "connected").await;
     let (is_error, _) = call(&admin, "good__read_note", json!({})).await;
     assert!(!is_error);
     // Arguments the upstream rejects: a protocol error for that call only.
-    assert!(try_call(&admin, "good__no_such_tool_upstream", json!({})).await.is_err());
+    assert!(
+        try_call(&admin, "good__no_such_tool_upstream", json!({}))
+            .await
+            .is_err()
+    );
     let (is_error, _) = call(&admin, "whoami", json!({})).await;
     assert!(!is_error);
     server.stop();
@@ -744,7 +865,11 @@ async fn streamable_http_upstream_passes_results_and_progress_through() {
     BufReader::new(fixture.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let fixture_addr = first.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let fixture_addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let servers = json!({
         "everything": {"type": "streamable-http", "url": everything.url},
         "web": {"type": "http", "url": format!("http://{fixture_addr}/mcp"),
@@ -763,7 +888,10 @@ async fn streamable_http_upstream_passes_results_and_progress_through() {
     let through = try_call(&admin, "everything__echo", json!({"message": "hi there"}))
         .await
         .unwrap();
-    let direct_client = ().serve(StreamableHttpClientTransport::from_uri(everything.url.clone()))
+    let direct_client = ()
+        .serve(StreamableHttpClientTransport::from_uri(
+            everything.url.clone(),
+        ))
         .await
         .unwrap();
     let mut params = CallToolRequestParams::new("echo");
@@ -779,24 +907,33 @@ async fn streamable_http_upstream_passes_results_and_progress_through() {
     // Progress of server-everything's long operation, under the client's token.
     let raw = RawSession::open(&server.url(), server.admin()).await;
     let answer = raw
-        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        .post(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
             "name": "everything__trigger-long-running-operation",
             "arguments": {"duration": 0.6, "steps": 3},
-            "_meta": {"progressToken": 9001}}}))
+            "_meta": {"progressToken": 9001}}}),
+        )
         .await;
     let tokens: Vec<&Value> = answer
         .iter()
         .filter(|m| m["method"] == json!("notifications/progress"))
         .map(|m| &m["params"]["progressToken"])
         .collect();
-    assert_eq!(tokens, [&json!(9001), &json!(9001), &json!(9001)], "{answer:?}");
+    assert_eq!(
+        tokens,
+        [&json!(9001), &json!(9001), &json!(9001)],
+        "{answer:?}"
+    );
 
     // Only the configured credentials reach an HTTP upstream, never the caller's bearer.
     let (is_error, _) = call(&admin, "web__read_note", json!({})).await;
     assert!(!is_error);
     let log = setup.log("http.log");
     assert!(log.contains("x-api-key: key-for-the-upstream"), "{log}");
-    assert!(!log.contains(server.admin()), "the bearer reached the upstream: {log}");
+    assert!(
+        !log.contains(server.admin()),
+        "the bearer reached the upstream: {log}"
+    );
     assert!(!log.to_ascii_lowercase().contains("authorization"), "{log}");
     direct_client.cancel().await.unwrap();
     server.stop();
@@ -818,8 +955,15 @@ fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("test  connected (stdio, 9 tools)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("test  connected (stdio, 9 tools)"),
+        "{stdout}"
+    );
     let flag = |name: &str| {
         stdout
             .lines()
@@ -849,7 +993,10 @@ fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
     assert_eq!(lines.len(), 3);
     let gone = lines.iter().find(|l| l["bucket"] == json!("gone")).unwrap();
     assert_eq!(gone["status"], json!("unavailable"));
-    assert!(gone["error"].as_str().unwrap().contains("no-such-command"), "{gone}");
+    assert!(
+        gone["error"].as_str().unwrap().contains("no-such-command"),
+        "{gone}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gone"), "{stderr}");
 }
@@ -874,10 +1021,17 @@ async fn sighup_reloads_the_upstreams_file_and_keeps_it_when_invalid() {
         .await
         .unwrap();
     ok(&admin, "keep__write_note", json!({"text": "still here"})).await;
-    ok(&admin, "change__write_note", json!({"text": "forgotten on restart"})).await;
+    ok(
+        &admin,
+        "change__write_note",
+        json!({"text": "forgotten on restart"}),
+    )
+    .await;
 
     let hup = |pid: u32| {
-        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
         assert!(status.unwrap().success());
     };
     setup.write_upstreams(json!({
@@ -894,24 +1048,37 @@ async fn sighup_reloads_the_upstreams_file_and_keeps_it_when_invalid() {
             assert!(names.contains(&"added__read_note".to_owned()), "{names:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "drop__ tools still listed: {names:?}");
+        assert!(
+            Instant::now() < deadline,
+            "drop__ tools still listed: {names:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let buckets = ok(&admin, "list_buckets", json!({})).await;
     assert!(!buckets.to_string().contains("\"drop\""), "{buckets}");
     // Unchanged upstreams keep running (their state survives); changed ones restart.
-    let kept = try_call(&admin, "keep__read_note", json!({})).await.unwrap();
+    let kept = try_call(&admin, "keep__read_note", json!({}))
+        .await
+        .unwrap();
     assert!(text_of(&kept).contains("still here"), "{kept:?}");
-    let changed = try_call(&admin, "change__read_note", json!({})).await.unwrap();
+    let changed = try_call(&admin, "change__read_note", json!({}))
+        .await
+        .unwrap();
     assert!(!text_of(&changed).contains("forgotten"), "{changed:?}");
-    assert!(recorder.list_changed.load(Ordering::SeqCst) > 0, "clients were not told");
+    assert!(
+        recorder.list_changed.load(Ordering::SeqCst) > 0,
+        "clients were not told"
+    );
 
     // An invalid file is logged; the running configuration stays.
     std::fs::write(setup.path("upstreams.json"), "{ not json").unwrap();
     hup(server.pid());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !server.stderr().contains("reload refused") {
-        assert!(Instant::now() < deadline, "no log line for the refused reload");
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the refused reload"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for(&admin, &["keep", "change", "added"], "connected").await;
@@ -929,11 +1096,21 @@ fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_sdk {
-        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success());
+        assert!(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+        );
         let installed = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "mcp==2.3.0"])
             .status();
-        assert!(installed.is_ok_and(|s| s.success()), "pip install mcp failed");
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "pip install mcp failed"
+        );
     }
     let setup = Setup::new();
     let mut server = start(&setup, setup.standard());
@@ -952,7 +1129,10 @@ fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("python sdk gateway flow: ok"), "{stdout}");
     server.stop();
 }
@@ -960,7 +1140,8 @@ fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_clients_are_told_when_the_tool_list_changes() {
     let setup = Setup::new();
-    let file = setup.write_upstreams(json!({"test": fixture_entry(&setup.path("t.log"), json!({}))}));
+    let file =
+        setup.write_upstreams(json!({"test": fixture_entry(&setup.path("t.log"), json!({}))}));
     let mut cmd = tokio::process::Command::new(common::BIN);
     cmd.arg("--data-dir")
         .arg(setup.data())

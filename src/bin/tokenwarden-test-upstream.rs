@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 
 fn log(line: &str) {
     if let Ok(path) = std::env::var("FIXTURE_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         let _ = writeln!(f, "{line}");
     }
@@ -66,8 +69,12 @@ impl Fixture {
             .with_annotations(ro()),
             Tool::new("add_tool", "Add a tool.", schema(json!({}))).with_annotations(rw()),
             Tool::new("fail", "Return an error result.", schema(json!({}))).with_annotations(ro()),
-            Tool::new("env", "Show environment names and headers.", schema(json!({})))
-                .with_annotations(ro()),
+            Tool::new(
+                "env",
+                "Show environment names and headers.",
+                schema(json!({})),
+            )
+            .with_annotations(ro()),
             Tool::new("crash", "Exit at once.", schema(json!({}))).with_annotations(ro()),
             Tool::new(
                 "name with spaces/and slashes",
@@ -75,13 +82,21 @@ impl Fixture {
                 schema(json!({})),
             )
             .with_annotations(ro()),
-            Tool::new(format!("long_{}", "x".repeat(195)), "A 200-character name.", schema(json!({})))
-                .with_annotations(ro()),
+            Tool::new(
+                format!("long_{}", "x".repeat(195)),
+                "A 200-character name.",
+                schema(json!({})),
+            )
+            .with_annotations(ro()),
         ];
         for n in 1..=*self.extra.lock().unwrap() {
             tools.push(
-                Tool::new(format!("extra_{n}"), "Added at run time.", schema(json!({})))
-                    .with_annotations(ro()),
+                Tool::new(
+                    format!("extra_{n}"),
+                    "Added at run time.",
+                    schema(json!({})),
+                )
+                .with_annotations(ro()),
             );
         }
         tools
@@ -121,7 +136,10 @@ impl ServerHandler for Fixture {
         log(&format!("call {name}"));
         if let Some(parts) = context.extensions.get::<axum::http::request::Parts>() {
             for (header, value) in &parts.headers {
-                log(&format!("header {header}: {}", value.to_str().unwrap_or("?")));
+                log(&format!(
+                    "header {header}: {}",
+                    value.to_str().unwrap_or("?")
+                ));
             }
         }
         let result = match name.as_str() {
@@ -144,7 +162,8 @@ impl ServerHandler for Fixture {
                         }
                     }
                     if let Some(token) = &token {
-                        let mut progress = ProgressNotificationParam::new(token.clone(), step as f64);
+                        let mut progress =
+                            ProgressNotificationParam::new(token.clone(), step as f64);
                         progress.total = Some(steps as f64);
                         let _ = context.peer.notify_progress(progress).await;
                     }
@@ -168,7 +187,9 @@ impl ServerHandler for Fixture {
                 log("crash");
                 std::process::exit(3);
             }
-            other if self.tools().iter().any(|t| t.name == other) => text(format!("called {other}")),
+            other if self.tools().iter().any(|t| t.name == other) => {
+                text(format!("called {other}"))
+            }
             other => {
                 return Err(ErrorData::invalid_params(format!("no tool {other}"), None));
             }

@@ -137,7 +137,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     });
 
     if let Some(caller) = stdio_caller {
-        let server = TokenServer::for_stdio(Arc::clone(&service), caller).with_gateway(gateway.clone());
+        let server =
+            TokenServer::for_stdio(Arc::clone(&service), caller).with_gateway(gateway.clone());
         let running = server
             .serve(rmcp::transport::stdio())
             .await

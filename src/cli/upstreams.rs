@@ -87,8 +87,15 @@ pub async fn run(cli: &Cli, args: &UpstreamsArgs) -> Result<(), CliError> {
             .max()
             .unwrap_or(0);
         for tool in &exposed {
-            let flag = if tool["read_only"] == json!(true) { "read-only" } else { "" };
-            let line = format!("  {:width$}  {flag}", tool["name"].as_str().unwrap_or_default());
+            let flag = if tool["read_only"] == json!(true) {
+                "read-only"
+            } else {
+                ""
+            };
+            let line = format!(
+                "  {:width$}  {flag}",
+                tool["name"].as_str().unwrap_or_default()
+            );
             out.line(line.trim_end())?;
         }
     }

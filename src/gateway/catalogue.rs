@@ -63,7 +63,9 @@ impl Catalogue {
                 fitted.clone()
             };
             let read_only = match upstream.read_only_tools {
-                Some(patterns) => patterns.iter().any(|p| upstream_pattern_matches(p, &tool.name)),
+                Some(patterns) => patterns
+                    .iter()
+                    .any(|p| upstream_pattern_matches(p, &tool.name)),
                 None => tool
                     .annotations
                     .as_ref()
@@ -210,7 +212,11 @@ mod tests {
 
     #[test]
     fn colliding_names_both_get_the_hash() {
-        let tools = [tool("a/b", None), tool("a b", None), tool("plain", Some(true))];
+        let tools = [
+            tool("a/b", None),
+            tool("a b", None),
+            tool("plain", Some(true)),
+        ];
         let catalogue = Catalogue::build(&[UpstreamTools {
             bucket: "fs",
             tools: &tools,
@@ -223,7 +229,11 @@ mod tests {
         assert_eq!(hashed.len(), 2, "{names:?}");
         assert!(names.iter().all(|n| valid(n)));
         // Same tools in another order: same names.
-        let reversed = [tool("plain", Some(true)), tool("a b", None), tool("a/b", None)];
+        let reversed = [
+            tool("plain", Some(true)),
+            tool("a b", None),
+            tool("a/b", None),
+        ];
         let again = Catalogue::build(&[UpstreamTools {
             bucket: "fs",
             tools: &reversed,
@@ -237,7 +247,10 @@ mod tests {
 
     #[test]
     fn read_only_tools_replace_annotations() {
-        let tools = [tool("read_file", Some(false)), tool("write_file", Some(true))];
+        let tools = [
+            tool("read_file", Some(false)),
+            tool("write_file", Some(true)),
+        ];
         let patterns = ["read_*".to_owned()];
         let catalogue = Catalogue::build(&[UpstreamTools {
             bucket: "fs",

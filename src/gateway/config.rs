@@ -78,8 +78,7 @@ pub fn parse(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Upstrea
                  ^[a-z0-9][a-z0-9_-]{{0,62}}$"
             ));
         }
-        let upstream =
-            parse_entry(key, entry, var).map_err(|e| format!("entry {shown:?}: {e}"))?;
+        let upstream = parse_entry(key, entry, var).map_err(|e| format!("entry {shown:?}: {e}"))?;
         if let Some(upstream) = upstream {
             upstreams.insert(key.clone(), upstream);
         }
@@ -161,7 +160,11 @@ fn parse_entry(
         None | Some(Value::Null) => DEFAULT_TIMEOUT,
         Some(v) => match v.as_f64() {
             Some(s) if s > 0.0 && s <= 86_400.0 => Duration::from_secs_f64(s),
-            _ => return Err("\"timeoutSeconds\" must be a number of seconds, 0 < s <= 86400".into()),
+            _ => {
+                return Err(
+                    "\"timeoutSeconds\" must be a number of seconds, 0 < s <= 86400".into(),
+                );
+            }
         },
     };
     let disabled = match entry.get("disabled") {
@@ -218,18 +221,14 @@ pub fn expand(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
             .find('}')
             .ok_or("unterminated ${ in a value: write ${NAME}")?;
         let name = &after[..end];
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!(
                 "invalid variable name {:?} in ${{…}}",
                 crate::secret::truncate_for_message(name)
             ));
         }
-        let value = var(name)
-            .ok_or_else(|| format!("environment variable {name} is not set"))?;
+        let value = var(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -258,7 +257,10 @@ mod tests {
         assert_eq!(config.upstreams.len(), 2);
         let fs = &config.upstreams["fs"];
         assert_eq!(fs.timeout, Duration::from_secs(5));
-        assert_eq!(fs.read_only_tools.as_deref(), Some(&["read_*".to_owned()][..]));
+        assert_eq!(
+            fs.read_only_tools.as_deref(),
+            Some(&["read_*".to_owned()][..])
+        );
         match &fs.transport {
             Transport::Stdio { args, .. } => assert_eq!(args[2], "/home/me/docs"),
             other => panic!("{other:?}"),
@@ -275,12 +277,30 @@ mod tests {
     #[test]
     fn every_mistake_is_one_line_naming_the_entry() {
         let cases = [
-            (r#"{"mcpServers": {"Bad Key": {"command": "x"}}}"#, "\"Bad Key\""),
-            (r#"{"mcpServers": {"a": {"type": "sse", "url": "http://x"}}}"#, "unknown type"),
-            (r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#, "NOPE is not set"),
-            (r#"{"mcpServers": {"a": {"type": "http"}}}"#, "needs \"url\""),
-            (r#"{"mcpServers": {"a": {"args": []}}}"#, "needs \"command\""),
-            (r#"{"mcpServers": {"a": {"command": "x", "timeoutSeconds": -1}}}"#, "timeoutSeconds"),
+            (
+                r#"{"mcpServers": {"Bad Key": {"command": "x"}}}"#,
+                "\"Bad Key\"",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"type": "sse", "url": "http://x"}}}"#,
+                "unknown type",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#,
+                "NOPE is not set",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"type": "http"}}}"#,
+                "needs \"url\"",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"args": []}}}"#,
+                "needs \"command\"",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "timeoutSeconds": -1}}}"#,
+                "timeoutSeconds",
+            ),
             (r#"{"mcpServers": {"a": {"url": "ftp://x"}}}"#, "http://"),
             (r#"{"servers": {}}"#, "mcpServers"),
             ("not json", "invalid JSON"),
@@ -290,8 +310,11 @@ mod tests {
             assert!(error.contains(needle), "{text}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
-        let error = parse(r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#, &env)
-            .unwrap_err();
+        let error = parse(
+            r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#,
+            &env,
+        )
+        .unwrap_err();
         assert!(error.starts_with("entry \"a\""), "{error}");
     }
 }

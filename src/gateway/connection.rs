@@ -294,7 +294,10 @@ impl Connection {
                     }
                     Err(_) => {
                         kill_group(group).await;
-                        Err(format!("no answer to initialize within {}s", timeout.as_secs_f64()))
+                        Err(format!(
+                            "no answer to initialize within {}s",
+                            timeout.as_secs_f64()
+                        ))
                     }
                 }
             }
@@ -447,7 +450,10 @@ struct Session {
 }
 
 impl Session {
-    fn new(running: rmcp::service::RunningService<RoleClient, UpstreamHandler>, group: Option<u32>) -> Session {
+    fn new(
+        running: rmcp::service::RunningService<RoleClient, UpstreamHandler>,
+        group: Option<u32>,
+    ) -> Session {
         let peer = running.peer().clone();
         let cancel = running.cancellation_token();
         let (tx, closed) = tokio::sync::watch::channel(false);
@@ -571,7 +577,9 @@ impl ClientHandler for UpstreamHandler {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let sink = lock_routes(&self.routes).get(&params.progress_token).cloned();
+        let sink = lock_routes(&self.routes)
+            .get(&params.progress_token)
+            .cloned();
         if let Some(sink) = sink {
             let mut forwarded = params;
             forwarded.progress_token = sink.token;

@@ -338,13 +338,10 @@ impl TokenServer {
                 }
             });
         }
-        let progress = context
-            .meta
-            .get_progress_token()
-            .map(|token| ProgressSink {
-                peer: context.peer.clone(),
-                token,
-            });
+        let progress = context.meta.get_progress_token().map(|token| ProgressSink {
+            peer: context.peer.clone(),
+            token,
+        });
         let outcome = gateway
             .call(&tool, request.arguments, progress, &cancel)
             .await;
@@ -363,7 +360,9 @@ impl TokenServer {
             Err(failure) => failure,
         };
         let error = match failure {
-            CallFailure::Unavailable(message) => Error::new(ErrorCode::UpstreamUnavailable, message),
+            CallFailure::Unavailable(message) => {
+                Error::new(ErrorCode::UpstreamUnavailable, message)
+            }
             CallFailure::Timeout(after) => Error::new(
                 ErrorCode::UpstreamTimeout,
                 format!(
@@ -373,11 +372,12 @@ impl TokenServer {
                 ),
             ),
             CallFailure::Cancelled => {
-                match lost_standing.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(why) => Error::forbidden(format!(
-                        "{} was cancelled: {why}",
-                        tool.name
-                    )),
+                match lost_standing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
                     None => Error::new(
                         ErrorCode::Internal,
                         format!("{} was cancelled by the client", tool.name),

@@ -245,7 +245,9 @@ impl Service {
                     // Denials add up: the parent's (and a token caller's) are always kept.
                     deny_tools: union_denials(
                         &union_denials(&deny_tools, &p.deny_tools),
-                        acting.token().map_or(&[][..], |me| &me.scope.deny_tools[..]),
+                        acting
+                            .token()
+                            .map_or(&[][..], |me| &me.scope.deny_tools[..]),
                     ),
                 }
             }
@@ -493,7 +495,9 @@ impl Service {
             .map(|t| validate::tools("remove_tools", t))
             .transpose()?;
         if req.deny_tools.is_some() && req.add_deny_tools.is_some() {
-            return Err(Error::invalid("give deny_tools or add_deny_tools, not both"));
+            return Err(Error::invalid(
+                "give deny_tools or add_deny_tools, not both",
+            ));
         }
         let set_deny = req
             .deny_tools

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
-use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize};
 pub use crate::rules::authorize::Tool;
+use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize};
 use crate::secret::{Secret, SecretError, TokenId};
 use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
