@@ -27,7 +27,12 @@ fn env_or(name: &str, default: usize) -> usize {
 async fn serve(app: axum::Router, shutdown: CancellationToken) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(http::serve(listener, app, shutdown));
+    tokio::spawn(http::serve(
+        listener,
+        app,
+        http::ConnectionLimits::default(),
+        shutdown,
+    ));
     addr
 }
 
@@ -140,9 +145,9 @@ fn main() {
         let admin = service
             .create_token(&Caller::Owner, CreateToken { name: "load".into(), admin: Some(true), ..Default::default() })
             .unwrap();
-        let config = HttpConfig { allowed_hosts: vec![], allowed_origins: vec![], gateway: None };
+        let config = HttpConfig::default();
         let shutdown = CancellationToken::new();
-        let guarded = serve(http::router(Arc::clone(&service), &config, shutdown.clone()), shutdown.clone()).await;
+        let guarded = serve(http::router(Arc::clone(&service), &config, shutdown.clone()).unwrap(), shutdown.clone()).await;
         let unguarded = serve(http::unguarded_router(
             Arc::clone(&service),
             &config,

@@ -327,7 +327,14 @@ async fn unusable_bearers_get_401_saying_why() {
         s
     };
 
-    assert_refused(&url, &[], "missing bearer token").await;
+    // Without credentials the challenge carries no error code (RFC 6750 §3.1).
+    let bare = raw_initialize(&url, &[]).await;
+    assert_eq!(bare.status().as_u16(), 401);
+    assert_eq!(
+        bare.headers()["www-authenticate"],
+        "Bearer realm=\"tokenwarden\""
+    );
+    assert!(bare.text().await.unwrap().contains("missing bearer token"));
     assert_refused(
         &url,
         &[("authorization", "Basic abc")],

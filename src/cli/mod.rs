@@ -126,6 +126,14 @@ impl CliError {
         }
     }
 
+    /// A mistake in how the command was called (exit 2, like clap's own usage errors).
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            exit_code: 2,
+        }
+    }
+
     /// A failure already explained (or needing no words, like a closed stdout pipe): exits
     /// non-zero without printing.
     pub fn quiet() -> CliError {

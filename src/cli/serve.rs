@@ -10,7 +10,7 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cli, CliError, open_service};
-use crate::http::{self, HttpConfig};
+use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
 use crate::mcp::TokenServer;
 use crate::service::requests::CreateToken;
 use crate::service::{Caller, Service};
@@ -39,6 +39,19 @@ pub struct ServeArgs {
     /// Deepest allowed token lineage (a root token is depth 0).
     #[arg(long, default_value_t = 8)]
     pub max_depth: u8,
+
+    /// Live MCP sessions one token may hold over HTTP; opening one more closes its least
+    /// recently used.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_token: u32,
+
+    /// Live MCP sessions the HTTP server holds in all; beyond it new sessions get 503.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+
+    /// Open HTTP connections; beyond it the longest-idle connection is closed to make room.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Front the MCP servers in FILE (the mcpServers shape of claude_desktop_config.json or
     /// .mcp.json) as buckets; SIGHUP re-reads it.
@@ -114,26 +127,35 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         tokio::spawn(reload_on_sighup(Arc::clone(gateway), shutdown.clone()));
     }
 
-    let http_task = listener.map(|listener| {
-        let config = HttpConfig {
-            allowed_hosts: args.allowed_hosts.clone(),
-            allowed_origins: args.allowed_origins.clone(),
-            gateway: gateway.clone(),
+    let http_app = match &listener {
+        Some(_) => {
+            let config = HttpConfig {
+                allowed_hosts: args.allowed_hosts.clone(),
+                allowed_origins: args.allowed_origins.clone(),
+                sessions: SessionLimits {
+                    per_token: args.max_sessions_per_token as usize,
+                    total: args.max_sessions as usize,
+                },
+                gateway: gateway.clone(),
+            };
+            Some(
+                http::router(Arc::clone(&service), &config, shutdown.child_token())
+                    .map_err(CliError::usage)?,
+            )
+        }
+        None => None,
+    };
+    let http_task = listener.zip(http_app).map(|(listener, app)| {
+        let limits = ConnectionLimits {
+            max_connections: args.max_connections as usize,
+            ..ConnectionLimits::default()
         };
-        let app = http::router(Arc::clone(&service), &config, shutdown.child_token());
         let stop = shutdown.clone();
         tracing::info!(
             "serving MCP over HTTP at http://{}/mcp",
             bound.expect("bound")
         );
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        })
+        tokio::spawn(http::serve(listener, app, limits, stop))
     });
 
     if let Some(caller) = stdio_caller {

@@ -144,13 +144,21 @@ impl ServerHandler for TokenServer {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        // The whole list fits one page, so no cursor was ever issued: any cursor is invalid.
+        if request.is_some_and(|r| r.cursor.is_some()) {
+            return Err(ErrorData::invalid_params(
+                "invalid cursor: tools/list returns every tool in one page",
+                None,
+            ));
+        }
         let (caller, ip) = self.caller(&context)?;
         let mut tools: Vec<rmcp::model::Tool> = tools::definitions()
-            .into_iter()
+            .iter()
             .filter(|t| self.service.may_call(&caller, &t.name, ip))
+            .cloned()
             .collect();
         if let Some(gateway) = &self.gateway {
             tools.extend(
@@ -247,7 +255,10 @@ impl ServerHandler for TokenServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
-        tools::definitions().into_iter().find(|t| t.name == name)
+        tools::definitions()
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
     }
 }
 

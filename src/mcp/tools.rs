@@ -168,8 +168,14 @@ const SPECS: &[Spec] = &[
     },
 ];
 
-/// Every tool's MCP definition, in catalogue order.
-pub fn definitions() -> Vec<Tool> {
+/// Every tool's MCP definition, in catalogue order (built once: `tools/list` and rmcp's
+/// per-call header checks read it on every request).
+pub fn definitions() -> &'static [Tool] {
+    static DEFINITIONS: std::sync::OnceLock<Vec<Tool>> = std::sync::OnceLock::new();
+    DEFINITIONS.get_or_init(build_definitions)
+}
+
+fn build_definitions() -> Vec<Tool> {
     SPECS
         .iter()
         .map(|spec| {

@@ -19,6 +19,8 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 
+pub mod raw_http;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
 
 pub type Client = RunningService<RoleClient, ClientConfig>;
@@ -51,6 +53,12 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::from_command(cmd, data_dir)
+    }
+
+    /// Starts a prepared command (stderr piped) that runs `serve --http`, and waits until it
+    /// listens.
+    pub fn from_command(mut cmd: Command, data_dir: &Path) -> Server {
         let mut child = cmd.spawn().expect("start tokenwarden");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));

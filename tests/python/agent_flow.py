@@ -1,6 +1,8 @@
 """The agent flow driven by the official MCP Python SDK (a client tokenwarden did not write).
 
-Usage: agent_flow.py URL ADMIN_TOKEN. Exits non-zero with a message on the first failure.
+Usage: agent_flow.py URL ADMIN_TOKEN [MODE]. MODE is the SDK's connect mode: "auto" (default:
+negotiates 2026-07-28, stateless) or "legacy" (the initialize handshake and a session). Exits
+non-zero with a message on the first failure.
 """
 
 import asyncio
@@ -11,9 +13,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 
+MODE = sys.argv[3] if len(sys.argv) > 3 else "auto"
+
+
 def connect(url: str, token: str) -> Client:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    return Client(streamable_http_client(url, http_client=http), raise_exceptions=True)
+    return Client(streamable_http_client(url, http_client=http), raise_exceptions=True, mode=MODE)
 
 
 async def tool_names(client: Client) -> list[str]:
@@ -73,7 +78,7 @@ async def main(url: str, admin_token: str) -> None:
         raise
     except BaseException as error:  # the SDK reports the 401 as an exception
         print(f"revoked child refused: {type(error).__name__}")
-    print("python sdk agent flow: ok")
+    print(f"python sdk agent flow ({MODE}): ok")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,407 @@
+//! The bearer guard in front of `/mcp`: every request (POST, GET, DELETE) is authenticated
+//! before rmcp sees it, sessions stay with the token that opened them, malformed bodies get
+//! JSON-RPC errors, and open response streams close when their secret stops authenticating.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+
+use super::sessions::{SessionCheck, Sessions};
+use super::{MAX_BODY_BYTES, STREAM_RECHECK};
+use crate::mcp::Authenticated;
+use crate::rules::cidr::canonical_ip;
+use crate::secret::TokenId;
+use crate::service::Service;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+/// How long a client refused for lack of session room should wait.
+const RETRY_AFTER_SECONDS: &str = "10";
+
+#[derive(Clone)]
+pub(super) struct GuardState {
+    pub service: Arc<Service>,
+    pub sessions: Arc<Sessions>,
+}
+
+/// Why a request carries no usable bearer.
+enum NoBearer {
+    /// No credentials at all: the challenge carries no error code (RFC 6750 §3.1).
+    Missing,
+    Malformed(&'static str),
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, NoBearer> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(NoBearer::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| NoBearer::Malformed("malformed Authorization header: it must be ASCII"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(NoBearer::Malformed(
+        "malformed Authorization header: expected Bearer <token>",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(NoBearer::Malformed(
+            "unsupported authorization scheme: use Bearer",
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// A 401 with an RFC 6750 challenge; `description` is `None` for a request without credentials.
+pub(super) fn unauthorized(description: Option<&str>) -> Response {
+    let Some(description) = description else {
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"unauthorized","error_description":"missing bearer token: send Authorization: Bearer <token>"}"#,
+        )
+            .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tokenwarden\""),
+        );
+        return response;
+    };
+    // Header values must be visible ASCII; the JSON body keeps the exact text.
+    let escaped: String = description
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
+    let challenge = format!(
+        "Bearer realm=\"tokenwarden\", error=\"invalid_token\", error_description=\"{escaped}\""
+    );
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": "invalid_token", "error_description": description })
+            .to_string(),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// A JSON-RPC error outside any request (id null), with an HTTP status.
+fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": code, "message": message },
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// The little the guard needs to know about a POSTed message.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+}
+
+/// What a POST body is, decided before rmcp parses it.
+enum Posted {
+    Initialize,
+    Other,
+}
+
+fn peek(body: &[u8]) -> Result<Posted, Response> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        // Valid JSON or not, a batch is refused as one: MCP 2025-06-18 and later have none.
+        return Err(jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: JSON-RPC batches are not supported; send one message per request",
+        ));
+    }
+    match serde_json::from_slice::<Peek<'_>>(body) {
+        Ok(peek) if peek.method.as_deref() == Some("initialize") => Ok(Posted::Initialize),
+        Ok(_) => Ok(Posted::Other),
+        Err(e) if e.is_data() => Err(jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: expected one JSON-RPC message object",
+        )),
+        Err(_) => Err(jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            "Parse error: the body is not valid JSON",
+        )),
+    }
+}
+
+pub(super) async fn guard(
+    State(state): State<GuardState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let client_ip = canonical_ip(peer.ip());
+    let secret = match bearer(request.headers()) {
+        Ok(secret) => secret.to_owned(),
+        Err(NoBearer::Missing) => {
+            tracing::debug!(%client_ip, "refused request: no credentials");
+            return unauthorized(None);
+        }
+        Err(NoBearer::Malformed(description)) => {
+            tracing::debug!(%client_ip, "refused request: {description}");
+            return unauthorized(Some(description));
+        }
+    };
+    let token_id = match state.service.authenticate(&secret, Some(client_ip)) {
+        Ok(id) => id,
+        Err(failure) => {
+            let description = failure.to_string();
+            tracing::debug!(%client_ip, "refused request: {description}");
+            return unauthorized(Some(&description));
+        }
+    };
+
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(session) = &session {
+        match state.sessions.check(session, &token_id) {
+            SessionCheck::Owned => {}
+            SessionCheck::Foreign => {
+                tracing::debug!(token = %token_id, "refused request: session belongs to another token");
+                return (
+                    StatusCode::FORBIDDEN,
+                    "Forbidden: this MCP session was opened with another token",
+                )
+                    .into_response();
+            }
+            SessionCheck::Unknown => {
+                return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
+            }
+        }
+    }
+
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    if method == Method::DELETE
+        && let Some(session) = &session
+        && !state.sessions.is_live(session).await
+    {
+        // rmcp closed it (idle) without the client knowing.
+        state.sessions.closed(session);
+        return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
+    }
+    let mut request = if method == Method::POST {
+        let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large: request bodies are limited to 1 MiB",
+                )
+                    .into_response();
+            }
+        };
+        let posted = match peek(&bytes) {
+            Ok(posted) => posted,
+            Err(response) => return response,
+        };
+        if matches!(posted, Posted::Initialize)
+            && session.is_none()
+            && !state.sessions.has_room().await
+        {
+            tracing::warn!("refused a new session: the server holds its maximum");
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: too many open sessions, retry later",
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+            return response;
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        Request::from_parts(parts, body)
+    };
+    let declared_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        });
+    request.extensions_mut().insert(Authenticated {
+        token_id: token_id.clone(),
+        client_ip,
+    });
+    let mut response = next.run(request).await;
+    if method == Method::POST
+        && declared_json
+        && response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+    {
+        // rmcp answers 415 when valid JSON is not a JSON-RPC message it knows.
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: the body is not a valid JSON-RPC message",
+        );
+    }
+
+    if session.is_none()
+        && let Some(opened) = response
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        state.sessions.opened(opened, &token_id).await;
+    }
+    if method == Method::DELETE
+        && let Some(session) = &session
+    {
+        if response.status().is_success() {
+            state.sessions.closed(session);
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.body_mut() = Body::empty();
+        }
+        return response;
+    }
+    // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
+    let is_stream = method == Method::GET
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if is_stream {
+        close_when_secret_stops(response, state.service, secret, token_id, client_ip)
+    } else {
+        response
+    }
+}
+
+/// Forwards a response stream until it ends or the secret that opened it stops authenticating
+/// (revoked, paused, expired, or rotated out), checked every `STREAM_RECHECK`.
+fn close_when_secret_stops(
+    response: Response,
+    service: Arc<Service>,
+    secret: String,
+    token: TokenId,
+    client_ip: IpAddr,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(16);
+    tokio::spawn(async move {
+        let mut frames = body.into_data_stream();
+        let mut recheck = tokio::time::interval(STREAM_RECHECK);
+        loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(frame) => {
+                        if tx.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = recheck.tick() => {
+                    match service.authenticate(&secret, Some(client_ip)) {
+                        Ok(id) if id == token => {}
+                        Ok(_) => break,
+                        Err(failure) => {
+                            tracing::info!(%token, "closing response stream: {failure}");
+                            break;
+                        }
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+    });
+    Response::from_parts(
+        parts,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(response: Response) -> (u16, i64) {
+        let status = response.status().as_u16();
+        let body = futures_body(response);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, value["error"]["code"].as_i64().unwrap())
+    }
+
+    fn futures_body(response: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(axum::body::to_bytes(response.into_body(), 1 << 16))
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn bodies_are_classified_before_rmcp_sees_them() {
+        assert!(matches!(
+            peek(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#),
+            Ok(Posted::Initialize)
+        ));
+        assert!(matches!(
+            peek(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+            Ok(Posted::Other)
+        ));
+        assert!(matches!(
+            peek(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            Ok(Posted::Other)
+        ));
+        for (body, expected) in [
+            (&b"{not json"[..], (400, -32700)),
+            (b"", (400, -32700)),
+            (
+                br#" [{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+                (400, -32600),
+            ),
+            (b"[", (400, -32600)),
+            (b"42", (400, -32600)),
+            (br#"{"method": 7}"#, (400, -32600)),
+        ] {
+            let Err(response) = peek(body) else {
+                panic!("{body:?} should be refused")
+            };
+            assert_eq!(
+                code(response),
+                expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

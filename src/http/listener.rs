@@ -1,0 +1,303 @@
+//! The accept loop the product runs: every connection gets TCP_NODELAY, a header deadline, an
+//! idle deadline, and a place in a bounded table, so that nobody can hold the server's sockets.
+//!
+//! A small JSON-RPC reply must not wait ~40 ms for Nagle's algorithm and the client's delayed
+//! ACK, hence TCP_NODELAY on every accepted socket. Idle and half-sent connections are what an
+//! attacker holds cheaply, hence three bounds: headers must arrive within `header_timeout`, a
+//! kept-alive connection with no request in flight closes after `idle_timeout`, and when the
+//! table is full (or the process is out of descriptors) the longest-idle connection is closed
+//! to make room. A connection with a request or a response stream in flight is never evicted.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How the accept loop bounds its connections (SPEC §6 defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; a new connection must start one within it.
+    pub header_timeout: Duration,
+    /// A kept-alive connection with nothing in flight closes after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One open connection as the table sees it.
+struct Connection {
+    /// Requests (and their response bodies) in flight.
+    busy: AtomicUsize,
+    /// Whether a request ever arrived: a connection that never sends one gets only the header
+    /// deadline.
+    used: AtomicBool,
+    /// Milliseconds since the table's epoch when the connection last became idle.
+    idle_since: AtomicU64,
+    close: CancellationToken,
+}
+
+/// Every open connection, for eviction and idle sweeps.
+struct Table {
+    epoch: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn insert(&self) -> (u64, Arc<Connection>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection {
+            busy: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            idle_since: AtomicU64::new(self.now_ms()),
+            close: CancellationToken::new(),
+        });
+        self.lock().insert(id, Arc::clone(&connection));
+        (id, connection)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection that has been idle longest; false when every one is busy.
+    fn evict_longest_idle(&self) -> bool {
+        let open = self.lock();
+        let victim = open
+            .values()
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match victim {
+            Some(c) => {
+                c.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes connections idle past their deadline.
+    fn sweep(&self, limits: &ConnectionLimits) {
+        let now = self.now_ms();
+        let fresh_limit = limits.header_timeout.as_millis() as u64;
+        let idle_limit = limits.idle_timeout.as_millis() as u64;
+        for c in self.lock().values() {
+            if c.busy.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            let limit = if c.used.load(Ordering::Relaxed) {
+                idle_limit
+            } else {
+                fresh_limit
+            };
+            if now.saturating_sub(c.idle_since.load(Ordering::Relaxed)) >= limit {
+                c.close.cancel();
+            }
+        }
+    }
+}
+
+/// Marks its connection busy from a request's arrival until its response body is dropped.
+struct Busy {
+    connection: Arc<Connection>,
+    table: Arc<Table>,
+}
+
+impl Busy {
+    fn new(connection: &Arc<Connection>, table: &Arc<Table>) -> Busy {
+        connection.used.store(true, Ordering::Relaxed);
+        connection.busy.fetch_add(1, Ordering::AcqRel);
+        Busy {
+            connection: Arc::clone(connection),
+            table: Arc::clone(table),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.connection
+            .idle_since
+            .store(self.table.now_ms(), Ordering::Relaxed);
+        self.connection.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection marked busy until it is finished or dropped
+/// (a response stream is work in flight, not idleness).
+struct TrackedBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled. Requests carry the peer's
+/// address as `ConnectInfo<SocketAddr>`, which the guard checks against `allowed_ips`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let table = Arc::new(Table::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut last_accept_error: Option<Instant> = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                table.sweep(&limits);
+                while tasks.try_join_next().is_some() {}
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors (or a transient error): make room by closing the
+                    // longest-idle connection, and do not spin.
+                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!("accepting a connection failed: {e}");
+                        last_accept_error = Some(Instant::now());
+                    }
+                    let evicted = table.evict_longest_idle();
+                    let pause = if evicted { 1 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        if table.len() >= limits.max_connections && !table.evict_longest_idle() {
+            tracing::debug!(%peer, "refusing a connection: every connection is busy");
+            drop(tcp);
+            continue;
+        }
+        let (id, connection) = table.insert();
+        let app = app.clone();
+        let table = Arc::clone(&table);
+        let builder = Arc::clone(&builder);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let service = {
+                let connection = Arc::clone(&connection);
+                let table = Arc::clone(&table);
+                hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    let busy = Busy::new(&connection, &table);
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let response = app.clone().oneshot(request.map(Body::new));
+                    async move {
+                        let response: Response<Body> = match response.await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        };
+                        Ok::<_, Infallible>(
+                            response.map(|inner| TrackedBody { inner, _busy: busy }),
+                        )
+                    }
+                })
+            };
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => log_connection_end(result),
+                _ = connection.close.cancelled() => {
+                    // Chosen because nothing was in flight: drop it at once (a graceful
+                    // shutdown would wait for a half-sent request's headers). If a request
+                    // started since, let it finish first.
+                    if connection.busy.load(Ordering::Acquire) != 0 {
+                        conn.as_mut().graceful_shutdown();
+                        log_connection_end(conn.await);
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            table.remove(id);
+        });
+    }
+    // Let open connections finish (their streams are ended by the MCP service's own shutdown).
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::debug!("connection ended: {e}");
+    }
+}

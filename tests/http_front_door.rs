@@ -1,0 +1,413 @@
+//! The HTTP front door of the shipped binary: kept-alive connections are not slowed by Nagle,
+//! sessions and sockets are bounded under abuse, and the protocol edges answer exactly
+//! (SPEC §6). Every test drives the real `tokenwarden` binary over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw_http::{Conn, messages};
+use common::*;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+
+const INIT_2025_11_25: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+fn init_body(version: &str) -> String {
+    INIT_2025_11_25.replace("2025-11-25", version)
+}
+
+/// Opens a session on `conn`; returns the headers later requests of the session carry.
+async fn open_session(conn: &mut Conn, version: &str) -> (String, String) {
+    let reply = conn.post(&init_body(version), "").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let session = reply.session.clone().expect("a session id");
+    let headers = format!("mcp-session-id: {session}\r\nmcp-protocol-version: {version}\r\n");
+    assert_eq!(conn.post(INITIALIZED, &headers).await.status, 202);
+    (session, headers)
+}
+
+async fn mint(admin: &Client, args: Value) -> (String, String) {
+    let issued = ok(admin, "create_token", args).await;
+    (
+        issued["id"].as_str().unwrap().to_owned(),
+        issued["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Replies on a kept-alive connection must not wait for the client's delayed ACK (~40 ms):
+/// the server sets TCP_NODELAY on the sockets it accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_replies_do_not_wait_on_nagle() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut conn = Conn::open(&server.addr, server.admin()).await;
+    let (_, headers) = open_session(&mut conn, "2025-11-25").await;
+    let mut latencies = Vec::new();
+    for _ in 0..40 {
+        let started = Instant::now();
+        let reply = conn.post(TOOLS_LIST, &headers).await;
+        latencies.push(started.elapsed());
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            messages(&reply).last().unwrap()["result"]["tools"]
+                .as_array()
+                .unwrap()
+                .len(),
+            13
+        );
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    // A debug build answers in about a millisecond; a reply held by Nagle takes 40 ms or more.
+    assert!(
+        median < Duration::from_millis(15),
+        "median reply on a kept-alive connection took {median:?}: {latencies:?}"
+    );
+}
+
+/// One token opening thousands of sessions keeps at most its limit alive (the least recently
+/// used close), so memory stays bounded and other tokens are served; the server-wide limit
+/// answers 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_flood_by_one_token_stays_bounded() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (_, flooder) = mint(
+        &admin,
+        json!({"name": "flooder", "parent": "none", "tools": [], "max_uses": 1}),
+    )
+    .await;
+    let (_, other) = mint(&admin, json!({"name": "other", "parent": "none"})).await;
+
+    let mut conn = Conn::open(&server.addr, &flooder).await;
+    let (first_session, first_headers) = open_session(&mut conn, "2025-11-25").await;
+    let before = rss_kib(server.pid());
+    for _ in 0..3000 {
+        let reply = conn.post(INIT_2025_11_25, "").await;
+        assert_eq!(reply.status, 200);
+    }
+    let after = rss_kib(server.pid());
+    let growth_mib = after.saturating_sub(before) as f64 / 1024.0;
+    println!("3000 sessions by one token: RSS {before} KiB -> {after} KiB (+{growth_mib:.1} MiB)");
+    // Unbounded, 3000 sessions cost about 150 MiB (about 50 KiB each).
+    assert!(growth_mib < 48.0, "RSS grew {growth_mib:.1} MiB");
+    let reply = conn.post(TOOLS_LIST, &first_headers).await;
+    assert_eq!(
+        reply.status, 404,
+        "the token's least recently used session {first_session} was closed"
+    );
+
+    let mut other_conn = Conn::open(&server.addr, &other).await;
+    let (_, headers) = open_session(&mut other_conn, "2025-11-25").await;
+    let reply = other_conn.post(TOOLS_LIST, &headers).await;
+    assert_eq!(reply.status, 200, "another token is still served");
+
+    // The server-wide limit.
+    let dir = TempDir::new().unwrap();
+    let small = Server::start(dir.path(), &["--max-sessions", "3"]);
+    let mut conn = Conn::open(&small.addr, small.admin()).await;
+    for _ in 0..3 {
+        assert_eq!(conn.post(INIT_2025_11_25, "").await.status, 200);
+    }
+    let refused = conn.post(INIT_2025_11_25, "").await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.head.contains("retry-after: "), "{}", refused.head);
+}
+
+/// Idle and trickling sockets, more than the process has descriptors for, do not keep a valid
+/// request from being served: the longest-idle connections are closed to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_under_a_low_descriptor_limit_do_not_lock_out_valid_requests() {
+    let dir = TempDir::new().unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n 128 && exec '{BIN}' --data-dir '{}' serve --http 127.0.0.1:0",
+            dir.path().display()
+        ))
+        .env_remove("TOKENWARDEN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::from_command(cmd, dir.path());
+
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut socket = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        if i % 2 == 0 {
+            // Trickle: part of a request's headers, never finished.
+            socket
+                .write_all(b"POST /mcp HTTP/1.1\r\nhost: localhost\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(socket);
+    }
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let health = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.get(format!("http://{}/healthz", server.addr)).send(),
+    )
+    .await
+    .expect("a valid request is answered")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    let mcp = connect_http(&server.url(), server.admin()).await;
+    ok(&mcp, "whoami", json!({})).await;
+    let waited = started.elapsed();
+    // The header deadline (10 s) would free the sockets too; making room must be much faster.
+    assert!(
+        waited < Duration::from_secs(5),
+        "valid requests waited {waited:?} behind 300 idle sockets"
+    );
+    drop(idle);
+}
+
+/// Protocol edges that real clients trip over, each answered as SPEC §6 says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_edges_answer_exactly() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &["--allowed-origin", "https://app.example.com"]);
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let admin = server.admin();
+
+    // DELETE of a session: 204, then 404; an unknown session: 404.
+    let mut conn = Conn::open(&server.addr, admin).await;
+    let (session, headers) = open_session(&mut conn, "2025-11-25").await;
+    let delete = |session: String| {
+        http.delete(&url)
+            .header("authorization", bearer(admin))
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+    };
+    assert_eq!(delete(session.clone()).await.unwrap().status(), 204);
+    assert_eq!(delete(session.clone()).await.unwrap().status(), 404);
+    assert_eq!(conn.post(TOOLS_LIST, &headers).await.status, 404);
+    assert_eq!(
+        delete("no-such-session".into()).await.unwrap().status(),
+        404
+    );
+
+    // Invalid JSON, batches and non-messages: 400 with a JSON-RPC error.
+    for (body, code) in [
+        ("{\"jsonrpc\": \"2.0\", \"id\": 1,", -32700),
+        ("", -32700),
+        (&*format!("[{INIT_2025_11_25}]"), -32600),
+        ("42", -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"initialize","params":{}}"#,
+            -32600,
+        ),
+    ] {
+        let reply = raw_post(&url, &[("authorization", &bearer(admin))], body.to_owned()).await;
+        assert_eq!(reply.status(), 400, "{body}");
+        let value: Value = reply.json().await.unwrap();
+        assert_eq!(value["error"]["code"], json!(code), "{body}: {value}");
+        assert_eq!(value["jsonrpc"], "2.0");
+    }
+
+    // An invalid tools/list cursor: -32602.
+    let mut conn = Conn::open(&server.addr, admin).await;
+    let (_, headers) = open_session(&mut conn, "2025-11-25").await;
+    let reply = conn
+        .post(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"bogus"}}"#,
+            &headers,
+        )
+        .await;
+    let answer = messages(&reply).pop().unwrap();
+    assert_eq!(answer["error"]["code"], json!(-32602), "{answer}");
+
+    // Clients of the 2025 revisions before 2025-11-25 get no event without data (older SDKs
+    // report one as a parse error on every response), and no event ids or retry hints that
+    // would invite a resumption.
+    for version in ["2024-11-05", "2025-03-26", "2025-06-18"] {
+        let mut conn = Conn::open(&server.addr, admin).await;
+        let init = conn.post(&init_body(version), "").await;
+        assert_eq!(init.status, 200, "{version}");
+        let headers = format!(
+            "mcp-session-id: {}\r\nmcp-protocol-version: {version}\r\n",
+            init.session.clone().unwrap()
+        );
+        conn.post(INITIALIZED, &headers).await;
+        let reply = conn.post(TOOLS_LIST, &headers).await;
+        for r in [&init, &reply] {
+            let all = messages(r);
+            assert!(
+                !all.is_empty() && all.iter().all(|m| m.is_object()),
+                "{version}: {all:?}"
+            );
+            let text = String::from_utf8_lossy(&r.body);
+            assert!(
+                !text.contains("\nretry:") && !text.starts_with("retry:"),
+                "{version}: {text}"
+            );
+        }
+    }
+
+    // Unknown paths: 404, with or without a token; /healthz needs none.
+    for path in ["/", "/nope", "/mcp/extra", "/.well-known/unknown"] {
+        let status = http
+            .get(format!("http://{}{path}", server.addr))
+            .header("authorization", bearer(admin))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{path}");
+    }
+    let health = http
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // No credentials: a challenge without an error code (RFC 6750 §3.1); bad ones: invalid_token.
+    let bare = raw_post(&url, &[], INIT_2025_11_25.to_owned()).await;
+    assert_eq!(bare.status(), 401);
+    assert_eq!(
+        bare.headers()["www-authenticate"],
+        "Bearer realm=\"tokenwarden\""
+    );
+    let wrong = raw_post(
+        &url,
+        &[("authorization", "Bearer nope")],
+        INIT_2025_11_25.to_owned(),
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
+    assert!(
+        wrong.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+
+    // CORS: preflight without a token from an allowed origin; a foreign origin is refused.
+    for origin in ["http://localhost:6274", "https://app.example.com"] {
+        let preflight = http
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, mcp-session-id",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204, "{origin}");
+        let h = preflight.headers();
+        assert_eq!(h["access-control-allow-origin"], origin);
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        for name in [
+            "authorization",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(name), "{name} in {allowed}");
+        }
+        let post = raw_post(
+            &url,
+            &[("authorization", &bearer(admin)), ("origin", origin)],
+            INIT_2025_11_25.to_owned(),
+        )
+        .await;
+        assert_eq!(post.status(), 200);
+        assert_eq!(post.headers()["access-control-allow-origin"], origin);
+        assert!(
+            post.headers()["access-control-expose-headers"]
+                .to_str()
+                .unwrap()
+                .contains("mcp-session-id")
+        );
+    }
+    let foreign = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://evil.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+}
+
+/// An open stream belongs to the secret that opened it: the end of a rotation's grace closes
+/// it within a second, though the token itself stays active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_closes_when_its_secret_is_rotated_out() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (id, secret) = mint(&admin, json!({"name": "streamer", "parent": "none"})).await;
+
+    let mut conn = Conn::open(&server.addr, &secret).await;
+    let (session, _) = open_session(&mut conn, "2025-11-25").await;
+    let mut stream = reqwest::Client::new()
+        .get(server.url())
+        .header("accept", "text/event-stream")
+        .header("authorization", bearer(&secret))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.chunk().await {}
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !reader.is_finished(),
+        "the stream stays open while its secret is valid"
+    );
+
+    let rotated = ok(
+        &admin,
+        "rotate_token",
+        json!({"id": id, "grace_seconds": 0}),
+    )
+    .await;
+    let rotated_at = Instant::now();
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the stream closes when its secret is rotated out")
+        .unwrap();
+    let delay = closed_at.duration_since(rotated_at);
+    assert!(
+        delay < Duration::from_secs(1),
+        "closed {delay:?} after the rotation"
+    );
+    let record = ok(&admin, "get_token", json!({"id": id})).await;
+    assert_eq!(record["status"], "active");
+    // The new secret works; the old one is refused.
+    let fresh = connect_http(&server.url(), rotated["token"].as_str().unwrap()).await;
+    ok(&fresh, "whoami", json!({})).await;
+    assert!(try_connect_http(&server.url(), &secret).await.is_err());
+}
