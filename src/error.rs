@@ -18,6 +18,10 @@ pub enum ErrorCode {
     LimitExceeded,
     RateLimited,
     Internal,
+    /// A gateway tool whose upstream is not connected (or broke during the call).
+    UpstreamUnavailable,
+    /// A gateway tool call that outlived its upstream's `timeoutSeconds`.
+    UpstreamTimeout,
 }
 
 impl ErrorCode {
@@ -31,6 +35,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
 }

@@ -9,10 +9,13 @@
 //! - [`service`]: the operations every front end calls (create, scope, revoke, …), enforcing
 //!   management reach and attenuation and flushing changes before they return.
 //! - The front ends are thin adapters over [`service::Service`].
+//! - [`gateway`]: upstream MCP servers fronted as buckets; it asks nothing and decides
+//!   nothing itself: `mcp` asks the service before forwarding a call.
 
 pub mod audit;
 pub mod cli;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod mcp;
 pub mod record;

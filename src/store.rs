@@ -335,12 +335,104 @@ fn u64_from(bytes: &[u8]) -> Result<u64> {
         .map_err(|_| StoreError::Corrupt("a counter is not 8 bytes".into()))
 }
 
+/// Records are written as this byte, then postcard. Records written before `deny_tools`
+/// existed start with the id's length (28), never 0, and decode through `legacy`.
+const RECORD_V2: u8 = 0;
+
 fn encode_record(record: &TokenRecord) -> Vec<u8> {
-    postcard::to_allocvec(record).expect("records always serialise")
+    let mut bytes = vec![RECORD_V2];
+    bytes.extend(postcard::to_allocvec(record).expect("records always serialise"));
+    bytes
 }
 
 fn decode_record(id: &TokenId, bytes: &[u8]) -> Result<TokenRecord> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
+    let decoded = match bytes.split_first() {
+        Some((&RECORD_V2, rest)) => postcard::from_bytes(rest),
+        _ => postcard::from_bytes::<legacy::RecordV1>(bytes).map(legacy::RecordV1::upgrade),
+    };
+    decoded.map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
+}
+
+/// The record layout before `deny_tools`: decoded as it was, read as denying nothing.
+mod legacy {
+    use serde::Deserialize;
+
+    use crate::record::{Actor, Status, TokenRecord};
+    use crate::rules::cidr::IpNet;
+    use crate::rules::pattern::ToolPattern;
+    use crate::rules::scope::Scope;
+    use crate::secret::{SecretHash, TokenId};
+    use crate::timestamp::Timestamp;
+
+    #[derive(Deserialize)]
+    struct ScopeV1 {
+        environment: String,
+        buckets: Vec<String>,
+        tools: Vec<ToolPattern>,
+        read_only: bool,
+        admin: bool,
+        allowed_ips: Vec<IpNet>,
+        expires_at: Option<Timestamp>,
+        max_uses: Option<u64>,
+        rate_limit_per_minute: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct RecordV1 {
+        id: TokenId,
+        name: String,
+        description: Option<String>,
+        scope: ScopeV1,
+        status: Status,
+        masked: String,
+        last4: String,
+        parent_id: Option<TokenId>,
+        created_by: Actor,
+        depth: u8,
+        metadata: String,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+        paused_at: Option<Timestamp>,
+        revoked_at: Option<Timestamp>,
+        rotated_at: Option<Timestamp>,
+        hashes: Vec<SecretHash>,
+    }
+
+    impl RecordV1 {
+        pub(super) fn upgrade(self) -> TokenRecord {
+            let s = self.scope;
+            TokenRecord {
+                id: self.id,
+                name: self.name,
+                description: self.description,
+                scope: Scope {
+                    environment: s.environment,
+                    buckets: s.buckets,
+                    tools: s.tools,
+                    read_only: s.read_only,
+                    admin: s.admin,
+                    allowed_ips: s.allowed_ips,
+                    expires_at: s.expires_at,
+                    max_uses: s.max_uses,
+                    rate_limit_per_minute: s.rate_limit_per_minute,
+                    deny_tools: Vec::new(),
+                },
+                status: self.status,
+                masked: self.masked,
+                last4: self.last4,
+                parent_id: self.parent_id,
+                created_by: self.created_by,
+                depth: self.depth,
+                metadata: serde_json::from_str(&self.metadata).unwrap_or_default(),
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+                paused_at: self.paused_at,
+                revoked_at: self.revoked_at,
+                rotated_at: self.rotated_at,
+                hashes: self.hashes,
+            }
+        }
+    }
 }
 
 fn encode_hash_entry(e: &HashEntry) -> Vec<u8> {
@@ -997,4 +1089,90 @@ pub enum BackupEntry {
     Audit,
     /// A deleted token's tombstone.
     Tombstone(TokenId),
+}
+
+#[cfg(test)]
+mod record_encoding_tests {
+    use super::*;
+    use crate::record::{Actor, Status};
+    use crate::rules::pattern::ToolPattern;
+    use crate::rules::scope::Scope;
+    use crate::secret::Secret;
+
+    fn sample() -> TokenRecord {
+        let secret = Secret::generate();
+        let now = Timestamp::now();
+        TokenRecord {
+            id: TokenId::generate(),
+            name: "n".into(),
+            description: Some("d".into()),
+            scope: Scope {
+                buckets: vec!["fs".into()],
+                tools: vec![ToolPattern::parse("fs__*").unwrap()],
+                read_only: true,
+                max_uses: Some(3),
+                ..Scope::unlimited("default")
+            },
+            status: Status::Active,
+            masked: secret.masked(),
+            last4: secret.last4().to_owned(),
+            parent_id: None,
+            created_by: Actor::Owner,
+            depth: 0,
+            metadata: serde_json::Map::new(),
+            created_at: now,
+            updated_at: now,
+            paused_at: None,
+            revoked_at: None,
+            rotated_at: None,
+            hashes: vec![secret.hash()],
+        }
+    }
+
+    #[test]
+    fn records_stored_before_deny_tools_still_decode() {
+        let r = sample();
+        let s = &r.scope;
+        // The old layout, field by field (postcard writes a struct as its fields in order).
+        let old = postcard::to_allocvec(&(
+            (&r.id, &r.name, &r.description),
+            (
+                &s.environment,
+                &s.buckets,
+                &s.tools,
+                s.read_only,
+                s.admin,
+                &s.allowed_ips,
+                s.expires_at,
+                s.max_uses,
+                s.rate_limit_per_minute,
+            ),
+            (
+                &r.status,
+                &r.masked,
+                &r.last4,
+                &r.parent_id,
+                &r.created_by,
+                r.depth,
+                "{}",
+            ),
+            (
+                r.created_at,
+                r.updated_at,
+                r.paused_at,
+                r.revoked_at,
+                r.rotated_at,
+                &r.hashes,
+            ),
+        ))
+        .unwrap();
+        assert_eq!(decode_record(&r.id, &old).unwrap(), r);
+    }
+
+    #[test]
+    fn records_round_trip_with_their_denials() {
+        let mut r = sample();
+        r.scope.deny_tools = vec![ToolPattern::parse("fs__write_*").unwrap()];
+        assert_eq!(decode_record(&r.id, &encode_record(&r)).unwrap(), r);
+    }
 }

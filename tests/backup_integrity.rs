@@ -79,9 +79,11 @@ fn an_edited_token_wider_than_its_parent_is_refused() {
     let mut entries = export(&source);
     let key = record_key(b.record.id.as_str());
     for (_, v) in entries.iter_mut().filter(|(k, _)| *k == key) {
-        let mut record: TokenRecord = postcard::from_bytes(v).unwrap();
+        // A stored record is a version byte, then postcard.
+        let (version, encoded) = v.split_first().unwrap();
+        let mut record: TokenRecord = postcard::from_bytes(encoded).unwrap();
         record.scope.admin = true;
-        *v = postcard::to_allocvec(&record).unwrap();
+        *v = [vec![*version], postcard::to_allocvec(&record).unwrap()].concat();
     }
     let target = Fixture::new();
     let err = target

@@ -157,7 +157,7 @@ proptest! {
     }
 
     #[test]
-    fn tool_arguments_never_panic(tool in 0usize..13, arguments in json_value()) {
+    fn tool_arguments_never_panic(tool in 0usize..14, arguments in json_value()) {
         let tools = definitions();
         let name = tools[tool % tools.len()].name.to_string();
         let arguments = match arguments {

@@ -71,7 +71,7 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
                 .as_array()
                 .unwrap()
                 .len(),
-            13
+            14
         );
     }
     latencies.sort();

@@ -9,11 +9,12 @@ use common::*;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const ALL_TOOLS: [&str; 13] = [
+const ALL_TOOLS: [&str; 14] = [
     "create_token",
     "delete_token",
     "get_token",
     "list_audit_events",
+    "list_buckets",
     "list_tokens",
     "pause_token",
     "resume_token",

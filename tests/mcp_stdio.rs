@@ -14,7 +14,7 @@ use tempfile::TempDir;
 async fn the_owner_uses_every_tool_over_stdio() {
     let dir = TempDir::new().unwrap();
     let owner = connect_stdio(dir.path(), None).await;
-    assert_eq!(tool_names(&owner).await.len(), 13);
+    assert_eq!(tool_names(&owner).await.len(), 14);
     assert_eq!(
         ok(&owner, "whoami", json!({})).await,
         json!({"owner": true})

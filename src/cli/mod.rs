@@ -8,6 +8,7 @@ pub mod backup;
 pub mod output;
 pub mod serve;
 pub mod token;
+pub mod upstreams;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,12 @@ pub enum Command {
     ///
     /// Example: tokenwarden --data-dir /srv/tokenwarden import --input tokenwarden-backup.jsonl
     Import(backup::ImportArgs),
+
+    /// Connect once to each upstream MCP server of an upstreams file and list the tools the
+    /// gateway would expose, with their read-only flags; non-zero exit if any is unavailable.
+    ///
+    /// Example: tokenwarden upstreams --upstreams ~/.config/tokenwarden/upstreams.json
+    Upstreams(upstreams::UpstreamsArgs),
 }
 
 /// `--data-dir`, else `$TOKENWARDEN_DATA_DIR`, else the platform's per-user data directory.
@@ -100,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(args) => audit::run(&cli, args),
         Command::Export(args) => backup::export(&cli, args),
         Command::Import(args) => backup::import(&cli, args),
+        Command::Upstreams(args) => upstreams::run(&cli, args).await,
     }
 }
 

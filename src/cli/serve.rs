@@ -55,6 +55,11 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub audit_retention: super::audit::AuditRetentionArgs,
+
+    /// Front the MCP servers in FILE (the mcpServers shape of claude_desktop_config.json or
+    /// .mcp.json) as buckets; SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
+    pub upstreams: Option<PathBuf>,
 }
 
 /// Names the running server in the data directory, so other commands can say who holds it.
@@ -86,6 +91,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             "nothing to serve: pass --stdio, --http 127.0.0.1:8787, or both",
         ));
     }
+    // A bad upstreams file stops the start, in one line naming the entry.
+    let upstreams = match &args.upstreams {
+        Some(path) => Some(crate::gateway::config::load(path).map_err(CliError::new)?),
+        None => None,
+    };
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
@@ -118,6 +128,12 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         shutdown.clone(),
     ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let gateway = upstreams.map(|upstreams| {
+        crate::gateway::Gateway::start(upstreams, args.upstreams.clone(), shutdown.child_token())
+    });
+    if let Some(gateway) = &gateway {
+        tokio::spawn(reload_on_sighup(Arc::clone(gateway), shutdown.clone()));
+    }
 
     let http_app = match &listener {
         Some(_) => {
@@ -128,6 +144,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                     per_token: args.max_sessions_per_token as usize,
                     total: args.max_sessions as usize,
                 },
+                gateway: gateway.clone(),
             };
             Some(
                 http::router(Arc::clone(&service), &config, shutdown.child_token())
@@ -150,7 +167,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     });
 
     if let Some(caller) = stdio_caller {
-        let server = TokenServer::for_stdio(Arc::clone(&service), caller);
+        let server =
+            TokenServer::for_stdio(Arc::clone(&service), caller).with_gateway(gateway.clone());
         let running = server
             .serve(rmcp::transport::stdio())
             .await
@@ -168,6 +186,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             Ok(Err(e)) => tracing::error!("HTTP server failed: {e}"),
             Err(e) => tracing::error!("HTTP server task failed: {e}"),
         }
+    }
+    if let Some(gateway) = &gateway {
+        shutdown.cancel();
+        gateway.stopped().await;
     }
     let service = Arc::clone(&service);
     tokio::task::spawn_blocking(move || service.shutdown())
@@ -257,4 +279,24 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// SIGHUP re-reads the upstreams file (SPEC §10).
+async fn reload_on_sighup(gateway: Arc<crate::gateway::Gateway>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the upstreams file will not be reloaded");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => gateway.reload(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, shutdown);
 }

@@ -110,6 +110,9 @@ pub struct CreateArgs {
     /// Tool patterns, comma-separated: names, '*', or prefixes like 'list_*' [default: all, or the parent's].
     #[arg(long, value_delimiter = ',')]
     pub tools: Option<Vec<String>>,
+    /// Tool patterns never callable, comma-separated, e.g. 'fs__write_*' (a child keeps its parent's too).
+    #[arg(long, value_delimiter = ',')]
+    pub deny_tools: Option<Vec<String>>,
     /// Only read-only tools may be called.
     #[arg(long)]
     pub read_only: bool,
@@ -188,6 +191,12 @@ pub struct ScopeArgs {
     /// Tool patterns to remove (exact pattern text), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub remove_tools: Option<Vec<String>>,
+    /// Replace the denied tool patterns, comma-separated (never fewer than the parent's).
+    #[arg(long, value_delimiter = ',')]
+    pub deny_tools: Option<Vec<String>>,
+    /// Denied tool patterns to add, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub add_deny_tools: Option<Vec<String>>,
     /// Set (true) or clear (false) read-only.
     #[arg(long, value_name = "true|false")]
     pub read_only: Option<bool>,
@@ -291,6 +300,7 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
                 .set("description", a.description.as_deref())
                 .list("buckets", &a.buckets)
                 .list("tools", &a.tools)
+                .list("deny_tools", &a.deny_tools)
                 .flag("read_only", a.read_only)
                 .flag("admin", a.admin)
                 .list("allowed_ips", &a.allowed_ips)
@@ -324,6 +334,8 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
                 .list("tools", &a.tools)
                 .list("add_tools", &a.add_tools)
                 .list("remove_tools", &a.remove_tools)
+                .list("deny_tools", &a.deny_tools)
+                .list("add_deny_tools", &a.add_deny_tools)
                 .set("read_only", a.read_only)
                 .list("allowed_ips", &a.allowed_ips);
             show_record(&mut out, json, call("scope_token", args)?)

@@ -44,6 +44,8 @@ pub struct HttpConfig {
     /// Extra browser origins accepted besides loopback origins.
     pub allowed_origins: Vec<String>,
     pub sessions: SessionLimits,
+    /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 fn loopback_hosts() -> Vec<String> {
@@ -131,8 +133,9 @@ fn mcp_service(
         .with_json_response(true)
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
+    let gateway = config.gateway.clone();
     StreamableHttpService::new(
-        move || Ok(TokenServer::for_http(Arc::clone(&service))),
+        move || Ok(TokenServer::for_http(Arc::clone(&service)).with_gateway(gateway.clone())),
         manager,
         mcp_config,
     )

@@ -17,8 +17,10 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
+use crate::gateway::{CallFailure, ExposedTool, Gateway, ProgressSink};
 use crate::secret::{TokenId, truncate_for_message};
 use crate::service::{Caller, Service};
 
@@ -34,7 +36,13 @@ pub struct TokenServer {
     service: Arc<Service>,
     /// The caller of a stdio session; `None` for HTTP, where each request carries its own.
     stdio_caller: Option<Caller>,
+    /// The upstream MCP servers fronted as buckets, when `--upstreams` is given.
+    gateway: Option<Arc<Gateway>>,
 }
+
+/// How often a running gateway call re-checks its caller's standing (revoked, paused,
+/// expired), so that it is cancelled upstream and answered within a second.
+const CALL_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 const INSTRUCTIONS: &str = "tokenwarden manages access tokens. Call whoami to see your own \
     scope. To give a sub-agent access, create_token a child with only the buckets and tools it \
@@ -46,6 +54,7 @@ impl TokenServer {
         TokenServer {
             service,
             stdio_caller: None,
+            gateway: None,
         }
     }
 
@@ -53,7 +62,14 @@ impl TokenServer {
         TokenServer {
             service,
             stdio_caller: Some(caller),
+            gateway: None,
         }
+    }
+
+    /// Fronts the gateway's upstream tools too.
+    pub fn with_gateway(mut self, gateway: Option<Arc<Gateway>>) -> TokenServer {
+        self.gateway = gateway;
+        self
     }
 
     fn caller(
@@ -79,6 +95,28 @@ impl TokenServer {
     }
 }
 
+/// The gateway tools `caller` may call now (§4 with B = the upstream's bucket).
+fn visible_gateway_tools(
+    service: &Service,
+    gateway: &Gateway,
+    caller: &Caller,
+    ip: Option<IpAddr>,
+) -> Vec<Arc<ExposedTool>> {
+    gateway
+        .catalogue()
+        .iter()
+        .filter(|t| service.may_call_tool(caller, gateway_tool(t), Some(&t.bucket), ip))
+        .cloned()
+        .collect()
+}
+
+fn gateway_tool(tool: &ExposedTool) -> crate::service::Tool<'_> {
+    crate::service::Tool {
+        name: &tool.name,
+        read_only: tool.read_only,
+    }
+}
+
 fn error_result(error: &Error) -> CallToolResult {
     CallToolResult::structured_error(json!({
         "error": { "code": error.code.as_str(), "message": error.message }
@@ -93,6 +131,7 @@ impl ServerHandler for TokenServer {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_logging()
                 .build(),
         )
@@ -116,11 +155,18 @@ impl ServerHandler for TokenServer {
             ));
         }
         let (caller, ip) = self.caller(&context)?;
-        let tools = tools::definitions()
+        let mut tools: Vec<rmcp::model::Tool> = tools::definitions()
             .iter()
             .filter(|t| self.service.may_call(&caller, &t.name, ip))
             .cloned()
             .collect();
+        if let Some(gateway) = &self.gateway {
+            tools.extend(
+                visible_gateway_tools(&self.service, gateway, &caller, ip)
+                    .into_iter()
+                    .map(|t| t.definition.clone()),
+            );
+        }
         // What a token may call differs per caller: never let a cache share the list.
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
@@ -132,6 +178,29 @@ impl ServerHandler for TokenServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let (caller, ip) = self.caller(&context)?;
         let name = request.name.to_string();
+        if let Some(gateway) = &self.gateway
+            && let Some(tool) = gateway.catalogue().get(&name).cloned()
+            && !tools::exists(&name)
+        {
+            return self
+                .call_gateway_tool(gateway, tool, caller, ip, request, context)
+                .await;
+        }
+        if name == "list_buckets" {
+            let service = Arc::clone(&self.service);
+            let gateway = self.gateway.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                service.authorize_call(&caller, "list_buckets", None, ip)?;
+                Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?;
+            return Ok(match outcome {
+                Ok(value) => CallToolResult::structured(value),
+                Err(error) => error_result(&error),
+            }
+            .into());
+        }
         if !tools::exists(&name) {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool {}", truncate_for_message(&name)),
@@ -161,6 +230,23 @@ impl ServerHandler for TokenServer {
         Ok(result.into())
     }
 
+    /// Tells this client session whenever the gateway's catalogue changes.
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let Some(gateway) = &self.gateway else {
+            return;
+        };
+        let mut changes = gateway.subscribe();
+        changes.mark_unchanged();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Accepted so clients may set it; the server logs to stderr under its own filter and
     /// sends no log notifications.
     async fn set_level(
@@ -177,5 +263,145 @@ impl ServerHandler for TokenServer {
             .iter()
             .find(|t| t.name == name)
             .cloned()
+    }
+}
+
+/// `list_buckets` (SPEC §5): the upstreams `caller` holds (all for the owner and admin
+/// tokens), each with its status and how many of its tools `caller` may call.
+fn list_buckets(
+    service: &Service,
+    gateway: Option<&Gateway>,
+    caller: &Caller,
+    ip: Option<IpAddr>,
+) -> Value {
+    let Some(gateway) = gateway else {
+        return json!({ "buckets": [] });
+    };
+    let visible = visible_gateway_tools(service, gateway, caller, ip);
+    let buckets: Vec<Value> = gateway
+        .buckets()
+        .into_iter()
+        .filter(|b| service.holds_bucket(caller, &b.name))
+        .map(|b| {
+            let tools = visible.iter().filter(|t| t.bucket == b.name).count();
+            let mut entry = json!({
+                "name": b.name,
+                "transport": b.transport,
+                "status": b.status.as_str(),
+                "tools": tools,
+            });
+            if let crate::gateway::Status::Unavailable(error) = &b.status {
+                entry["error"] = json!(error);
+            }
+            entry
+        })
+        .collect();
+    json!({ "buckets": buckets })
+}
+
+impl TokenServer {
+    /// A gateway tool: decide through the one path (counting the use), then forward. Nothing
+    /// reaches the upstream before the decision, and the caller's secret never does.
+    async fn call_gateway_tool(
+        &self,
+        gateway: &Arc<Gateway>,
+        tool: Arc<ExposedTool>,
+        caller: Caller,
+        ip: Option<IpAddr>,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let service = Arc::clone(&self.service);
+        let decided = {
+            let tool = Arc::clone(&tool);
+            let caller = caller.clone();
+            tokio::task::spawn_blocking(move || {
+                service.authorize_tool_call(&caller, gateway_tool(&tool), Some(&tool.bucket), ip)
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?
+        };
+        if let Err(error) = decided {
+            tracing::debug!(code = error.code.as_str(), tool = %tool.name, "gateway call refused");
+            return Ok(error_result(&error).into());
+        }
+
+        // Cancelled by the client's notifications/cancelled, or by the standing watcher.
+        let cancel = context.ct.child_token();
+        let done = CancellationToken::new();
+        let lost_standing = Arc::new(std::sync::Mutex::new(None::<String>));
+        if let Caller::Token(id) = &caller {
+            let service = Arc::clone(&self.service);
+            let (id, cancel, done, lost) = (
+                id.clone(),
+                cancel.clone(),
+                done.clone(),
+                Arc::clone(&lost_standing),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(CALL_RECHECK);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = done.cancelled() => return,
+                    }
+                    if let Err(failure) = service.check_standing(&id, ip) {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.to_string());
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            });
+        }
+        let progress = context.meta.get_progress_token().map(|token| ProgressSink {
+            peer: context.peer.clone(),
+            token,
+        });
+        let outcome = gateway
+            .call(&tool, request.arguments, progress, &cancel)
+            .await;
+        done.cancel();
+        let failure = match outcome {
+            Ok(mut result) => {
+                // `resultType` belongs to the protocol this session speaks, not to the
+                // upstream's answer: an upstream on an older revision leaves it out, and
+                // clients of the newer ones refuse a result without it.
+                if result.result_type.is_none() {
+                    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                }
+                return Ok(result.into());
+            }
+            Err(CallFailure::Upstream(error)) => return Err(error),
+            Err(failure) => failure,
+        };
+        let error = match failure {
+            CallFailure::Unavailable(message) => {
+                Error::new(ErrorCode::UpstreamUnavailable, message)
+            }
+            CallFailure::Timeout(after) => Error::new(
+                ErrorCode::UpstreamTimeout,
+                format!(
+                    "{} did not answer within {}s; the upstream call was cancelled",
+                    tool.name,
+                    after.as_secs_f64()
+                ),
+            ),
+            CallFailure::Cancelled => {
+                match lost_standing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
+                    None => Error::new(
+                        ErrorCode::Internal,
+                        format!("{} was cancelled by the client", tool.name),
+                    ),
+                }
+            }
+            CallFailure::Upstream(_) => unreachable!("returned above"),
+        };
+        tracing::info!(tool = %tool.name, code = error.code.as_str(), "gateway call failed");
+        Ok(error_result(&error).into())
     }
 }

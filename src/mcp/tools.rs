@@ -149,6 +149,15 @@ const SPECS: &[Spec] = &[
         schema: schema::<VerifyToken>,
     },
     Spec {
+        name: "list_buckets",
+        kind: Kind::ReadOnly,
+        description: "List the buckets you hold: the upstream MCP servers this gateway fronts \
+            (all of them for the owner or an admin token), each with its transport, status \
+            (connected, connecting or unavailable, with an error) and how many of its tools you \
+            may call. Upstream tools are named <bucket>__<tool>. Takes no arguments.",
+        schema: schema_for_empty_input,
+    },
+    Spec {
         name: "list_audit_events",
         kind: Kind::ReadOnly,
         description: "Read the audit log of management actions (create, update, scope, pause, \
@@ -225,6 +234,8 @@ pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value
         "delete_token" => json(service.delete_token(caller, args(name, arguments)?)?),
         "verify_token" => json(service.verify_token(caller, args(name, arguments)?)?),
         "list_audit_events" => json(service.list_audit_events(caller, args(name, arguments)?)?),
+        // Without a gateway (the command line) there are no upstreams to list.
+        "list_buckets" => Ok(serde_json::json!({ "buckets": [] })),
         other => Err(Error::not_found(format!("unknown tool {other}"))),
     }
 }

@@ -49,6 +49,7 @@ pub enum Rule {
     Environment,
     Address,
     ToolAllowlist,
+    ToolDenied,
     BucketAllowlist,
     ReadOnly,
     UsesExhausted,
@@ -95,6 +96,7 @@ impl fmt::Display for Denial {
             Rule::Environment => write!(f, "token {t} {d}"),
             Rule::Address => write!(f, "client address {d} is not in {whose} allowed_ips ({t})"),
             Rule::ToolAllowlist => write!(f, "token {t} may not call {d}"),
+            Rule::ToolDenied => write!(f, "token {t} may not call {d}"),
             Rule::BucketAllowlist => write!(f, "token {t} may not use bucket {d}"),
             Rule::ReadOnly => write!(f, "token {t} may not call {d}"),
             Rule::UsesExhausted => write!(f, "token {t} has no uses left: {d}"),
@@ -192,6 +194,19 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
                         tool.name,
                         owner_word(link, token),
                         list(&link.scope.tools)
+                    ),
+                ));
+            }
+            if let Some(denied) = link.scope.deny_tools.iter().find(|p| p.matches(tool.name)) {
+                return Err(deny(
+                    link,
+                    Rule::ToolDenied,
+                    format!(
+                        "{}: matches {} in {} deny_tools {}",
+                        tool.name,
+                        denied,
+                        owner_word(link, token),
+                        list(&link.scope.deny_tools)
                     ),
                 ));
             }

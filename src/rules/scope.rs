@@ -85,6 +85,22 @@ pub struct Scope {
     pub expires_at: Option<Timestamp>,
     pub max_uses: Option<u64>,
     pub rate_limit_per_minute: Option<u32>,
+    /// Tool patterns never callable, even where `tools` allows. Last, so that records stored
+    /// before it existed decode (see `store`'s record versions).
+    pub deny_tools: Vec<ToolPattern>,
+}
+
+/// True when `denied` covers every pattern of `required`: a token denying `denied` denies at
+/// least what `required` denies.
+pub fn denials_cover(denied: &[ToolPattern], required: &[ToolPattern]) -> bool {
+    required
+        .iter()
+        .all(|r| denied.iter().any(|d| r.is_within(d)))
+}
+
+/// The union of two deny lists, minimised.
+pub fn union_denials(a: &[ToolPattern], b: &[ToolPattern]) -> Vec<ToolPattern> {
+    normalise_tools([a, b].concat())
 }
 
 impl Scope {
@@ -100,6 +116,7 @@ impl Scope {
             expires_at: None,
             max_uses: None,
             rate_limit_per_minute: None,
+            deny_tools: Vec::new(),
         }
     }
 
@@ -133,6 +150,9 @@ impl Scope {
         if exceeds(self.rate_limit_per_minute, bound.rate_limit_per_minute) {
             fields.push("rate_limit_per_minute");
         }
+        if !denials_cover(&self.deny_tools, &bound.deny_tools) {
+            fields.push("deny_tools");
+        }
         fields
     }
 
@@ -153,6 +173,7 @@ impl Scope {
                 self.rate_limit_per_minute,
                 bound.rate_limit_per_minute,
             ),
+            deny_tools: union_denials(&self.deny_tools, &bound.deny_tools),
         }
     }
 }
@@ -199,6 +220,7 @@ mod tests {
             max_uses: Some(5),
             rate_limit_per_minute: Some(10),
             allowed_ips: vec![IpNet::parse("10.0.0.0/8").unwrap()],
+            deny_tools: vec![ToolPattern::parse("fs__write_*").unwrap()],
             ..Scope::unlimited("default")
         };
         let child = Scope::unlimited("default");
@@ -212,12 +234,19 @@ mod tests {
                 "allowed_ips",
                 "expires_at",
                 "max_uses",
-                "rate_limit_per_minute"
+                "rate_limit_per_minute",
+                "deny_tools"
             ]
         );
         let clamped = child.clamped_to(&parent);
         assert!(clamped.fields_exceeding(&parent).is_empty());
         assert_eq!(clamped.buckets, ["a", "b"]);
+        assert_eq!(clamped.deny_tools, parent.deny_tools);
+        // A narrower denial does not cover a broader one; a broader one does.
+        let narrower = vec![ToolPattern::parse("fs__write_file").unwrap()];
+        let broader = vec![ToolPattern::parse("fs__*").unwrap()];
+        assert!(!denials_cover(&narrower, &parent.deny_tools));
+        assert!(denials_cover(&broader, &parent.deny_tools));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::audit::AuditEvent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::record::{EffectiveStatus, Status, TokenRecord, effective_status};
 use crate::rules::pattern::ToolPattern;
-use crate::rules::scope::{ALL, Scope, normalise_buckets, normalise_tools};
+use crate::rules::scope::{ALL, Scope, normalise_buckets, normalise_tools, union_denials};
 use crate::secret::{Secret, TokenId};
 use crate::store::{Change, HashEntry};
 use crate::timestamp::Timestamp;
@@ -170,6 +170,12 @@ impl Service {
             .as_deref()
             .map(|t| validate::tools("tools", t))
             .transpose()?;
+        let deny_tools = req
+            .deny_tools
+            .as_deref()
+            .map(|t| validate::tools("deny_tools", t))
+            .transpose()?
+            .unwrap_or_default();
         let allowed_ips = req
             .allowed_ips
             .as_deref()
@@ -218,6 +224,11 @@ impl Service {
                 expires_at,
                 max_uses,
                 rate_limit_per_minute: rate,
+                // A root minted by a token keeps at least the minter's denials.
+                deny_tools: match acting.token() {
+                    Some(me) => union_denials(&deny_tools, &me.scope.deny_tools),
+                    None => deny_tools.clone(),
+                },
             },
             Some(chain) => {
                 let p = &chain[0].scope;
@@ -231,6 +242,13 @@ impl Service {
                     expires_at: expires_at.or(p.expires_at),
                     max_uses: max_uses.or(p.max_uses),
                     rate_limit_per_minute: rate.or(p.rate_limit_per_minute),
+                    // Denials add up: the parent's (and a token caller's) are always kept.
+                    deny_tools: union_denials(
+                        &union_denials(&deny_tools, &p.deny_tools),
+                        acting
+                            .token()
+                            .map_or(&[][..], |me| &me.scope.deny_tools[..]),
+                    ),
                 }
             }
         };
@@ -479,6 +497,21 @@ impl Service {
             .as_deref()
             .map(|t| validate::tools("remove_tools", t))
             .transpose()?;
+        if req.deny_tools.is_some() && req.add_deny_tools.is_some() {
+            return Err(Error::invalid(
+                "give deny_tools or add_deny_tools, not both",
+            ));
+        }
+        let set_deny = req
+            .deny_tools
+            .as_deref()
+            .map(|t| validate::tools("deny_tools", t))
+            .transpose()?;
+        let add_deny = req
+            .add_deny_tools
+            .as_deref()
+            .map(|t| validate::tools("add_deny_tools", t))
+            .transpose()?;
         let allowed_ips = req
             .allowed_ips
             .as_deref()
@@ -519,6 +552,12 @@ impl Service {
         }
         if let Some(ro) = req.read_only {
             scope.read_only = ro;
+        }
+        if let Some(deny) = set_deny {
+            scope.deny_tools = deny;
+        }
+        if let Some(add) = add_deny {
+            scope.deny_tools = union_denials(&scope.deny_tools, &add);
         }
         if let Some(ips) = allowed_ips {
             scope.allowed_ips = ips;

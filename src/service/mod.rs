@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
-use crate::rules::authorize::{Attempt, Denial, Tool, authentication_holds_until, authorize};
+pub use crate::rules::authorize::Tool;
+use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize};
 use crate::secret::{Secret, SecretError, TokenId};
 use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
@@ -36,6 +37,7 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "get_token",
     "verify_token",
     "list_audit_events",
+    "list_buckets",
 ];
 
 pub fn is_read_only_tool(name: &str) -> bool {
@@ -226,14 +228,26 @@ impl Service {
         bucket: Option<&str>,
         client_ip: Option<IpAddr>,
     ) -> Result<()> {
-        let Caller::Token(id) = caller else {
-            return Ok(());
-        };
-        let chain = self.caller_chain(id)?;
         let tool = Tool {
             name: tool,
             read_only: is_read_only_tool(tool),
         };
+        self.authorize_tool_call(caller, tool, bucket, client_ip)
+    }
+
+    /// [`Service::authorize_call`] for a tool the service does not define (a gateway tool):
+    /// the caller supplies its read-only flag and bucket. Counts the call when allowed.
+    pub fn authorize_tool_call(
+        &self,
+        caller: &Caller,
+        tool: Tool<'_>,
+        bucket: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<()> {
+        let Caller::Token(id) = caller else {
+            return Ok(());
+        };
+        let chain = self.caller_chain(id)?;
         self.usage
             .admit(&self.store, &chain, true, |links, budgets| {
                 let attempt = Attempt {
@@ -251,6 +265,21 @@ impl Service {
 
     /// Whether `caller` could call `tool` now, without counting a use: `tools/list` filtering.
     pub fn may_call(&self, caller: &Caller, tool: &str, client_ip: Option<IpAddr>) -> bool {
+        let tool = Tool {
+            name: tool,
+            read_only: is_read_only_tool(tool),
+        };
+        self.may_call_tool(caller, tool, None, client_ip)
+    }
+
+    /// [`Service::may_call`] for a tool the service does not define (a gateway tool).
+    pub fn may_call_tool(
+        &self,
+        caller: &Caller,
+        tool: Tool<'_>,
+        bucket: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> bool {
         let Caller::Token(id) = caller else {
             return true;
         };
@@ -262,14 +291,26 @@ impl Service {
             environment: &self.config.environment,
             now: Timestamp::now(),
             client_ip,
-            tool: Some(Tool {
-                name: tool,
-                read_only: is_read_only_tool(tool),
-            }),
-            bucket: None,
+            tool: Some(tool),
+            bucket,
             budgets: None,
         };
         authorize(&links, &attempt).is_ok()
+    }
+
+    /// Whether `caller` holds `bucket` (owner and admin tokens hold every bucket), for
+    /// `list_buckets`.
+    pub fn holds_bucket(&self, caller: &Caller, bucket: &str) -> bool {
+        let Caller::Token(id) = caller else {
+            return true;
+        };
+        let Ok(chain) = self.caller_chain(id) else {
+            return false;
+        };
+        chain[0].scope.admin
+            || chain
+                .iter()
+                .all(|link| crate::rules::scope::bucket_allowed(&link.scope.buckets, bucket))
     }
 
     fn caller_chain(&self, id: &TokenId) -> Result<Vec<Arc<TokenRecord>>> {
@@ -333,6 +374,7 @@ impl Service {
             environment: scope.environment.clone(),
             buckets: scope.buckets.clone(),
             tools: scope.tools.clone(),
+            deny_tools: scope.deny_tools.clone(),
             read_only: scope.read_only,
             admin: scope.admin,
             allowed_ips: scope.allowed_ips.clone(),

@@ -68,6 +68,9 @@ pub struct CreateToken {
     /// Tool patterns the token may call: exact names, "*", or prefixes such as "list_*".
     /// Omitted: a child inherits its parent's; a root token gets all.
     pub tools: Option<Vec<String>>,
+    /// Tool patterns never callable, even where tools allows, e.g. ["fs__write_*"]. A token
+    /// always keeps its parent's (and a token minter's) denials as well.
+    pub deny_tools: Option<Vec<String>>,
     /// If true, only tools annotated read-only may be called.
     pub read_only: Option<bool>,
     /// If true, the token may see and manage every token. Only the owner or an admin may grant it.
@@ -133,6 +136,11 @@ pub struct ScopeToken {
     pub add_tools: Option<Vec<String>>,
     /// Tool patterns to remove (exact pattern text).
     pub remove_tools: Option<Vec<String>>,
+    /// Replaces the denied tool patterns (never fewer than the parent's). Exclusive with
+    /// add_deny_tools.
+    pub deny_tools: Option<Vec<String>>,
+    /// Denied tool patterns to add.
+    pub add_deny_tools: Option<Vec<String>>,
     /// Set or clear read-only.
     pub read_only: Option<bool>,
     /// Replaces the allowed CIDR ranges; [] allows any address.
@@ -184,6 +192,7 @@ pub struct TokenView {
     pub environment: String,
     pub buckets: Vec<String>,
     pub tools: Vec<ToolPattern>,
+    pub deny_tools: Vec<ToolPattern>,
     pub read_only: bool,
     pub admin: bool,
     pub allowed_ips: Vec<IpNet>,

@@ -1,0 +1,316 @@
+//! The gateway's cost (SPEC §9): `tools/call` of server-everything's `echo` through the shipped
+//! binary (`tokenwarden serve --http … --upstreams …`, a separate process) versus the same
+//! upstream called directly, both over streamable HTTP with kept-alive connections, in one
+//! run, alternating rounds. Prints p50/p99 latency and calls per second for each, the added
+//! p50 and the throughput ratio.
+//!
+//! `cargo bench --bench gateway`; `GW_CLIENTS` (default `1,4`), `GW_SECONDS` per round (5),
+//! `GW_ROUNDS` per variant (3). Needs node and npm (installs the pinned server-everything into
+//! `target/npm` if missing, like the tests).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
+
+fn npm_everything() -> PathBuf {
+    let prefix = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm");
+    let script = prefix.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if !script.exists() {
+        let ok = Command::new("npm")
+            .arg("install")
+            .arg("--prefix")
+            .arg(&prefix)
+            .args(["--no-audit", "--no-fund", "--silent", EVERYTHING])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "npm install {EVERYTHING} failed");
+    }
+    script
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with stderr piped and returns once a line containing `ready` appears, with
+/// that line and every line before it.
+fn start(mut cmd: Command, ready: &str) -> (Proc, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(&ready) {
+                    let _ = tx.send(seen.clone());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("process did not become ready");
+    (Proc(child), seen)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One kept-alive MCP session over raw HTTP.
+struct Session {
+    http: reqwest::Client,
+    url: String,
+    bearer: Option<String>,
+    session: Option<String>,
+}
+
+impl Session {
+    async fn open(url: &str, bearer: Option<&str>) -> Session {
+        let mut s = Session {
+            http: reqwest::Client::builder().build().unwrap(),
+            url: url.to_owned(),
+            bearer: bearer.map(str::to_owned),
+            session: None,
+        };
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "gateway-bench", "version": "1"}}});
+        let response = s.request(&init).send().await.unwrap();
+        s.session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let _ = response.text().await;
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let _ = s.request(&initialized).send().await.unwrap().text().await;
+        s
+    }
+
+    fn request(&self, body: &Value) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body.to_string());
+        if let Some(b) = &self.bearer {
+            r = r.bearer_auth(b);
+        }
+        if let Some(s) = &self.session {
+            r = r.header("mcp-session-id", s);
+        }
+        r
+    }
+
+    async fn echo(&self, id: u64, tool: &str) -> Duration {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"message": "ping"}}});
+        let started = Instant::now();
+        let text = self
+            .request(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(text.contains("ping"), "unexpected answer: {text}");
+        elapsed
+    }
+}
+
+struct Round {
+    latencies: Vec<Duration>,
+    seconds: f64,
+}
+
+async fn round(url: &str, bearer: Option<&str>, tool: &str, clients: usize, seconds: u64) -> Round {
+    let mut sessions = Vec::new();
+    for _ in 0..clients {
+        sessions.push(Session::open(url, bearer).await);
+    }
+    // Warm up each connection.
+    for s in &sessions {
+        for i in 0..20 {
+            s.echo(i, tool).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in sessions {
+        let tool = tool.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut id = 100;
+            while Instant::now() < deadline {
+                latencies.push(s.echo(id, &tool).await);
+                id += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    Round {
+        latencies,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` and `cargo test --benches` probe benches this way.
+    }
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let client_counts: Vec<usize> = env("GW_CLIENTS", "1,4")
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let seconds: u64 = env("GW_SECONDS", "5").parse().unwrap_or(5);
+    let rounds: usize = env("GW_ROUNDS", "3").parse().unwrap_or(3);
+
+    let port = free_port();
+    let mut node = Command::new("node");
+    node.arg(npm_everything())
+        .arg("streamableHttp")
+        .env("PORT", port.to_string());
+    let (_everything, _) = start(node, "listening on port");
+    let direct_url = format!("http://127.0.0.1:{port}/mcp");
+
+    let dir = tempfile::tempdir().unwrap();
+    let upstreams = dir.path().join("upstreams.json");
+    std::fs::write(
+        &upstreams,
+        json!({"mcpServers": {"everything": {"type": "http", "url": direct_url}}}).to_string(),
+    )
+    .unwrap();
+    let mut tw = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+    tw.arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--log-level", "warn,tokenwarden=info,upstream=info"])
+        .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
+        .arg(&upstreams);
+    let (_tokenwarden, log) = start(tw, "serving MCP over HTTP at http://");
+    let addr = log
+        .split("serving MCP over HTTP at http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let gateway_url = format!("http://{addr}");
+    let start_at = log.find("mcp_").expect("admin secret in the banner");
+    let admin: String = log[start_at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Wait until the gateway has connected to the upstream.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = Session::open(&gateway_url, Some(&admin)).await;
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "everything__echo", "arguments": {"message": "ping"}}});
+            let text = s.request(&body).send().await.unwrap().text().await.unwrap();
+            if text.contains("ping") && !text.contains("\"isError\":true") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway never reached the upstream: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "tools/call echo over streamable HTTP, kept-alive connections: {seconds} s rounds, \
+             {rounds} rounds per variant, alternating"
+        );
+        for &clients in &client_counts {
+            let mut direct = Vec::new();
+            let mut through = Vec::new();
+            let (mut direct_calls, mut direct_secs, mut gw_calls, mut gw_secs) = (0, 0.0, 0, 0.0);
+            for _ in 0..rounds {
+                let d = round(&direct_url, None, "echo", clients, seconds).await;
+                direct_calls += d.latencies.len();
+                direct_secs += d.seconds;
+                direct.extend(d.latencies);
+                let g = round(
+                    &gateway_url,
+                    Some(&admin),
+                    "everything__echo",
+                    clients,
+                    seconds,
+                )
+                .await;
+                gw_calls += g.latencies.len();
+                gw_secs += g.seconds;
+                through.extend(g.latencies);
+            }
+            direct.sort();
+            through.sort();
+            let d_rate = direct_calls as f64 / direct_secs;
+            let g_rate = gw_calls as f64 / gw_secs;
+            let (d50, g50) = (percentile(&direct, 0.5), percentile(&through, 0.5));
+            println!(
+                "{clients} client(s): direct    p50 {:>7.3} ms  p99 {:>7.3} ms  {:>7.0} calls/s",
+                d50.as_secs_f64() * 1e3,
+                percentile(&direct, 0.99).as_secs_f64() * 1e3,
+                d_rate
+            );
+            println!(
+                "{clients} client(s): gateway   p50 {:>7.3} ms  p99 {:>7.3} ms  {:>7.0} calls/s",
+                g50.as_secs_f64() * 1e3,
+                percentile(&through, 0.99).as_secs_f64() * 1e3,
+                g_rate
+            );
+            println!(
+                "{clients} client(s): added p50 {:.3} ms; gateway throughput {:.1}% of direct",
+                (g50.as_secs_f64() - d50.as_secs_f64()) * 1e3,
+                100.0 * g_rate / d_rate
+            );
+        }
+    });
+}

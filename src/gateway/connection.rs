@@ -1,0 +1,589 @@
+//! One connection per upstream: a task that connects with rmcp's client (a stdio child in its
+//! own process group, or streamable HTTP), lists the upstream's tools, keeps the list fresh on
+//! `notifications/tools/list_changed`, and reconnects with backoff (1 s doubling to 60 s) when
+//! the upstream dies. Calls are forwarded through [`Connection::call`].
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+    ClientRequest, ErrorData, Implementation, ListToolsRequest, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ServerResult, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RoleServer};
+use rmcp::{ClientHandler, ServiceExt};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{Transport, Upstream};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a stopping stdio upstream gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+/// The longest stderr line logged from an upstream.
+const MAX_LOG_LINE: usize = 2000;
+
+/// What `list_buckets` reports about an upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected,
+    Unavailable(String),
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Connected => "connected",
+            Status::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Where an upstream's progress notifications for one call go: the calling client's peer,
+/// under the client's own progress token.
+#[derive(Clone)]
+pub struct ProgressSink {
+    pub peer: Peer<RoleServer>,
+    pub token: ProgressToken,
+}
+
+/// Upstream progress token (rmcp's counter) -> the client's sink, for calls in flight.
+type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>;
+
+/// Why a forwarded call produced no upstream result.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// Not connected, or the connection broke during the call.
+    Unavailable(String),
+    Timeout(Duration),
+    /// The caller's cancellation token fired (client cancel, or its token lost standing).
+    Cancelled,
+    /// The upstream answered with a JSON-RPC error (e.g. arguments it rejects).
+    Upstream(ErrorData),
+}
+
+struct State {
+    status: Status,
+    peer: Option<Peer<RoleClient>>,
+    tools: Arc<Vec<Tool>>,
+    routes: ProgressRoutes,
+}
+
+pub struct Connection {
+    pub upstream: Upstream,
+    state: Mutex<State>,
+    /// Stops the connection task (removal, reload or shutdown).
+    stop: CancellationToken,
+    /// A call saw the transport break: reconnect now rather than wait for the service to end.
+    broken: Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Told whenever an upstream's tool list or status changes.
+pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+
+impl Connection {
+    /// Starts the connection task; it runs until `stop` (a child of the gateway's shutdown) is
+    /// cancelled. Returns at once: connecting never delays the server.
+    pub fn start(upstream: Upstream, stop: CancellationToken, on_change: OnChange) -> Arc<Self> {
+        let connection = Arc::new(Connection {
+            upstream,
+            state: Mutex::new(State {
+                status: Status::Connecting,
+                peer: None,
+                tools: Arc::new(Vec::new()),
+                routes: ProgressRoutes::default(),
+            }),
+            stop,
+            broken: Notify::new(),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(Arc::clone(&connection).run(on_change));
+        *connection.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        connection
+    }
+
+    /// Connects once and lists tools, for `tokenwarden upstreams`: the tools, or why not.
+    pub async fn probe(upstream: &Upstream) -> Result<Vec<Tool>, String> {
+        let probe = Connection {
+            upstream: upstream.clone(),
+            state: Mutex::new(State {
+                status: Status::Connecting,
+                peer: None,
+                tools: Arc::new(Vec::new()),
+                routes: ProgressRoutes::default(),
+            }),
+            stop: CancellationToken::new(),
+            broken: Notify::new(),
+            task: Mutex::new(None),
+        };
+        let (handler, _refresh) = probe.handler();
+        let session = probe.connect(handler).await?;
+        let tools = list_tools(&session.peer, upstream.timeout).await;
+        session.close().await;
+        tools
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().status.clone()
+    }
+
+    pub fn tools(&self) -> Arc<Vec<Tool>> {
+        Arc::clone(&self.lock().tools)
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the connection task has stopped its upstream (after [`Connection::stop`]
+    /// or the gateway's shutdown).
+    pub async fn stopped(&self) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    fn set(&self, status: Status, peer: Option<Peer<RoleClient>>, tools: Option<Vec<Tool>>) {
+        let mut state = self.lock();
+        state.status = status;
+        state.peer = peer;
+        if let Some(tools) = tools {
+            state.tools = Arc::new(tools);
+        }
+    }
+
+    fn handler(&self) -> (UpstreamHandler, Arc<Notify>) {
+        let refresh = Arc::new(Notify::new());
+        let routes = Arc::clone(&self.lock().routes);
+        (
+            UpstreamHandler {
+                refresh: Arc::clone(&refresh),
+                routes,
+            },
+            refresh,
+        )
+    }
+
+    async fn run(self: Arc<Self>, on_change: OnChange) {
+        let bucket = self.upstream.bucket.clone();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let (handler, refresh) = self.handler();
+            let connected = tokio::select! {
+                c = self.connect(handler) => c,
+                _ = self.stop.cancelled() => return,
+            };
+            match connected {
+                Ok(session) => {
+                    let tools = list_tools(&session.peer, self.upstream.timeout).await;
+                    match tools {
+                        Ok(tools) => {
+                            tracing::info!(target: "upstream", bucket = %bucket,
+                                tools = tools.len(), "connected");
+                            self.set(Status::Connected, Some(session.peer.clone()), Some(tools));
+                            on_change();
+                            backoff = FIRST_BACKOFF;
+                            let ended = self.serve(&session, &refresh, &on_change).await;
+                            // The tools stay listed: their calls answer upstream_unavailable
+                            // until the upstream is back, rather than "unknown tool".
+                            self.set(Status::Unavailable(ended.clone()), None, None);
+                            on_change();
+                            session.close().await;
+                            if self.stop.is_cancelled() {
+                                return;
+                            }
+                            tracing::warn!(target: "upstream", bucket = %bucket,
+                                "disconnected: {ended}; reconnecting in {}s", backoff.as_secs());
+                        }
+                        Err(e) => {
+                            session.close().await;
+                            self.fail(&bucket, e, backoff, &on_change);
+                        }
+                    }
+                }
+                Err(e) => self.fail(&bucket, e, backoff, &on_change),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if !matches!(self.status(), Status::Unavailable(_)) {
+                self.set(Status::Connecting, None, None);
+            }
+        }
+    }
+
+    fn fail(&self, bucket: &str, error: String, backoff: Duration, on_change: &OnChange) {
+        tracing::warn!(target: "upstream", bucket = %bucket,
+            "unavailable: {error}; retrying in {}s", backoff.as_secs());
+        self.set(Status::Unavailable(error), None, None);
+        on_change();
+    }
+
+    /// Runs while the session lives: refreshes the tool list when the upstream says it changed.
+    /// Returns why the session ended.
+    async fn serve(&self, session: &Session, refresh: &Notify, on_change: &OnChange) -> String {
+        let mut closed = session.closed.clone();
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return "stopped".to_owned(),
+                _ = closed.changed() => return session.exit_reason(),
+                _ = self.broken.notified() => return "the connection broke".to_owned(),
+                _ = refresh.notified() => {
+                    match list_tools(&session.peer, self.upstream.timeout).await {
+                        Ok(tools) => {
+                            tracing::info!(target: "upstream", bucket = %self.upstream.bucket,
+                                tools = tools.len(), "tool list changed");
+                            self.set(Status::Connected, Some(session.peer.clone()), Some(tools));
+                            on_change();
+                        }
+                        Err(e) => return format!("listing tools failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, handler: UpstreamHandler) -> Result<Session, String> {
+        let timeout = self.upstream.timeout;
+        match &self.upstream.transport {
+            Transport::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            } => {
+                let mut cmd = tokio::process::Command::new(command);
+                // The child inherits tokenwarden's environment (PATH, HOME: npx needs them)
+                // except the caller's secret: no bearer goes upstream.
+                cmd.env_remove("TOKENWARDEN_TOKEN").args(args).envs(env);
+                if let Some(cwd) = cwd {
+                    cmd.current_dir(cwd);
+                }
+                // npx/uvx start grandchildren: give them a process group we can stop whole.
+                #[cfg(unix)]
+                cmd.process_group(0);
+                let (process, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {command}: {e}"))?;
+                let group = process.id();
+                if let Some(stderr) = stderr {
+                    tokio::spawn(log_stderr(self.upstream.bucket.clone(), stderr));
+                }
+                let session = tokio::time::timeout(timeout, handler.serve(process)).await;
+                match session {
+                    Ok(Ok(running)) => Ok(Session::new(running, group)),
+                    Ok(Err(e)) => {
+                        kill_group(group).await;
+                        Err(format!("initialize failed: {e}"))
+                    }
+                    Err(_) => {
+                        kill_group(group).await;
+                        Err(format!(
+                            "no answer to initialize within {}s",
+                            timeout.as_secs_f64()
+                        ))
+                    }
+                }
+            }
+            Transport::Http { url, headers } => {
+                use rmcp::transport::StreamableHttpClientTransport;
+                use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                let mut custom = HashMap::new();
+                for (name, value) in headers {
+                    if name.eq_ignore_ascii_case("authorization")
+                        && let Some(token) = value.strip_prefix("Bearer ")
+                    {
+                        config = config.auth_header(token.trim());
+                        continue;
+                    }
+                    let name = axum::http::HeaderName::try_from(name.as_str())
+                        .map_err(|_| format!("invalid header name {name:?}"))?;
+                    let value = axum::http::HeaderValue::try_from(value.as_str())
+                        .map_err(|_| format!("invalid value for header {name}"))?;
+                    custom.insert(name, value);
+                }
+                config = config.custom_headers(custom);
+                let transport = StreamableHttpClientTransport::from_config(config);
+                match tokio::time::timeout(timeout, handler.serve(transport)).await {
+                    Ok(Ok(running)) => Ok(Session::new(running, None)),
+                    Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+                    Err(_) => Err(format!(
+                        "no answer to initialize from {url} within {}s",
+                        timeout.as_secs_f64()
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Forwards one `tools/call`: the upstream's own tool name and the arguments unchanged.
+    /// Ends early, cancelling the upstream call, on timeout or when `cancel` fires.
+    pub async fn call(
+        &self,
+        upstream_tool: &str,
+        arguments: Option<rmcp::model::JsonObject>,
+        progress: Option<ProgressSink>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, CallFailure> {
+        let (peer, routes) = {
+            let state = self.lock();
+            match (&state.status, &state.peer) {
+                (Status::Connected, Some(peer)) => (peer.clone(), Arc::clone(&state.routes)),
+                (Status::Unavailable(why), _) => {
+                    return Err(CallFailure::Unavailable(format!(
+                        "upstream {} is unavailable: {why}",
+                        self.upstream.bucket
+                    )));
+                }
+                _ => {
+                    return Err(CallFailure::Unavailable(format!(
+                        "upstream {} is still connecting",
+                        self.upstream.bucket
+                    )));
+                }
+            }
+        };
+        let mut params = CallToolRequestParams::new(upstream_tool.to_owned());
+        params.arguments = arguments;
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let mut handle = peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| self.broke(format!("cannot send the call: {e}")))?;
+        let route = progress.map(|sink| {
+            let key = handle.progress_token.clone();
+            lock_routes(&routes).insert(key.clone(), sink);
+            RouteGuard {
+                routes: Arc::clone(&routes),
+                key,
+            }
+        });
+        let timeout = self.upstream.timeout;
+        let outcome = tokio::select! {
+            answer = &mut handle.rx => Some(answer),
+            _ = tokio::time::sleep(timeout) => None,
+            _ = cancel.cancelled() => None,
+        };
+        drop(route);
+        match outcome {
+            Some(Ok(Ok(ServerResult::CallToolResult(result)))) => Ok(result),
+            Some(Ok(Ok(_))) => Err(CallFailure::Unavailable(format!(
+                "upstream {} answered tools/call with something other than a tool result",
+                self.upstream.bucket
+            ))),
+            Some(Ok(Err(rmcp::service::ServiceError::McpError(error)))) => {
+                Err(CallFailure::Upstream(error))
+            }
+            Some(Ok(Err(e))) => Err(self.broke(format!("the call failed: {e}"))),
+            Some(Err(_)) => Err(self.broke("the connection closed during the call".to_owned())),
+            None => {
+                let reason = if cancel.is_cancelled() {
+                    "cancelled by the client or tokenwarden"
+                } else {
+                    "timed out"
+                };
+                // Best effort: the upstream may already be gone.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    handle.cancel(Some(reason.to_owned())),
+                )
+                .await;
+                if cancel.is_cancelled() {
+                    Err(CallFailure::Cancelled)
+                } else {
+                    Err(CallFailure::Timeout(timeout))
+                }
+            }
+        }
+    }
+
+    fn broke(&self, message: String) -> CallFailure {
+        self.broken.notify_one();
+        CallFailure::Unavailable(format!("upstream {}: {message}", self.upstream.bucket))
+    }
+}
+
+fn lock_routes(
+    routes: &Mutex<HashMap<ProgressToken, ProgressSink>>,
+) -> std::sync::MutexGuard<'_, HashMap<ProgressToken, ProgressSink>> {
+    routes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a call's progress route when the call ends, however it ends.
+struct RouteGuard {
+    routes: ProgressRoutes,
+    key: ProgressToken,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        lock_routes(&self.routes).remove(&self.key);
+    }
+}
+
+/// A live rmcp client session with one upstream.
+struct Session {
+    peer: Peer<RoleClient>,
+    cancel: rmcp::service::RunningServiceCancellationToken,
+    /// Flips when the service loop ends (the upstream exited or the transport closed).
+    closed: tokio::sync::watch::Receiver<bool>,
+    reason: Arc<Mutex<Option<String>>>,
+    /// The stdio child's process group.
+    group: Option<u32>,
+}
+
+impl Session {
+    fn new(
+        running: rmcp::service::RunningService<RoleClient, UpstreamHandler>,
+        group: Option<u32>,
+    ) -> Session {
+        let peer = running.peer().clone();
+        let cancel = running.cancellation_token();
+        let (tx, closed) = tokio::sync::watch::channel(false);
+        let reason = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&reason);
+        tokio::spawn(async move {
+            let why = match running.waiting().await {
+                Ok(quit) => format!("session ended ({quit:?})"),
+                Err(e) => format!("session task failed: {e}"),
+            };
+            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            let _ = tx.send(true);
+        });
+        Session {
+            peer,
+            cancel,
+            closed,
+            reason,
+            group,
+        }
+    }
+
+    fn exit_reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "session ended".to_owned())
+            .replace("Closed", "the upstream closed the connection")
+    }
+
+    /// Ends the session and, for stdio, the child's whole process group.
+    async fn close(self) {
+        self.cancel.cancel();
+        let mut closed = self.closed;
+        let _ = tokio::time::timeout(Duration::from_secs(2), closed.wait_for(|c| *c)).await;
+        kill_group(self.group).await;
+    }
+}
+
+/// SIGTERM to the process group, then SIGKILL after a short grace.
+async fn kill_group(group: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = group.and_then(|g| i32::try_from(g).ok()).filter(|g| *g > 1) {
+        // SAFETY: killpg only sends a signal to the group we created for our own child.
+        unsafe {
+            libc::killpg(pid, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            // SAFETY: signal 0 only checks whether the group still has members.
+            if unsafe { libc::killpg(pid, 0) } != 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = group;
+}
+
+async fn log_stderr(bucket: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line: String = line.chars().take(MAX_LOG_LINE).collect();
+        let line = crate::secret::redact_secrets(&line);
+        tracing::info!(target: "upstream", bucket = %bucket, "{line}");
+    }
+}
+
+/// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache.
+async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, String> {
+    let mut tools = Vec::new();
+    let mut cursor = None;
+    for _ in 0..1000 {
+        let request = ClientRequest::ListToolsRequest(ListToolsRequest::with_param(
+            PaginatedRequestParams::default().with_cursor(cursor),
+        ));
+        let answer = tokio::time::timeout(timeout, peer.send_request(request))
+            .await
+            .map_err(|_| format!("tools/list got no answer within {}s", timeout.as_secs_f64()))?
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+        let ServerResult::ListToolsResult(page) = answer else {
+            return Err("tools/list answered with something other than a tool list".to_owned());
+        };
+        tools.extend(page.tools);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            return Ok(tools);
+        }
+    }
+    Err("tools/list kept paginating past 1000 pages".to_owned())
+}
+
+/// The gateway's side of an upstream session: declares no capabilities (no roots, sampling
+/// or elicitation), refreshes on `tools/list_changed`, routes progress to the calling client.
+#[derive(Clone)]
+struct UpstreamHandler {
+    refresh: Arc<Notify>,
+    routes: ProgressRoutes,
+}
+
+impl ClientHandler for UpstreamHandler {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("tokenwarden-gateway", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.refresh.notify_one();
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let sink = lock_routes(&self.routes)
+            .get(&params.progress_token)
+            .cloned();
+        if let Some(sink) = sink {
+            let mut forwarded = params;
+            forwarded.progress_token = sink.token;
+            let _ = sink.peer.notify_progress(forwarded).await;
+        }
+    }
+}

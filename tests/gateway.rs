@@ -1,0 +1,1177 @@
+//! The gateway (SPEC §10) with real parts: the shipped binary in front of real upstreams —
+//! `@modelcontextprotocol/server-filesystem` and `server-memory` over stdio and
+//! `server-everything` over streamable HTTP (npm, pinned, installed into `target/npm` by
+//! `.ci/run` or on first use), plus `tokenwarden-test-upstream`, a small rmcp server these
+//! tests control. Clients: rmcp's over HTTP and stdio, and raw HTTP where exact bytes matter.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, call, connect_http, err, ok, tool_names, try_call};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
+    Implementation, ProtocolVersion,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The npm servers the tests pin; `.ci/run` installs the same.
+const NPM_SERVERS: &[&str] = &[
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
+    "@modelcontextprotocol/server-memory@2026.8.31",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+];
+const FIXTURE: &str = env!("CARGO_BIN_EXE_tokenwarden-test-upstream");
+
+/// `target/npm/node_modules/@modelcontextprotocol`, installing the pinned servers if missing.
+pub fn npm_servers() -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let prefix = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm");
+    let root = prefix.join("node_modules/@modelcontextprotocol");
+    let present = ["server-filesystem", "server-memory", "server-everything"]
+        .iter()
+        .all(|p| root.join(p).join("dist/index.js").exists());
+    if !present {
+        let status = Command::new("npm")
+            .arg("install")
+            .arg("--prefix")
+            .arg(&prefix)
+            .args(["--no-audit", "--no-fund", "--silent"])
+            .args(NPM_SERVERS)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "npm install of the test upstreams failed: are node and npm installed?"
+        );
+    }
+    root
+}
+
+fn npm_entry(server: &str, args: &[&str], env: Value) -> Value {
+    let script = npm_servers().join(server).join("dist/index.js");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    json!({"command": "node", "args": all, "env": env})
+}
+
+fn fixture_entry(log: &Path, extra: Value) -> Value {
+    let mut entry = json!({"command": FIXTURE, "env": {"FIXTURE_LOG": log}});
+    if let (Value::Object(entry), Value::Object(extra)) = (&mut entry, extra) {
+        entry.extend(extra);
+    }
+    entry
+}
+
+/// A temporary directory with a data dir, a `files` dir holding `a.txt`, and an upstreams file.
+struct Setup {
+    dir: TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        std::fs::write(dir.path().join("files/a.txt"), "hello from a file\n").unwrap();
+        Setup { dir }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn data(&self) -> PathBuf {
+        self.path("data")
+    }
+    fn files(&self) -> String {
+        self.path("files").display().to_string()
+    }
+    /// The three stdio upstreams most tests use: fs, mem and the test fixture.
+    fn standard(&self) -> Value {
+        json!({
+            "fs": npm_entry("server-filesystem", &[&self.files()], json!({})),
+            "mem": npm_entry("server-memory", &[], json!({"MEMORY_FILE_PATH": self.path("mem.jsonl")})),
+            "test": fixture_entry(&self.path("test.log"), json!({})),
+        })
+    }
+    fn write_upstreams(&self, servers: Value) -> PathBuf {
+        let path = self.path("upstreams.json");
+        std::fs::write(&path, json!({"mcpServers": servers}).to_string()).unwrap();
+        path
+    }
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+fn start(setup: &Setup, servers: Value) -> Server {
+    let file = setup.write_upstreams(servers);
+    Server::start(&setup.data(), &["--upstreams", file.to_str().unwrap()])
+}
+
+/// Polls `list_buckets` until every named bucket has `status`.
+async fn wait_for<S: rmcp::Service<RoleClient>>(
+    client: &RunningService<RoleClient, S>,
+    buckets: &[&str],
+    status: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = client
+            .call_tool(CallToolRequestParams::new("list_buckets"))
+            .await
+            .expect("list_buckets")
+            .structured_content
+            .unwrap_or_default();
+        let all = buckets.iter().all(|name| {
+            listed["buckets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["name"] == json!(name) && b["status"] == json!(status))
+        });
+        if all {
+            return listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "buckets {buckets:?} not {status}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn text_of(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(&result.content).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
+    let setup = Setup::new();
+    let mut server = start(&setup, setup.standard());
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["fs", "mem", "test"], "connected").await;
+    let all = tool_names(&admin).await;
+    for name in [
+        "fs__write_file",
+        "fs__read_text_file",
+        "mem__read_graph",
+        "test__slow",
+    ] {
+        assert!(all.contains(&name.to_owned()), "admin sees {name}: {all:?}");
+    }
+
+    // A read-only token for bucket fs.
+    let reader = ok(
+        &admin,
+        "create_token",
+        json!({"name": "reader", "buckets": ["fs"], "read_only": true, "parent": "none"}),
+    )
+    .await;
+    let reader_secret = reader["token"].as_str().unwrap().to_owned();
+    let r = connect_http(&server.url(), &reader_secret).await;
+    let names = tool_names(&r).await;
+    assert!(
+        names.contains(&"fs__read_text_file".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"fs__list_directory".to_owned()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"fs__write_file".to_owned()), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("mem__") && !n.starts_with("test__")),
+        "{names:?}"
+    );
+    let a_txt = setup.path("files/a.txt").display().to_string();
+    let read = try_call(&r, "fs__read_text_file", json!({"path": a_txt}))
+        .await
+        .unwrap();
+    assert_ne!(read.is_error, Some(true));
+    assert!(text_of(&read).contains("hello from a file"), "{read:?}");
+
+    let b_txt = setup.path("files/b.txt");
+    let message = err(
+        &r,
+        "fs__write_file",
+        json!({"path": b_txt, "content": "nope"}),
+        "forbidden",
+    )
+    .await;
+    assert!(message.contains("read-only"), "{message}");
+    assert!(!b_txt.exists(), "a refused write reached the upstream");
+    err(&r, "mem__read_graph", json!({}), "forbidden").await;
+
+    // list_buckets: only fs, counting what the reader may call.
+    let buckets = ok(&r, "list_buckets", json!({})).await;
+    let fs_tools = names.iter().filter(|n| n.starts_with("fs__")).count();
+    assert_eq!(
+        buckets,
+        json!({"buckets": [{"name": "fs", "transport": "stdio", "status": "connected", "tools": fs_tools}]})
+    );
+
+    // Its child limited to fs__list_* sees only those. (A read-only token cannot mint: its
+    // admin places the child under it.)
+    let lister = ok(
+        &admin,
+        "create_token",
+        json!({"name": "lister", "tools": ["fs__list_*"], "parent": reader["id"]}),
+    )
+    .await;
+    assert_eq!(lister["read_only"], json!(true), "inherited");
+    let c = connect_http(&server.url(), lister["token"].as_str().unwrap()).await;
+    let child_names = tool_names(&c).await;
+    assert!(!child_names.is_empty());
+    assert!(
+        child_names.iter().all(|n| n.starts_with("fs__list_")),
+        "{child_names:?}"
+    );
+    let listed = try_call(&c, "fs__list_directory", json!({"path": setup.files()}))
+        .await
+        .unwrap();
+    assert!(text_of(&listed).contains("a.txt"), "{listed:?}");
+    err(
+        &c,
+        "fs__read_text_file",
+        json!({"path": a_txt}),
+        "forbidden",
+    )
+    .await;
+
+    // deny_tools: a child that may not read media files.
+    let no_media = ok(
+        &admin,
+        "create_token",
+        json!({"name": "no-media", "deny_tools": ["fs__read_media_file"], "parent": reader["id"]}),
+    )
+    .await;
+    assert_eq!(no_media["deny_tools"], json!(["fs__read_media_file"]));
+    let d = connect_http(&server.url(), no_media["token"].as_str().unwrap()).await;
+    let d_names = tool_names(&d).await;
+    assert!(!d_names.contains(&"fs__read_media_file".to_owned()));
+    assert!(d_names.contains(&"fs__read_text_file".to_owned()));
+    let message = err(
+        &d,
+        "fs__read_media_file",
+        json!({"path": a_txt}),
+        "forbidden",
+    )
+    .await;
+    assert!(message.contains("deny_tools"), "{message}");
+    // A grandchild keeps the denial it inherits, whatever it asks for.
+    let grandchild = ok(
+        &admin,
+        "create_token",
+        json!({"name": "grandchild", "deny_tools": [], "parent": no_media["id"]}),
+    )
+    .await;
+    assert_eq!(grandchild["deny_tools"], json!(["fs__read_media_file"]));
+
+    // Revoking the parent cuts the child off on its next call.
+    ok(&admin, "revoke_token", json!({"id": reader["id"]})).await;
+    assert!(
+        try_call(&c, "fs__list_directory", json!({"path": setup.files()}))
+            .await
+            .is_err(),
+        "the revoked reader's child still reaches the upstream"
+    );
+
+    // Uses count gateway calls.
+    let limited = ok(
+        &admin,
+        "create_token",
+        json!({"name": "two", "buckets": ["test"], "max_uses": 2, "parent": "none"}),
+    )
+    .await;
+    let l = connect_http(&server.url(), limited["token"].as_str().unwrap()).await;
+    for _ in 0..2 {
+        let (is_error, _) = call(&l, "test__read_note", json!({})).await;
+        assert!(!is_error);
+    }
+    err(&l, "test__read_note", json!({}), "limit_exceeded").await;
+    let calls = setup.log("test.log").matches("call read_note").count();
+    assert_eq!(calls, 2, "a refused call reached the upstream");
+    server.stop();
+}
+
+/// Starts `tokenwarden serve --stdio --upstreams FILE` as `token` with rmcp's client.
+async fn connect_stdio_with(
+    data: &Path,
+    upstreams: &Path,
+    token: &str,
+) -> RunningService<RoleClient, ClientConfig> {
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--stdio", "--upstreams"])
+        .arg(upstreams)
+        .env("TOKENWARDEN_TOKEN", token);
+    let transport = TokioChildProcess::new(cmd).expect("spawn tokenwarden --stdio");
+    client_config()
+        .serve(transport)
+        .await
+        .expect("stdio client")
+}
+
+fn client_config() -> ClientConfig {
+    let mut info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("gateway-tests", "1"),
+    );
+    info.protocol_version = ProtocolVersion::V_2025_11_25;
+    info
+}
+
+fn cli(data: &Path, args: &[&str]) -> Value {
+    let out = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_token_sees_exactly_what_it_may_call_and_its_secret_stays_home() {
+    let setup = Setup::new();
+    let file = setup.write_upstreams(setup.standard());
+    let data = setup.data();
+    let issued = cli(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "agent",
+            "--buckets",
+            "fs,test",
+            "--read-only",
+            "--deny-tools",
+            "test__crash",
+            "--json",
+        ],
+    );
+    let secret = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(issued["deny_tools"], json!(["test__crash"]));
+    let client = connect_stdio_with(&data, &file, &secret).await;
+    wait_for(&client, &["fs", "test"], "connected").await;
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(
+        names.contains(&"fs__read_text_file".to_owned()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"test__env".to_owned()), "{names:?}");
+    for hidden in [
+        "fs__write_file",
+        "test__write_note",
+        "test__crash",
+        "create_token",
+    ] {
+        assert!(
+            !names.contains(&hidden.to_owned()),
+            "{hidden} visible: {names:?}"
+        );
+    }
+    assert!(names.iter().all(|n| !n.starts_with("mem__")), "{names:?}");
+    // Fitted names: 200 characters and "/"/spaces.
+    assert!(names.contains(&"test__name_with_spaces_and_slashes".to_owned()));
+    let long: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("test__long_"))
+        .collect();
+    assert_eq!(long.len(), 1);
+    assert_eq!(long[0].len(), 64);
+    let fitted = client
+        .call_tool(CallToolRequestParams::new(long[0].clone()))
+        .await
+        .unwrap();
+    assert!(text_of(&fitted).contains(&format!("called long_{}", "x".repeat(195))));
+
+    let a_txt = setup.path("files/a.txt").display().to_string();
+    let mut params = CallToolRequestParams::new("fs__read_text_file");
+    params.arguments = json!({"path": a_txt}).as_object().cloned();
+    let read = client.call_tool(params).await.unwrap();
+    assert!(text_of(&read).contains("hello from a file"));
+    let mut params = CallToolRequestParams::new("fs__write_file");
+    params.arguments = json!({"path": setup.path("files/b.txt"), "content": "x"})
+        .as_object()
+        .cloned();
+    let refused = client.call_tool(params).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(!setup.path("files/b.txt").exists());
+
+    // No bearer goes upstream: the stdio child does not inherit TOKENWARDEN_TOKEN.
+    let env = client
+        .call_tool(CallToolRequestParams::new("test__env"))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    assert!(
+        !env["names"].to_string().contains("TOKENWARDEN_TOKEN"),
+        "{env}"
+    );
+    assert!(
+        !env["values"].to_string().contains(&secret),
+        "the bearer reached the upstream"
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Raw streamable HTTP, for exact bytes: progress tokens, SSE frames.
+struct RawSession {
+    url: String,
+    token: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl RawSession {
+    async fn open(url: &str, token: &str) -> RawSession {
+        let http = reqwest::Client::new();
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(common::initialize_body().to_string())
+            .send()
+            .await
+            .unwrap();
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = response.text().await;
+        let raw = RawSession {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            session,
+            http,
+        };
+        raw.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        raw
+    }
+
+    /// POSTs one message and returns every JSON-RPC message of the answer.
+    async fn post(&self, body: Value) -> Vec<Value> {
+        let text = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Ok(value) = serde_json::from_str::<Value>(&text) {
+            return vec![value];
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Recorder {
+    list_changed: Arc<AtomicUsize>,
+}
+
+impl ClientHandler for Recorder {
+    fn get_info(&self) -> ClientConfig {
+        client_config()
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.list_changed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() {
+    let setup = Setup::new();
+    let servers = json!({
+        "fs": npm_entry("server-filesystem", &[&setup.files()], json!({})),
+        "test": fixture_entry(&setup.path("test.log"), json!({})),
+        "quick": fixture_entry(&setup.path("quick.log"), json!({"timeoutSeconds": 1})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["fs", "test", "quick"], "connected").await;
+    // A second session that records the notifications it is sent.
+    let recorder = Recorder::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(server.url())
+        .auth_header(server.admin().to_owned());
+    let watcher = recorder
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+
+    // Progress reaches the client under its own token.
+    let raw = RawSession::open(&server.url(), server.admin()).await;
+    let answer = raw
+        .post(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "test__slow", "arguments": {"seconds": 0.5},
+            "_meta": {"progressToken": "client-token-42"}}}),
+        )
+        .await;
+    let progress: Vec<&Value> = answer
+        .iter()
+        .filter(|m| m["method"] == json!("notifications/progress"))
+        .collect();
+    assert!(progress.len() >= 3, "{answer:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == json!("client-token-42")),
+        "{progress:?}"
+    );
+    let last = answer.last().unwrap();
+    assert_eq!(last["id"], json!(7));
+    assert!(
+        last["result"]["content"].to_string().contains("slept"),
+        "{last}"
+    );
+
+    // Timeout: answered with upstream_timeout, and the upstream call is cancelled.
+    let started = Instant::now();
+    let message = err(
+        &admin,
+        "quick__slow",
+        json!({"seconds": 5}),
+        "upstream_timeout",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(message.contains("quick__slow"), "{message}");
+    eventually(
+        || setup.log("quick.log").contains("cancelled slow"),
+        "timed-out call cancelled upstream",
+    )
+    .await;
+
+    // Client cancellation reaches the upstream call.
+    let mut params = CallToolRequestParams::new("test__slow");
+    params.arguments = json!({"seconds": 10}).as_object().cloned();
+    let handle = admin
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    eventually(
+        || setup.log("test.log").contains("cancelled slow"),
+        "client cancel forwarded",
+    )
+    .await;
+
+    // A token paused mid-call: cancelled upstream and answered within a second.
+    let worker = ok(
+        &admin,
+        "create_token",
+        json!({"name": "worker", "buckets": ["test"], "parent": "none"}),
+    )
+    .await;
+    let w = connect_http(&server.url(), worker["token"].as_str().unwrap()).await;
+    let before = setup.log("test.log").matches("cancelled slow").count();
+    let running = tokio::spawn(async move {
+        let outcome = call(&w, "test__slow", json!({"seconds": 20})).await;
+        (outcome, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ok(&admin, "pause_token", json!({"id": worker["id"]})).await;
+    let paused_at = Instant::now();
+    let ((is_error, value), answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the paused call was answered")
+        .unwrap();
+    assert!(is_error, "{value}");
+    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("paused"),
+        "{value}"
+    );
+    assert!(
+        answered_at.duration_since(paused_at) < Duration::from_millis(1000),
+        "answered {:?} after the pause",
+        answered_at.duration_since(paused_at)
+    );
+    eventually(
+        || setup.log("test.log").matches("cancelled slow").count() > before,
+        "paused call cancelled upstream",
+    )
+    .await;
+
+    // Tool list changes reach connected clients.
+    let seen = recorder.list_changed.load(Ordering::SeqCst);
+    ok(&admin, "test__add_tool", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorder.list_changed.load(Ordering::SeqCst) == seen {
+        assert!(
+            Instant::now() < deadline,
+            "no notifications/tools/list_changed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names: Vec<String> = watcher
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
+    watcher.cancel().await.unwrap();
+
+    // An upstream's own error result passes through unchanged.
+    let failed = admin
+        .call_tool(CallToolRequestParams::new("test__fail"))
+        .await
+        .unwrap();
+    assert_eq!(failed.is_error, Some(true));
+    assert_eq!(
+        failed.structured_content,
+        Some(json!({"upstream_error": "this tool always fails"}))
+    );
+
+    // Killed mid-call: a clear error for that call; other buckets keep working; it comes back.
+    let crashed = call(&admin, "test__crash", json!({})).await;
+    assert_eq!(
+        crashed.1["error"]["code"],
+        json!("upstream_unavailable"),
+        "{crashed:?}"
+    );
+    let listed = try_call(&admin, "fs__list_directory", json!({"path": setup.files()}))
+        .await
+        .unwrap();
+    assert!(text_of(&listed).contains("a.txt"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (is_error, value) = call(&admin, "test__read_note", json!({})).await;
+        if !is_error {
+            break;
+        }
+        assert_eq!(
+            value["error"]["code"],
+            json!("upstream_unavailable"),
+            "{value}"
+        );
+        assert!(Instant::now() < deadline, "test upstream did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin.cancel().await.unwrap();
+    server.stop();
+    let secret_lines = server.stderr().matches(server.admin()).count();
+    assert_eq!(
+        secret_lines, 1,
+        "a secret reached the log beyond the first-start banner"
+    );
+}
+
+async fn eventually(check: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn bad_upstreams_files_refuse_to_start_in_one_line() {
+    let setup = Setup::new();
+    let cases = [
+        (json!({"Bad Key": {"command": "x"}}), "Bad Key"),
+        (
+            json!({"web": {"type": "sse", "url": "http://x"}}),
+            "unknown type",
+        ),
+        (
+            json!({"fs": {"command": "x", "args": ["${TW_TEST_UNSET_VAR}"]}}),
+            "TW_TEST_UNSET_VAR",
+        ),
+    ];
+    for (servers, needle) in cases {
+        let file = setup.write_upstreams(servers);
+        let out = Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(setup.data())
+            .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
+            .arg(&file)
+            .env_remove("TW_TEST_UNSET_VAR")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(needle), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let out = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(setup.data())
+        .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
+        .arg(setup.path("missing.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("missing.json"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_upstreams_affect_only_their_bucket() {
+    let setup = Setup::new();
+    let servers = json!({
+        "missing": {"command": setup.path("no-such-command")},
+        "exits": {"command": "false"},
+        "hangs": {"command": FIXTURE, "args": ["--hang"], "timeoutSeconds": 1},
+        "garbage": {"command": FIXTURE, "args": ["--garbage"], "timeoutSeconds": 1},
+        "good": fixture_entry(&setup.path("good.log"), json!({})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let listed = wait_for(
+        &admin,
+        &["missing", "exits", "hangs", "garbage"],
+        "unavailable",
+    )
+    .await;
+    for bucket in listed["buckets"].as_array().unwrap() {
+        if bucket["status"] == json!("unavailable") {
+            assert!(
+                bucket["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{bucket}"
+            );
+        }
+    }
+    wait_for(&admin, &["good"], "connected").await;
+    let (is_error, _) = call(&admin, "good__read_note", json!({})).await;
+    assert!(!is_error);
+    // Arguments the upstream rejects: a protocol error for that call only.
+    assert!(
+        try_call(&admin, "good__no_such_tool_upstream", json!({}))
+            .await
+            .is_err()
+    );
+    let (is_error, _) = call(&admin, "whoami", json!({})).await;
+    assert!(!is_error);
+    server.stop();
+}
+
+/// Runs server-everything in its streamable HTTP mode on a free port.
+pub struct Everything {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Everything {
+    pub fn start() -> Everything {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = npm_servers().join("server-everything/dist/index.js");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server-everything");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on port") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("server-everything did not start");
+        Everything {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for Everything {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_upstream_passes_results_and_progress_through() {
+    let setup = Setup::new();
+    let everything = Everything::start();
+    // A fixture over HTTP too, to see which headers reach an upstream.
+    let mut fixture = Command::new(FIXTURE)
+        .args(["--http", "127.0.0.1:0"])
+        .env("FIXTURE_LOG", setup.path("http.log"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(fixture.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let fixture_addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let servers = json!({
+        "everything": {"type": "streamable-http", "url": everything.url},
+        "web": {"type": "http", "url": format!("http://{fixture_addr}/mcp"),
+                "headers": {"X-Api-Key": "${TW_TEST_UPSTREAM_KEY}"}},
+    });
+    let file = setup.write_upstreams(servers);
+    let mut server = Server::start_with_env(
+        &setup.data(),
+        &["--upstreams", file.to_str().unwrap()],
+        &[("TW_TEST_UPSTREAM_KEY", "key-for-the-upstream")],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["everything", "web"], "connected").await;
+
+    // The same result as calling server-everything directly.
+    let through = try_call(&admin, "everything__echo", json!({"message": "hi there"}))
+        .await
+        .unwrap();
+    let direct_client = ()
+        .serve(StreamableHttpClientTransport::from_uri(
+            everything.url.clone(),
+        ))
+        .await
+        .unwrap();
+    let mut params = CallToolRequestParams::new("echo");
+    params.arguments = json!({"message": "hi there"}).as_object().cloned();
+    let direct = direct_client.call_tool(params).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&through.content).unwrap(),
+        serde_json::to_value(&direct.content).unwrap()
+    );
+    assert_eq!(through.is_error, direct.is_error);
+    assert_eq!(through.structured_content, direct.structured_content);
+
+    // Progress of server-everything's long operation, under the client's token.
+    let raw = RawSession::open(&server.url(), server.admin()).await;
+    let answer = raw
+        .post(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "everything__trigger-long-running-operation",
+            "arguments": {"duration": 0.6, "steps": 3},
+            "_meta": {"progressToken": 9001}}}),
+        )
+        .await;
+    let tokens: Vec<&Value> = answer
+        .iter()
+        .filter(|m| m["method"] == json!("notifications/progress"))
+        .map(|m| &m["params"]["progressToken"])
+        .collect();
+    assert_eq!(
+        tokens,
+        [&json!(9001), &json!(9001), &json!(9001)],
+        "{answer:?}"
+    );
+
+    // Only the configured credentials reach an HTTP upstream, never the caller's bearer.
+    let (is_error, _) = call(&admin, "web__read_note", json!({})).await;
+    assert!(!is_error);
+    let log = setup.log("http.log");
+    assert!(log.contains("x-api-key: key-for-the-upstream"), "{log}");
+    assert!(
+        !log.contains(server.admin()),
+        "the bearer reached the upstream: {log}"
+    );
+    assert!(!log.to_ascii_lowercase().contains("authorization"), "{log}");
+    direct_client.cancel().await.unwrap();
+    server.stop();
+    let _ = fixture.kill();
+    let _ = fixture.wait();
+}
+
+#[test]
+fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
+    let setup = Setup::new();
+    let good = json!({
+        "test": fixture_entry(&setup.path("t.log"), json!({"readOnlyTools": ["read_*", "env"]})),
+        "fs": npm_entry("server-filesystem", &[&setup.files()], json!({})),
+    });
+    let file = setup.write_upstreams(good.clone());
+    let out = Command::new(common::BIN)
+        .args(["upstreams", "--upstreams"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("test  connected (stdio, 9 tools)"),
+        "{stdout}"
+    );
+    let flag = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.trim_end().ends_with("read-only"))
+    };
+    // readOnlyTools replaces the annotations: slow is annotated read-only but not listed.
+    assert_eq!(flag("test__read_note"), Some(true), "{stdout}");
+    assert_eq!(flag("test__env"), Some(true), "{stdout}");
+    assert_eq!(flag("test__slow"), Some(false), "{stdout}");
+    assert_eq!(flag("fs__read_text_file"), Some(true), "{stdout}");
+    assert_eq!(flag("fs__write_file"), Some(false), "{stdout}");
+
+    let mut servers = good;
+    servers["gone"] = json!({"command": setup.path("no-such-command")});
+    let file = setup.write_upstreams(servers);
+    let out = Command::new(common::BIN)
+        .args(["--json", "upstreams", "--upstreams"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let gone = lines.iter().find(|l| l["bucket"] == json!("gone")).unwrap();
+    assert_eq!(gone["status"], json!("unavailable"));
+    assert!(
+        gone["error"].as_str().unwrap().contains("no-such-command"),
+        "{gone}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gone"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_upstreams_file_and_keeps_it_when_invalid() {
+    let setup = Setup::new();
+    let servers = json!({
+        "keep": fixture_entry(&setup.path("keep.log"), json!({})),
+        "drop": fixture_entry(&setup.path("drop.log"), json!({})),
+        "change": fixture_entry(&setup.path("change.log"), json!({})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["keep", "drop", "change"], "connected").await;
+    let recorder = Recorder::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(server.url())
+        .auth_header(server.admin().to_owned());
+    let watcher = recorder
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    ok(&admin, "keep__write_note", json!({"text": "still here"})).await;
+    ok(
+        &admin,
+        "change__write_note",
+        json!({"text": "forgotten on restart"}),
+    )
+    .await;
+
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        assert!(status.unwrap().success());
+    };
+    setup.write_upstreams(json!({
+        "keep": fixture_entry(&setup.path("keep.log"), json!({})),
+        "change": fixture_entry(&setup.path("change.log"), json!({"timeoutSeconds": 30})),
+        "added": fixture_entry(&setup.path("added.log"), json!({})),
+    }));
+    hup(server.pid());
+    wait_for(&admin, &["keep", "change", "added"], "connected").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = tool_names(&admin).await;
+        if !names.iter().any(|n| n.starts_with("drop__")) {
+            assert!(names.contains(&"added__read_note".to_owned()), "{names:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drop__ tools still listed: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let buckets = ok(&admin, "list_buckets", json!({})).await;
+    assert!(!buckets.to_string().contains("\"drop\""), "{buckets}");
+    // Unchanged upstreams keep running (their state survives); changed ones restart.
+    let kept = try_call(&admin, "keep__read_note", json!({}))
+        .await
+        .unwrap();
+    assert!(text_of(&kept).contains("still here"), "{kept:?}");
+    let changed = try_call(&admin, "change__read_note", json!({}))
+        .await
+        .unwrap();
+    assert!(!text_of(&changed).contains("forgotten"), "{changed:?}");
+    assert!(
+        recorder.list_changed.load(Ordering::SeqCst) > 0,
+        "clients were not told"
+    );
+
+    // An invalid file is logged; the running configuration stays.
+    std::fs::write(setup.path("upstreams.json"), "{ not json").unwrap();
+    hup(server.pid());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the refused reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(&admin, &["keep", "change", "added"], "connected").await;
+    watcher.cancel().await.unwrap();
+    server.stop();
+}
+
+/// The Python SDK (installed into `target/py-mcp` like tests/python_sdk.rs does) as the client.
+#[test]
+fn the_python_sdk_reads_through_the_gateway_but_cannot_write() {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-mcp");
+    let python = venv.join("bin/python");
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import mcp, httpx2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        assert!(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "mcp==2.3.0"])
+            .status();
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "pip install mcp failed"
+        );
+    }
+    let setup = Setup::new();
+    let mut server = start(&setup, setup.standard());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = connect_http(&server.url(), server.admin()).await;
+        wait_for(&admin, &["fs", "mem"], "connected").await;
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/gateway_flow.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(server.url())
+        .arg(server.admin())
+        .arg(setup.path("files/a.txt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python sdk gateway flow: ok"), "{stdout}");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_clients_are_told_when_the_tool_list_changes() {
+    let setup = Setup::new();
+    let file =
+        setup.write_upstreams(json!({"test": fixture_entry(&setup.path("t.log"), json!({}))}));
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.arg("--data-dir")
+        .arg(setup.data())
+        .args(["serve", "--stdio", "--upstreams"])
+        .arg(&file)
+        .env_remove("TOKENWARDEN_TOKEN");
+    let recorder = Recorder::default();
+    let owner = recorder
+        .clone()
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    wait_for(&owner, &["test"], "connected").await;
+    let seen = recorder.list_changed.load(Ordering::SeqCst);
+    owner
+        .call_tool(CallToolRequestParams::new("test__add_tool"))
+        .await
+        .unwrap();
+    eventually(
+        || recorder.list_changed.load(Ordering::SeqCst) > seen,
+        "notifications/tools/list_changed over stdio",
+    )
+    .await;
+    let names: Vec<String> = owner
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
+    owner.cancel().await.unwrap();
+}
