@@ -38,7 +38,7 @@ pub struct AuditArgs {
 
 pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
-    let service = super::owner_service(cli)?;
+    let service = super::owner_service(cli, super::Access::Read)?;
     let mut request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("action", args.action.as_deref())
@@ -57,13 +57,14 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     let events = events?;
     let mut out = Out::new();
     if cli.json {
-        events.rows.iter().try_for_each(|e| out.json(e))?;
-    } else if events.rows.is_empty() {
+        return out.json(&events.into_page("events"));
+    }
+    if events.rows.is_empty() {
         out.line("no audit events")?;
     } else {
         out.lines(&output::table(&output::AUDIT_COLUMNS, &events.rows))?;
     }
-    more_hint(&mut out, cli.json, events.next_cursor)
+    more_hint(&mut out, events.next_cursor)
 }
 
 /// How often the server prunes the audit log (also once at start).

@@ -344,7 +344,10 @@ impl Service {
     /// so a token cannot probe for ids it does not own.
     fn load_in_reach(&self, acting: &Acting, id: &str) -> Result<Vec<Arc<TokenRecord>>> {
         let id = TokenId::parse(id).map_err(Error::invalid)?;
-        let missing = || Error::not_found(format!("no token {id} within your reach"));
+        let missing = || match acting.token() {
+            None => Error::not_found(format!("no token {id}")),
+            Some(_) => Error::not_found(format!("no token {id} within your reach")),
+        };
         let chain = self.store.chain(&id)?.ok_or_else(missing)?;
         if self.in_reach(acting, &chain) {
             Ok(chain)
