@@ -77,14 +77,7 @@ fn an_edited_token_wider_than_its_parent_is_refused() {
     let a = child_of(&source.service, &p, "a");
     let b = child_of(&source.service, &a, "b");
     let mut entries = export(&source);
-    let key = record_key(b.record.id.as_str());
-    for (_, v) in entries.iter_mut().filter(|(k, _)| *k == key) {
-        // A stored record is a version byte, then postcard.
-        let (version, encoded) = v.split_first().unwrap();
-        let mut record: TokenRecord = postcard::from_bytes(encoded).unwrap();
-        record.scope.admin = true;
-        *v = [vec![*version], postcard::to_allocvec(&record).unwrap()].concat();
-    }
+    edit_record(&mut entries, b.record.id.as_str(), |r| r.scope.admin = true);
     let target = Fixture::new();
     let err = target
         .service
@@ -145,9 +138,11 @@ fn edit_record(entries: &mut [(Vec<u8>, Vec<u8>)], id: &str, edit: impl Fn(&mut 
     let key = record_key(id);
     let mut found = false;
     for (_, v) in entries.iter_mut().filter(|(k, _)| *k == key) {
-        let mut record: TokenRecord = postcard::from_bytes(v).unwrap();
+        // A stored record is a version byte, then postcard.
+        let (version, encoded) = v.split_first().unwrap();
+        let mut record: TokenRecord = postcard::from_bytes(encoded).unwrap();
         edit(&mut record);
-        *v = postcard::to_allocvec(&record).unwrap();
+        *v = [vec![*version], postcard::to_allocvec(&record).unwrap()].concat();
         found = true;
     }
     assert!(found, "record {id} is in the backup");
