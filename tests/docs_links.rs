@@ -220,11 +220,15 @@ impl<'a> Checker<'a> {
     }
 
     fn report(&mut self, file: &str, line: usize, message: String) {
-        self.problems.push(Problem {
+        let problem = Problem {
             file: file.to_owned(),
             line,
             message,
-        });
+        };
+        // A line can show the same target twice (as a link and as its code-span text).
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
     fn anchors_of(&mut self, relative: &Path) -> Option<&HashSet<String>> {
@@ -353,7 +357,11 @@ impl<'a> Checker<'a> {
             }
         }
         if text.to_ascii_lowercase().contains("file://") {
-            self.report(file, line, "a file:// URL points outside the repository".to_owned());
+            self.report(
+                file,
+                line,
+                "a file:// URL points outside the repository".to_owned(),
+            );
         }
     }
 
@@ -373,13 +381,11 @@ impl<'a> Checker<'a> {
             }
         }
         let here = Path::new(file).parent().unwrap_or(Path::new(""));
-        for token in code.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | ',' | '=' | '[' | ']')) {
+        for token in code.split(|c: char| {
+            c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | ',' | '=' | '[' | ']')
+        }) {
             if token.starts_with("../") && resolve(here, token).is_none() {
-                self.report(
-                    file,
-                    line,
-                    format!("{token} climbs out of the repository"),
-                );
+                self.report(file, line, format!("{token} climbs out of the repository"));
             }
         }
     }
@@ -486,7 +492,9 @@ fn urls(text: &str) -> Vec<&str> {
             .last()
             .map_or(at, |(i, _)| i);
         let end = text[at..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']'))
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']')
+            })
             .map_or(text.len(), |i| at + i);
         let url = text[start..end].trim_end_matches(['.', ',', ';', ':']);
         if start < at && !text[start..at].eq_ignore_ascii_case("file") {
@@ -511,7 +519,10 @@ fn host_of(url: &str) -> &str {
 /// The Markdown files to scan, relative to the root: the top level's and everything under `docs/`.
 fn markdown_files(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(root).expect("read the repository root").flatten() {
+    for entry in fs::read_dir(root)
+        .expect("read the repository root")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_file() && path.extension().is_some_and(|e| e == "md") {
             files.push(entry.file_name().to_string_lossy().into_owned());
@@ -541,7 +552,11 @@ fn check_repository(root: &Path) -> (Vec<String>, Vec<Problem>) {
     let mut scanned = Vec::new();
     for required in REQUIRED {
         if !root.join(required).is_file() {
-            checker.report(required, 0, "is missing (the documentation links to it)".to_owned());
+            checker.report(
+                required,
+                0,
+                "is missing (the documentation links to it)".to_owned(),
+            );
         }
     }
     for file in markdown_files(root) {
@@ -590,7 +605,11 @@ fn the_checker_finds_every_kind_of_outside_reference() {
     let dir = tempfile::TempDir::new().unwrap();
     let root = dir.path();
     fs::create_dir_all(root.join("docs/deep")).unwrap();
-    fs::write(root.join("docs/deep/page.md"), "# A page\n\n## Second part\n").unwrap();
+    fs::write(
+        root.join("docs/deep/page.md"),
+        "# A page\n\n## Second part\n",
+    )
+    .unwrap();
     fs::write(root.join("README.md"), "# Read me\n").unwrap();
     fs::write(root.join("docs/clean.md"), CLEAN).unwrap();
     fs::write(root.join("docs/bad.md"), BAD).unwrap();
@@ -627,13 +646,20 @@ fn the_checker_finds_every_kind_of_outside_reference() {
         );
     }
     for quiet in [9, 10, 16, 20] {
-        assert!(!lines.contains(&quiet), "line {quiet} wrongly reported: {:#?}", checker.problems);
+        assert!(
+            !lines.contains(&quiet),
+            "line {quiet} wrongly reported: {:#?}",
+            checker.problems
+        );
     }
     let first = &checker.problems[0];
     assert_eq!((first.file.as_str(), first.line), ("docs/bad.md", 1));
 
     let mut checker = Checker::new(root);
-    checker.example("x.json", r#"{"url": "https://mcp.elsewhere.io/mcp", "ok": "http://127.0.0.1:8787/mcp"}"#);
+    checker.example(
+        "x.json",
+        r#"{"url": "https://mcp.elsewhere.io/mcp", "ok": "http://127.0.0.1:8787/mcp"}"#,
+    );
     assert_eq!(checker.problems.len(), 1, "{:#?}", checker.problems);
 }
 
