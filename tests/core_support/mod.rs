@@ -37,7 +37,19 @@ impl Fixture {
         let Fixture { dir, service } = self;
         service.shutdown().expect("shutdown flushes");
         drop(service);
-        let service = Service::open(dir.path(), config).expect("the store reopens");
+        // sled's flusher thread lets go of the file lock a moment after the last handle is
+        // dropped: wait for it, within bounds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let service = loop {
+            match Service::open(dir.path(), config.clone()) {
+                Err(tokenwarden::store::StoreError::Locked(_))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("the store reopens"),
+            }
+        };
         Fixture { dir, service }
     }
 }
