@@ -1175,3 +1175,73 @@ async fn stdio_clients_are_told_when_the_tool_list_changes() {
     assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
     owner.cancel().await.unwrap();
 }
+
+/// The test upstream over streamable HTTP on `port`; returns once it listens.
+fn http_fixture(port: u16, log: &Path) -> std::process::Child {
+    let mut child = Command::new(FIXTURE)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("FIXTURE_LOG", log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("listening on"), "{first}");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let servers = json!({
+        "web": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp")},
+        "local": fixture_entry(&setup.path("local.log"), json!({})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["web", "local"], "connected").await;
+    ok(&admin, "web__write_note", json!({"text": "before"})).await;
+
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    let (is_error, value) = call(&admin, "web__read_note", json!({})).await;
+    assert!(is_error, "{value}");
+    assert_eq!(
+        value["error"]["code"],
+        json!("upstream_unavailable"),
+        "{value}"
+    );
+    let (is_error, _) = call(&admin, "local__read_note", json!({})).await;
+    assert!(!is_error, "the other bucket stopped working");
+    wait_for(&admin, &["web"], "unavailable").await;
+
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (is_error, value) = call(&admin, "web__read_note", json!({})).await;
+        if !is_error {
+            break;
+        }
+        assert_eq!(
+            value["error"]["code"],
+            json!("upstream_unavailable"),
+            "{value}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP upstream did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
