@@ -213,6 +213,21 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     assert!(!b_txt.exists(), "a refused write reached the upstream");
     err(&r, "mem__read_graph", json!({}), "forbidden").await;
 
+    // verify_token gives the same answers (read-only flags and buckets of gateway tools).
+    for (tool, allowed) in [
+        ("fs__read_text_file", true),
+        ("fs__write_file", false),
+        ("mem__read_graph", false),
+    ] {
+        let verdict = ok(
+            &admin,
+            "verify_token",
+            json!({"token": reader_secret, "tool": tool}),
+        )
+        .await;
+        assert_eq!(verdict["allowed"], json!(allowed), "{tool}: {verdict}");
+    }
+
     // list_buckets: only fs, counting what the reader may call.
     let buckets = ok(&r, "list_buckets", json!({})).await;
     let fs_tools = names.iter().filter(|n| n.starts_with("fs__")).count();
