@@ -1260,3 +1260,88 @@ async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
     let _ = upstream.kill();
     let _ = upstream.wait();
 }
+
+/// The deny list of a record, sorted.
+fn denials(record: &Value) -> Vec<String> {
+    let mut list: Vec<String> = record["deny_tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    list.sort();
+    list
+}
+
+#[test]
+fn deny_tools_on_the_command_line_add_up_along_the_chain() {
+    let setup = Setup::new();
+    let data = setup.data();
+    let parent = cli(&data, &["token", "create", "--name", "p", "--json"]);
+    let id = parent["id"].as_str().unwrap();
+    let scoped = cli(
+        &data,
+        &[
+            "token",
+            "scope",
+            id,
+            "--add-deny-tools",
+            "fs__write_*,mem__*",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&scoped), ["fs__write_*", "mem__*"]);
+    let child = cli(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            id,
+            "--deny-tools",
+            "fs__move_file",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&child), ["fs__move_file", "fs__write_*", "mem__*"]);
+    // A narrower denial is absorbed by a broader one.
+    let scoped = cli(
+        &data,
+        &[
+            "token",
+            "scope",
+            id,
+            "--add-deny-tools",
+            "fs__write_file,fs__edit_file",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&scoped), ["fs__edit_file", "fs__write_*", "mem__*"]);
+    // Adding to the parent's denials reaches the child at once; the child keeps its own.
+    let child = cli(
+        &data,
+        &["token", "get", child["id"].as_str().unwrap(), "--json"],
+    );
+    assert_eq!(
+        denials(&child),
+        ["fs__edit_file", "fs__move_file", "fs__write_*", "mem__*"]
+    );
+    // A child cannot be scoped to drop what its parent denies.
+    let out = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "token",
+            "scope",
+            child["id"].as_str().unwrap(),
+            "--deny-tools",
+            "fs__move_file",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deny_tools"), "{stderr}");
+}
