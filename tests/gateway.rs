@@ -1345,3 +1345,45 @@ fn deny_tools_on_the_command_line_add_up_along_the_chain() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("deny_tools"), "{stderr}");
 }
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_upstreams_and_their_grandchildren_stop_with_the_server() {
+    let setup = Setup::new();
+    let pid_file = setup.path("grandchild.pid");
+    // Like npx: a launcher that leaves a grandchild behind, then becomes the server.
+    let script = format!(
+        "sleep 300 & echo $! > '{}'; exec '{}'",
+        pid_file.display(),
+        FIXTURE
+    );
+    let servers = json!({"spawner": {"command": "sh", "args": ["-c", script]}});
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["spawner"], "connected").await;
+    let grandchild: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(grandchild));
+    server.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream's grandchild outlived the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
