@@ -5,7 +5,8 @@
 //! p50 and the throughput ratio.
 //!
 //! `cargo bench --bench gateway`; `GW_CLIENTS` (default `1,4`), `GW_SECONDS` per round (5),
-//! `GW_ROUNDS` per variant (3). Needs node and npm (installs the pinned server-everything into
+//! `GW_ROUNDS` per variant (3), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
+//! own client negotiates with server-everything, so both legs speak the same one). Needs node and npm (installs the pinned server-everything into
 //! `target/npm` if missing, like the tests).
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The protocol revision the load generator speaks (`GW_PROTOCOL`, default 2025-11-25).
+static PROTOCOL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("GW_PROTOCOL").unwrap_or_else(|_| "2025-11-25".to_owned())
+});
 
 const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
 
@@ -101,7 +107,7 @@ impl Session {
             session: None,
         };
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
+            "protocolVersion": PROTOCOL.as_str(), "capabilities": {},
             "clientInfo": {"name": "gateway-bench", "version": "1"}}});
         let response = s.request(&init).send().await.unwrap();
         s.session = response
@@ -121,7 +127,7 @@ impl Session {
             .post(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-protocol-version", PROTOCOL.as_str())
             .body(body.to_string());
         if let Some(b) = &self.bearer {
             r = r.bearer_auth(b);
@@ -133,8 +139,13 @@ impl Session {
     }
 
     async fn echo(&self, id: u64, tool: &str) -> Duration {
+        let arguments = if tool == "whoami" {
+            json!({})
+        } else {
+            json!({"message": "ping"})
+        };
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": tool, "arguments": {"message": "ping"}}});
+            "params": {"name": tool, "arguments": arguments}});
         let started = Instant::now();
         let text = self
             .request(&body)
@@ -145,7 +156,10 @@ impl Session {
             .await
             .unwrap();
         let elapsed = started.elapsed();
-        assert!(text.contains("ping"), "unexpected answer: {text}");
+        assert!(
+            text.contains("ping") || (tool == "whoami" && text.contains("admin")),
+            "unexpected answer: {text}"
+        );
         elapsed
     }
 }
@@ -291,6 +305,11 @@ fn main() {
             }
             direct.sort();
             through.sort();
+            // tokenwarden's own floor: a tool it answers itself, same client, same connection
+            // pattern.
+            let mut own = round(&gateway_url, Some(&admin), "whoami", clients, seconds).await;
+            let own_rate = own.latencies.len() as f64 / own.seconds;
+            own.latencies.sort();
             let d_rate = direct_calls as f64 / direct_secs;
             let g_rate = gw_calls as f64 / gw_secs;
             let (d50, g50) = (percentile(&direct, 0.5), percentile(&through, 0.5));
@@ -305,6 +324,12 @@ fn main() {
                 g50.as_secs_f64() * 1e3,
                 percentile(&through, 0.99).as_secs_f64() * 1e3,
                 g_rate
+            );
+            println!(
+                "{clients} client(s): whoami    p50 {:>7.3} ms  p99 {:>7.3} ms  {:>7.0} calls/s  (tokenwarden alone, for scale)",
+                percentile(&own.latencies, 0.5).as_secs_f64() * 1e3,
+                percentile(&own.latencies, 0.99).as_secs_f64() * 1e3,
+                own_rate
             );
             println!(
                 "{clients} client(s): added p50 {:.3} ms; gateway throughput {:.1}% of direct",

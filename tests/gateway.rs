@@ -213,6 +213,21 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     assert!(!b_txt.exists(), "a refused write reached the upstream");
     err(&r, "mem__read_graph", json!({}), "forbidden").await;
 
+    // verify_token gives the same answers (read-only flags and buckets of gateway tools).
+    for (tool, allowed) in [
+        ("fs__read_text_file", true),
+        ("fs__write_file", false),
+        ("mem__read_graph", false),
+    ] {
+        let verdict = ok(
+            &admin,
+            "verify_token",
+            json!({"token": reader_secret, "tool": tool}),
+        )
+        .await;
+        assert_eq!(verdict["allowed"], json!(allowed), "{tool}: {verdict}");
+    }
+
     // list_buckets: only fs, counting what the reader may call.
     let buckets = ok(&r, "list_buckets", json!({})).await;
     let fs_tools = names.iter().filter(|n| n.starts_with("fs__")).count();
@@ -1174,4 +1189,201 @@ async fn stdio_clients_are_told_when_the_tool_list_changes() {
         .collect();
     assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
     owner.cancel().await.unwrap();
+}
+
+/// The test upstream over streamable HTTP on `port`; returns once it listens.
+fn http_fixture(port: u16, log: &Path) -> std::process::Child {
+    let mut child = Command::new(FIXTURE)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("FIXTURE_LOG", log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("listening on"), "{first}");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let servers = json!({
+        "web": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp")},
+        "local": fixture_entry(&setup.path("local.log"), json!({})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["web", "local"], "connected").await;
+    ok(&admin, "web__write_note", json!({"text": "before"})).await;
+
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    let (is_error, value) = call(&admin, "web__read_note", json!({})).await;
+    assert!(is_error, "{value}");
+    assert_eq!(
+        value["error"]["code"],
+        json!("upstream_unavailable"),
+        "{value}"
+    );
+    let (is_error, _) = call(&admin, "local__read_note", json!({})).await;
+    assert!(!is_error, "the other bucket stopped working");
+    wait_for(&admin, &["web"], "unavailable").await;
+
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (is_error, value) = call(&admin, "web__read_note", json!({})).await;
+        if !is_error {
+            break;
+        }
+        assert_eq!(
+            value["error"]["code"],
+            json!("upstream_unavailable"),
+            "{value}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP upstream did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+/// The deny list of a record, sorted.
+fn denials(record: &Value) -> Vec<String> {
+    let mut list: Vec<String> = record["deny_tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    list.sort();
+    list
+}
+
+#[test]
+fn deny_tools_on_the_command_line_add_up_along_the_chain() {
+    let setup = Setup::new();
+    let data = setup.data();
+    let parent = cli(&data, &["token", "create", "--name", "p", "--json"]);
+    let id = parent["id"].as_str().unwrap();
+    let scoped = cli(
+        &data,
+        &[
+            "token",
+            "scope",
+            id,
+            "--add-deny-tools",
+            "fs__write_*,mem__*",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&scoped), ["fs__write_*", "mem__*"]);
+    let child = cli(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            id,
+            "--deny-tools",
+            "fs__move_file",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&child), ["fs__move_file", "fs__write_*", "mem__*"]);
+    // A narrower denial is absorbed by a broader one.
+    let scoped = cli(
+        &data,
+        &[
+            "token",
+            "scope",
+            id,
+            "--add-deny-tools",
+            "fs__write_file,fs__edit_file",
+            "--json",
+        ],
+    );
+    assert_eq!(denials(&scoped), ["fs__edit_file", "fs__write_*", "mem__*"]);
+    // Adding to the parent's denials reaches the child at once; the child keeps its own.
+    let child = cli(
+        &data,
+        &["token", "get", child["id"].as_str().unwrap(), "--json"],
+    );
+    assert_eq!(
+        denials(&child),
+        ["fs__edit_file", "fs__move_file", "fs__write_*", "mem__*"]
+    );
+    // A child cannot be scoped to drop what its parent denies.
+    let out = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "token",
+            "scope",
+            child["id"].as_str().unwrap(),
+            "--deny-tools",
+            "fs__move_file",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deny_tools"), "{stderr}");
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_upstreams_and_their_grandchildren_stop_with_the_server() {
+    let setup = Setup::new();
+    let pid_file = setup.path("grandchild.pid");
+    // Like npx: a launcher that leaves a grandchild behind, then becomes the server.
+    let script = format!(
+        "sleep 300 & echo $! > '{}'; exec '{}'",
+        pid_file.display(),
+        FIXTURE
+    );
+    let servers = json!({"spawner": {"command": "sh", "args": ["-c", script]}});
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["spawner"], "connected").await;
+    let grandchild: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(grandchild));
+    server.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream's grandchild outlived the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

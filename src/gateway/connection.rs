@@ -25,6 +25,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a stopping stdio upstream gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+/// How often an idle HTTP upstream is pinged to notice that it went away.
+const HTTP_PING: Duration = Duration::from_secs(10);
 /// The longest stderr line logged from an upstream.
 const MAX_LOG_LINE: usize = 2000;
 
@@ -238,11 +240,28 @@ impl Connection {
     /// Returns why the session ended.
     async fn serve(&self, session: &Session, refresh: &Notify, on_change: &OnChange) -> String {
         let mut closed = session.closed.clone();
+        // A stdio upstream's death is seen at once (its stdout closes); an HTTP upstream's only
+        // when a request fails, so idle HTTP upstreams are pinged.
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + HTTP_PING, HTTP_PING);
+        let is_http = matches!(self.upstream.transport, Transport::Http { .. });
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".to_owned(),
                 _ = closed.changed() => return session.exit_reason(),
                 _ = self.broken.notified() => return "the connection broke".to_owned(),
+                _ = ping.tick(), if is_http => {
+                    let request = ClientRequest::PingRequest(Default::default());
+                    let answer = tokio::time::timeout(
+                        self.upstream.timeout.min(HTTP_PING),
+                        session.peer.send_request(request),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("ping failed: {e}"),
+                        Err(_) => return "ping got no answer".to_owned(),
+                    }
+                }
                 _ = refresh.notified() => {
                     match list_tools(&session.peer, self.upstream.timeout).await {
                         Ok(tools) => {

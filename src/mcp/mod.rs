@@ -186,6 +186,31 @@ impl ServerHandler for TokenServer {
                 .call_gateway_tool(gateway, tool, caller, ip, request, context)
                 .await;
         }
+        if name == "verify_token"
+            && let Some(gateway) = self.gateway.clone()
+        {
+            // The same decision, knowing gateway tools' read-only flags and buckets.
+            let service = Arc::clone(&self.service);
+            let arguments = Value::Object(request.arguments.unwrap_or_default());
+            let outcome = tokio::task::spawn_blocking(move || {
+                service.authorize_call(&caller, "verify_token", None, ip)?;
+                let req = serde_json::from_value(arguments).map_err(|e| {
+                    Error::invalid(format!("invalid arguments for verify_token: {e}"))
+                })?;
+                let catalogue = gateway.catalogue();
+                let lookup =
+                    |tool: &str| catalogue.get(tool).map(|t| (t.read_only, t.bucket.clone()));
+                let verified = service.verify_token_with(&caller, req, &lookup)?;
+                Ok::<_, Error>(serde_json::to_value(verified).expect("results serialise"))
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?;
+            return Ok(match outcome {
+                Ok(value) => CallToolResult::structured(value),
+                Err(error) => error_result(&error),
+            }
+            .into());
+        }
         if name == "list_buckets" {
             let service = Arc::clone(&self.service);
             let gateway = self.gateway.clone();

@@ -175,6 +175,18 @@ impl Service {
     /// Lets another service ask whether a secret may call a tool on a bucket. Owner or admin
     /// only, since it turns any secret into a yes/no oracle.
     pub fn verify_token(&self, caller: &Caller, req: VerifyToken) -> Result<Verification> {
+        self.verify_token_with(caller, req, &|_| None)
+    }
+
+    /// [`Service::verify_token`] that also knows tools the service does not define:
+    /// `gateway_tool(name)` gives a gateway tool's read-only flag and bucket (the bucket
+    /// applies when the request names none).
+    pub fn verify_token_with(
+        &self,
+        caller: &Caller,
+        req: VerifyToken,
+        gateway_tool: &dyn Fn(&str) -> Option<(bool, String)>,
+    ) -> Result<Verification> {
         let acting = self.acting(caller)?;
         if !acting.is_owner_or_admin() {
             return Err(Error::forbidden(
@@ -186,7 +198,13 @@ impl Service {
         {
             return Err(Error::invalid("tool must be 1-64 of A-Z a-z 0-9 _ . -"));
         }
-        let bucket = req.bucket.as_deref().map(validate::bucket).transpose()?;
+        let mut bucket = req.bucket.as_deref().map(validate::bucket).transpose()?;
+        let upstream = req.tool.as_deref().and_then(gateway_tool);
+        if let Some((_, upstream_bucket)) = &upstream
+            && bucket.is_none()
+        {
+            bucket = Some(upstream_bucket.clone());
+        }
         let invalid = |reason: String, token_id: Option<TokenId>| Verification {
             valid: false,
             token_id,
@@ -219,7 +237,10 @@ impl Service {
         }
         let tool = req.tool.as_deref().map(|name| Tool {
             name,
-            read_only: is_read_only_tool(name),
+            read_only: match &upstream {
+                Some((read_only, _)) => *read_only,
+                None => is_read_only_tool(name),
+            },
         });
         let decision = self
             .usage
