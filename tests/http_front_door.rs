@@ -411,3 +411,97 @@ async fn a_stream_closes_when_its_secret_is_rotated_out() {
     ok(&fresh, "whoami", json!({})).await;
     assert!(try_connect_http(&server.url(), &secret).await.is_err());
 }
+
+/// A lineage that fills the server's session table by minting children cannot lock another
+/// lineage out: the newcomer takes the biggest holder's least recently used session, while the
+/// biggest holder itself gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lineage_filling_the_session_table_cannot_lock_out_others() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--max-sessions", "20", "--max-sessions-per-token", "10"],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (_, flooder) = mint(
+        &admin,
+        json!({"name": "flooder", "parent": "none", "tools": ["create_token", "whoami"]}),
+    )
+    .await;
+    drop(admin);
+    let flooder_client = connect_http(&server.url(), &flooder).await;
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let issued = ok(
+            &flooder_client,
+            "create_token",
+            json!({"name": format!("c{i}")}),
+        )
+        .await;
+        children.push(issued["token"].as_str().unwrap().to_owned());
+    }
+    drop(flooder_client);
+    let mut refused = 0;
+    for secret in &children {
+        let mut conn = Conn::open(&server.addr, secret).await;
+        for _ in 0..10 {
+            match conn.post(INIT_2025_11_25, "").await.status {
+                200 => {}
+                503 => refused += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert!(refused > 0, "the flooding lineage hit the server's limit");
+    // Another lineage is still served.
+    let mut conn = Conn::open(&server.addr, server.admin()).await;
+    let (_, headers) = open_session(&mut conn, "2025-11-25").await;
+    assert_eq!(conn.post(TOOLS_LIST, &headers).await.status, 200);
+}
+
+/// A request whose body never finishes cannot hold a connection: after the body deadline
+/// (10 s) it is answered 408 and the connection is freed for others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_do_not_hold_connections() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "4"]);
+    let admin = server.admin().to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut socket = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "POST /mcp HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {admin}\r\n\
+                     content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+                     content-length: 1000\r\n\r\n{{"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stalled.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let mut served = false;
+    while started.elapsed() < Duration::from_secs(25) {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(format!("http://{}/healthz", server.addr)).send(),
+        )
+        .await
+            && r.status() == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        served,
+        "a valid request was served once the stalled bodies timed out"
+    );
+    drop(stalled);
+}

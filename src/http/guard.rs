@@ -22,6 +22,9 @@ use crate::secret::TokenId;
 use crate::service::Service;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+/// A request's body must arrive within this once its headers have: a connection with a
+/// request in flight is never evicted, so a stalled body must not hold one for long.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client refused for lack of session room should wait.
 const RETRY_AFTER_SECONDS: &str = "10";
 
@@ -212,14 +215,27 @@ pub(super) async fn guard(
         return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
     }
     let mut request = if method == Method::POST {
-        let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(_) => {
+        let read = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY_BYTES));
+        let bytes = match read.await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
                 return (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Payload Too Large: request bodies are limited to 1 MiB",
                 )
                     .into_response();
+            }
+            Err(_) => {
+                tracing::debug!(token = %token_id, "refused request: body not sent in time");
+                let mut response = (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout: the body must arrive within 10 seconds",
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
         };
         let posted = match peek(&bytes) {
@@ -228,7 +244,7 @@ pub(super) async fn guard(
         };
         if matches!(posted, Posted::Initialize)
             && session.is_none()
-            && !state.sessions.has_room().await
+            && !state.sessions.has_room(&lineage(&state, &token_id)).await
         {
             tracing::warn!("refused a new session: the server holds its maximum");
             let mut response = (
@@ -278,7 +294,8 @@ pub(super) async fn guard(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        state.sessions.opened(opened, &token_id).await;
+        let lineage = lineage(&state, &token_id);
+        state.sessions.opened(opened, &token_id, &lineage).await;
     }
     if method == Method::DELETE
         && let Some(session) = &session
@@ -302,6 +319,14 @@ pub(super) async fn guard(
     } else {
         response
     }
+}
+
+/// The root of the token's lineage (the token itself if it has gone meanwhile).
+fn lineage(state: &GuardState, token: &TokenId) -> TokenId {
+    state
+        .service
+        .lineage_root(token)
+        .unwrap_or_else(|| token.clone())
 }
 
 /// Forwards a response stream until it ends or the secret that opened it stops authenticating

@@ -202,7 +202,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let table = Arc::new(Table::new());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: MCP clients speak it, and HTTP/2's many streams per connection would
+    // multiply what one connection can hold in flight.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())

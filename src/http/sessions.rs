@@ -3,9 +3,12 @@
 //! A session belongs to the token that opened it: another token presenting its id is refused.
 //! Sessions cost memory until they close, and opening one needs no tool permission, so they are
 //! bounded: each token keeps at most `per_token` live sessions (opening one more closes that
-//! token's least recently used), and the server keeps at most `total` (then new ones are
-//! refused with 503 until some close). rmcp closes sessions idle for `SessionConfig::keep_alive`;
-//! the table forgets those lazily, when it needs room.
+//! token's least recently used), and the server keeps at most `total`. When the server is full,
+//! a lineage (a root token and everything under it) that holds fewer sessions than the biggest
+//! holder takes the biggest holder's least recently used session; otherwise the new session is
+//! refused with 503. So minting many children cannot lock other lineages out. rmcp closes
+//! sessions idle for `SessionConfig::keep_alive`; the table forgets those lazily, when it needs
+//! room.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +36,7 @@ impl Default for SessionLimits {
 
 struct Entry {
     token: TokenId,
+    lineage: TokenId,
     last_used: Instant,
 }
 
@@ -95,18 +99,51 @@ impl Sessions {
         }
     }
 
-    /// Whether a new session may open now; forgets sessions rmcp has closed when full.
-    pub async fn has_room(&self) -> bool {
+    /// Whether `lineage` may open a new session now. When the server is full it forgets
+    /// sessions rmcp has closed, then closes the least recently used session of the lineage
+    /// holding the most, if that is not `lineage` itself and holds more than it.
+    pub async fn has_room(&self, lineage: &TokenId) -> bool {
         if self.lock().by_session.len() < self.limits.total {
             return true;
         }
         self.forget_closed().await;
-        self.lock().by_session.len() < self.limits.total
+        let victim = {
+            let tables = self.lock();
+            if tables.by_session.len() < self.limits.total {
+                return true;
+            }
+            let mut held: HashMap<&TokenId, usize> = HashMap::new();
+            for entry in tables.by_session.values() {
+                *held.entry(&entry.lineage).or_default() += 1;
+            }
+            let mine = held.get(lineage).copied().unwrap_or(0);
+            let Some((biggest, count)) = held.into_iter().max_by_key(|(_, n)| *n) else {
+                return false;
+            };
+            if biggest == lineage || count <= mine + 1 {
+                return false;
+            }
+            let biggest = biggest.clone();
+            tables
+                .by_session
+                .iter()
+                .filter(|(_, e)| e.lineage == biggest)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(s, _)| Arc::clone(s))
+        };
+        match victim {
+            Some(session) => {
+                tracing::debug!("server full: closing a session of the lineage holding the most");
+                self.close(&session).await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a session that `token` just opened, and closes that token's least recently used
     /// sessions beyond its limit.
-    pub async fn opened(&self, session: &str, token: &TokenId) {
+    pub async fn opened(&self, session: &str, token: &TokenId, lineage: &TokenId) {
         let session: Arc<str> = Arc::from(session);
         let evicted = {
             let mut tables = self.lock();
@@ -114,6 +151,7 @@ impl Sessions {
                 Arc::clone(&session),
                 Entry {
                     token: token.clone(),
+                    lineage: lineage.clone(),
                     last_used: Instant::now(),
                 },
             );
@@ -198,13 +236,13 @@ mod tests {
             },
         );
         let (a, b) = (id(1), id(2));
-        sessions.opened("s1", &a).await;
-        sessions.opened("s2", &a).await;
-        sessions.opened("t1", &b).await;
+        sessions.opened("s1", &a, &a).await;
+        sessions.opened("s2", &a, &a).await;
+        sessions.opened("t1", &b, &b).await;
         // s1 used after s2: s2 is now the least recently used.
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(matches!(sessions.check("s1", &a), SessionCheck::Owned));
-        sessions.opened("s3", &a).await;
+        sessions.opened("s3", &a, &a).await;
         assert!(matches!(sessions.check("s2", &a), SessionCheck::Unknown));
         assert!(matches!(sessions.check("s1", &a), SessionCheck::Owned));
         assert!(matches!(sessions.check("s3", &a), SessionCheck::Owned));
@@ -222,11 +260,11 @@ mod tests {
                 total: 2,
             },
         );
-        sessions.opened("s1", &id(1)).await;
-        assert!(sessions.has_room().await);
-        sessions.opened("s2", &id(2)).await;
+        sessions.opened("s1", &id(1), &id(1)).await;
+        assert!(sessions.has_room(&id(1)).await);
+        sessions.opened("s2", &id(2), &id(2)).await;
         // Neither session is live in rmcp's manager here, so making room forgets both.
-        assert!(sessions.has_room().await);
+        assert!(sessions.has_room(&id(1)).await);
         assert_eq!(sessions.count(), 0);
     }
 }

@@ -313,6 +313,13 @@ impl Service {
                 .all(|link| crate::rules::scope::bucket_allowed(&link.scope.buckets, bucket))
     }
 
+    /// The root of a token's lineage (the token itself for a root): what shares a session
+    /// budget when the server is full.
+    pub fn lineage_root(&self, id: &TokenId) -> Option<TokenId> {
+        let chain = self.store.chain(id).ok()??;
+        chain.last().map(|root| root.id.clone())
+    }
+
     fn caller_chain(&self, id: &TokenId) -> Result<Vec<Arc<TokenRecord>>> {
         self.store
             .chain(id)?
