@@ -37,7 +37,19 @@ impl Fixture {
         let Fixture { dir, service } = self;
         service.shutdown().expect("shutdown flushes");
         drop(service);
-        let service = Service::open(dir.path(), config).expect("the store reopens");
+        // sled releases its lock file when its background flusher exits, shortly after the
+        // drop; under load that can take a moment (seen as a flaky `Locked`).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let service = loop {
+            match Service::open(dir.path(), config.clone()) {
+                Err(tokenwarden::store::StoreError::Locked(_))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened.expect("the store reopens"),
+            }
+        };
         Fixture { dir, service }
     }
 }
