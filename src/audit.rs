@@ -12,7 +12,8 @@ pub struct AuditEvent {
     pub id: u64,
     pub at: Timestamp,
     pub actor: Actor,
-    /// `create`, `update`, `scope`, `pause`, `resume`, `rotate`, `revoke`, `delete`, `import`.
+    /// `create`, `update`, `scope`, `pause`, `resume`, `rotate`, `revoke`, `delete`, `import`,
+    /// `prune` (audit retention removed old events).
     pub action: String,
     pub target: Option<TokenId>,
     /// What changed: field names with their new values (secrets never appear here).

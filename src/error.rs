@@ -82,9 +82,10 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Not logged here: the front end that reports the error decides (the CLI prints it once; the
+/// MCP server logs internal failures of tool calls).
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
-        tracing::error!(error = %e, "storage failure");
         Error::new(ErrorCode::Internal, e.to_string())
     }
 }

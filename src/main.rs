@@ -39,9 +39,28 @@ fn capped(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 fn main() -> ExitCode {
+    // Every file this process creates — sled's log, snapshots and blobs, server.json, backups —
+    // is readable by its owner only, whatever umask it was started with (SPEC §6). Set first,
+    // before any thread or file exists.
+    #[cfg(unix)]
+    // SAFETY: umask(2) only replaces the process's file mode creation mask; it cannot fail
+    // and reads or writes no memory of ours.
+    unsafe {
+        libc::umask(0o077);
+    }
+    // Known before parsing, so that even a usage error comes out as JSON for a script.
+    let json = std::env::args_os().any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help and --version print and succeed
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                && !json =>
+        {
+            // Bare `tokenwarden` (or `tokenwarden token`): the help is the answer, on stderr.
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
             // Usage errors in one line, like every other error.
             let rendered = e.render().to_string();
@@ -53,7 +72,8 @@ fn main() -> ExitCode {
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
             let message = tokenwarden::secret::redact_secrets(message);
-            eprintln!("error: {message} (see --help)");
+            let error = cli::CliError::usage(format!("{message} (see --help)"));
+            report(&error, json);
             return ExitCode::from(2);
         }
     };
@@ -70,8 +90,11 @@ fn main() -> ExitCode {
     let filter = match filter {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: invalid log level: {e}");
-            return ExitCode::from(1);
+            report(
+                &cli::CliError::usage(format!("invalid log level: {e}")),
+                cli.json,
+            );
+            return ExitCode::from(2);
         }
     };
     // Logs go to stderr: on stdio, stdout carries only JSON-RPC.
@@ -92,13 +115,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.json;
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if !e.message.is_empty() {
-                eprintln!("error: {}", e.message);
-            }
+            report(&e, json);
             ExitCode::from(e.exit_code.clamp(1, 255) as u8)
         }
+    }
+}
+
+/// Prints a failed command's one line on stderr: `error: …`, or with `--json` the object
+/// `{"error": {"code", "message"}}`.
+fn report(error: &cli::CliError, json: bool) {
+    if error.message.is_empty() {
+        return;
+    }
+    if json {
+        eprintln!("{}", error.to_json());
+    } else {
+        eprintln!("error: {}", error.message);
     }
 }

@@ -12,6 +12,8 @@
 //! | `a` | event id (8 bytes BE) | audit event (JSON) |
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
+//! | `d` | token id | deleted_at (8 bytes, ms): a tombstone, so no import brings the token back |
+//! | `m` | name | the store's own bookkeeping (not exported) |
 //!
 //! Few keys per token, short values, time-ordered ids and small segments keep sled's space
 //! amplification down (see BENCHMARKS.md for the measurements behind these choices).
@@ -24,17 +26,21 @@
 //! [`Cached::Admitted`]): valid only at the cache version it was made at, so any write at all
 //! forgets every such verdict, and only until the chain's earliest expiry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::audit::AuditEvent;
 use crate::record::{Status, TokenRecord};
 use crate::secret::{ID_LEN, SecretHash, TokenId};
 use crate::timestamp::Timestamp;
+
+mod audit_log;
+mod tombstones;
+use tombstones::upgrade_older_store;
 
 const RECORD: u8 = b't';
 const HASH: u8 = b'h';
@@ -48,6 +54,11 @@ const SEGMENT_BYTES: usize = 64 * 1024;
 const AUDIT: u8 = b'a';
 const USAGE: u8 = b'u';
 const REMAINING: u8 = b'r';
+const TOMBSTONE: u8 = b'd';
+const META: u8 = b'm';
+/// Set once the tombstones of a store written before they existed have been derived from its
+/// audit log (see [`tombstones::upgrade_older_store`]).
+const TOMBSTONES_DERIVED: &[u8] = b"mtombstones";
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -144,6 +155,10 @@ impl Change {
     }
     pub fn remaining_updates(&self) -> Vec<(TokenId, Option<u64>)> {
         self.remaining.clone()
+    }
+    /// Whether the change writes or removes any record (an audit event alone is not a change).
+    pub fn writes_records(&self) -> bool {
+        !self.records.is_empty() || !self.removed.is_empty()
     }
     pub fn removed_ids(&self) -> Vec<TokenId> {
         self.removed.iter().map(|r| r.id.clone()).collect()
@@ -246,6 +261,9 @@ pub struct Store {
     cache: RwLock<Cache>,
     capacity: usize,
     next_audit_id: AtomicU64,
+    /// Whether the store is known to keep tombstones (see [`upgrade_older_store`]); the
+    /// first change written to a new store records it.
+    tombstones_marked: AtomicBool,
     flusher: Flusher,
 }
 
@@ -471,6 +489,7 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_permissions(dir);
+        let tombstones_marked = upgrade_older_store(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -484,6 +503,7 @@ impl Store {
             }),
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
+            tombstones_marked: AtomicBool::new(tombstones_marked),
             flusher: Flusher::default(),
         })
     }
@@ -556,6 +576,17 @@ impl Store {
             cache.records.insert(id.clone(), Arc::clone(&record));
         }
         Ok(Some(record))
+    }
+
+    /// Whether a token record exists, without filling the cache (for checks on paths that
+    /// must not evict hot records).
+    pub fn exists(&self, id: &TokenId) -> Result<bool> {
+        if self.cache_read().records.contains_key(id) {
+            return Ok(true);
+        }
+        Ok(self
+            .db
+            .contains_key(key(RECORD, &[id.as_str().as_bytes()]))?)
     }
 
     /// The token a secret hash belongs to, from memory when hot.
@@ -744,7 +775,8 @@ impl Store {
             .transpose()
     }
 
-    /// Writes usage counters (no flush: they are written behind on purpose).
+    /// Writes usage counters (no flush: they are written behind on purpose). The caller makes
+    /// sure each token still exists, under the lock that deletions take too.
     pub fn write_usage(&self, usage: &[(TokenId, StoredUsage)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (id, u) in usage {
@@ -757,7 +789,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes remaining-use counters. The caller flushes before it lets the uses through.
+    /// Writes remaining-use counters. The caller flushes before it lets the uses through, and
+    /// makes sure each token still exists, under the lock that deletions take too.
     pub fn write_remaining(&self, remaining: &[(TokenId, u64)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (id, n) in remaining {
@@ -799,8 +832,10 @@ impl Store {
         for hash in &change.retired_hashes {
             batch.remove(key(HASH, &[&hash.0]));
         }
+        let deleted_at = Timestamp::now().millis().to_be_bytes();
         for record in &change.removed {
             let id = record.id.as_str().as_bytes();
+            batch.insert(key(TOMBSTONE, &[id]), &deleted_at[..]);
             batch.remove(key(RECORD, &[id]));
             batch.remove(status_key(record));
             batch.remove(key(USAGE, &[id]));
@@ -820,6 +855,10 @@ impl Store {
                 None => batch.remove(k),
             }
         }
+        let marking = !self.tombstones_marked.load(Ordering::Relaxed);
+        if marking {
+            batch.insert(TOMBSTONES_DERIVED, &[][..]);
+        }
         let mut events = change.audit;
         for event in &mut events {
             event.id = self.next_audit_id.fetch_add(1, Ordering::SeqCst);
@@ -827,6 +866,9 @@ impl Store {
             batch.insert(key(AUDIT, &[&event.id.to_be_bytes()]), json);
         }
         self.db.apply_batch(batch)?;
+        if marking {
+            self.tombstones_marked.store(true, Ordering::Relaxed);
+        }
 
         let mut cache = self.cache_write();
         cache.version += 1;
@@ -847,21 +889,6 @@ impl Store {
             cache.hashes.remove(&hash);
         }
         Ok(events)
-    }
-
-    /// Audit events, newest first, with id below `before` when given.
-    pub fn audit_events(
-        &self,
-        before: Option<u64>,
-    ) -> impl Iterator<Item = Result<AuditEvent>> + '_ {
-        let end = match before {
-            Some(id) => key(AUDIT, &[&id.to_be_bytes()]),
-            None => vec![AUDIT + 1],
-        };
-        self.db.range(vec![AUDIT]..end).rev().map(|entry| {
-            let (_, v) = entry?;
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
-        })
     }
 
     /// Checks that a key/value pair from a backup is one this store could have written, and
@@ -899,6 +926,7 @@ impl Store {
             }
             USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
             REMAINING if value.len() == 8 => BackupEntry::OfToken(id(rest)?),
+            TOMBSTONE if value.len() == 8 => BackupEntry::Tombstone(id(rest)?),
             _ => return Err("unknown or malformed key".to_owned()),
         })
     }
@@ -950,26 +978,15 @@ impl Store {
         Ok(written)
     }
 
-    /// Ids of tokens deleted from this store (the targets of its `delete` audit events).
-    pub fn deleted_ids(&self) -> Result<HashSet<TokenId>> {
-        let mut deleted = HashSet::new();
-        for event in self.audit_events(None) {
-            let event = event?;
-            if event.action == "delete"
-                && let Some(target) = event.target
-            {
-                deleted.insert(target);
-            }
-        }
-        Ok(deleted)
-    }
-
-    /// Every key and value, for `export`.
+    /// Every key and value, for `export`, except the store's own bookkeeping.
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
-        self.db.iter().map(|e| {
-            e.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        })
+        self.db
+            .iter()
+            .filter(|e| !matches!(e, Ok((k, _)) if k.first() == Some(&META)))
+            .map(|e| {
+                e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
     }
 }
 
@@ -1070,6 +1087,8 @@ pub enum BackupEntry {
     Index(TokenId),
     /// An audit event.
     Audit,
+    /// A deleted token's tombstone.
+    Tombstone(TokenId),
 }
 
 #[cfg(test)]

@@ -69,6 +69,43 @@ fn fails(dir: &Path, args: &[&str], code: i32, needle: &str) -> String {
     err
 }
 
+/// Runs a command that must fail with the tool error `code`: plain, one line that never names
+/// the code or a tool; with `--json`, the object `{"error": {"code", "message"}}` on stderr.
+fn fails_with(dir: &Path, args: &[&str], code: &str) -> String {
+    let err = fails(dir, args, 1, "error: ");
+    one_line(&err);
+    assert!(
+        !err.contains(code) || code == "scope_exceeds_parent" && err.contains("exceeds"),
+        "{args:?}: the plain message names no code: {err}"
+    );
+    assert!(
+        !err.contains("list_tokens") && !err.contains("_token"),
+        "{err}"
+    );
+    let out = tw(dir, &[&["--json"], args].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    let json: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(json["error"]["code"], code, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    err
+}
+
+/// The ids a `--json token list` prints (one page object).
+fn listed_ids(dir: &Path, args: &[&str]) -> Vec<String> {
+    let page = ok_json(dir, &[&["token", "list"], args].concat());
+    page["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn one_line(err: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 }
@@ -123,10 +160,7 @@ fn every_token_command_works_as_the_owner() {
     let last = text.lines().last().unwrap();
     assert!(last.contains("will not be shown again"), "{text}");
     let parent_secret = secret_line.trim_start_matches("secret: ").to_owned();
-    let parent = ok_json(dir, &["token", "list"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let parent = listed_ids(dir, &[]).remove(0);
 
     // A child, made with --json: the result object of create_token.
     let (child, _) = create(
@@ -141,6 +175,7 @@ fn every_token_command_works_as_the_owner() {
     for column in [
         "ID",
         "NAME",
+        "PARENT",
         "STATUS",
         "BUCKETS",
         "TOOLS",
@@ -161,17 +196,30 @@ fn every_token_command_works_as_the_owner() {
             .skip(1)
             .all(|l| l[name_at..].starts_with(|c: char| c.is_alphabetic()))
     );
-    let json_lines = ok(dir, &["--json", "token", "list", "--order", "asc"]);
-    let ids: Vec<String> = json_lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    assert!(
+        lines[1].contains(&child),
+        "the PARENT column shows lineage: {table}"
+    );
+    let ids = listed_ids(dir, &["--order", "asc"]);
     assert_eq!(ids, [parent.clone(), child.clone(), grandchild.clone()]);
+    // --tree: lineage as indentation.
+    let tree = ok(dir, &["token", "list", "--tree"]);
+    let tree: Vec<&str> = tree.lines().collect();
+    assert!(tree[0].starts_with(&parent), "{tree:?}");
+    assert!(tree[1].starts_with(&format!("  {child}")), "{tree:?}");
+    assert!(
+        tree[2].starts_with(&format!("    {grandchild}")),
+        "{tree:?}"
+    );
+    // --json: one page object that carries the cursor for the next page.
+    let first = ok_json(dir, &["token", "list", "--limit", "1"]);
+    assert_eq!(first["has_more"], true);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("next_cursor")
+        .to_owned();
+    let second = listed_ids(dir, &["--limit", "1", "--cursor", &cursor]);
+    assert_eq!(second, std::slice::from_ref(&child));
     let page = ok(dir, &["token", "list", "--limit", "1"]);
     assert!(
         page.contains("--cursor"),
@@ -183,15 +231,38 @@ fn every_token_command_works_as_the_owner() {
             .count(),
         4
     );
-    let filtered = ok(dir, &["--json", "token", "list", "--parent-id", &parent]);
-    assert_eq!(filtered.lines().count(), 1);
+    assert_eq!(
+        listed_ids(dir, &["--parent-id", &parent]),
+        std::slice::from_ref(&child)
+    );
 
-    // get: key: value lines.
+    // get: key: value lines in groups, identity first.
     let got = ok(dir, &["token", "get", &child]);
+    let got_lines: Vec<&str> = got.lines().collect();
+    assert!(
+        got_lines[0].starts_with("id:") && got_lines[0].ends_with(&child),
+        "{got}"
+    );
+    assert!(
+        got_lines[1].starts_with("name:") && got_lines[1].ends_with("child"),
+        "{got}"
+    );
+    for group in [
+        "scope:",
+        "limits:",
+        "status and lineage:",
+        "times and usage:",
+    ] {
+        assert!(got_lines.contains(&group), "{group} in {got}");
+    }
     assert!(
         got.lines()
-            .any(|l| l.starts_with("parent_id:") && l.ends_with(&parent)),
+            .any(|l| l.trim_start().starts_with("parent_id:") && l.ends_with(&parent)),
         "{got}"
+    );
+    assert!(
+        !got.contains("(none)") && !got.contains("{}"),
+        "one style for empty: {got}"
     );
     assert!(!got.contains("secret"), "{got}");
 
@@ -246,11 +317,22 @@ fn every_token_command_works_as_the_owner() {
         ok_json(dir, &["token", "get", &grandchild])["effective_status"],
         "paused_by_ancestor"
     );
+    let resumed = ok(dir, &["token", "resume", &parent]);
     assert!(
-        ok(dir, &["token", "resume", &parent])
-            .lines()
-            .any(|l| l.starts_with("status:") && l.ends_with("active"))
+        resumed.starts_with(&format!("resumed {parent} (ci); it is now active\n")),
+        "{resumed}"
     );
+    assert!(
+        resumed
+            .lines()
+            .any(|l| l.trim_start().starts_with("status:") && l.ends_with("active"))
+    );
+    let paused = ok(dir, &["token", "pause", &child]);
+    assert!(
+        paused.starts_with(&format!("paused {child} (child); it is now paused\n")),
+        "{paused}"
+    );
+    ok(dir, &["token", "resume", &child]);
 
     // rotate: a new secret, shown once.
     let rotated = ok(dir, &["token", "rotate", &parent, "--grace-seconds", "0"]);
@@ -263,16 +345,21 @@ fn every_token_command_works_as_the_owner() {
 
     // revoke cascades; delete removes the revoked record.
     let revoked = ok(dir, &["token", "revoke", &parent]);
-    assert_eq!(revoked, format!("revoked {parent} and 2 descendant(s)\n"));
+    assert_eq!(
+        revoked,
+        format!("revoked {parent} (ci) and 2 descendant(s)\n")
+    );
     assert_eq!(
         ok_json(dir, &["token", "get", &grandchild])["status"],
         "revoked"
     );
     assert_eq!(
         ok(dir, &["token", "delete", &grandchild]),
-        format!("deleted {grandchild}\n")
+        format!(
+            "deleted {grandchild} (grandchild) and its descendants (the audit log keeps what happened)\n"
+        )
     );
-    assert_eq!(ok(dir, &["--json", "token", "list"]).lines().count(), 2);
+    assert_eq!(listed_ids(dir, &[]).len(), 2);
 
     // audit: every action above, newest first, as a table or JSON lines.
     let audit = ok(dir, &["audit", "--all"]);
@@ -285,18 +372,9 @@ fn every_token_command_works_as_the_owner() {
         );
     }
     assert!(!audit.contains(&parent_secret) && !audit.contains(new_secret));
-    let events = ok(
-        dir,
-        &[
-            "--json",
-            "audit",
-            "--token-id",
-            &parent,
-            "--action",
-            "scope",
-        ],
-    );
-    assert_eq!(events.lines().count(), 1, "{events}");
+    let events = ok_json(dir, &["audit", "--token-id", &parent, "--action", "scope"]);
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events["has_more"], false);
 }
 
 #[test]
@@ -308,20 +386,33 @@ fn errors_are_one_line_and_change_nothing() {
     let audit_before = ok(dir, &["--json", "audit", "--all"]);
 
     let unknown = "tok_0000000000000000000000AA";
-    one_line(&fails(dir, &["token", "get", unknown], 1, "not_found"));
-    one_line(&fails(dir, &["token", "revoke", unknown], 1, "not_found"));
-    one_line(&fails(
-        dir,
-        &["token", "get", "tok_nope"],
-        1,
-        "invalid_argument",
-    ));
-    one_line(&fails(
+    let missing = fails_with(dir, &["token", "get", unknown], "not_found");
+    assert_eq!(
+        missing.trim_end(),
+        format!("error: no token {unknown}"),
+        "the owner reaches everything"
+    );
+    fails_with(dir, &["token", "revoke", unknown], "not_found");
+    fails_with(dir, &["token", "get", "tok_nope"], "invalid_argument");
+    fails_with(
         dir,
         &["token", "get", "../../etc/passwd"],
-        1,
         "invalid_argument",
-    ));
+    );
+    fails_with(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            &parent,
+            "--buckets",
+            "b",
+        ],
+        "scope_exceeds_parent",
+    );
     let escalation = fails(
         dir,
         &[
@@ -337,26 +428,20 @@ fn errors_are_one_line_and_change_nothing() {
             "*",
         ],
         1,
-        "scope_exceeds_parent",
+        "exceeds parent",
     );
     one_line(&escalation);
     assert!(
         escalation.contains("buckets") && escalation.contains("tools"),
         "{escalation}"
     );
-    one_line(&fails(
-        dir,
-        &["token", "create", "--name", ""],
-        1,
-        "invalid_argument",
-    ));
-    one_line(&fails(
+    fails_with(dir, &["token", "create", "--name", ""], "invalid_argument");
+    fails_with(
         dir,
         &["token", "create", "--name", "x", "--ttl-seconds", "-5"],
-        1,
         "invalid_argument",
-    ));
-    one_line(&fails(
+    );
+    fails_with(
         dir,
         &[
             "token",
@@ -366,35 +451,37 @@ fn errors_are_one_line_and_change_nothing() {
             "--allowed-ips",
             "10.0.0.0/99",
         ],
-        1,
         "invalid_argument",
-    ));
-    one_line(&fails(
+    );
+    fails_with(
         dir,
         &["token", "create", "--name", "x", "--tools", "**"],
-        1,
         "invalid_argument",
-    ));
-    one_line(&fails(
+    );
+    fails_with(
         dir,
         &["token", "update", &parent, "--expires-at", "yesterday"],
-        1,
         "invalid_argument",
-    ));
-    one_line(&fails(
-        dir,
-        &["token", "list", "--status", "sleepy"],
-        1,
-        "invalid_argument",
-    ));
-    one_line(&fails(
-        dir,
-        &["audit", "--since", "not-a-time"],
-        1,
-        "invalid_argument",
-    ));
+    );
+    fails_with(dir, &["audit", "--since", "not-a-time"], "invalid_argument");
     // Argument errors from the parser: one line too, exit code 2, nothing done.
-    let usage_errors: [(&[&str], &str); 4] = [
+    let usage_errors: [(&[&str], &str); 8] = [
+        (
+            &["token", "list", "--status", "sleepy"],
+            "possible values: active, paused",
+        ),
+        (
+            &["token", "create", "--name", "x", "--buckets", ""],
+            "--buckets needs at least one value",
+        ),
+        (
+            &["token", "scope", &parent, "--tools", ""],
+            "--tools needs at least one value",
+        ),
+        (
+            &[],
+            "requires a subcommand but one was not provided [subcommands: serve, token",
+        ),
         (
             &["token", "create", "--name", "x", "--metadata", "[1]"],
             "JSON object",
@@ -407,8 +494,26 @@ fn errors_are_one_line_and_change_nothing() {
         (&["token", "create"], "--name"),
     ];
     for (args, needle) in usage_errors {
-        one_line(&fails(dir, args, 2, needle));
+        let err = fails(dir, args, 2, needle);
+        {
+            one_line(&err);
+            // With --json, usage errors are JSON too.
+            let out = tw(dir, &[&["--json"], args].concat());
+            let json: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+            assert_eq!(json["error"]["code"], "usage", "{args:?}");
+        }
     }
+    // Bare `tokenwarden`: the help, on stderr, exit 2 (not the description as an error).
+    let bare = Command::new(BIN).output().unwrap();
+    assert_eq!(bare.status.code(), Some(2));
+    let help = stderr(&bare);
+    assert!(
+        help.contains("Usage: tokenwarden") && help.contains("Commands:"),
+        "{help}"
+    );
+    assert!(!help.starts_with("error"), "{help}");
+    // `serve` without a transport is a usage error too.
+    one_line(&fails(dir, &["serve"], 2, "nothing to serve"));
 
     assert_eq!(ok(dir, &["--json", "token", "list"]), before);
     assert_eq!(ok(dir, &["--json", "audit", "--all"]), audit_before);
@@ -643,13 +748,13 @@ fn import_refuses_bad_files_and_non_empty_stores_without_writing() {
         1,
         "--merge",
     );
-    assert_eq!(ok(&target, &["--json", "token", "list"]).lines().count(), 1);
+    assert_eq!(listed_ids(&target, &[]).len(), 1);
     let merged = ok_json(
         &target,
         &["import", "-i", backup.to_str().unwrap(), "--merge"],
     );
     assert!(merged["entries_written"].as_u64().unwrap() > 0, "{merged}");
-    assert_eq!(ok(&target, &["--json", "token", "list"]).lines().count(), 3);
+    assert_eq!(listed_ids(&target, &[]).len(), 3);
     let again = ok_json(
         &target,
         &["import", "-i", backup.to_str().unwrap(), "--merge"],
@@ -668,11 +773,7 @@ fn import_refuses_bad_files_and_non_empty_stores_without_writing() {
         "exceeds its parent",
     );
     assert!(err.contains("buckets"), "{err}");
-    assert_eq!(
-        ok(&third, &["--json", "token", "list"]).lines().count(),
-        1,
-        "nothing merged"
-    );
+    assert_eq!(listed_ids(&third, &[]).len(), 1, "nothing merged");
 
     // A deleted token is never brought back by a merge, nor anything under it.
     let fourth = tmp.path().join("d");

@@ -1,6 +1,13 @@
-//! `tokenwarden audit`: the `list_audit_events` tool on the command line, as the owner.
+//! `tokenwarden audit`: the `list_audit_events` tool on the command line, as the owner; and
+//! the audit log's retention while serving (`serve --audit-retention-days/--audit-max-events`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{AuditRetention, Service};
 
 use super::output::{self, Out};
 use super::token::{Arguments, more_hint, paginate};
@@ -11,7 +18,8 @@ pub struct AuditArgs {
     /// Only events about this token id.
     #[arg(long, value_name = "ID")]
     pub token_id: Option<String>,
-    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import.
+    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import,
+    /// prune.
     #[arg(long)]
     pub action: Option<String>,
     /// Only events at or after this RFC 3339 time.
@@ -30,7 +38,7 @@ pub struct AuditArgs {
 
 pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
-    let service = super::owner_service(cli)?;
+    let service = super::owner_service(cli, super::Access::Read)?;
     let mut request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("action", args.action.as_deref())
@@ -49,11 +57,64 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     let events = events?;
     let mut out = Out::new();
     if cli.json {
-        events.rows.iter().try_for_each(|e| out.json(e))?;
-    } else if events.rows.is_empty() {
+        return out.json(&events.into_page("events"));
+    }
+    if events.rows.is_empty() {
         out.line("no audit events")?;
     } else {
         out.lines(&output::table(&output::AUDIT_COLUMNS, &events.rows))?;
     }
-    more_hint(&mut out, cli.json, events.next_cursor)
+    more_hint(&mut out, events.next_cursor)
+}
+
+/// How often the server prunes the audit log (also once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// `serve`'s audit retention flags.
+#[derive(Debug, Args)]
+pub struct AuditRetentionArgs {
+    /// Prune audit events older than this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = AuditRetention::default().max_age_days,
+          value_parser = at_least_one::<u32>)]
+    pub audit_retention_days: u32,
+
+    /// Keep at most this many audit events (the newest).
+    #[arg(long, value_name = "N", default_value_t = AuditRetention::default().max_events,
+          value_parser = at_least_one::<u64>)]
+    pub audit_max_events: u64,
+}
+
+/// A whole number of at least 1: the audit log is always bounded, and keeping nothing is not
+/// a retention.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_owned()),
+    }
+}
+
+impl AuditRetentionArgs {
+    pub fn retention(&self) -> AuditRetention {
+        AuditRetention {
+            max_age_days: self.audit_retention_days,
+            max_events: self.audit_max_events,
+        }
+    }
+}
+
+/// Prunes the audit log at start and then every minute, until `shutdown`.
+pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || service.prune_audit()).await {
+            Ok(Err(e)) => tracing::warn!("pruning the audit log failed: {e}"),
+            Err(e) => tracing::warn!("audit pruner failed: {e}"),
+            Ok(Ok(_)) => {}
+        }
+    }
 }

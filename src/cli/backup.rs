@@ -30,10 +30,14 @@ pub struct ImportArgs {
     /// within its parent as the store holds it); the backup's audit events are not added.
     #[arg(long)]
     pub merge: bool,
+    /// Refuse a backup holding a token deeper than this (a root token is depth 0); use the
+    /// server's --max-depth.
+    #[arg(long, default_value_t = 8)]
+    pub max_depth: u8,
 }
 
 pub fn export(cli: &Cli, args: &ExportArgs) -> Result<(), CliError> {
-    let service = super::owner_service(cli)?;
+    let service = super::owner_service(cli, super::Access::Read)?;
     let written = match &args.output {
         None => {
             let mut stdout = io::stdout().lock();
@@ -105,7 +109,10 @@ pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
             })?))
         }
     };
-    let service = super::owner_service(cli)?;
+    let dir = super::data_dir(cli).map_err(CliError::new)?;
+    let mut config = super::service_config(cli);
+    config.max_depth = args.max_depth;
+    let service = super::open_service(&dir, config)?;
     let imported = service.import(&mut input, args.merge);
     super::close_service(service)?;
     let imported = imported?;
@@ -113,6 +120,13 @@ pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
     if cli.json {
         out.json(&json!(imported))
     } else {
+        if imported.orphan_counters_dropped > 0 {
+            eprintln!(
+                "warning: dropped {} usage counters of tokens that are not in the backup \
+                 (left by a deletion in an older version)",
+                imported.orphan_counters_dropped
+            );
+        }
         out.line(format!("imported {} entries", imported.entries_written))
     }
 }

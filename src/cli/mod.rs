@@ -16,13 +16,14 @@ use clap::{Parser, Subcommand};
 
 /// tokenwarden: a token authority for the Model Context Protocol.
 #[derive(Debug, Parser)]
-#[command(name = "tokenwarden", version, about, long_about = None)]
+#[command(name = "tokenwarden", version, about, long_about = None, arg_required_else_help = true)]
 pub struct Cli {
     /// Where the database lives [default: $TOKENWARDEN_DATA_DIR, else the platform data directory]
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The environment this server runs in; tokens of other environments do not authenticate.
+    /// The environment label: `serve` refuses tokens of any other environment, and `token`
+    /// commands see and create tokens of this one.
     #[arg(long, global = true, value_name = "NAME", default_value = "default")]
     pub environment: String,
 
@@ -30,7 +31,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
-    /// Print results as JSON (one object per line; one record per line for lists), for scripts.
+    /// Print results as JSON, for scripts: each result object on one line (a list is one page
+    /// object with its next_cursor); errors as {"error": {"code", "message"}} on stderr.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -111,10 +113,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// A failure of a command: one line for stderr and the exit code.
+/// A failure of a command: one line for stderr, a code for `--json`, and the exit code.
 #[derive(Debug)]
 pub struct CliError {
     pub message: String,
+    /// The tools' error codes (`not_found`, `scope_exceeds_parent`, …), plus `usage`,
+    /// `store` and `held` for failures only the command line has.
+    pub code: &'static str,
     pub exit_code: i32,
 }
 
@@ -122,6 +127,7 @@ impl CliError {
     pub fn new(message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
+            code: "internal",
             exit_code: 1,
         }
     }
@@ -130,7 +136,17 @@ impl CliError {
     pub fn usage(message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
+            code: "usage",
             exit_code: 2,
+        }
+    }
+
+    /// A problem with the data directory or the database in it.
+    pub fn store(message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            code: "store",
+            exit_code: 1,
         }
     }
 
@@ -139,20 +155,30 @@ impl CliError {
     pub fn quiet() -> CliError {
         CliError {
             message: String::new(),
+            code: "internal",
             exit_code: 1,
         }
+    }
+
+    /// The error as `--json` prints it on stderr.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": self.code, "message": self.message } })
     }
 }
 
 impl From<crate::error::Error> for CliError {
     fn from(e: crate::error::Error) -> CliError {
-        CliError::new(e.to_string())
+        CliError {
+            message: e.message.clone(),
+            code: e.code.as_str(),
+            exit_code: 1,
+        }
     }
 }
 
 impl From<crate::store::StoreError> for CliError {
     fn from(e: crate::store::StoreError) -> CliError {
-        CliError::new(e.to_string())
+        CliError::store(e.to_string())
     }
 }
 
@@ -166,9 +192,25 @@ pub fn service_config(cli: &Cli) -> crate::service::ServiceConfig {
     }
 }
 
+/// Whether a command may create the store it opens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only reads: a missing data directory is an error naming it (a typo must not look like
+    /// an empty store, nor leave one behind).
+    Read,
+    /// Writes: a missing data directory is created.
+    Write,
+}
+
 /// Opens the service for one of the owner's commands, in the data directory `cli` names.
-pub fn owner_service(cli: &Cli) -> Result<crate::service::Service, CliError> {
-    let dir = data_dir(cli).map_err(CliError::new)?;
+pub fn owner_service(cli: &Cli, access: Access) -> Result<crate::service::Service, CliError> {
+    let dir = data_dir(cli).map_err(CliError::store)?;
+    if access == Access::Read && !dir.exists() {
+        return Err(CliError::store(format!(
+            "no data directory at {}: check --data-dir (or TOKENWARDEN_DATA_DIR)",
+            dir.display()
+        )));
+    }
     open_service(&dir, service_config(cli))
 }
 
@@ -184,6 +226,12 @@ pub fn open_service(
     dir: &std::path::Path,
     config: crate::service::ServiceConfig,
 ) -> Result<crate::service::Service, CliError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(CliError::store(format!(
+            "{} is not a directory: --data-dir names the directory that holds the database",
+            dir.display()
+        )));
+    }
     match crate::service::Service::open(dir, config) {
         Ok(service) => Ok(service),
         Err(crate::store::StoreError::Locked(_)) => {
@@ -211,9 +259,10 @@ pub fn open_service(
                      through its MCP tools",
                     dir.display()
                 ),
+                code: "held",
                 exit_code: 2,
             })
         }
-        Err(e) => Err(CliError::new(e.to_string())),
+        Err(e) => Err(CliError::store(e.to_string())),
     }
 }

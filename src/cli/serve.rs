@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cli, CliError, open_service};
 use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
 use crate::mcp::TokenServer;
-use crate::service::requests::CreateToken;
+use crate::service::requests::{CreateToken, ListTokens};
 use crate::service::{Caller, Service};
 
 /// How often usage counters are written behind (SPEC §8 allows up to 5 s).
@@ -53,6 +53,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    #[command(flatten)]
+    pub audit_retention: super::audit::AuditRetentionArgs,
+
     /// Front the MCP servers in FILE (the mcpServers shape of claude_desktop_config.json or
     /// .mcp.json) as buckets; SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
@@ -84,7 +87,7 @@ impl Drop for HolderFile {
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if !args.stdio && args.http.is_none() {
-        return Err(CliError::new(
+        return Err(CliError::usage(
             "nothing to serve: pass --stdio, --http 127.0.0.1:8787, or both",
         ));
     }
@@ -96,6 +99,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
+    config.audit_retention = args.audit_retention.retention();
     let service = Arc::new(open_service(&dir, config)?);
 
     let stdio_caller = if args.stdio {
@@ -114,11 +118,16 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
     let _holder = HolderFile::write(&dir, bound);
     if bound.is_some() {
-        bootstrap_admin(&service)?;
+        bootstrap_admin(&service, cli, &dir)?;
+        say_if_no_admin(&service, cli, &dir);
     }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
+    tokio::spawn(super::audit::prune_in_background(
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let gateway = upstreams.map(|upstreams| {
         crate::gateway::Gateway::start(upstreams, args.upstreams.clone(), shutdown.child_token())
@@ -204,7 +213,7 @@ fn stdio_caller(service: &Service) -> Result<Caller, CliError> {
 
 /// On the first start of an empty store with HTTP enabled, mint one admin token and show its
 /// secret once, on stderr.
-fn bootstrap_admin(service: &Service) -> Result<(), CliError> {
+fn bootstrap_admin(service: &Service, cli: &Cli, dir: &Path) -> Result<(), CliError> {
     if !service.store().is_empty() {
         return Ok(());
     }
@@ -223,11 +232,87 @@ fn bootstrap_admin(service: &Service) -> Result<(), CliError> {
         "\n{line}\n  tokenwarden: first start, so one admin token was created ({id}).\n\n  \
          {secret}\n\n  Use it as the HTTP bearer: Authorization: Bearer <token>\n  \
          It is shown this once and never again. If you lose it, stop the server and run:\n    \
-         tokenwarden token create --name admin --admin --parent none\n{line}\n",
+         {recovery}\n{line}\n",
         id = issued.record.id,
         secret = issued.token,
+        recovery = recovery_command(cli, dir),
     );
     Ok(())
+}
+
+/// The command that mints a new admin token for this very store: this binary's path, this
+/// data directory and environment, each quoted for a POSIX shell, so it works as printed.
+fn recovery_command(cli: &Cli, dir: &Path) -> String {
+    let binary = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "tokenwarden".to_owned());
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut words = vec![
+        shell_quote(&binary),
+        "--data-dir".to_owned(),
+        shell_quote(&dir.display().to_string()),
+    ];
+    if cli.environment != "default" {
+        words.extend(["--environment".to_owned(), shell_quote(&cli.environment)]);
+    }
+    words.push("token create --name admin --admin --parent none".to_owned());
+    words.join(" ")
+}
+
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// How many active tokens the start-up check looks through for an admin before giving up
+/// (a store that large is being managed by someone).
+const ADMIN_CHECK_LIMIT: usize = 10_000;
+
+/// A store with tokens but no active admin token can only be managed from the command line:
+/// say so in one line at start, with the command that fixes it.
+fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
+    let mut cursor = None;
+    let mut examined = 0;
+    loop {
+        let page = service.list_tokens(
+            &Caller::Owner,
+            ListTokens {
+                status: Some(crate::record::Status::Active),
+                limit: Some(100),
+                cursor: cursor.take(),
+                ..ListTokens::default()
+            },
+        );
+        let Ok(page) = page else { return };
+        if page
+            .records
+            .iter()
+            .any(|r| r.admin && r.effective_status == crate::record::EffectiveStatus::Active)
+        {
+            return;
+        }
+        examined += page.records.len();
+        match page.next_cursor {
+            Some(next) if page.has_more && examined < ADMIN_CHECK_LIMIT => cursor = Some(next),
+            Some(_) if page.has_more => return,
+            _ => break,
+        }
+    }
+    if service.store().is_empty() {
+        return;
+    }
+    eprintln!(
+        "tokenwarden: no active admin token can manage this store over MCP; to mint one, stop \
+         the server and run: {}",
+        recovery_command(cli, dir)
+    );
 }
 
 async fn write_usage_behind(service: Arc<Service>, shutdown: CancellationToken) {

@@ -68,11 +68,34 @@ pub struct IdArg {
     pub id: String,
 }
 
+/// A token's own status, as `--status` takes it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Paused,
+    Revoked,
+    Expired,
+}
+
+/// Creation order, as `--order` takes it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OrderArg {
+    Asc,
+    Desc,
+}
+
+fn value_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only tokens whose own status is this: active, paused, revoked or expired.
-    #[arg(long)]
-    pub status: Option<String>,
+    /// Only tokens whose own status is this.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
     /// Only tokens that may reach this bucket.
     #[arg(long)]
     pub bucket: Option<String>,
@@ -88,12 +111,15 @@ pub struct ListArgs {
     /// Resume after the page that printed this cursor.
     #[arg(long)]
     pub cursor: Option<String>,
-    /// By creation time: desc (newest first, the default) or asc.
-    #[arg(long)]
-    pub order: Option<String>,
+    /// By creation time [default: desc, newest first].
+    #[arg(long, value_enum)]
+    pub order: Option<OrderArg>,
     /// Follow every page instead of stopping after one.
     #[arg(long)]
     pub all: bool,
+    /// Show lineage: every listed token under its parent, indented (implies --all).
+    #[arg(long, conflicts_with_all = ["cursor", "limit"])]
+    pub tree: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,10 +130,12 @@ pub struct CreateArgs {
     /// Optional description, up to 1024 characters.
     #[arg(long)]
     pub description: Option<String>,
-    /// Buckets, comma-separated, or '*' for all [default: all, or the parent's].
+    /// Buckets, comma-separated, or '*' for all [default: all for a root, the parent's for a
+    /// child]. An empty value is refused: pass '*' for all, or omit the flag.
     #[arg(long, value_delimiter = ',')]
     pub buckets: Option<Vec<String>>,
-    /// Tool patterns, comma-separated: names, '*', or prefixes like 'list_*' [default: all, or the parent's].
+    /// Tool patterns, comma-separated: names, '*', or prefixes like 'list_*' [default: all for
+    /// a root, the parent's for a child]. An empty value is refused, as for --buckets.
     #[arg(long, value_delimiter = ',')]
     pub tools: Option<Vec<String>>,
     /// Tool patterns never callable, comma-separated, e.g. 'fs__write_*' (a child keeps its parent's too).
@@ -173,7 +201,7 @@ pub struct UpdateArgs {
 pub struct ScopeArgs {
     /// The token id (tok_…).
     pub id: String,
-    /// Replace the buckets (comma-separated, '*' for all).
+    /// Replace the buckets (comma-separated, '*' for all; an empty value is refused).
     #[arg(long, value_delimiter = ',')]
     pub buckets: Option<Vec<String>>,
     /// Buckets to add, comma-separated.
@@ -182,7 +210,7 @@ pub struct ScopeArgs {
     /// Buckets to remove, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub remove_buckets: Option<Vec<String>>,
-    /// Replace the tool patterns, comma-separated.
+    /// Replace the tool patterns, comma-separated (an empty value is refused).
     #[arg(long, value_delimiter = ',')]
     pub tools: Option<Vec<String>>,
     /// Tool patterns to add, comma-separated.
@@ -268,6 +296,21 @@ impl Arguments {
         self.set(key, items)
     }
 
+    /// A list flag that must name something: `--buckets ''` would otherwise be read as "all"
+    /// for a root and "none" for a child, so it is refused.
+    fn names(self, key: &str, items: &Option<Vec<String>>) -> Result<Arguments, CliError> {
+        if items
+            .as_ref()
+            .is_some_and(|items| items.iter().all(|i| i.is_empty()))
+        {
+            let flag = key.replace('_', "-");
+            return Err(CliError::usage(format!(
+                "--{flag} needs at least one value: pass '*' for all, or leave the flag out"
+            )));
+        }
+        Ok(self.list(key, items))
+    }
+
     fn flag(self, key: &str, on: bool) -> Arguments {
         self.set(key, on.then_some(true))
     }
@@ -278,7 +321,11 @@ impl Arguments {
 }
 
 pub fn run(cli: &Cli, args: &TokenArgs) -> Result<(), CliError> {
-    let service = super::owner_service(cli)?;
+    let access = match args.command {
+        TokenCommand::List(_) | TokenCommand::Get(_) => super::Access::Read,
+        _ => super::Access::Write,
+    };
+    let service = super::owner_service(cli, access)?;
     let result = execute(&service, cli.json, &args.command);
     let closed = super::close_service(service);
     result.and(closed)
@@ -292,14 +339,14 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
     match command {
         TokenCommand::List(list) => list_tokens(service, json, list, &mut out),
         TokenCommand::Get(a) => {
-            show_record(&mut out, json, call("get_token", Arguments::id(&a.id))?)
+            show_record(&mut out, json, &call("get_token", Arguments::id(&a.id))?)
         }
         TokenCommand::Create(a) => {
             let args = Arguments::default()
                 .set("name", Some(a.name.as_str()))
                 .set("description", a.description.as_deref())
-                .list("buckets", &a.buckets)
-                .list("tools", &a.tools)
+                .names("buckets", &a.buckets)?
+                .names("tools", &a.tools)?
                 .list("deny_tools", &a.deny_tools)
                 .flag("read_only", a.read_only)
                 .flag("admin", a.admin)
@@ -310,7 +357,7 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
                 .set("rate_limit_per_minute", a.rate_limit_per_minute)
                 .set("metadata", a.metadata.clone())
                 .set("parent", Some(a.parent.as_deref().unwrap_or("none")));
-            show_secret(&mut out, json, call("create_token", args)?)
+            show_secret(&mut out, json, "created", call("create_token", args)?)
         }
         TokenCommand::Update(a) => {
             let description = match (&a.description, a.clear_description) {
@@ -324,62 +371,99 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
                 .set("expires_at", a.expires_at.clone())
                 .set("max_uses", a.max_uses.clone())
                 .set("rate_limit_per_minute", a.rate_limit_per_minute.clone());
-            show_record(&mut out, json, call("update_token", args)?)
+            changed(&mut out, json, "updated", call("update_token", args)?)
         }
         TokenCommand::Scope(a) => {
             let args = Arguments::id(&a.id)
-                .list("buckets", &a.buckets)
+                .names("buckets", &a.buckets)?
                 .list("add_buckets", &a.add_buckets)
                 .list("remove_buckets", &a.remove_buckets)
-                .list("tools", &a.tools)
+                .names("tools", &a.tools)?
                 .list("add_tools", &a.add_tools)
                 .list("remove_tools", &a.remove_tools)
                 .list("deny_tools", &a.deny_tools)
                 .list("add_deny_tools", &a.add_deny_tools)
                 .set("read_only", a.read_only)
                 .list("allowed_ips", &a.allowed_ips);
-            show_record(&mut out, json, call("scope_token", args)?)
+            changed(&mut out, json, "scoped", call("scope_token", args)?)
         }
-        TokenCommand::Pause(a) => {
-            show_record(&mut out, json, call("pause_token", Arguments::id(&a.id))?)
-        }
-        TokenCommand::Resume(a) => {
-            show_record(&mut out, json, call("resume_token", Arguments::id(&a.id))?)
-        }
+        TokenCommand::Pause(a) => changed(
+            &mut out,
+            json,
+            "paused",
+            call("pause_token", Arguments::id(&a.id))?,
+        ),
+        TokenCommand::Resume(a) => changed(
+            &mut out,
+            json,
+            "resumed",
+            call("resume_token", Arguments::id(&a.id))?,
+        ),
         TokenCommand::Rotate(a) => {
             let args = Arguments::id(&a.id).set("grace_seconds", a.grace_seconds);
-            show_secret(&mut out, json, call("rotate_token", args)?)
+            show_secret(&mut out, json, "rotated", call("rotate_token", args)?)
         }
         TokenCommand::Revoke(a) => {
+            let record = call("get_token", Arguments::id(&a.id))?;
             let result = call("revoke_token", Arguments::id(&a.id))?;
             if json {
                 return out.json(&result);
             }
             out.line(format!(
                 "revoked {} and {} descendant(s)",
-                a.id, result["revoked_descendants"]
+                who(&record),
+                result["revoked_descendants"]
             ))
         }
         TokenCommand::Delete(a) => {
+            let record = call("get_token", Arguments::id(&a.id))?;
             let result = call("delete_token", Arguments::id(&a.id))?;
             if json {
                 return out.json(&result);
             }
-            out.line(format!("deleted {}", a.id))
+            out.line(format!(
+                "deleted {} and its descendants (the audit log keeps what happened)",
+                who(&record)
+            ))
         }
     }
 }
 
-fn show_record(out: &mut Out, json: bool, record: Value) -> Result<(), CliError> {
+/// `tok_… (name)`: how a state change names its token.
+fn who(record: &Value) -> String {
+    format!(
+        "{} ({})",
+        output::cell(&record["id"]),
+        output::cell(&record["name"])
+    )
+}
+
+/// Every state change answers the same way: one line saying what happened, then the record
+/// as it is now (with `--json`, only the record).
+fn changed(out: &mut Out, json: bool, verb: &str, record: Value) -> Result<(), CliError> {
     if json {
-        out.json(&record)
+        return out.json(&record);
+    }
+    out.line(format!(
+        "{verb} {}; it is now {}",
+        who(&record),
+        output::cell(&record["effective_status"]).replace('_', " ")
+    ))?;
+    out.line("")?;
+    out.lines(&output::record(&record))
+}
+
+fn show_record(out: &mut Out, json: bool, record: &Value) -> Result<(), CliError> {
+    if json {
+        out.json(record)
     } else {
-        out.fields(&record)
+        out.lines(&output::record(record))
     }
 }
 
-/// A create or rotate result: the record, then the secret, which is never shown again.
-fn show_secret(out: &mut Out, json: bool, mut issued: Value) -> Result<(), CliError> {
+/// A create or rotate result: what happened, the record, then the secret, which is never
+/// shown again.
+fn show_secret(out: &mut Out, json: bool, verb: &str, mut issued: Value) -> Result<(), CliError> {
     if json {
         return out.json(&issued);
     }
@@ -387,7 +471,9 @@ fn show_secret(out: &mut Out, json: bool, mut issued: Value) -> Result<(), CliEr
     if let Some(record) = issued.as_object_mut() {
         record.remove("token");
     }
-    out.fields(&issued)?;
+    out.line(format!("{verb} {}", who(&issued)))?;
+    out.line("")?;
+    out.lines(&output::record(&issued))?;
     out.line("")?;
     out.line(format!("secret: {}", output::cell(&secret)))?;
     out.line("This secret will not be shown again: store it now (it is kept only as a hash).")
@@ -400,24 +486,28 @@ fn list_tokens(
     out: &mut Out,
 ) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
+    let all = list.all || list.tree;
     let mut args = Arguments::default()
-        .set("status", list.status.as_deref())
+        .set("status", list.status.map(value_name))
         .set("bucket", list.bucket.as_deref())
         .set("parent_id", list.parent_id.as_deref())
         .set("search", list.search.as_deref())
-        .set("limit", list.limit.or(list.all.then_some(ALL_PAGE)))
+        .set("limit", list.limit.or(all.then_some(ALL_PAGE)))
         .set("cursor", list.cursor.as_deref())
-        .set("order", list.order.as_deref())
+        .set("order", list.order.map(value_name))
         .into_value();
-    let records = paginate(service, "list_tokens", "records", list.all, &mut args)?;
+    let records = paginate(service, "list_tokens", "records", all, &mut args)?;
     if json {
-        records.rows.iter().try_for_each(|r| out.json(r))?;
-    } else if records.rows.is_empty() {
+        return out.json(&records.into_page("records"));
+    }
+    if records.rows.is_empty() {
         out.line("no tokens")?;
+    } else if list.tree {
+        out.lines(&output::tree(&records.rows))?;
     } else {
         out.lines(&output::table(&output::TOKEN_COLUMNS, &records.rows))?;
     }
-    more_hint(out, json, records.next_cursor)
+    more_hint(out, records.next_cursor)
 }
 
 /// Rows gathered from one page, or from every page with `all`.
@@ -425,6 +515,18 @@ pub struct Rows {
     pub rows: Vec<Value>,
     /// Set when more pages follow the ones gathered.
     pub next_cursor: Option<String>,
+}
+
+impl Rows {
+    /// The gathered rows as one result object, the shape the paged tools return:
+    /// `{field: [...], "has_more", "next_cursor"}`.
+    pub fn into_page(self, field: &str) -> Value {
+        json!({
+            field: self.rows,
+            "has_more": self.next_cursor.is_some(),
+            "next_cursor": self.next_cursor,
+        })
+    }
 }
 
 /// Calls a paged tool (as the owner), following `next_cursor` when `all`.
@@ -456,16 +558,12 @@ pub fn paginate(
     }
 }
 
-/// Tells how to get the next page; on stderr with `--json`, so stdout stays pure JSON lines.
-pub fn more_hint(out: &mut Out, json: bool, next_cursor: Option<String>) -> Result<(), CliError> {
+/// Tells how to get the next page (with `--json` the page object carries `next_cursor`).
+pub fn more_hint(out: &mut Out, next_cursor: Option<String>) -> Result<(), CliError> {
     let Some(cursor) = next_cursor else {
         return Ok(());
     };
-    let hint = format!("more: pass --cursor {cursor} for the next page, or --all for every page");
-    if json {
-        eprintln!("{hint}");
-        Ok(())
-    } else {
-        out.line(hint)
-    }
+    out.line(format!(
+        "more: pass --cursor {cursor} for the next page, or --all for every page"
+    ))
 }

@@ -126,29 +126,29 @@ enum Posted {
     Other,
 }
 
-fn peek(body: &[u8]) -> Result<Posted, Response> {
+fn peek(body: &[u8]) -> Result<Posted, Box<Response>> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         // Valid JSON or not, a batch is refused as one: MCP 2025-06-18 and later have none.
-        return Err(jsonrpc_error(
+        return Err(Box::new(jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32600,
             "Invalid Request: JSON-RPC batches are not supported; send one message per request",
-        ));
+        )));
     }
     match serde_json::from_slice::<Peek<'_>>(body) {
         Ok(peek) if peek.method.as_deref() == Some("initialize") => Ok(Posted::Initialize),
         Ok(_) => Ok(Posted::Other),
-        Err(e) if e.is_data() => Err(jsonrpc_error(
+        Err(e) if e.is_data() => Err(Box::new(jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32600,
             "Invalid Request: expected one JSON-RPC message object",
-        )),
-        Err(_) => Err(jsonrpc_error(
+        ))),
+        Err(_) => Err(Box::new(jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32700,
             "Parse error: the body is not valid JSON",
-        )),
+        ))),
     }
 }
 
@@ -224,7 +224,7 @@ pub(super) async fn guard(
         };
         let posted = match peek(&bytes) {
             Ok(posted) => posted,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         if matches!(posted, Posted::Initialize)
             && session.is_none()
@@ -397,7 +397,7 @@ mod tests {
                 panic!("{body:?} should be refused")
             };
             assert_eq!(
-                code(response),
+                code(*response),
                 expected,
                 "{}",
                 String::from_utf8_lossy(body)

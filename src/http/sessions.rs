@@ -185,7 +185,7 @@ mod tests {
     use super::*;
 
     fn id(n: u8) -> TokenId {
-        TokenId::parse(&format!("tok_{}", format!("{n:0>24}"))).unwrap()
+        TokenId::parse(&format!("tok_{n:0>24}")).unwrap()
     }
 
     #[tokio::test]

@@ -250,7 +250,11 @@ impl ServerHandler for TokenServer {
         let result = match outcome {
             Ok(value) => CallToolResult::structured(value),
             Err(error) => {
-                tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
+                if error.code == crate::error::ErrorCode::Internal {
+                    tracing::error!(error = %error.message, "tool call failed");
+                } else {
+                    tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
+                }
                 error_result(&error)
             }
         };

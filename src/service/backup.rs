@@ -1,6 +1,6 @@
 //! Export and import: JSON lines holding every stored key and value (records with their secret
-//! hashes, lineage and status indexes, usage counters, the audit log). Secrets are never
-//! stored, so a backup holds none.
+//! hashes, lineage and status indexes, usage counters, the tombstones of deleted tokens, the
+//! audit log). Secrets are never stored, so a backup holds none.
 //!
 //! Format: a header line `{"format":"tokenwarden-export","version":1,"entries":N}`, then one
 //! `{"k":"<hex>","v":"<hex>"}` line per entry.
@@ -62,6 +62,15 @@ type Classified = (Vec<u8>, Vec<u8>, BackupEntry);
 #[derive(Debug, Serialize)]
 pub struct Imported {
     pub entries_written: u64,
+    /// Usage counters of tokens whose record is not in the backup, left by older versions
+    /// (a delete racing with calls): dropped, not imported.
+    pub orphan_counters_dropped: u64,
+}
+
+/// A backup read and checked, ready to import.
+struct Backup {
+    entries: Vec<Classified>,
+    orphan_counters_dropped: u64,
 }
 
 impl Service {
@@ -107,7 +116,13 @@ impl Service {
     /// secret hashes, indexes and counters; the backup's audit events are not (the import's
     /// own event records what was added). A merged token whose parent is already in the store
     /// must still fit within it: a revoked parent or a scope the parent no longer covers
-    /// refuses the whole import.
+    /// refuses the whole import. A token the store deleted (it has a tombstone) is never
+    /// added, nor anything under it; the backup's tombstones the store lacks are added.
+    ///
+    /// Either way, a lineage that loops, skips a depth or goes deeper than `max_depth` refuses
+    /// the file, and usage counters of tokens not in the file (left by older versions) are
+    /// dropped and counted in `orphan_counters_dropped`. An import that adds nothing writes
+    /// nothing.
     pub fn import(&self, input: &mut dyn BufRead, merge: bool) -> Result<Imported> {
         if !merge && !self.store.is_blank() {
             return Err(Error::conflict(
@@ -115,23 +130,35 @@ impl Service {
                  add only the tokens it lacks",
             ));
         }
-        let entries = read_backup(input)?;
+        let Backup {
+            mut entries,
+            orphan_counters_dropped,
+        } = read_backup(input, self.config.max_depth)?;
+        entries.extend(tombstones_from_audit(&entries));
         let _write = self.lock_writes();
         let skipped = if merge {
             self.already_here(&entries)?
         } else {
             HashSet::new()
         };
-        let chosen: Vec<&Classified> = entries
-            .iter()
-            .filter(|(_, _, entry)| match entry {
+        let mut chosen: Vec<&Classified> = Vec::with_capacity(entries.len());
+        for classified in &entries {
+            let keep = match &classified.2 {
                 BackupEntry::Record(r) => !skipped.contains(&r.id),
                 BackupEntry::OfToken(id) | BackupEntry::Hash(_, id) => !skipped.contains(id),
                 // Indexes are rebuilt from the records; a merge keeps the store's own audit log.
                 BackupEntry::Index(_) => false,
                 BackupEntry::Audit => !merge,
-            })
-            .collect();
+                // A merge adds the deletions the store does not know of yet, so that an older
+                // backup merged later cannot bring those tokens back either.
+                BackupEntry::Tombstone(id) => {
+                    !merge || (!self.store.is_deleted(id)? && self.store.get(id)?.is_none())
+                }
+            };
+            if keep {
+                chosen.push(classified);
+            }
+        }
         let records: Vec<&TokenRecord> = chosen
             .iter()
             .filter_map(|(_, _, entry)| match entry {
@@ -144,6 +171,14 @@ impl Service {
             .iter()
             .map(|(k, v, _)| (k.clone(), v.clone()))
             .collect();
+        if pairs.is_empty() {
+            // Nothing to add (a merge of what the store already holds): nothing is written,
+            // not even an audit event.
+            return Ok(Imported {
+                entries_written: 0,
+                orphan_counters_dropped,
+            });
+        }
         let written = self.store.import_entries(&pairs, &records)?;
         let mut change = Change::default();
         change.audit(AuditEvent {
@@ -158,19 +193,23 @@ impl Service {
         self.store.flush()?;
         Ok(Imported {
             entries_written: written as u64,
+            orphan_counters_dropped,
         })
     }
 
     /// For a merge: the tokens of the backup that are not to be added — those the store holds,
-    /// those deleted from it since (a deletion is never undone by a restore), and their
-    /// descendants.
+    /// those deleted from it since (its tombstones: a deletion is never undone by a restore),
+    /// and their descendants.
     fn already_here(&self, entries: &[Classified]) -> Result<HashSet<TokenId>> {
-        let deleted = self.store.deleted_ids()?;
+        let mut deleted = HashSet::new();
         let mut parents: Vec<(&TokenId, Option<&TokenId>)> = Vec::new();
         let mut skipped = HashSet::new();
         for (_, _, entry) in entries {
             if let BackupEntry::Record(r) = entry {
-                if deleted.contains(&r.id) || self.store.get(&r.id)?.is_some() {
+                if self.store.is_deleted(&r.id)? {
+                    deleted.insert(r.id.clone());
+                    skipped.insert(r.id.clone());
+                } else if self.store.get(&r.id)?.is_some() {
                     skipped.insert(r.id.clone());
                 }
                 parents.push((&r.id, r.parent_id.as_ref()));
@@ -223,7 +262,7 @@ impl Service {
                     }
                 },
             };
-            if record.depth != parent.depth.saturating_add(1) {
+            if parent.depth.checked_add(1) != Some(record.depth) {
                 return Err(refuse(format!(
                     "depth {} under a parent of depth {}",
                     record.depth, parent.depth
@@ -263,7 +302,7 @@ impl Service {
 }
 
 /// Parses and checks a whole backup before anything is written.
-fn read_backup(input: &mut dyn BufRead) -> Result<Vec<Classified>> {
+fn read_backup(input: &mut dyn BufRead, max_depth: u8) -> Result<Backup> {
     let bad = |line: usize, why: &str| Error::invalid(format!("line {line}: {why}"));
     let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
     let header: Header = match lines.next() {
@@ -303,21 +342,47 @@ fn read_backup(input: &mut dyn BufRead) -> Result<Vec<Classified>> {
             ),
         ));
     }
+    let orphan_counters_dropped = drop_orphan_counters(&mut entries);
     check_lineage(&entries)?;
-    Ok(entries)
+    check_depths(&entries, max_depth)?;
+    Ok(Backup {
+        entries,
+        orphan_counters_dropped,
+    })
 }
 
-/// An export is a consistent snapshot: every index entry, hash and counter belongs to a token
-/// whose record is in the file, and every parent is in the file. A file that breaks this was
-/// edited or spliced, and is refused whole.
-fn check_lineage(entries: &[Classified]) -> Result<()> {
-    let records: HashSet<&TokenId> = entries
+fn record_ids(entries: &[Classified]) -> HashSet<&TokenId> {
+    entries
         .iter()
         .filter_map(|(_, _, entry)| match entry {
             BackupEntry::Record(record) => Some(&record.id),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Usage counters of a token whose record is not in the file are what a delete racing with
+/// calls left behind before versions that prevent it: they count uses of nothing, so they are
+/// dropped (and counted, for the importer's warning) rather than refusing the whole file.
+fn drop_orphan_counters(entries: &mut Vec<Classified>) -> u64 {
+    let orphans: Vec<bool> = {
+        let records = record_ids(entries);
+        entries
+            .iter()
+            .map(|(_, _, entry)| matches!(entry, BackupEntry::OfToken(id) if !records.contains(id)))
+            .collect()
+    };
+    let dropped = orphans.iter().filter(|o| **o).count() as u64;
+    let mut orphan = orphans.into_iter();
+    entries.retain(|_| !orphan.next().unwrap_or(false));
+    dropped
+}
+
+/// An export is a consistent snapshot: every index entry and hash belongs to a token whose
+/// record is in the file, every parent is in the file, and no token is both present and
+/// deleted. A file that breaks this was edited or spliced, and is refused whole.
+fn check_lineage(entries: &[Classified]) -> Result<()> {
+    let records = record_ids(entries);
     for (_, _, entry) in entries {
         let missing = match entry {
             BackupEntry::Record(record) => {
@@ -326,7 +391,12 @@ fn check_lineage(entries: &[Classified]) -> Result<()> {
             BackupEntry::OfToken(id) | BackupEntry::Hash(_, id) | BackupEntry::Index(id) => {
                 Some(id).filter(|id| !records.contains(id))
             }
-            BackupEntry::Audit => None,
+            BackupEntry::Tombstone(id) if records.contains(id) => {
+                return Err(Error::invalid(format!(
+                    "inconsistent backup: token {id} is both in the file and marked deleted"
+                )));
+            }
+            BackupEntry::Audit | BackupEntry::Tombstone(_) => None,
         };
         if let Some(id) = missing {
             return Err(Error::invalid(format!(
@@ -335,4 +405,85 @@ fn check_lineage(entries: &[Classified]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Lineage the store can hold: no token is its own ancestor, a root has depth 0, every other
+/// token's depth is its parent's plus one, and none is deeper than `max_depth`. (Every parent
+/// is in the file: `check_lineage` ran first.) A loop would leave records that no command can
+/// read or remove, so the file is refused whole, naming the first token at fault.
+fn check_depths(entries: &[Classified], max_depth: u8) -> Result<()> {
+    let by_id: HashMap<&TokenId, &TokenRecord> = entries
+        .iter()
+        .filter_map(|(_, _, entry)| match entry {
+            BackupEntry::Record(record) => Some((&record.id, record.as_ref())),
+            _ => None,
+        })
+        .collect();
+    for (_, _, entry) in entries {
+        let BackupEntry::Record(record) = entry else {
+            continue;
+        };
+        let refuse =
+            |why: String| Error::invalid(format!("cannot import token {}: {why}", record.id));
+        // A lineage longer than any depth can count is broken somewhere; the depth check
+        // below names where. Bounding the walk keeps a crafted file linear.
+        let mut seen = HashSet::from([&record.id]);
+        let mut next = record.parent_id.as_ref();
+        while let Some(id) = next.filter(|_| seen.len() <= usize::from(u8::MAX) + 1) {
+            if !seen.insert(id) {
+                return Err(refuse(if *id == record.id {
+                    "its lineage loops back to itself: it is its own ancestor".to_owned()
+                } else {
+                    format!("its lineage loops at {id}")
+                }));
+            }
+            next = by_id.get(id).and_then(|r| r.parent_id.as_ref());
+        }
+        let expected = match &record.parent_id {
+            None => Some(0),
+            Some(parent) => by_id.get(parent).and_then(|p| p.depth.checked_add(1)),
+        };
+        if expected != Some(record.depth) {
+            return Err(refuse(match expected {
+                Some(d) => format!("depth {} where its lineage gives {d}", record.depth),
+                None => format!("depth {} under a parent at the deepest depth", record.depth),
+            }));
+        }
+        if record.depth > max_depth {
+            return Err(refuse(format!(
+                "depth {} exceeds the limit of {max_depth} (--max-depth)",
+                record.depth
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Backups written before tombstones existed remember deletions only in their audit log: a
+/// token it names whose record is not in the file was deleted, so it gets a tombstone.
+fn tombstones_from_audit(entries: &[Classified]) -> Vec<Classified> {
+    let mut known: HashSet<&TokenId> = record_ids(entries);
+    for (_, _, entry) in entries {
+        if let BackupEntry::Tombstone(id) = entry {
+            known.insert(id);
+        }
+    }
+    let mut derived = Vec::new();
+    let mut seen = HashSet::new();
+    for (_, v, entry) in entries {
+        if !matches!(entry, BackupEntry::Audit) {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<AuditEvent>(v) else {
+            continue;
+        };
+        if let Some(id) = event.target
+            && !known.contains(&id)
+            && seen.insert(id.clone())
+        {
+            let (k, v) = Store::tombstone_entry(&id, event.at);
+            derived.push((k, v, BackupEntry::Tombstone(id)));
+        }
+    }
+    derived
 }

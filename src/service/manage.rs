@@ -391,28 +391,31 @@ impl Service {
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut updated = (**target).clone();
+        // Only values that differ count as changes: a call that changes nothing writes nothing
+        // (no record, no audit event, no flush), so repeating it cannot grow the store.
         let mut changes = serde_json::Map::new();
-        if let Some(name) = name {
+        if let Some(name) = name.filter(|n| *n != target.name) {
             changes.insert("name".into(), json!(name));
             updated.name = name;
         }
-        if let Some(description) = description {
+        if let Some(description) = description.filter(|d| *d != target.description) {
             changes.insert("description".into(), json!(description));
             updated.description = description;
         }
-        if let Some(metadata) = metadata {
+        if let Some(metadata) = metadata.filter(|m| *m != target.metadata) {
             changes.insert("metadata".into(), json!(metadata));
             updated.metadata = metadata;
         }
-        if let Some(e) = expires_at {
+        if let Some(e) = expires_at.filter(|e| *e != target.scope.expires_at) {
             changes.insert("expires_at".into(), json!(e));
             updated.scope.expires_at = e;
         }
+        let max_uses = max_uses.filter(|m| *m != target.scope.max_uses);
         if let Some(m) = max_uses {
             changes.insert("max_uses".into(), json!(m));
             updated.scope.max_uses = m;
         }
-        if let Some(r) = rate {
+        if let Some(r) = rate.filter(|r| *r != target.scope.rate_limit_per_minute) {
             changes.insert("rate_limit_per_minute".into(), json!(r));
             updated.scope.rate_limit_per_minute = r;
         }
@@ -764,6 +767,14 @@ impl Service {
         let target = &chain[0];
         let mut change = Change::default();
         let revoked_descendants = self.revoke_subtree(target, &mut change, now)?;
+        if !change.writes_records() {
+            // Already revoked, and everything under it: nothing to write or audit.
+            return Ok(Revoked {
+                id: target.id.clone(),
+                revoked: true,
+                revoked_descendants,
+            });
+        }
         change.audit(AuditEvent::new(
             &acting.actor,
             "revoke",

@@ -10,6 +10,8 @@ mod manage;
 mod query;
 pub mod requests;
 pub use backup::Imported;
+mod retention;
+pub use retention::AuditRetention;
 mod usage;
 mod validate;
 
@@ -50,6 +52,8 @@ pub struct ServiceConfig {
     pub max_depth: u8,
     /// Most live (not revoked) children one token may have.
     pub max_children: usize,
+    /// How much of the audit log `prune_audit` keeps.
+    pub audit_retention: AuditRetention,
     pub store: StoreConfig,
 }
 
@@ -59,6 +63,7 @@ impl Default for ServiceConfig {
             environment: "default".to_owned(),
             max_depth: 8,
             max_children: 1000,
+            audit_retention: AuditRetention::default(),
             store: StoreConfig::default(),
         }
     }
@@ -254,8 +259,7 @@ impl Service {
                     budgets,
                 };
                 authorize(links, &attempt)
-            })
-            .map_err(Error::from)?
+            })?
             .map_err(Error::from)
     }
 
@@ -372,7 +376,10 @@ impl Service {
     /// so a token cannot probe for ids it does not own.
     fn load_in_reach(&self, acting: &Acting, id: &str) -> Result<Vec<Arc<TokenRecord>>> {
         let id = TokenId::parse(id).map_err(Error::invalid)?;
-        let missing = || Error::not_found(format!("no token {id} within your reach"));
+        let missing = || match acting.token() {
+            None => Error::not_found(format!("no token {id}")),
+            Some(_) => Error::not_found(format!("no token {id} within your reach")),
+        };
         let chain = self.store.chain(&id)?.ok_or_else(missing)?;
         if self.in_reach(acting, &chain) {
             Ok(chain)

@@ -172,7 +172,8 @@ pub struct VerifyToken {
 pub struct ListAuditEvents {
     /// Only events about this token id.
     pub token_id: Option<String>,
-    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import.
+    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import,
+    /// prune.
     pub action: Option<String>,
     /// Only events at or after this RFC 3339 time.
     pub since: Option<String>,

@@ -5,10 +5,16 @@
 //! `max_uses` (itself or an ancestor) is different: its decremented `remaining_uses` is written
 //! and flushed before the call is let through, so a crash can lose uses but never grant extra.
 //! Rate windows are per minute and in memory only.
+//!
+//! Usage never outlives its token: a deletion removes the token's counters in the same batch
+//! as its record, under this table's lock, and every write here checks, under that lock, that
+//! the token still exists. A call that raced with the deletion of its token (or an ancestor)
+//! is refused, and counts of a deleted token are dropped instead of written.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::error::Error;
 use crate::record::TokenRecord;
 use crate::rules::authorize::{Budget, Denial};
 use crate::secret::TokenId;
@@ -60,14 +66,16 @@ impl UsageTable {
 
     /// Runs `decide` with the chain's budgets and, if it allows and `count` is set, counts the
     /// call against every limit along the chain. Decision and counting happen under one lock,
-    /// so two concurrent calls cannot both take the last use.
+    /// so two concurrent calls cannot both take the last use. A chain with a limit whose link
+    /// was deleted meanwhile (the chain was read before the deletion committed) is refused:
+    /// its counters must not come back.
     pub fn admit(
         &self,
         store: &Store,
         chain: &[Arc<TokenRecord>],
         count: bool,
         decide: impl FnOnce(&[&TokenRecord], Option<&[Budget]>) -> std::result::Result<(), Denial>,
-    ) -> Result<std::result::Result<(), Denial>> {
+    ) -> crate::error::Result<std::result::Result<(), Denial>> {
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
         let now = Timestamp::now();
         let limited = links
@@ -85,6 +93,14 @@ impl UsageTable {
 
         let minute = now.millis() / 60_000;
         let mut map = self.lock();
+        for link in &links {
+            if !store.exists(&link.id)? {
+                return Err(Error::forbidden(format!(
+                    "token {} no longer exists",
+                    link.id
+                )));
+            }
+        }
         let mut budgets = Vec::with_capacity(links.len());
         for link in &links {
             let state = map.entry(link.id.clone()).or_default();
@@ -162,10 +178,20 @@ impl UsageTable {
     }
 
     /// Adds pending uses to the stored counters and drops idle entries. The write happens under
-    /// the lock so no concurrent snapshot can count a use twice or not at all.
+    /// the lock so no concurrent snapshot can count a use twice or not at all, and no deletion
+    /// can slip between the check that a token exists and the write of its counter.
     pub fn write_behind(&self, store: &Store) -> Result<()> {
         let minute = Timestamp::now().millis() / 60_000;
         let mut map = self.lock();
+        let mut gone = Vec::new();
+        for (id, _) in map.iter().filter(|(_, s)| s.pending_uses > 0) {
+            if !store.exists(id)? {
+                gone.push(id.clone());
+            }
+        }
+        for id in &gone {
+            map.remove(id);
+        }
         let mut updates: Vec<(TokenId, StoredUsage)> = Vec::new();
         for (id, state) in map.iter_mut().filter(|(_, s)| s.pending_uses > 0) {
             let stored = store.usage(id)?;

@@ -46,19 +46,34 @@ impl Server {
             .arg(data_dir)
             .args(["serve", "--http", "127.0.0.1:0"])
             .args(extra)
-            .env_remove("TOKENWARDEN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("TOKENWARDEN_TOKEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
         Server::from_command(cmd, data_dir)
     }
 
-    /// Starts a prepared command (stderr piped) that runs `serve --http`, and waits until it
-    /// listens.
+    /// Starts the server under `umask` (e.g. "000"), set by a shell that then execs the
+    /// binary, so the server's pid is the child's.
+    pub fn start_with_umask(data_dir: &Path, umask: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("TOKENWARDEN_TOKEN");
+        Server::from_command(cmd, data_dir)
+    }
+
+    /// Starts a prepared command that runs `serve --http` (its stdio is set here), and waits
+    /// until it listens.
     pub fn from_command(mut cmd: Command, data_dir: &Path) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start tokenwarden");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
