@@ -102,11 +102,17 @@ fn visible_gateway_tools(
     caller: &Caller,
     ip: Option<IpAddr>,
 ) -> Vec<Arc<ExposedTool>> {
-    gateway
-        .catalogue()
+    let catalogue = gateway.catalogue();
+    let asked: Vec<(crate::service::Tool<'_>, Option<&str>)> = catalogue
         .iter()
-        .filter(|t| service.may_call_tool(caller, gateway_tool(t), Some(&t.bucket), ip))
-        .cloned()
+        .map(|t| (gateway_tool(t), Some(t.bucket.as_str())))
+        .collect();
+    let allowed = service.may_call_tools(caller, &asked, ip);
+    catalogue
+        .iter()
+        .zip(allowed)
+        .filter(|(_, allowed)| *allowed)
+        .map(|(t, _)| Arc::clone(t))
         .collect()
 }
 
@@ -364,7 +370,11 @@ impl TokenServer {
                 Arc::clone(&lost_standing),
             );
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(CALL_RECHECK);
+                // The decision just checked standing: the first re-check is one period away.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + CALL_RECHECK,
+                    CALL_RECHECK,
+                );
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}

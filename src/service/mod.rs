@@ -298,6 +298,38 @@ impl Service {
         authorize(&links, &attempt).is_ok()
     }
 
+    /// [`Service::may_call_tool`] for many tools at once (a gateway's `tools/list`): the
+    /// caller's chain is read once, then the one decision runs per tool.
+    pub fn may_call_tools(
+        &self,
+        caller: &Caller,
+        tools: &[(Tool<'_>, Option<&str>)],
+        client_ip: Option<IpAddr>,
+    ) -> Vec<bool> {
+        let Caller::Token(id) = caller else {
+            return vec![true; tools.len()];
+        };
+        let Ok(chain) = self.caller_chain(id) else {
+            return vec![false; tools.len()];
+        };
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let now = Timestamp::now();
+        tools
+            .iter()
+            .map(|(tool, bucket)| {
+                let attempt = Attempt {
+                    environment: &self.config.environment,
+                    now,
+                    client_ip,
+                    tool: Some(*tool),
+                    bucket: *bucket,
+                    budgets: None,
+                };
+                authorize(&links, &attempt).is_ok()
+            })
+            .collect()
+    }
+
     /// Whether `caller` holds `bucket` (owner and admin tokens hold every bucket), for
     /// `list_buckets`.
     pub fn holds_bucket(&self, caller: &Caller, bucket: &str) -> bool {
