@@ -333,7 +333,10 @@ async fn a_stdio_session_ends_with_the_rotation_of_its_secret() {
         message.contains("TOKENWARDEN_TOKEN no longer authenticates"),
         "{message}"
     );
-    assert!(agent.list_all_tools().await.is_err(), "tools/list refused too");
+    assert!(
+        agent.list_all_tools().await.is_err(),
+        "tools/list refused too"
+    );
     agent.cancel().await.unwrap();
 }
 

@@ -24,14 +24,42 @@ use crate::timestamp::Timestamp;
 const MAX_GRACE_SECONDS: i64 = 86_400;
 const DEFAULT_GRACE_SECONDS: i64 = 60;
 
-fn exceeds_parent(parent: &TokenId, fields: &[&str]) -> Error {
+/// The refusal when a token caller asks for more than it holds itself (SPEC §4: no token can
+/// grant what it does not hold), naming each field and whose scope it exceeds.
+fn exceeds_bounds(
+    parent: Option<(&TokenId, &[&str])>,
+    caller: Option<(&TokenId, &[&str])>,
+) -> Error {
+    let mut parts = Vec::new();
+    if let Some((id, fields)) = parent.filter(|(_, f)| !f.is_empty()) {
+        parts.push(format!("parent {id} in: {}", fields.join(", ")));
+    }
+    if let Some((id, fields)) = caller.filter(|(_, f)| !f.is_empty()) {
+        parts.push(format!(
+            "the scope of the calling token {id} (no token can grant what it does not hold) in: {}",
+            fields.join(", ")
+        ));
+    }
     Error::new(
         ErrorCode::ScopeExceedsParent,
-        format!(
-            "requested scope exceeds parent {parent} in: {}",
-            fields.join(", ")
-        ),
+        format!("requested scope exceeds {}", parts.join("; and ")),
     )
+}
+
+/// Refuses any change to a token that has expired, itself or through an ancestor: expiry is
+/// final, like revocation (SPEC §4), so nothing may bring it back.
+fn refuse_expired(chain: &[Arc<TokenRecord>], now: Timestamp) -> Result<()> {
+    match effective_status(&links(chain), now) {
+        EffectiveStatus::Expired => Err(Error::conflict(format!(
+            "token {} has expired; expiry is final",
+            chain[0].id
+        ))),
+        EffectiveStatus::ExpiredByAncestor => Err(Error::conflict(format!(
+            "token {} has expired with its ancestor; expiry is final",
+            chain[0].id
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn links(chain: &[Arc<TokenRecord>]) -> Vec<&TokenRecord> {
@@ -62,32 +90,49 @@ impl Service {
         Ok(())
     }
 
-    /// Refuses a change to a revoked token, and a token widening its own scope.
+    /// Refuses a change to a revoked or expired token, a token widening its own scope, a scope
+    /// beyond the target's parent, and, for a token caller, any field it sets or widens beyond
+    /// its own scope.
     fn check_changeable(
         &self,
         acting: &Acting,
-        target: &TokenRecord,
+        chain: &[Arc<TokenRecord>],
         new_scope: &Scope,
-        parent: Option<&TokenRecord>,
+        now: Timestamp,
     ) -> Result<()> {
+        let target = &chain[0];
         if target.status == Status::Revoked {
             return Err(Error::conflict(format!("token {} is revoked", target.id)));
         }
-        if let Some(parent) = parent {
-            let fields = new_scope.fields_exceeding(&parent.scope);
-            if !fields.is_empty() {
-                return Err(exceeds_parent(&parent.id, &fields));
-            }
-        }
-        if acting.token().is_some_and(|me| me.id == target.id) {
+        refuse_expired(chain, now)?;
+        let parent = chain.get(1);
+        let parent_fields = parent.map_or_else(Vec::new, |p| new_scope.fields_exceeding(&p.scope));
+        if let Some(me) = acting.token().filter(|me| me.id == target.id)
+            && parent_fields.is_empty()
+        {
             let fields = new_scope.fields_exceeding(&target.scope);
             if !fields.is_empty() {
                 return Err(Error::forbidden(format!(
                     "token {} may not widen its own scope: {}",
-                    target.id,
+                    me.id,
                     fields.join(", ")
                 )));
             }
+        }
+        let changed = new_scope.fields_changed(&target.scope);
+        let caller_fields: Vec<&str> = match acting.token() {
+            Some(me) => new_scope
+                .fields_exceeding(&me.scope)
+                .into_iter()
+                .filter(|f| changed.contains(f))
+                .collect(),
+            None => Vec::new(),
+        };
+        if !parent_fields.is_empty() || !caller_fields.is_empty() {
+            return Err(exceeds_bounds(
+                parent.map(|p| (&p.id, &parent_fields[..])),
+                acting.token().map(|me| (&me.id, &caller_fields[..])),
+            ));
         }
         Ok(())
     }
@@ -151,7 +196,6 @@ impl Service {
     }
 
     pub fn create_token(&self, caller: &Caller, req: CreateToken) -> Result<Issued> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let name = validate::name(&req.name)?;
         let description = req
@@ -189,6 +233,7 @@ impl Service {
             .transpose()?;
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let parent_chain = match (req.parent.as_deref(), acting.token()) {
             (Some("none"), _) | (None, None) => {
                 if !acting.is_owner_or_admin() {
@@ -207,8 +252,8 @@ impl Service {
             (Some(id), _) => Some(self.load_in_reach(&acting, id)?),
         };
 
-        let scope = match &parent_chain {
-            None => Scope {
+        let scope = match (&parent_chain, acting.token()) {
+            (None, None) => Scope {
                 environment: self.config.environment.clone(),
                 buckets: match buckets {
                     Some(b) if !b.is_empty() => b,
@@ -224,14 +269,36 @@ impl Service {
                 expires_at,
                 max_uses,
                 rate_limit_per_minute: rate,
-                // A root minted by a token keeps at least the minter's denials.
-                deny_tools: match acting.token() {
-                    Some(me) => union_denials(&deny_tools, &me.scope.deny_tools),
-                    None => deny_tools.clone(),
-                },
+                deny_tools: deny_tools.clone(),
             },
-            Some(chain) => {
-                let p = &chain[0].scope;
+            // A root minted by a token: omitted fields come from the minter, never "all", and
+            // it keeps at least the minter's denials.
+            (None, Some(me)) => {
+                let m = &me.scope;
+                Scope {
+                    environment: m.environment.clone(),
+                    buckets: buckets
+                        .filter(|b| !b.is_empty())
+                        .unwrap_or_else(|| m.buckets.clone()),
+                    tools: tools
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| m.tools.clone()),
+                    read_only: req.read_only.unwrap_or(m.read_only),
+                    admin: req.admin.unwrap_or(false),
+                    allowed_ips: allowed_ips.unwrap_or_else(|| m.allowed_ips.clone()),
+                    expires_at: expires_at.or(m.expires_at),
+                    max_uses: max_uses.or(m.max_uses),
+                    rate_limit_per_minute: rate.or(m.rate_limit_per_minute),
+                    deny_tools: union_denials(&deny_tools, &m.deny_tools),
+                }
+            }
+            (Some(chain), me) => {
+                // Omitted fields come from the parent, within what a token caller holds.
+                let inherited = match me {
+                    Some(me) => chain[0].scope.clamped_to(&me.scope),
+                    None => chain[0].scope.clone(),
+                };
+                let p = &inherited;
                 Scope {
                     environment: p.environment.clone(),
                     buckets: buckets.unwrap_or_else(|| p.buckets.clone()),
@@ -253,14 +320,26 @@ impl Service {
             }
         };
 
+        // No token can grant what it does not hold: whatever a token caller mints, wherever it
+        // places it, ends within its own scope (and within the new token's parent's).
+        let parent_fields = parent_chain
+            .as_ref()
+            .map_or_else(Vec::new, |chain| scope.fields_exceeding(&chain[0].scope));
+        let caller_fields = acting
+            .token()
+            .map_or_else(Vec::new, |me| scope.fields_exceeding(&me.scope));
+        if !parent_fields.is_empty() || !caller_fields.is_empty() {
+            return Err(exceeds_bounds(
+                parent_chain
+                    .as_ref()
+                    .map(|c| (&c[0].id, &parent_fields[..])),
+                acting.token().map(|me| (&me.id, &caller_fields[..])),
+            ));
+        }
         let (parent_id, depth) = match &parent_chain {
             None => (None, 0),
             Some(chain) => {
                 let parent = &chain[0];
-                let fields = scope.fields_exceeding(&parent.scope);
-                if !fields.is_empty() {
-                    return Err(exceeds_parent(&parent.id, &fields));
-                }
                 let status = effective_status(&links(chain), now);
                 if status != EffectiveStatus::Active {
                     return Err(Error::conflict(format!(
@@ -363,7 +442,6 @@ impl Service {
     }
 
     pub fn update_token(&self, caller: &Caller, req: UpdateToken) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let name = req.name.as_deref().map(validate::name).transpose()?;
         let description = match &req.description {
@@ -388,6 +466,7 @@ impl Service {
         };
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut updated = (**target).clone();
@@ -419,12 +498,7 @@ impl Service {
             changes.insert("rate_limit_per_minute".into(), json!(r));
             updated.scope.rate_limit_per_minute = r;
         }
-        self.check_changeable(
-            &acting,
-            target,
-            &updated.scope,
-            chain.get(1).map(Arc::as_ref),
-        )?;
+        self.check_changeable(&acting, &chain, &updated.scope, now)?;
         if changes.is_empty() {
             return self.view(&chain, now);
         }
@@ -455,7 +529,6 @@ impl Service {
     }
 
     pub fn scope_token(&self, caller: &Caller, req: ScopeToken) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         if req.buckets.is_some() && (req.add_buckets.is_some() || req.remove_buckets.is_some()) {
             return Err(Error::invalid(
@@ -519,6 +592,7 @@ impl Service {
             .transpose()?;
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut scope = target.scope.clone();
@@ -562,7 +636,7 @@ impl Service {
         if let Some(ips) = allowed_ips {
             scope.allowed_ips = ips;
         }
-        self.check_changeable(&acting, target, &scope, chain.get(1).map(Arc::as_ref))?;
+        self.check_changeable(&acting, &chain, &scope, now)?;
         if scope == target.scope {
             return self.view(&chain, now);
         }
@@ -591,9 +665,9 @@ impl Service {
     }
 
     pub fn pause_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         match target.status {
@@ -623,9 +697,9 @@ impl Service {
     }
 
     pub fn resume_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         if acting.token().is_some_and(|me| me.id == target.id) {
@@ -663,7 +737,6 @@ impl Service {
     }
 
     pub fn rotate_token(&self, caller: &Caller, req: RotateToken) -> Result<Issued> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
         if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
@@ -672,6 +745,7 @@ impl Service {
             )));
         }
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         if target.status == Status::Revoked {
@@ -760,9 +834,9 @@ impl Service {
     }
 
     pub fn revoke_token(&self, caller: &Caller, req: TokenRef) -> Result<Revoked> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut change = Change::default();
@@ -792,9 +866,9 @@ impl Service {
     }
 
     pub fn delete_token(&self, caller: &Caller, req: TokenRef) -> Result<Deleted> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut change = Change::default();
