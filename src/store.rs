@@ -683,6 +683,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every token that a token minted, as (minter, minted), from a scan of every record.
+    /// Only `revoke_token include_minted` needs this, rarely (a leaked token's clean-up), so it
+    /// reads the records rather than keep a `created_by` index that every create would pay for.
+    pub fn minted_by_tokens(&self) -> Result<Vec<(TokenId, TokenId)>> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([RECORD]) {
+            let (k, v) = entry?;
+            let id = id_from(&k[1..])?;
+            let record = decode_record(&id, &v)?;
+            if let crate::record::Actor::Token(minter) = record.created_by {
+                out.push((minter, id));
+            }
+        }
+        Ok(out)
+    }
+
     /// The hashes of `record`'s secrets with where each points (and its grace, if rotated out).
     pub fn hashes_of(&self, record: &TokenRecord) -> Result<Vec<(SecretHash, HashEntry)>> {
         let mut out = Vec::new();

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::service::requests::{
-    CreateToken, ListAuditEvents, ListTokens, RotateToken, ScopeToken, TokenRef, UpdateToken,
-    VerifyToken,
+    CreateToken, ListAuditEvents, ListTokens, RevokeToken, RotateToken, ScopeToken, TokenRef,
+    UpdateToken, VerifyToken,
 };
 use crate::service::{Caller, Service, is_read_only_tool};
 
@@ -126,9 +126,11 @@ const SPECS: &[Spec] = &[
         kind: Kind::Destructive,
         description: "Permanently revoke a token and every descendant; they are refused from \
             the very next request. Irreversible. Use it when a sub-agent is done or a secret \
-            may have leaked. Returns {id, revoked: true, revoked_descendants}. Example: \
-            {\"id\": \"tok_…\"}.",
-        schema: schema::<TokenRef>,
+            may have leaked. With include_minted: true, also revokes every token it (or its \
+            subtree) minted elsewhere, e.g. roots it created with parent none, transitively. \
+            Returns {id, revoked: true, revoked_descendants, revoked_minted}. Example: \
+            {\"id\": \"tok_…\", \"include_minted\": true}.",
+        schema: schema::<RevokeToken>,
     },
     Spec {
         name: "delete_token",
@@ -230,7 +232,9 @@ pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value
         "pause_token" => json(service.pause_token(caller, args(name, arguments)?)?),
         "resume_token" => json(service.resume_token(caller, args(name, arguments)?)?),
         "rotate_token" => json(service.rotate_token(caller, args(name, arguments)?)?),
-        "revoke_token" => json(service.revoke_token(caller, args(name, arguments)?)?),
+        "revoke_token" => {
+            json(service.revoke_token(caller, args::<RevokeToken>(name, arguments)?)?)
+        }
         "delete_token" => json(service.delete_token(caller, args(name, arguments)?)?),
         "verify_token" => json(service.verify_token(caller, args(name, arguments)?)?),
         "list_audit_events" => json(service.list_audit_events(caller, args(name, arguments)?)?),

@@ -3,12 +3,14 @@
 //! Each runs under the write lock: read the current records, check reach and attenuation,
 //! build one `Change` (records, hashes, audit), apply it, then flush outside the lock.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, MutexGuard};
 
 use serde_json::json;
 
 use super::requests::{
-    CreateToken, Deleted, Issued, Revoked, RotateToken, ScopeToken, TokenRef, UpdateToken,
+    CreateToken, Deleted, Issued, RevokeToken, Revoked, RotateToken, ScopeToken, TokenRef,
+    UpdateToken,
 };
 use super::usage::{Guard, UsageTable};
 use super::{Acting, Caller, Service, validate};
@@ -833,7 +835,39 @@ impl Service {
         Ok(newly_revoked)
     }
 
-    pub fn revoke_token(&self, caller: &Caller, req: TokenRef) -> Result<Revoked> {
+    /// The tokens outside `target`'s subtree that it, or anything under it, minted (with
+    /// their subtrees), transitively: what `include_minted` revokes. One scan of the records
+    /// (see `Store::minted_by_tokens`), done under the write lock so nothing is minted meanwhile.
+    fn minted_outside(&self, target: &TokenId) -> Result<Vec<TokenId>> {
+        let mut minted: HashMap<TokenId, Vec<TokenId>> = HashMap::new();
+        for (minter, id) in self.store.minted_by_tokens()? {
+            minted.entry(minter).or_default().push(id);
+        }
+        let mut seen: HashSet<TokenId> = HashSet::from([target.clone()]);
+        let mut frontier: Vec<TokenId> = self.store.descendants(target)?;
+        seen.extend(frontier.iter().cloned());
+        frontier.push(target.clone());
+        let mut outside = Vec::new();
+        while let Some(id) = frontier.pop() {
+            for m in minted.get(&id).into_iter().flatten() {
+                if !seen.insert(m.clone()) {
+                    continue;
+                }
+                outside.push(m.clone());
+                frontier.push(m.clone());
+                for d in self.store.descendants(m)? {
+                    if seen.insert(d.clone()) {
+                        outside.push(d.clone());
+                        frontier.push(d);
+                    }
+                }
+            }
+        }
+        Ok(outside)
+    }
+
+    pub fn revoke_token(&self, caller: &Caller, req: impl Into<RevokeToken>) -> Result<Revoked> {
+        let req = req.into();
         let now = Timestamp::now();
         let write = self.lock_writes();
         let acting = self.acting_under_lock(&write, caller)?;
@@ -841,28 +875,46 @@ impl Service {
         let target = &chain[0];
         let mut change = Change::default();
         let revoked_descendants = self.revoke_subtree(target, &mut change, now)?;
+        let mut revoked_minted = 0;
+        if req.include_minted == Some(true) {
+            for id in self.minted_outside(&target.id)? {
+                if let Some(record) = self.store.get(&id)?
+                    && record.status != Status::Revoked
+                {
+                    let mut updated = (*record).clone();
+                    updated.status = Status::Revoked;
+                    updated.revoked_at = Some(now);
+                    updated.updated_at = now;
+                    change.put(Some(record), updated);
+                    revoked_minted += 1;
+                }
+            }
+        }
+        let result = Revoked {
+            id: target.id.clone(),
+            revoked: true,
+            revoked_descendants,
+            revoked_minted,
+        };
         if !change.writes_records() {
-            // Already revoked, and everything under it: nothing to write or audit.
-            return Ok(Revoked {
-                id: target.id.clone(),
-                revoked: true,
-                revoked_descendants,
-            });
+            // Already revoked, and everything it reaches: nothing to write or audit.
+            return Ok(result);
+        }
+        let mut details = json!({ "revoked_descendants": revoked_descendants });
+        if req.include_minted == Some(true) {
+            details["include_minted"] = json!(true);
+            details["revoked_minted"] = json!(revoked_minted);
         }
         change.audit(AuditEvent::new(
             &acting.actor,
             "revoke",
             &target.id,
             now,
-            json!({ "revoked_descendants": revoked_descendants }),
+            details,
         ));
         self.commit(write, None, change)?;
-        tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, "token revoked");
-        Ok(Revoked {
-            id: target.id.clone(),
-            revoked: true,
-            revoked_descendants,
-        })
+        tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, revoked_minted, "token revoked");
+        Ok(result)
     }
 
     pub fn delete_token(&self, caller: &Caller, req: TokenRef) -> Result<Deleted> {

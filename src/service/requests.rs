@@ -55,6 +55,26 @@ pub struct TokenRef {
     pub id: String,
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeToken {
+    /// The token id, `tok_` followed by 24 letters or digits.
+    pub id: String,
+    /// Also revoke every token it (or anything under it) minted outside its own subtree, such
+    /// as roots it created with `parent: none`, transitively, with their subtrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_minted: Option<bool>,
+}
+
+impl From<TokenRef> for RevokeToken {
+    fn from(r: TokenRef) -> RevokeToken {
+        RevokeToken {
+            id: r.id,
+            include_minted: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
@@ -237,6 +257,9 @@ pub struct Revoked {
     pub id: TokenId,
     pub revoked: bool,
     pub revoked_descendants: u64,
+    /// Tokens revoked because the target (or its subtree) minted them outside its subtree,
+    /// with their subtrees: always 0 without `include_minted`.
+    pub revoked_minted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
