@@ -363,7 +363,7 @@ impl Service {
                         ),
                     ));
                 }
-                self.check_live_children(&parent.id)?;
+                self.check_live_children(&parent.id, now)?;
                 (Some(parent.id.clone()), depth)
             }
         };
@@ -420,17 +420,10 @@ impl Service {
         })
     }
 
-    fn check_live_children(&self, parent: &TokenId) -> Result<()> {
-        let mut live = 0;
-        for child in self.store.children(parent)? {
-            if self
-                .store
-                .get(&child)?
-                .is_some_and(|c| c.status != Status::Revoked)
-            {
-                live += 1;
-            }
-        }
+    /// Refuses a child of `parent` once it has `max_children` live (active or paused,
+    /// unexpired) children; revoked and expired ones do not count, nor cost anything to skip.
+    fn check_live_children(&self, parent: &TokenId, now: Timestamp) -> Result<()> {
+        let live = self.store.live_children(parent, now)?;
         if live >= self.config.max_children {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,

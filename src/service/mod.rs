@@ -50,7 +50,7 @@ pub struct ServiceConfig {
     pub environment: String,
     /// Deepest allowed token (a root is depth 0).
     pub max_depth: u8,
-    /// Most live (not revoked) children one token may have.
+    /// Most live (active or paused, unexpired) children one token may have.
     pub max_children: usize,
     /// How much of the audit log `prune_audit` keeps.
     pub audit_retention: AuditRetention,
