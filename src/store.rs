@@ -736,8 +736,9 @@ impl Store {
             LIVE_CHILD,
             &[parent.as_str().as_bytes(), &start_expiry.to_be_bytes()],
         );
+        // Just past every key of this parent: ids are ASCII, so the last byte can grow.
         let mut end = key(LIVE_CHILD, &[parent.as_str().as_bytes()]);
-        end.push(0xff);
+        *end.last_mut().expect("the key holds the parent id") += 1;
         let mut live = 0;
         for entry in self.db.range(start..end) {
             entry?;
