@@ -529,3 +529,40 @@ fn only_live_children_count_toward_the_limit() {
     );
     expect_code(again, ErrorCode::LimitExceeded);
 }
+
+/// `tokenwarden token revoke --include-minted` (the owner's command line) does the same.
+#[test]
+fn the_command_line_revokes_minted_tokens_with_include_minted() {
+    let fx = Fixture::new();
+    let s = &fx.service;
+    let x = owner_root_admin(s, "leaked");
+    let minted = create(
+        s,
+        &caller(&x),
+        CreateToken {
+            name: "minted".into(),
+            parent: Some("none".into()),
+            ..CreateToken::default()
+        },
+    );
+    let Fixture { dir, service } = fx;
+    service.shutdown().unwrap();
+    drop(service);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "token",
+            "revoke",
+            &x.record.id.to_string(),
+            "--include-minted",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["revoked_minted"], 1, "{result}");
+    let service = Service::open(dir.path(), ServiceConfig::default()).unwrap();
+    assert_eq!(own_status(&service, &minted.record.id), Status::Revoked);
+}
