@@ -72,7 +72,9 @@ const SPECS: &[Spec] = &[
             caller, the new token is your child (parent \"self\") and can never hold more than \
             you: buckets, tools, read_only, allowed_ips, expiry and limits must lie within \
             yours (omitted fields are inherited), else the call fails with \
-            scope_exceeds_parent naming each field. Example for a sub-agent that may only \
+            scope_exceeds_parent naming each field. That holds wherever you place it (an \
+            admin's parent \"none\" or another parent too): no token grants what it does not \
+            hold. Example for a sub-agent that may only \
             read: {\"name\": \"researcher\", \"buckets\": [\"docs\"], \"tools\": \
             [\"whoami\", \"list_*\"], \"ttl_seconds\": 3600}.",
         schema: schema::<CreateToken>,

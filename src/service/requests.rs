@@ -83,10 +83,12 @@ pub struct CreateToken {
     /// Optional description, up to 1024 characters.
     pub description: Option<String>,
     /// Buckets the token may reach: names, or ["*"] for all. Omitted: a child inherits its
-    /// parent's; a root token gets all.
+    /// parent's; a root token gets all when the owner creates it, the minting token's when a
+    /// token does.
     pub buckets: Option<Vec<String>>,
     /// Tool patterns the token may call: exact names, "*", or prefixes such as "list_*".
-    /// Omitted: a child inherits its parent's; a root token gets all.
+    /// Omitted: a child inherits its parent's; a root token gets all when the owner creates
+    /// it, the minting token's when a token does.
     pub tools: Option<Vec<String>>,
     /// Tool patterns never callable, even where tools allows, e.g. ["fs__write_*"]. A token
     /// always keeps its parent's (and a token minter's) denials as well.
