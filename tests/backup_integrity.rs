@@ -145,9 +145,11 @@ fn edit_record(entries: &mut [(Vec<u8>, Vec<u8>)], id: &str, edit: impl Fn(&mut 
     let key = record_key(id);
     let mut found = false;
     for (_, v) in entries.iter_mut().filter(|(k, _)| *k == key) {
-        let mut record: TokenRecord = postcard::from_bytes(v).unwrap();
+        // Stored records are a version byte (0) followed by postcard.
+        assert_eq!(v[0], 0, "record {id} is stored in the current layout");
+        let mut record: TokenRecord = postcard::from_bytes(&v[1..]).unwrap();
         edit(&mut record);
-        *v = postcard::to_allocvec(&record).unwrap();
+        *v = [&[0u8][..], &postcard::to_allocvec(&record).unwrap()].concat();
         found = true;
     }
     assert!(found, "record {id} is in the backup");
