@@ -566,3 +566,51 @@ fn the_command_line_revokes_minted_tokens_with_include_minted() {
     let service = Service::open(dir.path(), ServiceConfig::default()).unwrap();
     assert_eq!(own_status(&service, &minted.record.id), Status::Revoked);
 }
+
+/// Figures, not a timed test (run with `--ignored --nocapture`): the cost of minting a child of
+/// a token with no dead children and of one with 5,000 revoked and 5,000 expired children.
+#[test]
+#[ignore]
+fn minting_cost_does_not_grow_with_dead_children() {
+    let config = ServiceConfig {
+        max_children: 20_000,
+        ..ServiceConfig::default()
+    };
+    let fx = Fixture::with_config(config);
+    let s = &fx.service;
+    let fresh = root(s, "fresh", &[], &[]);
+    let busy = root(s, "busy", &[], &[]);
+    for i in 0..10_000 {
+        let kid = s
+            .create_token(
+                &caller(&busy),
+                CreateToken {
+                    name: format!("k{i}"),
+                    ttl_seconds: (i % 2 == 0).then_some(1),
+                    ..CreateToken::default()
+                },
+            )
+            .unwrap();
+        if i % 2 == 1 {
+            s.revoke_token(&Caller::Owner, token_ref(&kid.record.id))
+                .unwrap();
+        }
+    }
+    thread::sleep(Duration::from_millis(1100));
+    let time = |parent: &tokenwarden::service::requests::Issued| {
+        let start = std::time::Instant::now();
+        for i in 0..200 {
+            s.create_token(
+                &caller(parent),
+                CreateToken {
+                    name: format!("m{i}"),
+                    ..CreateToken::default()
+                },
+            )
+            .unwrap();
+        }
+        start.elapsed().as_secs_f64() * 1000.0 / 200.0
+    };
+    let (a, b) = (time(&fresh), time(&busy));
+    println!("create_token: {a:.3} ms with no dead children, {b:.3} ms with 10,000 dead ones");
+}
