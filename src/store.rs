@@ -8,12 +8,17 @@
 //! | `t` | token id | record (postcard, compact binary; its secret hashes included) |
 //! | `h` | BLAKE3 of a secret | token id, then grace end (8 bytes, ms) when rotated out |
 //! | `c` | parent id + child id | empty |
+//! | `l` | parent id + expires_at (8 bytes BE, ms; none = all ones) + child id | empty: live (not revoked) children, by expiry |
 //! | `s` | status byte + created_at (8 bytes BE) + id | empty: creation order per stored status |
 //! | `a` | event id (8 bytes BE) | audit event (JSON) |
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
 //! | `d` | token id | deleted_at (8 bytes, ms): a tombstone, so no import brings the token back |
 //! | `m` | name | the store's own bookkeeping (not exported) |
+//!
+//! `l` is derived from the records (not exported; rebuilt on import and, once, for stores
+//! older than it): counting a token's live children is a range scan from "now" that never
+//! visits a revoked or expired child, so minting costs the same after 10,000 of them.
 //!
 //! Few keys per token, short values, time-ordered ids and small segments keep sled's space
 //! amplification down (see BENCHMARKS.md for the measurements behind these choices).
@@ -56,6 +61,9 @@ const USAGE: u8 = b'u';
 const REMAINING: u8 = b'r';
 const TOMBSTONE: u8 = b'd';
 const META: u8 = b'm';
+const LIVE_CHILD: u8 = b'l';
+/// Marks a store whose live-children index (`l`) is complete.
+const LIVE_CHILDREN_DERIVED: &[u8] = b"mlivechildren";
 /// Set once the tombstones of a store written before they existed have been derived from its
 /// audit log (see [`tombstones::upgrade_older_store`]).
 const TOMBSTONES_DERIVED: &[u8] = b"mtombstones";
@@ -264,6 +272,9 @@ pub struct Store {
     /// Whether the store is known to keep tombstones (see [`upgrade_older_store`]); the
     /// first change written to a new store records it.
     tombstones_marked: AtomicBool,
+    /// Whether the store carries `LIVE_CHILDREN_DERIVED` (a blank store gets it with its first
+    /// change).
+    live_children_marked: AtomicBool,
     flusher: Flusher,
 }
 
@@ -312,6 +323,50 @@ fn status_key(r: &TokenRecord) -> Vec<u8> {
             r.id.as_str().as_bytes(),
         ],
     )
+}
+
+/// The live-children index entry of `r`: a child that is not revoked, under its parent, by
+/// expiry. Paused and (by time) expired children keep theirs; a count skips the expired.
+fn live_child_key(r: &TokenRecord) -> Option<Vec<u8>> {
+    let parent = r.parent_id.as_ref()?;
+    if r.status == Status::Revoked {
+        return None;
+    }
+    let expiry = r
+        .scope
+        .expires_at
+        .map_or(u64::MAX, |e| u64::try_from(e.millis()).unwrap_or(0));
+    Some(key(
+        LIVE_CHILD,
+        &[
+            parent.as_str().as_bytes(),
+            &expiry.to_be_bytes(),
+            r.id.as_str().as_bytes(),
+        ],
+    ))
+}
+
+/// Builds the live-children index of a store written before it existed, once.
+fn derive_live_children(db: &sled::Db) -> Result<bool> {
+    if db.contains_key(LIVE_CHILDREN_DERIVED)? {
+        return Ok(true);
+    }
+    if db.scan_prefix([RECORD]).next().is_none() {
+        // Nothing to index; the first change marks the store.
+        return Ok(false);
+    }
+    let mut batch = sled::Batch::default();
+    for entry in db.scan_prefix([RECORD]) {
+        let (k, v) = entry?;
+        let id = id_from(&k[1..])?;
+        if let Some(live) = live_child_key(&decode_record(&id, &v)?) {
+            batch.insert(live, &[][..]);
+        }
+    }
+    batch.insert(LIVE_CHILDREN_DERIVED, &[][..]);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(true)
 }
 
 fn child_key(parent: &TokenId, child: &TokenId) -> Vec<u8> {
@@ -490,6 +545,7 @@ impl Store {
             })?;
         restrict_permissions(dir);
         let tombstones_marked = upgrade_older_store(&db)?;
+        let live_children_marked = derive_live_children(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -504,6 +560,7 @@ impl Store {
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
             tombstones_marked: AtomicBool::new(tombstones_marked),
+            live_children_marked: AtomicBool::new(live_children_marked),
             flusher: Flusher::default(),
         })
     }
@@ -670,6 +727,26 @@ impl Store {
             .collect()
     }
 
+    /// How many children of `parent` are live at `now`: not revoked and unexpired (active or
+    /// paused). A range scan of the `l` index from `now` on: revoked and expired children are
+    /// never visited, so the cost depends only on the live ones.
+    pub fn live_children(&self, parent: &TokenId, now: Timestamp) -> Result<usize> {
+        let start_expiry = u64::try_from(now.millis()).unwrap_or(0).saturating_add(1);
+        let start = key(
+            LIVE_CHILD,
+            &[parent.as_str().as_bytes(), &start_expiry.to_be_bytes()],
+        );
+        // Just past every key of this parent: ids are ASCII, so the last byte can grow.
+        let mut end = key(LIVE_CHILD, &[parent.as_str().as_bytes()]);
+        *end.last_mut().expect("the key holds the parent id") += 1;
+        let mut live = 0;
+        for entry in self.db.range(start..end) {
+            entry?;
+            live += 1;
+        }
+        Ok(live)
+    }
+
     /// Every descendant of `id`, parents before children.
     pub fn descendants(&self, id: &TokenId) -> Result<Vec<TokenId>> {
         let mut out = Vec::new();
@@ -678,6 +755,22 @@ impl Store {
             for child in self.children(&next)? {
                 frontier.push(child.clone());
                 out.push(child);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every token that a token minted, as (minter, minted), from a scan of every record.
+    /// Only `revoke_token include_minted` needs this, rarely (a leaked token's clean-up), so it
+    /// reads the records rather than keep a `created_by` index that every create would pay for.
+    pub fn minted_by_tokens(&self) -> Result<Vec<(TokenId, TokenId)>> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([RECORD]) {
+            let (k, v) = entry?;
+            let id = id_from(&k[1..])?;
+            let record = decode_record(&id, &v)?;
+            if let crate::record::Actor::Token(minter) = record.created_by {
+                out.push((minter, id));
             }
         }
         Ok(out)
@@ -811,6 +904,16 @@ impl Store {
         for (old, new) in &change.records {
             let id = new.id.as_str().as_bytes();
             batch.insert(key(RECORD, &[id]), encode_record(new));
+            let old_live = old.as_deref().and_then(live_child_key);
+            let new_live = live_child_key(new);
+            if old_live != new_live {
+                if let Some(k) = old_live {
+                    batch.remove(k);
+                }
+                if let Some(k) = new_live {
+                    batch.insert(k, &[][..]);
+                }
+            }
             match old {
                 Some(old) if old.status != new.status => {
                     batch.remove(status_key(old));
@@ -843,6 +946,9 @@ impl Store {
             if let Some(parent) = &record.parent_id {
                 batch.remove(child_key(parent, &record.id));
             }
+            if let Some(k) = live_child_key(record) {
+                batch.remove(k);
+            }
             for hash in &record.hashes {
                 batch.remove(key(HASH, &[&hash.0]));
                 removed_hashes.push(*hash);
@@ -859,6 +965,10 @@ impl Store {
         if marking {
             batch.insert(TOMBSTONES_DERIVED, &[][..]);
         }
+        let marking_live = !self.live_children_marked.load(Ordering::Relaxed);
+        if marking_live {
+            batch.insert(LIVE_CHILDREN_DERIVED, &[][..]);
+        }
         let mut events = change.audit;
         for event in &mut events {
             event.id = self.next_audit_id.fetch_add(1, Ordering::SeqCst);
@@ -868,6 +978,9 @@ impl Store {
         self.db.apply_batch(batch)?;
         if marking {
             self.tombstones_marked.store(true, Ordering::Relaxed);
+        }
+        if marking_live {
+            self.live_children_marked.store(true, Ordering::Relaxed);
         }
 
         let mut cache = self.cache_write();
@@ -916,6 +1029,10 @@ impl Store {
                 BackupEntry::Index(id(&rest[ID_LEN..])?)
             }
             STATUS if rest.len() == 1 + 8 + ID_LEN => BackupEntry::Index(id(&rest[9..])?),
+            LIVE_CHILD if rest.len() == ID_LEN + 8 + ID_LEN => {
+                id(&rest[..ID_LEN])?;
+                BackupEntry::Index(id(&rest[ID_LEN + 8..])?)
+            }
             AUDIT if rest.len() == 8 => {
                 let event = serde_json::from_slice::<AuditEvent>(value)
                     .map_err(|e| format!("audit event: {e}"))?;
@@ -953,7 +1070,10 @@ impl Store {
                 .parent_id
                 .as_ref()
                 .map(|p| (child_key(p, &r.id), Vec::new()));
-            std::iter::once((status_key(r), Vec::new())).chain(child)
+            let live = live_child_key(r).map(|k| (k, Vec::new()));
+            std::iter::once((status_key(r), Vec::new()))
+                .chain(child)
+                .chain(live)
         });
         for (k, v) in entries.iter().cloned().chain(indexes) {
             if self.db.contains_key(&k)? {
@@ -964,8 +1084,13 @@ impl Store {
             batch.insert(k, v);
             written += 1;
         }
+        if !self.live_children_marked.load(Ordering::Relaxed) {
+            // Every record now in the store came with its live-children entry.
+            batch.insert(LIVE_CHILDREN_DERIVED, &[][..]);
+        }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        self.live_children_marked.store(true, Ordering::Relaxed);
         let next = match self.db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -982,7 +1107,7 @@ impl Store {
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         self.db
             .iter()
-            .filter(|e| !matches!(e, Ok((k, _)) if k.first() == Some(&META)))
+            .filter(|e| !matches!(e, Ok((k, _)) if matches!(k.first(), Some(&META | &LIVE_CHILD))))
             .map(|e| {
                 e.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(StoreError::from)

@@ -15,7 +15,7 @@ use tokenwarden::error::{Error, ErrorCode};
 use tokenwarden::record::TokenRecord;
 use tokenwarden::rules::cidr::address_allowed;
 use tokenwarden::rules::pattern::any_matches;
-use tokenwarden::rules::scope::bucket_allowed;
+use tokenwarden::rules::scope::{bucket_allowed, no_address};
 use tokenwarden::secret::TokenId;
 use tokenwarden::service::requests::{CreateToken, ListTokens, ScopeToken, UpdateToken};
 use tokenwarden::service::{Caller, Service, is_read_only_tool};
@@ -517,6 +517,54 @@ fn check_reach(
     Ok(())
 }
 
+/// No token can grant what it does not hold: after a request by a token, every token it
+/// created, and every field it widened on a token it changed, lies within the caller's own
+/// scope as it was at the moment of the call (whatever the parent argument, admin or not).
+fn check_caller_bound(
+    s: &Service,
+    by: &Caller,
+    before: &[Arc<TokenRecord>],
+    step: &Step,
+) -> Result<(), TestCaseError> {
+    let Caller::Token(me) = by else {
+        return Ok(());
+    };
+    let Some(me_before) = before.iter().find(|r| &r.id == me) else {
+        return Ok(());
+    };
+    let bound = &me_before.scope;
+    let old: HashMap<&TokenId, &TokenRecord> = before.iter().map(|r| (&r.id, r.as_ref())).collect();
+    for record in stored(s) {
+        let beyond: Vec<&str> = match old.get(&record.id) {
+            None => record.scope.fields_exceeding(bound),
+            Some(was) => {
+                let mut widened = record.scope.fields_exceeding(&was.scope);
+                // Narrowing to disjoint ranges stores "no address", which is not a widening.
+                if record.scope.allowed_ips == no_address() {
+                    widened.retain(|f| *f != "allowed_ips");
+                }
+                record
+                    .scope
+                    .fields_exceeding(bound)
+                    .into_iter()
+                    .filter(|f| widened.contains(f))
+                    .collect()
+            }
+        };
+        prop_assert!(
+            beyond.is_empty(),
+            "{} left {} beyond its own scope in {:?} after {:?}\n caller: {:?}\n token: {:?}",
+            me,
+            record.id,
+            beyond,
+            step,
+            bound,
+            record.scope
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
@@ -527,7 +575,8 @@ proptest! {
     /// No sequence of requests by the owner or by tokens, refused or not, ever leaves a child
     /// with more than its parent: stored scopes stay within their parents', and whatever a
     /// child may call its parent may call. And no request by a non-admin token touches anything
-    /// outside its own subtree.
+    /// outside its own subtree, and no request by any token (admin or not, whatever the parent
+    /// argument) leaves a token beyond the caller's own scope.
     #[test]
     fn no_child_ever_exceeds_its_parent(steps in proptest::collection::vec(step(), 1..48)) {
         let fx = Fixture::new();
@@ -540,6 +589,7 @@ proptest! {
             run(s, &by, &tokens, step);
             tokens = check_invariants(s, step)?;
             check_reach(s, &by, &before, step)?;
+            check_caller_bound(s, &by, &before, step)?;
         }
     }
 }

@@ -262,7 +262,7 @@ async fn every_tool_works_over_http() {
     let revoked = ok(&admin, "revoke_token", json!({"id": id})).await;
     assert_eq!(
         revoked,
-        json!({"id": id, "revoked": true, "revoked_descendants": 1})
+        json!({"id": id, "revoked": true, "revoked_descendants": 1, "revoked_minted": 0})
     );
     err(
         &admin,

@@ -281,3 +281,99 @@ async fn stdio_and_http_in_one_process() {
     assert_eq!(ok(&web, "whoami", json!({})).await["name"], "web");
     owner.cancel().await.unwrap();
 }
+
+/// A TOKENWARDEN_TOKEN that is set but empty or blank (an unset `${VAR}` in a client's
+/// configuration) stops the server with one line: it never falls back to the owner.
+#[test]
+fn an_empty_stdio_token_fails_closed() {
+    for value in ["", " ", "\t\n"] {
+        let dir = TempDir::new().unwrap();
+        let output = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["serve", "--stdio"])
+            .env("TOKENWARDEN_TOKEN", value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{value:?} must not serve");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{value:?}: {stderr}");
+        assert!(
+            stderr.contains("TOKENWARDEN_TOKEN is set but empty"),
+            "{value:?}: {stderr}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+}
+
+/// A stdio session belongs to the secret it started with: once that secret is rotated out
+/// (grace 0), the session's calls are refused, like an HTTP bearer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_session_ends_with_the_rotation_of_its_secret() {
+    let dir = TempDir::new().unwrap();
+    let secret = {
+        let owner = connect_stdio(dir.path(), None).await;
+        let issued = ok(&owner, "create_token", json!({"name": "agent"})).await;
+        owner.cancel().await.unwrap();
+        issued["token"].as_str().unwrap().to_owned()
+    };
+    let agent = connect_stdio(dir.path(), Some(&secret)).await;
+    let me = ok(&agent, "whoami", json!({})).await;
+    let rotated = ok(
+        &agent,
+        "rotate_token",
+        json!({"id": me["id"], "grace_seconds": 0}),
+    )
+    .await;
+    assert_ne!(rotated["token"].as_str().unwrap(), secret);
+    let refused = try_call(&agent, "whoami", json!({})).await;
+    let message = refused.expect_err("the rotated-out secret must not act");
+    assert!(
+        message.contains("TOKENWARDEN_TOKEN no longer authenticates"),
+        "{message}"
+    );
+    assert!(
+        agent.list_all_tools().await.is_err(),
+        "tools/list refused too"
+    );
+    agent.cancel().await.unwrap();
+}
+
+/// The bootstrap admin is minted only on a store that never held anything: not again after
+/// every token was deleted (the store keeps its audit log and tombstones).
+#[test]
+fn the_bootstrap_admin_is_minted_once_even_after_every_token_is_deleted() {
+    let dir = TempDir::new().unwrap();
+    let mut first = Server::start(dir.path(), &[]);
+    let admin = first.admin().to_owned();
+    first.stop();
+    let list = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["token", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let stdout = String::from_utf8(list.stdout).unwrap();
+    let ids: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| match v.get("records") {
+            Some(Value::Array(records)) => records.clone(),
+            _ => vec![v],
+        })
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 1, "{stdout}");
+    let deleted = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["token", "delete", &ids[0]])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    let second = Server::start(dir.path(), &[]);
+    assert_eq!(second.admin_token, None, "{}", second.stderr());
+    assert!(!second.stderr().contains(&admin));
+}

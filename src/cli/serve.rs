@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cli, CliError, open_service};
 use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
-use crate::mcp::TokenServer;
+use crate::mcp::{StdioCaller, TokenServer};
 use crate::service::requests::{CreateToken, ListTokens};
 use crate::service::{Caller, Service};
 
@@ -200,21 +200,34 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The owner, or the token named by `TOKENWARDEN_TOKEN`, checked like an HTTP bearer.
-fn stdio_caller(service: &Service) -> Result<Caller, CliError> {
-    match std::env::var("TOKENWARDEN_TOKEN") {
-        Ok(secret) if !secret.is_empty() => service
-            .authenticate(secret.trim(), None)
-            .map(Caller::Token)
-            .map_err(|e| CliError::new(format!("TOKENWARDEN_TOKEN does not authenticate: {e}"))),
-        _ => Ok(Caller::Owner),
+/// The owner, or the secret in `TOKENWARDEN_TOKEN`, checked like an HTTP bearer now (so a
+/// bad secret stops the start) and again on every call of the session. Only an absent variable
+/// means the owner: one that is set but empty or blank (an unset `${VAR}` in a client's
+/// configuration) fails closed.
+fn stdio_caller(service: &Service) -> Result<StdioCaller, CliError> {
+    match std::env::var_os("TOKENWARDEN_TOKEN") {
+        None => Ok(StdioCaller::Owner),
+        Some(value) => {
+            let secret = value.to_str().map(str::trim).unwrap_or_default();
+            if secret.is_empty() {
+                return Err(CliError::new(
+                    "TOKENWARDEN_TOKEN is set but empty: set it to a token secret, or remove it \
+                     to serve as the owner",
+                ));
+            }
+            service.authenticate(secret, None).map_err(|e| {
+                CliError::new(format!("TOKENWARDEN_TOKEN does not authenticate: {e}"))
+            })?;
+            Ok(StdioCaller::Secret(secret.to_owned()))
+        }
     }
 }
 
-/// On the first start of an empty store with HTTP enabled, mint one admin token and show its
-/// secret once, on stderr.
+/// On the first start of a store that has never held anything (no token, no audit event, no
+/// tombstone) with HTTP enabled, mint one admin token and show its secret once, on stderr. A
+/// store whose tokens were all deleted is not new: it gets no second admin.
 fn bootstrap_admin(service: &Service, cli: &Cli, dir: &Path) -> Result<(), CliError> {
-    if !service.store().is_empty() {
+    if !service.store().is_blank() {
         return Ok(());
     }
     let issued = service.create_token(

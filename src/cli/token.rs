@@ -55,11 +55,21 @@ pub enum TokenCommand {
     /// Revoke a token and every descendant, permanently.
     ///
     /// Example: tokenwarden token revoke tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
-    Revoke(IdArg),
+    Revoke(RevokeArgs),
     /// Revoke a token and its descendants and remove their records.
     ///
     /// Example: tokenwarden token delete tok_0Vx3k9QbT2mZ8LwYp5RsNa4c
     Delete(IdArg),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub token: IdArg,
+    /// Also revoke every token it (or its subtree) minted elsewhere, e.g. roots created with
+    /// --parent none, transitively: the clean-up after a leaked admin token.
+    #[arg(long)]
+    pub include_minted: bool,
 }
 
 #[derive(Debug, Args)]
@@ -404,8 +414,10 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
             show_secret(&mut out, json, "rotated", call("rotate_token", args)?)
         }
         TokenCommand::Revoke(a) => {
-            let record = call("get_token", Arguments::id(&a.id))?;
-            let result = call("revoke_token", Arguments::id(&a.id))?;
+            let record = call("get_token", Arguments::id(&a.token.id))?;
+            let args =
+                Arguments::id(&a.token.id).set("include_minted", a.include_minted.then_some(true));
+            let result = call("revoke_token", args)?;
             if json {
                 return out.json(&result);
             }
@@ -413,7 +425,14 @@ fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), 
                 "revoked {} and {} descendant(s)",
                 who(&record),
                 result["revoked_descendants"]
-            ))
+            ))?;
+            if a.include_minted {
+                out.line(format!(
+                    "revoked {} token(s) it minted elsewhere",
+                    result["revoked_minted"]
+                ))?;
+            }
+            Ok(())
         }
         TokenCommand::Delete(a) => {
             let record = call("get_token", Arguments::id(&a.id))?;

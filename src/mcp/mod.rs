@@ -1,7 +1,8 @@
 //! The MCP face of the service: a `ServerHandler` whose `tools/list` shows each caller only
 //! what it may call and whose `tools/call` asks the one decision path before running a tool.
 //! The same handler serves stdio and streamable HTTP; on HTTP the caller comes from the
-//! guard (see `http`), on stdio it is fixed when the session starts.
+//! guard (see `http`), on stdio it is the owner or the secret the session started with,
+//! authenticated again on every request (SPEC §6).
 
 pub mod tools;
 
@@ -31,11 +32,29 @@ pub struct Authenticated {
     pub client_ip: IpAddr,
 }
 
+/// Who a stdio session acts as: the owner (no `TOKENWARDEN_TOKEN`), or the secret it started
+/// with. The secret, not the token id: like an HTTP bearer it is authenticated on every request,
+/// so the end of a rotation's grace (or a revocation, pause or expiry) ends the session's rights.
+#[derive(Clone)]
+pub enum StdioCaller {
+    Owner,
+    Secret(String),
+}
+
+impl std::fmt::Debug for StdioCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StdioCaller::Owner => f.write_str("Owner"),
+            StdioCaller::Secret(_) => f.write_str("Secret(mcp_[redacted])"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct TokenServer {
     service: Arc<Service>,
     /// The caller of a stdio session; `None` for HTTP, where each request carries its own.
-    stdio_caller: Option<Caller>,
+    stdio_caller: Option<StdioCaller>,
     /// The upstream MCP servers fronted as buckets, when `--upstreams` is given.
     gateway: Option<Arc<Gateway>>,
 }
@@ -58,7 +77,7 @@ impl TokenServer {
         }
     }
 
-    pub fn for_stdio(service: Arc<Service>, caller: Caller) -> TokenServer {
+    pub fn for_stdio(service: Arc<Service>, caller: StdioCaller) -> TokenServer {
         TokenServer {
             service,
             stdio_caller: Some(caller),
@@ -86,7 +105,15 @@ impl TokenServer {
             };
         }
         match &self.stdio_caller {
-            Some(caller) => Ok((caller.clone(), None)),
+            Some(StdioCaller::Owner) => Ok((Caller::Owner, None)),
+            Some(StdioCaller::Secret(secret)) => match self.service.authenticate(secret, None) {
+                Ok(id) => Ok((Caller::Token(id), None)),
+                Err(e) => Err(ErrorData::new(
+                    rmcp::model::ErrorCode(-32001),
+                    format!("TOKENWARDEN_TOKEN no longer authenticates: {e}"),
+                    None,
+                )),
+            },
             None => Err(ErrorData::internal_error(
                 "request was not authenticated",
                 None,

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::service::requests::{
-    CreateToken, ListAuditEvents, ListTokens, RotateToken, ScopeToken, TokenRef, UpdateToken,
-    VerifyToken,
+    CreateToken, ListAuditEvents, ListTokens, RevokeToken, RotateToken, ScopeToken, TokenRef,
+    UpdateToken, VerifyToken,
 };
 use crate::service::{Caller, Service, is_read_only_tool};
 
@@ -72,7 +72,9 @@ const SPECS: &[Spec] = &[
             caller, the new token is your child (parent \"self\") and can never hold more than \
             you: buckets, tools, read_only, allowed_ips, expiry and limits must lie within \
             yours (omitted fields are inherited), else the call fails with \
-            scope_exceeds_parent naming each field. Example for a sub-agent that may only \
+            scope_exceeds_parent naming each field. That holds wherever you place it (an \
+            admin's parent \"none\" or another parent too): no token grants what it does not \
+            hold. Example for a sub-agent that may only \
             read: {\"name\": \"researcher\", \"buckets\": [\"docs\"], \"tools\": \
             [\"whoami\", \"list_*\"], \"ttl_seconds\": 3600}.",
         schema: schema::<CreateToken>,
@@ -126,9 +128,11 @@ const SPECS: &[Spec] = &[
         kind: Kind::Destructive,
         description: "Permanently revoke a token and every descendant; they are refused from \
             the very next request. Irreversible. Use it when a sub-agent is done or a secret \
-            may have leaked. Returns {id, revoked: true, revoked_descendants}. Example: \
-            {\"id\": \"tok_…\"}.",
-        schema: schema::<TokenRef>,
+            may have leaked. With include_minted: true, also revokes every token it (or its \
+            subtree) minted elsewhere, e.g. roots it created with parent none, transitively. \
+            Returns {id, revoked: true, revoked_descendants, revoked_minted}. Example: \
+            {\"id\": \"tok_…\", \"include_minted\": true}.",
+        schema: schema::<RevokeToken>,
     },
     Spec {
         name: "delete_token",
@@ -230,7 +234,9 @@ pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value
         "pause_token" => json(service.pause_token(caller, args(name, arguments)?)?),
         "resume_token" => json(service.resume_token(caller, args(name, arguments)?)?),
         "rotate_token" => json(service.rotate_token(caller, args(name, arguments)?)?),
-        "revoke_token" => json(service.revoke_token(caller, args(name, arguments)?)?),
+        "revoke_token" => {
+            json(service.revoke_token(caller, args::<RevokeToken>(name, arguments)?)?)
+        }
         "delete_token" => json(service.delete_token(caller, args(name, arguments)?)?),
         "verify_token" => json(service.verify_token(caller, args(name, arguments)?)?),
         "list_audit_events" => json(service.list_audit_events(caller, args(name, arguments)?)?),

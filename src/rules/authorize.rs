@@ -22,6 +22,7 @@ pub struct Tool<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
     pub remaining_uses: Option<u64>,
+    /// Authorised calls in the sliding 60-second window ending now (SPEC §4 rule 6).
     pub calls_this_minute: u32,
 }
 
@@ -265,7 +266,7 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
                     link,
                     Rule::RateLimited,
                     format!(
-                        "{} limit of {limit} calls per minute is reached; retry in a minute",
+                        "{} limit of {limit} calls in any 60 seconds is reached; retry shortly",
                         owner_word(link, token)
                     ),
                 ));

@@ -156,6 +156,30 @@ impl Scope {
         fields
     }
 
+    /// The names of the fields whose value differs from `before` (what a change sets).
+    pub fn fields_changed(&self, before: &Scope) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        let mut differs = |name, changed: bool| {
+            if changed {
+                fields.push(name);
+            }
+        };
+        differs("environment", self.environment != before.environment);
+        differs("buckets", self.buckets != before.buckets);
+        differs("tools", self.tools != before.tools);
+        differs("read_only", self.read_only != before.read_only);
+        differs("admin", self.admin != before.admin);
+        differs("allowed_ips", self.allowed_ips != before.allowed_ips);
+        differs("expires_at", self.expires_at != before.expires_at);
+        differs("max_uses", self.max_uses != before.max_uses);
+        differs(
+            "rate_limit_per_minute",
+            self.rate_limit_per_minute != before.rate_limit_per_minute,
+        );
+        differs("deny_tools", self.deny_tools != before.deny_tools);
+        fields
+    }
+
     /// `self` narrowed to what `bound` allows: used to keep descendants within a parent that
     /// was just narrowed. The result always satisfies `fields_exceeding(bound).is_empty()`.
     pub fn clamped_to(&self, bound: &Scope) -> Scope {

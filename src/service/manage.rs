@@ -3,12 +3,14 @@
 //! Each runs under the write lock: read the current records, check reach and attenuation,
 //! build one `Change` (records, hashes, audit), apply it, then flush outside the lock.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, MutexGuard};
 
 use serde_json::json;
 
 use super::requests::{
-    CreateToken, Deleted, Issued, Revoked, RotateToken, ScopeToken, TokenRef, UpdateToken,
+    CreateToken, Deleted, Issued, RevokeToken, Revoked, RotateToken, ScopeToken, TokenRef,
+    UpdateToken,
 };
 use super::usage::{Guard, UsageTable};
 use super::{Acting, Caller, Service, validate};
@@ -24,14 +26,42 @@ use crate::timestamp::Timestamp;
 const MAX_GRACE_SECONDS: i64 = 86_400;
 const DEFAULT_GRACE_SECONDS: i64 = 60;
 
-fn exceeds_parent(parent: &TokenId, fields: &[&str]) -> Error {
+/// The refusal when a token caller asks for more than it holds itself (SPEC §4: no token can
+/// grant what it does not hold), naming each field and whose scope it exceeds.
+fn exceeds_bounds(
+    parent: Option<(&TokenId, &[&str])>,
+    caller: Option<(&TokenId, &[&str])>,
+) -> Error {
+    let mut parts = Vec::new();
+    if let Some((id, fields)) = parent.filter(|(_, f)| !f.is_empty()) {
+        parts.push(format!("parent {id} in: {}", fields.join(", ")));
+    }
+    if let Some((id, fields)) = caller.filter(|(_, f)| !f.is_empty()) {
+        parts.push(format!(
+            "the scope of the calling token {id} (no token can grant what it does not hold) in: {}",
+            fields.join(", ")
+        ));
+    }
     Error::new(
         ErrorCode::ScopeExceedsParent,
-        format!(
-            "requested scope exceeds parent {parent} in: {}",
-            fields.join(", ")
-        ),
+        format!("requested scope exceeds {}", parts.join("; and ")),
     )
+}
+
+/// Refuses any change to a token that has expired, itself or through an ancestor: expiry is
+/// final, like revocation (SPEC §4), so nothing may bring it back.
+fn refuse_expired(chain: &[Arc<TokenRecord>], now: Timestamp) -> Result<()> {
+    match effective_status(&links(chain), now) {
+        EffectiveStatus::Expired => Err(Error::conflict(format!(
+            "token {} has expired; expiry is final",
+            chain[0].id
+        ))),
+        EffectiveStatus::ExpiredByAncestor => Err(Error::conflict(format!(
+            "token {} has expired with its ancestor; expiry is final",
+            chain[0].id
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn links(chain: &[Arc<TokenRecord>]) -> Vec<&TokenRecord> {
@@ -62,32 +92,49 @@ impl Service {
         Ok(())
     }
 
-    /// Refuses a change to a revoked token, and a token widening its own scope.
+    /// Refuses a change to a revoked or expired token, a token widening its own scope, a scope
+    /// beyond the target's parent, and, for a token caller, any field it sets or widens beyond
+    /// its own scope.
     fn check_changeable(
         &self,
         acting: &Acting,
-        target: &TokenRecord,
+        chain: &[Arc<TokenRecord>],
         new_scope: &Scope,
-        parent: Option<&TokenRecord>,
+        now: Timestamp,
     ) -> Result<()> {
+        let target = &chain[0];
         if target.status == Status::Revoked {
             return Err(Error::conflict(format!("token {} is revoked", target.id)));
         }
-        if let Some(parent) = parent {
-            let fields = new_scope.fields_exceeding(&parent.scope);
-            if !fields.is_empty() {
-                return Err(exceeds_parent(&parent.id, &fields));
-            }
-        }
-        if acting.token().is_some_and(|me| me.id == target.id) {
+        refuse_expired(chain, now)?;
+        let parent = chain.get(1);
+        let parent_fields = parent.map_or_else(Vec::new, |p| new_scope.fields_exceeding(&p.scope));
+        if let Some(me) = acting.token().filter(|me| me.id == target.id)
+            && parent_fields.is_empty()
+        {
             let fields = new_scope.fields_exceeding(&target.scope);
             if !fields.is_empty() {
                 return Err(Error::forbidden(format!(
                     "token {} may not widen its own scope: {}",
-                    target.id,
+                    me.id,
                     fields.join(", ")
                 )));
             }
+        }
+        let changed = new_scope.fields_changed(&target.scope);
+        let caller_fields: Vec<&str> = match acting.token() {
+            Some(me) => new_scope
+                .fields_exceeding(&me.scope)
+                .into_iter()
+                .filter(|f| changed.contains(f))
+                .collect(),
+            None => Vec::new(),
+        };
+        if !parent_fields.is_empty() || !caller_fields.is_empty() {
+            return Err(exceeds_bounds(
+                parent.map(|p| (&p.id, &parent_fields[..])),
+                acting.token().map(|me| (&me.id, &caller_fields[..])),
+            ));
         }
         Ok(())
     }
@@ -151,7 +198,6 @@ impl Service {
     }
 
     pub fn create_token(&self, caller: &Caller, req: CreateToken) -> Result<Issued> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let name = validate::name(&req.name)?;
         let description = req
@@ -189,6 +235,7 @@ impl Service {
             .transpose()?;
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let parent_chain = match (req.parent.as_deref(), acting.token()) {
             (Some("none"), _) | (None, None) => {
                 if !acting.is_owner_or_admin() {
@@ -207,8 +254,8 @@ impl Service {
             (Some(id), _) => Some(self.load_in_reach(&acting, id)?),
         };
 
-        let scope = match &parent_chain {
-            None => Scope {
+        let scope = match (&parent_chain, acting.token()) {
+            (None, None) => Scope {
                 environment: self.config.environment.clone(),
                 buckets: match buckets {
                     Some(b) if !b.is_empty() => b,
@@ -224,14 +271,36 @@ impl Service {
                 expires_at,
                 max_uses,
                 rate_limit_per_minute: rate,
-                // A root minted by a token keeps at least the minter's denials.
-                deny_tools: match acting.token() {
-                    Some(me) => union_denials(&deny_tools, &me.scope.deny_tools),
-                    None => deny_tools.clone(),
-                },
+                deny_tools: deny_tools.clone(),
             },
-            Some(chain) => {
-                let p = &chain[0].scope;
+            // A root minted by a token: omitted fields come from the minter, never "all", and
+            // it keeps at least the minter's denials.
+            (None, Some(me)) => {
+                let m = &me.scope;
+                Scope {
+                    environment: m.environment.clone(),
+                    buckets: buckets
+                        .filter(|b| !b.is_empty())
+                        .unwrap_or_else(|| m.buckets.clone()),
+                    tools: tools
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| m.tools.clone()),
+                    read_only: req.read_only.unwrap_or(m.read_only),
+                    admin: req.admin.unwrap_or(false),
+                    allowed_ips: allowed_ips.unwrap_or_else(|| m.allowed_ips.clone()),
+                    expires_at: expires_at.or(m.expires_at),
+                    max_uses: max_uses.or(m.max_uses),
+                    rate_limit_per_minute: rate.or(m.rate_limit_per_minute),
+                    deny_tools: union_denials(&deny_tools, &m.deny_tools),
+                }
+            }
+            (Some(chain), me) => {
+                // Omitted fields come from the parent, within what a token caller holds.
+                let inherited = match me {
+                    Some(me) => chain[0].scope.clamped_to(&me.scope),
+                    None => chain[0].scope.clone(),
+                };
+                let p = &inherited;
                 Scope {
                     environment: p.environment.clone(),
                     buckets: buckets.unwrap_or_else(|| p.buckets.clone()),
@@ -253,14 +322,26 @@ impl Service {
             }
         };
 
+        // No token can grant what it does not hold: whatever a token caller mints, wherever it
+        // places it, ends within its own scope (and within the new token's parent's).
+        let parent_fields = parent_chain
+            .as_ref()
+            .map_or_else(Vec::new, |chain| scope.fields_exceeding(&chain[0].scope));
+        let caller_fields = acting
+            .token()
+            .map_or_else(Vec::new, |me| scope.fields_exceeding(&me.scope));
+        if !parent_fields.is_empty() || !caller_fields.is_empty() {
+            return Err(exceeds_bounds(
+                parent_chain
+                    .as_ref()
+                    .map(|c| (&c[0].id, &parent_fields[..])),
+                acting.token().map(|me| (&me.id, &caller_fields[..])),
+            ));
+        }
         let (parent_id, depth) = match &parent_chain {
             None => (None, 0),
             Some(chain) => {
                 let parent = &chain[0];
-                let fields = scope.fields_exceeding(&parent.scope);
-                if !fields.is_empty() {
-                    return Err(exceeds_parent(&parent.id, &fields));
-                }
                 let status = effective_status(&links(chain), now);
                 if status != EffectiveStatus::Active {
                     return Err(Error::conflict(format!(
@@ -282,7 +363,7 @@ impl Service {
                         ),
                     ));
                 }
-                self.check_live_children(&parent.id)?;
+                self.check_live_children(&parent.id, now)?;
                 (Some(parent.id.clone()), depth)
             }
         };
@@ -339,17 +420,10 @@ impl Service {
         })
     }
 
-    fn check_live_children(&self, parent: &TokenId) -> Result<()> {
-        let mut live = 0;
-        for child in self.store.children(parent)? {
-            if self
-                .store
-                .get(&child)?
-                .is_some_and(|c| c.status != Status::Revoked)
-            {
-                live += 1;
-            }
-        }
+    /// Refuses a child of `parent` once it has `max_children` live (active or paused,
+    /// unexpired) children; revoked and expired ones do not count, nor cost anything to skip.
+    fn check_live_children(&self, parent: &TokenId, now: Timestamp) -> Result<()> {
+        let live = self.store.live_children(parent, now)?;
         if live >= self.config.max_children {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
@@ -363,7 +437,6 @@ impl Service {
     }
 
     pub fn update_token(&self, caller: &Caller, req: UpdateToken) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let name = req.name.as_deref().map(validate::name).transpose()?;
         let description = match &req.description {
@@ -388,6 +461,7 @@ impl Service {
         };
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut updated = (**target).clone();
@@ -419,12 +493,7 @@ impl Service {
             changes.insert("rate_limit_per_minute".into(), json!(r));
             updated.scope.rate_limit_per_minute = r;
         }
-        self.check_changeable(
-            &acting,
-            target,
-            &updated.scope,
-            chain.get(1).map(Arc::as_ref),
-        )?;
+        self.check_changeable(&acting, &chain, &updated.scope, now)?;
         if changes.is_empty() {
             return self.view(&chain, now);
         }
@@ -455,7 +524,6 @@ impl Service {
     }
 
     pub fn scope_token(&self, caller: &Caller, req: ScopeToken) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         if req.buckets.is_some() && (req.add_buckets.is_some() || req.remove_buckets.is_some()) {
             return Err(Error::invalid(
@@ -519,6 +587,7 @@ impl Service {
             .transpose()?;
 
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut scope = target.scope.clone();
@@ -562,7 +631,7 @@ impl Service {
         if let Some(ips) = allowed_ips {
             scope.allowed_ips = ips;
         }
-        self.check_changeable(&acting, target, &scope, chain.get(1).map(Arc::as_ref))?;
+        self.check_changeable(&acting, &chain, &scope, now)?;
         if scope == target.scope {
             return self.view(&chain, now);
         }
@@ -591,9 +660,9 @@ impl Service {
     }
 
     pub fn pause_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         match target.status {
@@ -623,9 +692,9 @@ impl Service {
     }
 
     pub fn resume_token(&self, caller: &Caller, req: TokenRef) -> Result<super::TokenView> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         if acting.token().is_some_and(|me| me.id == target.id) {
@@ -663,7 +732,6 @@ impl Service {
     }
 
     pub fn rotate_token(&self, caller: &Caller, req: RotateToken) -> Result<Issued> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
         if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
@@ -672,6 +740,7 @@ impl Service {
             )));
         }
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         if target.status == Status::Revoked {
@@ -759,42 +828,92 @@ impl Service {
         Ok(newly_revoked)
     }
 
-    pub fn revoke_token(&self, caller: &Caller, req: TokenRef) -> Result<Revoked> {
-        let acting = self.acting(caller)?;
+    /// The tokens outside `target`'s subtree that it, or anything under it, minted (with
+    /// their subtrees), transitively: what `include_minted` revokes. One scan of the records
+    /// (see `Store::minted_by_tokens`), done under the write lock so nothing is minted meanwhile.
+    fn minted_outside(&self, target: &TokenId) -> Result<Vec<TokenId>> {
+        let mut minted: HashMap<TokenId, Vec<TokenId>> = HashMap::new();
+        for (minter, id) in self.store.minted_by_tokens()? {
+            minted.entry(minter).or_default().push(id);
+        }
+        let mut seen: HashSet<TokenId> = HashSet::from([target.clone()]);
+        let mut frontier: Vec<TokenId> = self.store.descendants(target)?;
+        seen.extend(frontier.iter().cloned());
+        frontier.push(target.clone());
+        let mut outside = Vec::new();
+        while let Some(id) = frontier.pop() {
+            for m in minted.get(&id).into_iter().flatten() {
+                if !seen.insert(m.clone()) {
+                    continue;
+                }
+                outside.push(m.clone());
+                frontier.push(m.clone());
+                for d in self.store.descendants(m)? {
+                    if seen.insert(d.clone()) {
+                        outside.push(d.clone());
+                        frontier.push(d);
+                    }
+                }
+            }
+        }
+        Ok(outside)
+    }
+
+    pub fn revoke_token(&self, caller: &Caller, req: impl Into<RevokeToken>) -> Result<Revoked> {
+        let req = req.into();
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut change = Change::default();
         let revoked_descendants = self.revoke_subtree(target, &mut change, now)?;
+        let mut revoked_minted = 0;
+        if req.include_minted == Some(true) {
+            for id in self.minted_outside(&target.id)? {
+                if let Some(record) = self.store.get(&id)?
+                    && record.status != Status::Revoked
+                {
+                    let mut updated = (*record).clone();
+                    updated.status = Status::Revoked;
+                    updated.revoked_at = Some(now);
+                    updated.updated_at = now;
+                    change.put(Some(record), updated);
+                    revoked_minted += 1;
+                }
+            }
+        }
+        let result = Revoked {
+            id: target.id.clone(),
+            revoked: true,
+            revoked_descendants,
+            revoked_minted,
+        };
         if !change.writes_records() {
-            // Already revoked, and everything under it: nothing to write or audit.
-            return Ok(Revoked {
-                id: target.id.clone(),
-                revoked: true,
-                revoked_descendants,
-            });
+            // Already revoked, and everything it reaches: nothing to write or audit.
+            return Ok(result);
+        }
+        let mut details = json!({ "revoked_descendants": revoked_descendants });
+        if req.include_minted == Some(true) {
+            details["include_minted"] = json!(true);
+            details["revoked_minted"] = json!(revoked_minted);
         }
         change.audit(AuditEvent::new(
             &acting.actor,
             "revoke",
             &target.id,
             now,
-            json!({ "revoked_descendants": revoked_descendants }),
+            details,
         ));
         self.commit(write, None, change)?;
-        tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, "token revoked");
-        Ok(Revoked {
-            id: target.id.clone(),
-            revoked: true,
-            revoked_descendants,
-        })
+        tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, revoked_minted, "token revoked");
+        Ok(result)
     }
 
     pub fn delete_token(&self, caller: &Caller, req: TokenRef) -> Result<Deleted> {
-        let acting = self.acting(caller)?;
         let now = Timestamp::now();
         let write = self.lock_writes();
+        let acting = self.acting_under_lock(&write, caller)?;
         let chain = self.load_in_reach(&acting, &req.id)?;
         let target = &chain[0];
         let mut change = Change::default();

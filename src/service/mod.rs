@@ -50,7 +50,7 @@ pub struct ServiceConfig {
     pub environment: String,
     /// Deepest allowed token (a root is depth 0).
     pub max_depth: u8,
-    /// Most live (not revoked) children one token may have.
+    /// Most live (active or paused, unexpired) children one token may have.
     pub max_children: usize,
     /// How much of the audit log `prune_audit` keeps.
     pub audit_retention: AuditRetention,
@@ -358,8 +358,23 @@ impl Service {
             .ok_or_else(|| Error::forbidden(format!("token {id} no longer exists")))
     }
 
-    /// Resolves the caller of a management operation, refusing a token that may no longer act.
+    /// Resolves the caller of a read-only operation, refusing a token that may no longer act.
     fn acting(&self, caller: &Caller) -> Result<Acting> {
+        self.resolve_acting(caller)
+    }
+
+    /// Resolves the caller of a management operation. Call it with the write lock held (the
+    /// `_write` guard proves it): standing is checked when the change commits (SPEC §4), so an
+    /// action racing with its caller's revocation, pause or narrowing either commits before
+    /// that change or is refused. Checks the caller and every ancestor are active and unexpired
+    /// now; what the action needs of the caller's scope (admin, the bounds of what it mints or
+    /// re-scopes) is then checked against the records read here, under the same lock. The tool
+    /// allowlist was checked by `authorize_call` just before the tool ran.
+    fn acting_under_lock(&self, _write: &MutexGuard<'_, ()>, caller: &Caller) -> Result<Acting> {
+        self.resolve_acting(caller)
+    }
+
+    fn resolve_acting(&self, caller: &Caller) -> Result<Acting> {
         match caller {
             Caller::Owner => Ok(Acting {
                 actor: Actor::Owner,

@@ -55,6 +55,26 @@ pub struct TokenRef {
     pub id: String,
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeToken {
+    /// The token id, `tok_` followed by 24 letters or digits.
+    pub id: String,
+    /// Also revoke every token it (or anything under it) minted outside its own subtree, such
+    /// as roots it created with `parent: none`, transitively, with their subtrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_minted: Option<bool>,
+}
+
+impl From<TokenRef> for RevokeToken {
+    fn from(r: TokenRef) -> RevokeToken {
+        RevokeToken {
+            id: r.id,
+            include_minted: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
@@ -63,10 +83,12 @@ pub struct CreateToken {
     /// Optional description, up to 1024 characters.
     pub description: Option<String>,
     /// Buckets the token may reach: names, or ["*"] for all. Omitted: a child inherits its
-    /// parent's; a root token gets all.
+    /// parent's; a root token gets all when the owner creates it, the minting token's when a
+    /// token does.
     pub buckets: Option<Vec<String>>,
     /// Tool patterns the token may call: exact names, "*", or prefixes such as "list_*".
-    /// Omitted: a child inherits its parent's; a root token gets all.
+    /// Omitted: a child inherits its parent's; a root token gets all when the owner creates
+    /// it, the minting token's when a token does.
     pub tools: Option<Vec<String>>,
     /// Tool patterns never callable, even where tools allows, e.g. ["fs__write_*"]. A token
     /// always keeps its parent's (and a token minter's) denials as well.
@@ -237,6 +259,9 @@ pub struct Revoked {
     pub id: TokenId,
     pub revoked: bool,
     pub revoked_descendants: u64,
+    /// Tokens revoked because the target (or its subtree) minted them outside its subtree,
+    /// with their subtrees: always 0 without `include_minted`.
+    pub revoked_minted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
