@@ -601,7 +601,6 @@ mod tests {
                 },
             );
             // Without budgets (tools/list filtering) nothing is counted or refused.
-            budgets[at_link].calls_this_minute = 5;
             allowed(&c, &call("whoami", true));
         }
     }
