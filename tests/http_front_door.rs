@@ -409,5 +409,17 @@ async fn a_stream_closes_when_its_secret_is_rotated_out() {
     // The new secret works; the old one is refused.
     let fresh = connect_http(&server.url(), rotated["token"].as_str().unwrap()).await;
     ok(&fresh, "whoami", json!({})).await;
-    assert!(try_connect_http(&server.url(), &secret).await.is_err());
+    let refused = try_connect_http(&server.url(), &secret)
+        .await
+        .err()
+        .expect("a rotated-out secret cannot connect");
+    assert!(refused.contains("Auth required"), "{refused}");
+    let response = raw_initialize(&server.url(), &[("authorization", &bearer(&secret))]).await;
+    assert_eq!(response.status().as_u16(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    // `grace_seconds: 0` retires the old hash at once: it is no longer known at all.
+    assert!(
+        challenge.ends_with("error_description=\"unknown token\""),
+        "{challenge}"
+    );
 }

@@ -480,12 +480,16 @@ async fn a_session_stays_bound_to_its_token() {
         ping,
     )
     .await;
-    assert_ne!(
+    assert_eq!(
         owner_again.status().as_u16(),
-        403,
+        200,
         "the opening token keeps its session"
     );
-    assert_ne!(owner_again.status().as_u16(), 401);
+    let answer = owner_again.text().await.unwrap();
+    assert!(
+        answer.contains(r#""id":2"#) && answer.contains(r#""result":{}"#),
+        "the ping is answered: {answer}"
+    );
 }
 
 /// Revoking a token from a third session makes the next request of both its sessions fail at
@@ -514,7 +518,16 @@ async fn revocation_bites_on_the_next_request_of_every_session() {
     let (id, secret) = create(&admin, json!({"name": "pausable", "parent": "none"})).await;
     let session = connect_http(&server.url(), &secret).await;
     ok(&admin, "pause_token", json!({"id": id})).await;
-    assert!(try_call(&session, "whoami", json!({})).await.is_err());
+    let message = try_call(&session, "whoami", json!({}))
+        .await
+        .expect_err("a paused token's session must be refused");
+    assert!(message.contains("Auth required"), "{message}");
+    let (status, challenge, _) = status_of(&server.url(), &secret).await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains(&format!("token {id} is paused\"")),
+        "{challenge}"
+    );
     ok(&admin, "resume_token", json!({"id": id})).await;
     assert_eq!(status_of(&server.url(), &secret).await.0, 200);
 }
@@ -663,11 +676,24 @@ async fn agent_mints_uses_and_loses_a_child_token() {
     );
 
     ok(&admin, "revoke_token", json!({"id": orchestrator_id})).await;
-    assert!(try_call(&sub_agent, "whoami", json!({})).await.is_err());
+    let message = try_call(&sub_agent, "whoami", json!({}))
+        .await
+        .expect_err("the child's session must be refused");
+    assert!(message.contains("Auth required"), "{message}");
     let (status, challenge, _) = status_of(&server.url(), child_secret).await;
     assert_eq!(status, 401);
-    // Revocation cascades: the child's own record is revoked too.
     assert!(challenge.contains("is revoked"), "{challenge}");
+    // Revocation cascades: the child's own record is revoked too, not only refused through its
+    // ancestor ("is revoked by its ancestor" would also match the challenge above).
+    let child_id = child["id"].as_str().unwrap();
+    let record = ok(&admin, "get_token", json!({"id": child_id})).await;
+    assert_eq!(record["status"], "revoked", "{record}");
+    assert_eq!(record["effective_status"], "revoked", "{record}");
+    assert!(record["revoked_at"].is_string(), "{record}");
+    assert!(
+        !challenge.contains("by its ancestor"),
+        "the child's own revocation is what it meets: {challenge}"
+    );
 }
 
 /// Sleeps past the next minute boundary when fewer than `margin` seconds of this minute are
