@@ -409,10 +409,9 @@ async fn a_stream_closes_when_its_secret_is_rotated_out() {
     // The new secret works; the old one is refused.
     let fresh = connect_http(&server.url(), rotated["token"].as_str().unwrap()).await;
     ok(&fresh, "whoami", json!({})).await;
-    let refused = try_connect_http(&server.url(), &secret)
-        .await
-        .err()
-        .expect("a rotated-out secret cannot connect");
+    let Err(refused) = try_connect_http(&server.url(), &secret).await else {
+        panic!("a rotated-out secret cannot connect");
+    };
     assert!(refused.contains("Auth required"), "{refused}");
     let response = raw_initialize(&server.url(), &[("authorization", &bearer(&secret))]).await;
     assert_eq!(response.status().as_u16(), 401);

@@ -197,7 +197,8 @@ fn limited() -> Scope {
 fn each_field_that_exceeds_its_parent_is_named_alone() {
     let parent = limited();
     assert!(parent.fields_exceeding(&parent).is_empty());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Scope)>)> = vec![
+    type Widen = Box<dyn Fn(&mut Scope)>;
+    let cases: Vec<(&str, Widen)> = vec![
         ("environment", Box::new(|s| s.environment = "other".into())),
         ("buckets", Box::new(|s| s.buckets = strings(&["a", "c"]))),
         (
