@@ -1277,7 +1277,9 @@ mod group_commit_tests {
             let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
             std::thread::spawn(move || db.write(&flusher))
         };
-        started.recv().unwrap();
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first writer never started a flush");
         // Two changes applied while the first flush runs: it must not count for them.
         let later: Vec<_> = (0..2)
             .map(|_| {
@@ -1310,7 +1312,9 @@ mod group_commit_tests {
             let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
             std::thread::spawn(move || db.write(&flusher))
         };
-        started.recv().unwrap();
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first writer never started a flush");
         let second = {
             let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
             std::thread::spawn(move || db.write(&flusher))
