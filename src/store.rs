@@ -296,6 +296,40 @@ struct FlushState {
     running: bool,
 }
 
+impl Flusher {
+    /// Returns once a call of `flush` that started after this call began has succeeded: the
+    /// calling thread runs it, or waits for the one running now and then for the next.
+    fn flush_with<E>(
+        &self,
+        mut flush: impl FnMut() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock();
+        state.taken += 1;
+        let ticket = state.taken;
+        loop {
+            if state.durable >= ticket {
+                return Ok(());
+            }
+            if state.running {
+                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.running = true;
+            let covers = state.taken;
+            drop(state);
+            let flushed = flush();
+            state = lock();
+            state.running = false;
+            if flushed.is_ok() {
+                state.durable = state.durable.max(covers);
+            }
+            self.done.notify_all();
+            flushed?;
+        }
+    }
+}
+
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
     k.push(prefix);
@@ -568,34 +602,8 @@ impl Store {
     /// Makes every change applied before the call durable. Concurrent callers share fsyncs
     /// (group commit, see [`Flusher`]).
     pub fn flush(&self) -> Result<()> {
-        let lock = || self.flusher.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = lock();
-        state.taken += 1;
-        let ticket = state.taken;
-        loop {
-            if state.durable >= ticket {
-                return Ok(());
-            }
-            if state.running {
-                state = self
-                    .flusher
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            state.running = true;
-            let covers = state.taken;
-            drop(state);
-            let flushed = self.db.flush();
-            state = lock();
-            state.running = false;
-            if flushed.is_ok() {
-                state.durable = state.durable.max(covers);
-            }
-            self.flusher.done.notify_all();
-            flushed?;
-        }
+        self.flusher.flush_with(|| self.db.flush().map(drop))?;
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1299,5 +1307,180 @@ mod record_encoding_tests {
         let mut r = sample();
         r.scope.deny_tools = vec![ToolPattern::parse("fs__write_*").unwrap()];
         assert_eq!(decode_record(&r.id, &encode_record(&r)).unwrap(), r);
+    }
+}
+
+/// Group commit, deterministically: a stand-in for sled's flush records which changes each
+/// flush covered (those applied before it started) and can be held mid-flush, so a test can
+/// make a change while a flush is already running (ARCHITECTURE invariant 7).
+#[cfg(test)]
+mod group_commit_tests {
+    use super::Flusher;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// A fake database: changes are numbered; a flush makes durable what was applied when it
+    /// started.
+    #[derive(Default)]
+    struct Db {
+        applied: AtomicU64,
+        durable: AtomicU64,
+        flushes: AtomicU64,
+        /// The first flush reports that it started and waits for a release.
+        hold_first: AtomicBool,
+        /// The first flush fails (after its hold).
+        fail_first: AtomicBool,
+        started: Mutex<Option<Sender<()>>>,
+        release: Mutex<Option<Receiver<()>>>,
+    }
+
+    impl Db {
+        fn apply(&self) -> u64 {
+            self.applied.fetch_add(1, Ordering::SeqCst) + 1
+        }
+
+        fn flush(&self) -> Result<(), String> {
+            let covers = self.applied.load(Ordering::SeqCst);
+            let first = self.flushes.fetch_add(1, Ordering::SeqCst) == 0;
+            if first && self.hold_first.load(Ordering::SeqCst) {
+                self.started
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .unwrap()
+                    .send(())
+                    .unwrap();
+                let release = self.release.lock().unwrap().take().unwrap();
+                release.recv().unwrap();
+            }
+            if first && self.fail_first.load(Ordering::SeqCst) {
+                return Err("disk full".to_owned());
+            }
+            self.durable.fetch_max(covers, Ordering::SeqCst);
+            Ok(())
+        }
+
+        /// Applies a change, flushes through `flusher`, and returns (change, whether it was
+        /// durable when the flush returned, the flush's outcome).
+        fn write(&self, flusher: &Flusher) -> (u64, bool, Result<(), String>) {
+            let change = self.apply();
+            let outcome = flusher.flush_with(|| self.flush());
+            let durable = self.durable.load(Ordering::SeqCst) >= change;
+            (change, durable, outcome)
+        }
+    }
+
+    /// A database whose first flush is held until the returned sender releases it.
+    fn held(fail_first: bool) -> (Arc<Db>, Receiver<()>, Sender<()>) {
+        let (started_tx, started_rx) = channel();
+        let (release_tx, release_rx) = channel();
+        let db = Db {
+            hold_first: AtomicBool::new(true),
+            fail_first: AtomicBool::new(fail_first),
+            started: Mutex::new(Some(started_tx)),
+            release: Mutex::new(Some(release_rx)),
+            ..Db::default()
+        };
+        (Arc::new(db), started_rx, release_tx)
+    }
+
+    fn wait_for_tickets(flusher: &Flusher, tickets: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flusher.state.lock().unwrap().taken < tickets {
+            assert!(Instant::now() < deadline, "writers never asked to flush");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_flush_already_running_never_covers_a_later_change() {
+        let flusher = Arc::new(Flusher::default());
+        let (db, started, release) = held(false);
+        let first = {
+            let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
+            std::thread::spawn(move || db.write(&flusher))
+        };
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first writer never started a flush");
+        // Two changes applied while the first flush runs: it must not count for them.
+        let later: Vec<_> = (0..2)
+            .map(|_| {
+                let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
+                std::thread::spawn(move || db.write(&flusher))
+            })
+            .collect();
+        wait_for_tickets(&flusher, 3);
+        release.send(()).unwrap();
+        let (change, durable, outcome) = first.join().unwrap();
+        assert_eq!((change, durable, outcome), (1, true, Ok(())));
+        for writer in later {
+            let (change, durable, outcome) = writer.join().unwrap();
+            assert_eq!(outcome, Ok(()));
+            assert!(
+                durable,
+                "change {change} was applied after the running flush started, yet its flush \
+                 returned before a later flush made it durable"
+            );
+        }
+        // The two later writers shared one flush: group commit.
+        assert_eq!(db.flushes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failed_flush_covers_nothing_and_the_next_caller_flushes_again() {
+        let flusher = Arc::new(Flusher::default());
+        let (db, started, release) = held(true);
+        let first = {
+            let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
+            std::thread::spawn(move || db.write(&flusher))
+        };
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first writer never started a flush");
+        let second = {
+            let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
+            std::thread::spawn(move || db.write(&flusher))
+        };
+        wait_for_tickets(&flusher, 2);
+        release.send(()).unwrap();
+        let (_, durable, outcome) = first.join().unwrap();
+        assert_eq!(outcome, Err("disk full".to_owned()));
+        assert!(!durable);
+        let (_, durable, outcome) = second.join().unwrap();
+        assert_eq!(outcome, Ok(()));
+        assert!(
+            durable,
+            "a failed flush made a waiting change count as durable"
+        );
+        assert_eq!(db.flushes.load(Ordering::SeqCst), 2);
+        // The failed change is durable once anyone flushes again.
+        assert_eq!(db.write(&flusher).2, Ok(()));
+        assert_eq!(db.durable.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn many_concurrent_writers_each_return_only_once_durable() {
+        let flusher = Arc::new(Flusher::default());
+        let db = Arc::new(Db::default());
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, flusher) = (Arc::clone(&db), Arc::clone(&flusher));
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let (change, durable, outcome) = db.write(&flusher);
+                        assert_eq!(outcome, Ok(()));
+                        assert!(durable, "change {change} returned before it was durable");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(db.durable.load(Ordering::SeqCst), 1600);
+        assert!(db.flushes.load(Ordering::SeqCst) <= 1600);
     }
 }

@@ -4,6 +4,9 @@
 //! operation must be there: no acknowledged token lost, no acknowledged pause or revocation
 //! undone, no rotated-out secret working, and the store opens cleanly every time.
 //!
+//! A second test spends a `max_uses` token's uses under SIGKILLs: acknowledged uses must stay
+//! spent, and no more than `max_uses` calls are ever admitted.
+//!
 //! `CRASH_SEED=n` replays a run; `CRASH_KILLS=n` changes the number of kills (default 22).
 
 mod common;
@@ -381,6 +384,139 @@ async fn acknowledged_operations_survive_sigkill() {
     assert!(
         acked > 100,
         "too few operations were acknowledged ({acked}) to test anything"
+    );
+    assert!(
+        violations.is_empty(),
+        "violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// Calls `whoami` as fast as one client can until the server dies under it or `stop` is set;
+/// counts the acknowledged calls in `acked` and any refusal in `refused`.
+async fn spend_uses(
+    url: String,
+    secret: String,
+    acked: Arc<AtomicU64>,
+    refused: Arc<Mutex<Vec<String>>>,
+) {
+    const LIMIT: Duration = Duration::from_secs(1);
+    let Ok(Ok(client)) = tokio::time::timeout(LIMIT, try_connect_http(&url, &secret)).await else {
+        return;
+    };
+    loop {
+        let result = match tokio::time::timeout(LIMIT, try_call(&client, "whoami", json!({}))).await
+        {
+            Ok(Ok(r)) => r,
+            _ => return, // the server is gone: this call is unacknowledged
+        };
+        if result.is_error == Some(true) {
+            refused
+                .lock()
+                .unwrap()
+                .push(format!("{:?}", result.structured_content));
+            return;
+        }
+        acked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `remaining_uses` is durable before a call proceeds (ARCHITECTURE invariant 8): clients spend
+/// a `max_uses` token's uses over HTTP while the server is SIGKILLed right after acknowledged
+/// calls; after every restart the stored remaining uses must not have risen above what the
+/// acknowledged calls left, and across all crashes the server admits at most `max_uses` calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_uses_stay_spent_across_sigkill() {
+    const MAX_USES: u64 = 400;
+    const KILLS: u64 = 6;
+    let seed = env_u64("CRASH_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1
+    });
+    println!("uses crash test seed {seed} (replay with CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let tmp = TempDir::new().unwrap();
+    let mut server = Server::start(tmp.path(), &[]);
+    let admin_secret = server.admin().to_owned();
+    let (id, secret) = {
+        let admin = connect_http(&server.url(), &admin_secret).await;
+        let issued = ok(
+            &admin,
+            "create_token",
+            json!({"name": "spender", "parent": "none", "tools": ["whoami"], "max_uses": MAX_USES}),
+        )
+        .await;
+        (
+            issued["id"].as_str().unwrap().to_owned(),
+            issued["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let mut violations = Vec::<String>::new();
+    let remaining_after_restart = |record: &Value| record["remaining_uses"].as_u64();
+
+    for kill in 0..KILLS {
+        let spenders: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(spend_uses(
+                    server.url(),
+                    secret.clone(),
+                    Arc::clone(&acked),
+                    Arc::clone(&refused),
+                ))
+            })
+            .collect();
+        // Kill while calls stream: the last acknowledged ones are milliseconds old.
+        tokio::time::sleep(Duration::from_millis(150 + rng.below(150))).await;
+        server.kill();
+        for mut s in spenders {
+            if tokio::time::timeout(Duration::from_millis(200), &mut s)
+                .await
+                .is_err()
+            {
+                s.abort();
+            }
+        }
+        let spent = acked.load(Ordering::Relaxed);
+        server = Server::start(tmp.path(), &[]);
+        let admin = connect_http(&server.url(), &admin_secret).await;
+        let record = ok(&admin, "get_token", json!({"id": id})).await;
+        match remaining_after_restart(&record) {
+            Some(left) if left + spent <= MAX_USES => {}
+            other => violations.push(format!(
+                "after kill {}: {spent} calls acknowledged, but remaining_uses is {other:?} of {MAX_USES}",
+                kill + 1
+            )),
+        }
+        admin.cancel().await.unwrap();
+    }
+    // Spend what is left: the server must refuse at its stored count, never past MAX_USES.
+    let before = acked.load(Ordering::Relaxed);
+    assert!(before > 0, "no call was acknowledged before the kills");
+    spend_uses(
+        server.url(),
+        secret.clone(),
+        Arc::clone(&acked),
+        Arc::clone(&refused),
+    )
+    .await;
+    let total = acked.load(Ordering::Relaxed);
+    println!(
+        "uses crash test: {before} calls acknowledged over {KILLS} kills, {total} in all, max_uses {MAX_USES}"
+    );
+    if total > MAX_USES {
+        violations.push(format!(
+            "{total} calls admitted in all, but max_uses is {MAX_USES}"
+        ));
+    }
+    let refusals = refused.lock().unwrap().clone();
+    assert!(
+        refusals.iter().all(|r| r.contains("limit_exceeded")) && !refusals.is_empty(),
+        "the last call must be refused with limit_exceeded, and nothing else refused: {refusals:?}"
     );
     assert!(
         violations.is_empty(),

@@ -1,7 +1,10 @@
 //! Property-based fuzzing on the stable toolchain: the secret, id and timestamp parsers, the
 //! tool-pattern parser and containment, CIDR parsing and containment, and every tool's
 //! argument handling (deserialisation, validation, execution against a real store) never
-//! panic, whatever they are given. Any refusal is a typed error.
+//! panic, whatever they are given. Any refusal is a typed error, never `internal`. Arbitrary
+//! arguments mostly stop at validation, so a second fuzzer generates valid-shaped arguments
+//! (the tool's own fields, plausible values, ids and secrets of tokens that exist) from the
+//! owner and from tokens, and checks that most cases get past validation to the store.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -9,6 +12,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use tempfile::TempDir;
+use tokenwarden::error::ErrorCode;
 use tokenwarden::mcp::tools::{definitions, dispatch};
 use tokenwarden::rules::cidr::{IpNet, address_allowed, intersect_ranges, ranges_within};
 use tokenwarden::rules::pattern::{
@@ -118,7 +122,12 @@ proptest! {
                 let _ = a.intersect(b);
             }
         }
-        let _ = patterns_within(&patterns, &patterns);
+        // Containment is reflexive: a list always lies within itself.
+        prop_assert!(patterns_within(&patterns, &patterns));
+        for a in &patterns {
+            prop_assert!(a.is_within(a), "{a} is not within itself");
+            prop_assert!(patterns_within(std::slice::from_ref(a), &patterns));
+        }
         let _ = intersect_patterns(&patterns, &patterns);
         let _ = any_matches(&patterns, &tool);
         let _ = minimise(patterns);
@@ -149,7 +158,15 @@ proptest! {
                 }
             }
         }
-        let _ = ranges_within(&nets, &nets);
+        // Containment is reflexive, except (a known defect, see docs/testing.md) for
+        // IPv4-mapped IPv6 ranges (`::ffff:a.b.c.d/p`): clients are canonicalised to IPv4, so
+        // such a range contains no address, not even its own.
+        let unmapped: Vec<IpNet> = nets
+            .iter()
+            .filter(|n| !n.to_string().contains("::ffff:"))
+            .cloned()
+            .collect();
+        prop_assert!(ranges_within(&unmapped, &unmapped), "ranges are within themselves");
         let _ = intersect_ranges(&nets, &nets);
         for ip in probes {
             let _ = address_allowed(&nets, ip);
@@ -164,7 +181,295 @@ proptest! {
             object @ Value::Object(_) => object,
             other => serde_json::json!({ "id": other }),
         };
-        // Ok or a typed error; a panic fails the case.
-        let _ = dispatch(service(), &Caller::Owner, &name, arguments);
+        // Ok or a typed error that blames the input; a panic fails the case, and so does an
+        // `internal` error (a storage failure or a bug, never the caller's fault).
+        if let Err(e) = dispatch(service(), &Caller::Owner, &name, arguments.clone()) {
+            prop_assert_ne!(e.code, ErrorCode::Internal, "{}({}): {}", name, arguments, e);
+        }
     }
+}
+
+/// Valid-shaped values for one argument field; `@id` and `@secret` stand for a token of the
+/// shared pool, resolved when the case runs.
+fn field_value(field: &'static str) -> BoxedStrategy<Value> {
+    use serde_json::json;
+    let tools = prop::sample::select(vec![
+        "*",
+        "whoami",
+        "list_*",
+        "get_token",
+        "fs__*",
+        "fs__read",
+    ]);
+    let buckets = prop::sample::select(vec!["*", "a", "b", "c"]);
+    match field {
+        "name" => "[a-z][a-z0-9 _-]{0,15}".prop_map(Value::from).boxed(),
+        "description" | "search" => "[a-z ]{0,12}".prop_map(Value::from).boxed(),
+        "buckets" | "add_buckets" | "remove_buckets" => prop::collection::vec(buckets, 0..3)
+            .prop_map(|v| json!(v))
+            .boxed(),
+        "tools" | "add_tools" | "remove_tools" | "deny_tools" | "add_deny_tools" => {
+            prop::collection::vec(tools, 0..3)
+                .prop_map(|v| json!(v))
+                .boxed()
+        }
+        "read_only" | "admin" => any::<bool>().prop_map(Value::from).boxed(),
+        "allowed_ips" => prop::collection::vec(
+            prop::sample::select(vec![
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "192.168.1.0/24",
+                "::1/128",
+            ]),
+            0..3,
+        )
+        .prop_map(|v| json!(v))
+        .boxed(),
+        "expires_at" => prop::sample::select(vec![
+            "2099-01-01T00:00:00Z",
+            "2098-06-01T12:00:00.500Z",
+            "2030-01-01T00:00:00+02:00",
+        ])
+        .prop_map(Value::from)
+        .boxed(),
+        "ttl_seconds" => (1i64..10_000_000).prop_map(Value::from).boxed(),
+        "max_uses" => (1i64..1000).prop_map(Value::from).boxed(),
+        "rate_limit_per_minute" => (1i64..1000).prop_map(Value::from).boxed(),
+        "metadata" => "[a-z]{1,5}".prop_map(|k| json!({ k: "v" })).boxed(),
+        "parent" => prop::sample::select(vec!["none", "self", "@id", "@id"])
+            .prop_map(Value::from)
+            .boxed(),
+        "id" | "token_id" | "parent_id" => Just(Value::from("@id")).boxed(),
+        "token" => Just(Value::from("@secret")).boxed(),
+        "grace_seconds" => (0i64..86_400).prop_map(Value::from).boxed(),
+        "tool" => prop::sample::select(vec!["whoami", "create_token", "fs__read", "list_tokens"])
+            .prop_map(Value::from)
+            .boxed(),
+        "bucket" => prop::sample::select(vec!["a", "b", "c"])
+            .prop_map(Value::from)
+            .boxed(),
+        "status" => prop::sample::select(vec!["active", "paused", "revoked", "expired"])
+            .prop_map(Value::from)
+            .boxed(),
+        "limit" => (1i64..=100).prop_map(Value::from).boxed(),
+        "order" => prop::sample::select(vec!["asc", "desc"])
+            .prop_map(Value::from)
+            .boxed(),
+        "action" => prop::sample::select(vec!["create", "revoke", "pause", "scope"])
+            .prop_map(Value::from)
+            .boxed(),
+        "since" => Just(Value::from("2000-01-01T00:00:00Z")).boxed(),
+        other => panic!("no values for field {other}"),
+    }
+}
+
+/// Each tool with its required and optional fields.
+const TOOL_FIELDS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "create_token",
+        &["name"],
+        &[
+            "description",
+            "buckets",
+            "tools",
+            "deny_tools",
+            "read_only",
+            "admin",
+            "allowed_ips",
+            "ttl_seconds",
+            "max_uses",
+            "rate_limit_per_minute",
+            "metadata",
+            "parent",
+        ],
+    ),
+    (
+        "update_token",
+        &["id"],
+        &[
+            "name",
+            "description",
+            "metadata",
+            "expires_at",
+            "max_uses",
+            "rate_limit_per_minute",
+        ],
+    ),
+    (
+        "scope_token",
+        &["id"],
+        &[
+            "buckets",
+            "add_buckets",
+            "remove_buckets",
+            "tools",
+            "add_tools",
+            "remove_tools",
+            "deny_tools",
+            "add_deny_tools",
+            "read_only",
+            "allowed_ips",
+        ],
+    ),
+    ("pause_token", &["id"], &[]),
+    ("resume_token", &["id"], &[]),
+    ("rotate_token", &["id"], &["grace_seconds"]),
+    ("revoke_token", &["id"], &[]),
+    ("delete_token", &["id"], &[]),
+    ("get_token", &["id"], &[]),
+    ("verify_token", &["token"], &["tool", "bucket"]),
+    (
+        "list_tokens",
+        &[],
+        &["status", "bucket", "parent_id", "search", "limit", "order"],
+    ),
+    (
+        "list_audit_events",
+        &[],
+        &["token_id", "action", "since", "limit"],
+    ),
+    ("whoami", &[], &[]),
+];
+
+/// One valid-shaped case: a tool, its arguments (with placeholders), who calls, and which
+/// tokens of the pool the placeholders and the caller stand for.
+fn valid_shaped_case()
+-> impl Strategy<Value = (&'static str, Map<String, Value>, u8, prop::sample::Index)> {
+    (0..TOOL_FIELDS.len()).prop_flat_map(|t| {
+        let (tool, required, optional) = TOOL_FIELDS[t];
+        let fields: Vec<BoxedStrategy<Option<(String, Value)>>> = required
+            .iter()
+            .map(|f| {
+                field_value(f)
+                    .prop_map(move |v| Some(((*f).to_owned(), v)))
+                    .boxed()
+            })
+            .chain(optional.iter().map(|f| {
+                // Each optional field about one time in three, so narrow cases are common.
+                prop::option::weighted(0.35, field_value(f))
+                    .prop_map(move |v| v.map(|v| ((*f).to_owned(), v)))
+                    .boxed()
+            }))
+            .collect();
+        (
+            Just(tool),
+            fields.prop_map(|kv| kv.into_iter().flatten().collect::<Map<_, _>>()),
+            0u8..4,
+            any::<prop::sample::Index>(),
+        )
+    })
+}
+
+/// Valid-shaped arguments from the owner and from tokens (an admin, a narrow token, a child)
+/// run against a store that keeps the tokens they create: no panic, no `internal` error, and
+/// most cases get past argument validation to the store.
+#[test]
+fn valid_shaped_tool_arguments_reach_the_store_without_internal_errors() {
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    let dir = TempDir::new().unwrap();
+    let service = Service::open(dir.path(), ServiceConfig::default()).unwrap();
+    let mint = |caller: &Caller, args: Value| -> (String, String) {
+        let issued = dispatch(&service, caller, "create_token", args).unwrap();
+        (
+            issued["id"].as_str().unwrap().to_owned(),
+            issued["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let admin = mint(&Caller::Owner, json!({"name": "admin", "admin": true}));
+    let narrow = mint(
+        &Caller::Owner,
+        json!({"name": "narrow", "buckets": ["a", "b"], "tools": ["*"], "max_uses": 900}),
+    );
+    let child = mint(
+        &Caller::Token(tokenwarden::secret::TokenId::parse(&narrow.0).unwrap()),
+        json!({"name": "child", "buckets": ["a"]}),
+    );
+    let callers = [
+        Caller::Owner,
+        Caller::Token(tokenwarden::secret::TokenId::parse(&admin.0).unwrap()),
+        Caller::Token(tokenwarden::secret::TokenId::parse(&narrow.0).unwrap()),
+        Caller::Token(tokenwarden::secret::TokenId::parse(&child.0).unwrap()),
+    ];
+    // Tokens the placeholders pick from: targets minted by each caller (never the callers
+    // themselves, so that revoking or deleting a target leaves the callers able to act), and
+    // everything created since.
+    let targets: Vec<(String, String)> = callers
+        .iter()
+        .flat_map(|by| {
+            (0..2)
+                .map(|i| mint(by, json!({"name": format!("target{i}"), "buckets": ["a"]})))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let pool = Mutex::new(targets);
+    let outcomes = Mutex::new(BTreeMap::<String, u64>::new());
+
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&valid_shaped_case(), |(tool, mut args, who, pick)| {
+            let (id, secret) = {
+                let pool = pool.lock().unwrap();
+                pool[pick.index(pool.len())].clone()
+            };
+            for value in args.values_mut() {
+                if *value == json!("@id") {
+                    *value = json!(id);
+                } else if *value == json!("@secret") {
+                    *value = json!(secret);
+                }
+            }
+            let args = Value::Object(args);
+            let caller = &callers[who as usize];
+            let outcome = dispatch(&service, caller, tool, args.clone());
+            let key = match &outcome {
+                Ok(value) => {
+                    if let (Some(id), Some(secret)) =
+                        (value["id"].as_str(), value["token"].as_str())
+                    {
+                        pool.lock()
+                            .unwrap()
+                            .push((id.to_owned(), secret.to_owned()));
+                    }
+                    "ok".to_owned()
+                }
+                Err(e) => {
+                    prop_assert_ne!(
+                        e.code,
+                        ErrorCode::Internal,
+                        "{}({}) by {:?}: {}",
+                        tool,
+                        args,
+                        caller,
+                        e
+                    );
+                    e.code.as_str().to_owned()
+                }
+            };
+            *outcomes.lock().unwrap().entry(key).or_default() += 1;
+            Ok(())
+        })
+        .unwrap();
+    let outcomes = outcomes.into_inner().unwrap();
+    let total: u64 = outcomes.values().sum();
+    let stopped_at_validation = outcomes.get("invalid_argument").copied().unwrap_or(0);
+    let reached = total - stopped_at_validation;
+    println!(
+        "valid-shaped tool arguments: {reached} of {total} cases reached the store ({outcomes:?})"
+    );
+    assert!(
+        reached * 4 >= total * 3,
+        "only {reached} of {total} valid-shaped cases got past validation: {outcomes:?}"
+    );
+    assert!(
+        outcomes.get("ok").copied().unwrap_or(0) * 4 >= total,
+        "{outcomes:?}"
+    );
 }

@@ -656,11 +656,14 @@ async fn hostile_inputs_are_refused_exactly_and_change_nothing() {
         wrong.join("\n")
     );
 
-    // An unknown tool is refused at the protocol level or as a tool error, never run.
-    match try_call(&admin, "drop_database", json!({})).await {
-        Ok(result) => assert_eq!(result.is_error, Some(true)),
-        Err(e) => assert!(e.to_lowercase().contains("tool"), "{e}"),
-    }
+    // An unknown tool is refused at the protocol level (invalid params), never run.
+    let refused = try_call(&admin, "drop_database", json!({}))
+        .await
+        .expect_err("an unknown tool is a protocol error");
+    assert!(
+        refused.contains("unknown tool drop_database") && refused.contains("-32602"),
+        "{refused}"
+    );
     assert!(
         snapshot(&admin).await == before,
         "an unknown tool changed the store"

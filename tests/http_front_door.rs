@@ -409,7 +409,18 @@ async fn a_stream_closes_when_its_secret_is_rotated_out() {
     // The new secret works; the old one is refused.
     let fresh = connect_http(&server.url(), rotated["token"].as_str().unwrap()).await;
     ok(&fresh, "whoami", json!({})).await;
-    assert!(try_connect_http(&server.url(), &secret).await.is_err());
+    let Err(refused) = try_connect_http(&server.url(), &secret).await else {
+        panic!("a rotated-out secret cannot connect");
+    };
+    assert!(refused.contains("Auth required"), "{refused}");
+    let response = raw_initialize(&server.url(), &[("authorization", &bearer(&secret))]).await;
+    assert_eq!(response.status().as_u16(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    // `grace_seconds: 0` retires the old hash at once: it is no longer known at all.
+    assert!(
+        challenge.ends_with("error_description=\"unknown token\""),
+        "{challenge}"
+    );
 }
 
 /// A lineage that fills the server's session table by minting children cannot lock another

@@ -480,12 +480,16 @@ async fn a_session_stays_bound_to_its_token() {
         ping,
     )
     .await;
-    assert_ne!(
+    assert_eq!(
         owner_again.status().as_u16(),
-        403,
+        200,
         "the opening token keeps its session"
     );
-    assert_ne!(owner_again.status().as_u16(), 401);
+    let answer = owner_again.text().await.unwrap();
+    assert!(
+        answer.contains(r#""id":2"#) && answer.contains(r#""result":{}"#),
+        "the ping is answered: {answer}"
+    );
 }
 
 /// Revoking a token from a third session makes the next request of both its sessions fail at
@@ -514,7 +518,16 @@ async fn revocation_bites_on_the_next_request_of_every_session() {
     let (id, secret) = create(&admin, json!({"name": "pausable", "parent": "none"})).await;
     let session = connect_http(&server.url(), &secret).await;
     ok(&admin, "pause_token", json!({"id": id})).await;
-    assert!(try_call(&session, "whoami", json!({})).await.is_err());
+    let message = try_call(&session, "whoami", json!({}))
+        .await
+        .expect_err("a paused token's session must be refused");
+    assert!(message.contains("Auth required"), "{message}");
+    let (status, challenge, _) = status_of(&server.url(), &secret).await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains(&format!("token {id} is paused\"")),
+        "{challenge}"
+    );
     ok(&admin, "resume_token", json!({"id": id})).await;
     assert_eq!(status_of(&server.url(), &secret).await.0, 200);
 }
@@ -663,9 +676,159 @@ async fn agent_mints_uses_and_loses_a_child_token() {
     );
 
     ok(&admin, "revoke_token", json!({"id": orchestrator_id})).await;
-    assert!(try_call(&sub_agent, "whoami", json!({})).await.is_err());
+    let message = try_call(&sub_agent, "whoami", json!({}))
+        .await
+        .expect_err("the child's session must be refused");
+    assert!(message.contains("Auth required"), "{message}");
     let (status, challenge, _) = status_of(&server.url(), child_secret).await;
     assert_eq!(status, 401);
-    // Revocation cascades: the child's own record is revoked too.
     assert!(challenge.contains("is revoked"), "{challenge}");
+    // Revocation cascades: the child's own record is revoked too, not only refused through its
+    // ancestor ("is revoked by its ancestor" would also match the challenge above).
+    let child_id = child["id"].as_str().unwrap();
+    let record = ok(&admin, "get_token", json!({"id": child_id})).await;
+    assert_eq!(record["status"], "revoked", "{record}");
+    assert_eq!(record["effective_status"], "revoked", "{record}");
+    assert!(record["revoked_at"].is_string(), "{record}");
+    assert!(
+        !challenge.contains("by its ancestor"),
+        "the child's own revocation is what it meets: {challenge}"
+    );
+}
+
+/// Sleeps past the next minute boundary when fewer than `margin` seconds of this minute are
+/// left, so that calls made within `margin` seconds share one rate window (the server's windows
+/// are calendar minutes of the same clock).
+async fn within_one_minute(margin: u64) {
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    let left = 60_000 - into_minute as u64;
+    if left < margin * 1000 {
+        tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    }
+}
+
+/// `get_token` of `id` by the admin, polled until `field` reads `expected` (use counts are
+/// written behind, and may lag) or a generous deadline passes; returns the last record.
+async fn poll_until(admin: &Client, id: &str, field: &str, expected: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let record = ok(admin, "get_token", json!({"id": id})).await;
+        if record[field] == expected || Instant::now() > deadline {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Uses and rate limits bite over the real transport: `tools/call` counts every admitted call
+/// (against the token and each ancestor with a limit), refuses the call after the last use
+/// with `limit_exceeded` and the call over the rate with `rate_limited`, and `use_count` counts
+/// admitted calls only (ARCHITECTURE invariant 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_call_counts_uses_and_rate_limits_over_http() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    let admin = connect_http(&url, server.admin()).await;
+
+    // max_uses: exactly that many calls, each reporting what is left, then limit_exceeded.
+    let (id, secret) = create(
+        &admin,
+        json!({"name": "three", "parent": "none", "max_uses": 3}),
+    )
+    .await;
+    let agent = connect_http(&url, &secret).await;
+    for left in [2, 1, 0] {
+        let me = ok(&agent, "whoami", json!({})).await;
+        assert_eq!(me["remaining_uses"], left, "{me}");
+    }
+    let message = err(&agent, "whoami", json!({}), "limit_exceeded").await;
+    assert_eq!(
+        message,
+        format!("token {id} has no uses left: its max_uses of 3 are all used")
+    );
+    err(&agent, "list_tokens", json!({}), "limit_exceeded").await;
+    let record = poll_until(&admin, &id, "use_count", json!(3)).await;
+    assert_eq!(
+        record["use_count"], 3,
+        "refused calls are not uses: {record}"
+    );
+    assert_eq!(record["remaining_uses"], 0, "{record}");
+    assert!(record["last_used_at"].is_string(), "{record}");
+
+    // Uses count along the chain: a child's calls spend its parent's uses too.
+    let (parent_id, parent_secret) = create(
+        &admin,
+        json!({"name": "parent", "parent": "none", "max_uses": 4}),
+    )
+    .await;
+    let (child_id, child_secret) = create(
+        &admin,
+        json!({"name": "child", "parent": parent_id, "max_uses": 4}),
+    )
+    .await;
+    let child = connect_http(&url, &child_secret).await;
+    for left in [3, 2] {
+        assert_eq!(
+            ok(&child, "whoami", json!({})).await["remaining_uses"],
+            left
+        );
+    }
+    let parent = connect_http(&url, &parent_secret).await;
+    for left in [1, 0] {
+        assert_eq!(
+            ok(&parent, "whoami", json!({})).await["remaining_uses"],
+            left
+        );
+    }
+    let message = err(&child, "whoami", json!({}), "limit_exceeded").await;
+    assert_eq!(
+        message,
+        format!(
+            "token {child_id} has no uses left: its ancestor {parent_id}'s max_uses of 4 are all used"
+        )
+    );
+    let child_record = poll_until(&admin, &child_id, "use_count", json!(2)).await;
+    assert_eq!(child_record["use_count"], 2, "{child_record}");
+    assert_eq!(child_record["remaining_uses"], 2, "{child_record}");
+    let parent_record = poll_until(&admin, &parent_id, "use_count", json!(2)).await;
+    assert_eq!(parent_record["use_count"], 2, "{parent_record}");
+    assert_eq!(parent_record["remaining_uses"], 0, "{parent_record}");
+
+    // rate_limit_per_minute: that many calls in a minute, then rate_limited.
+    let (rated_id, rated_secret) = create(
+        &admin,
+        json!({"name": "rated", "parent": "none", "rate_limit_per_minute": 2}),
+    )
+    .await;
+    let rated = connect_http(&url, &rated_secret).await;
+    within_one_minute(10).await;
+    ok(&rated, "whoami", json!({})).await;
+    ok(&rated, "list_tokens", json!({})).await;
+    let message = err(&rated, "whoami", json!({}), "rate_limited").await;
+    assert_eq!(
+        message,
+        format!(
+            "token {rated_id} is rate limited: its limit of 2 calls per minute is reached; retry in a minute"
+        )
+    );
+    let record = poll_until(&admin, &rated_id, "use_count", json!(2)).await;
+    assert_eq!(record["use_count"], 2, "{record}");
+    assert_eq!(record["remaining_uses"], Value::Null, "{record}");
+
+    // A token without limits counts its uses as well.
+    let (free_id, free_secret) = create(&admin, json!({"name": "free", "parent": "none"})).await;
+    let free = connect_http(&url, &free_secret).await;
+    for _ in 0..5 {
+        ok(&free, "whoami", json!({})).await;
+    }
+    let record = poll_until(&admin, &free_id, "use_count", json!(5)).await;
+    assert_eq!(record["use_count"], 5, "{record}");
+    for client in [agent, child, parent, rated, free, admin] {
+        client.cancel().await.unwrap();
+    }
 }

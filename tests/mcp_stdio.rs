@@ -83,12 +83,14 @@ async fn the_owner_uses_every_tool_over_stdio() {
         "invalid_argument",
     )
     .await;
-    ok(
+    let updated = ok(
         &owner,
         "update_token",
         json!({"id": id, "description": "the root"}),
     )
     .await;
+    assert_eq!(updated["description"], "the root");
+    assert_eq!(updated["name"], "root", "fields not given are kept");
     err(
         &owner,
         "update_token",
@@ -115,13 +117,20 @@ async fn the_owner_uses_every_tool_over_stdio() {
         "scope_exceeds_parent",
     )
     .await;
-    ok(&owner, "pause_token", json!({"id": id})).await;
+    let paused = ok(&owner, "pause_token", json!({"id": id})).await;
+    assert_eq!(paused["status"], "paused");
+    assert_eq!(paused["id"], json!(id));
     assert_eq!(
         ok(&owner, "get_token", json!({"id": child_id})).await["effective_status"],
         "paused_by_ancestor"
     );
     err(&owner, "pause_token", json!({"id": 7}), "invalid_argument").await;
-    ok(&owner, "resume_token", json!({"id": id})).await;
+    let resumed = ok(&owner, "resume_token", json!({"id": id})).await;
+    assert_eq!(resumed["status"], "active");
+    assert_eq!(
+        ok(&owner, "get_token", json!({"id": child_id})).await["effective_status"],
+        "active"
+    );
     err(
         &owner,
         "resume_token",
@@ -140,6 +149,7 @@ async fn the_owner_uses_every_tool_over_stdio() {
     .await;
     let verified = ok(&owner, "verify_token", json!({"token": rotated["token"]})).await;
     assert_eq!(verified["valid"], true);
+    assert_eq!(verified["token_id"], json!(id));
     err(&owner, "verify_token", json!({}), "invalid_argument").await;
     let audit = ok(&owner, "list_audit_events", json!({"action": "create"})).await;
     assert_eq!(audit["events"].as_array().unwrap().len(), 2);
@@ -152,8 +162,17 @@ async fn the_owner_uses_every_tool_over_stdio() {
     .await;
     let revoked = ok(&owner, "revoke_token", json!({"id": id})).await;
     assert_eq!(revoked["revoked_descendants"], 1);
+    assert_eq!(revoked["revoked"], true);
+    assert_eq!(
+        ok(&owner, "get_token", json!({"id": child_id})).await["status"],
+        "revoked",
+        "revocation cascades to the child's own record"
+    );
     err(&owner, "resume_token", json!({"id": id}), "conflict").await;
-    ok(&owner, "delete_token", json!({"id": id})).await;
+    assert_eq!(
+        ok(&owner, "delete_token", json!({"id": id})).await,
+        json!({"id": id, "deleted": true})
+    );
     err(&owner, "delete_token", json!({"id": child_id}), "not_found").await;
     owner.cancel().await.unwrap();
 }
@@ -235,16 +254,26 @@ fn stdout_carries_only_json_rpc() {
         writeln!(stdin, "{request}").unwrap();
     }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut answered = 0;
-    while answered < 3 {
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
         let line = lines.next().expect("a response line").unwrap();
         let message: Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON-RPC: {line}"));
         assert_eq!(message["jsonrpc"], "2.0");
-        if message.get("id").is_some() {
-            answered += 1;
+        if let Some(id) = message.get("id") {
+            answers.insert(id.as_u64().unwrap(), message);
         }
     }
+    assert_eq!(answers[&1]["result"]["serverInfo"]["name"], "tokenwarden");
+    let created = &answers[&2]["result"];
+    assert_eq!(created["isError"], false, "{created}");
+    assert!(
+        created["structuredContent"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("mcp_")
+    );
+    assert_eq!(answers[&3]["result"]["tools"].as_array().unwrap().len(), 14);
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success());

@@ -5,3 +5,6 @@ pub mod authorize;
 pub mod cidr;
 pub mod pattern;
 pub mod scope;
+
+#[cfg(test)]
+mod attenuation_tests;
