@@ -813,7 +813,7 @@ async fn tools_call_counts_uses_and_rate_limits_over_http() {
     assert_eq!(
         message,
         format!(
-            "token {rated_id} is rate limited: its limit of 2 calls per minute is reached; retry in a minute"
+            "token {rated_id} is rate limited: its limit of 2 calls in any 60 seconds is reached; retry shortly"
         )
     );
     let record = poll_until(&admin, &rated_id, "use_count", json!(2)).await;

@@ -592,7 +592,7 @@ mod tests {
                 ..call("whoami", true)
             };
             let denial = refused(&c, &limited, Rule::RateLimited, at_link);
-            assert!(denial.to_string().contains("limit of 5 calls per minute"));
+            assert!(denial.to_string().contains("limit of 5 calls in any 60 seconds"));
             budgets[at_link].calls_this_minute = 4;
             allowed(
                 &c,
@@ -812,8 +812,8 @@ mod tests {
         assert_eq!(
             refused(&c, &limited, Rule::RateLimited, 0).to_string(),
             format!(
-                "token {t} is rate limited: its limit of 2 calls per minute is reached; retry in \
-                 a minute"
+                "token {t} is rate limited: its limit of 2 calls in any 60 seconds is reached; \
+                 retry shortly"
             )
         );
     }
