@@ -78,6 +78,14 @@ pub fn parse(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Upstrea
                  ^[a-z0-9][a-z0-9_-]{{0,62}}$"
             ));
         }
+        // Exposed names are `<bucket>__<tool>`: a key with `__` or a trailing `_` could make
+        // two buckets' tools share a name (bucket `a__b` tool `c`, bucket `a` tool `b__c`).
+        if key.contains("__") || key.ends_with('_') {
+            return Err(format!(
+                "entry {shown:?}: the bucket name must not contain \"__\" or end in \"_\" \
+                 (exposed tool names are <bucket>__<tool>)"
+            ));
+        }
         let upstream = parse_entry(key, entry, var).map_err(|e| format!("entry {shown:?}: {e}"))?;
         if let Some(upstream) = upstream {
             upstreams.insert(key.clone(), upstream);
@@ -303,6 +311,14 @@ mod tests {
             ),
             (r#"{"mcpServers": {"a": {"url": "ftp://x"}}}"#, "http://"),
             (r#"{"servers": {}}"#, "mcpServers"),
+            (
+                r#"{"mcpServers": {"a__b": {"command": "x"}}}"#,
+                "entry \"a__b\": the bucket name must not contain",
+            ),
+            (
+                r#"{"mcpServers": {"a_": {"command": "x"}}}"#,
+                "entry \"a_\": the bucket name must not contain",
+            ),
             ("not json", "invalid JSON"),
         ];
         for (text, needle) in cases {
