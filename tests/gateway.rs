@@ -1261,6 +1261,49 @@ async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
     let _ = upstream.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_never_show_expanded_config_values() {
+    const VALUE: &str = "s3cr3tVALUEdoNotLeak";
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let servers = json!({
+        "dead": {"type": "http", "url": "http://127.0.0.1:1/mcp?api_key=${SECRET_VAR}",
+                 "headers": {"X-Api-Key": "${SECRET_VAR}"}},
+        "web": {"type": "http",
+                "url": format!("http://127.0.0.1:{port}/mcp?api_key=${{SECRET_VAR}}")},
+    });
+    let file = setup.write_upstreams(servers);
+    let mut server = Server::start_with_env(
+        &setup.data(),
+        &["--upstreams", file.to_str().unwrap()],
+        &[("SECRET_VAR", VALUE)],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let listed = wait_for(&admin, &["dead"], "unavailable").await;
+    let listed = listed.to_string();
+    assert!(
+        !listed.contains(VALUE) && !listed.contains("api_key"),
+        "{listed}"
+    );
+    wait_for(&admin, &["web"], "connected").await;
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    // A call as the connection breaks, then once the bucket is known to be unavailable.
+    let message = err(&admin, "web__read_note", json!({}), "upstream_unavailable").await;
+    assert!(!message.contains(VALUE), "{message}");
+    let listed = wait_for(&admin, &["web"], "unavailable").await.to_string();
+    assert!(!listed.contains(VALUE), "{listed}");
+    let message = err(&admin, "web__read_note", json!({}), "upstream_unavailable").await;
+    assert!(!message.contains(VALUE), "{message}");
+    server.stop();
+    assert!(!server.stderr().contains(VALUE), "{}", server.stderr());
+}
+
 /// The deny list of a record, sorted.
 fn denials(record: &Value) -> Vec<String> {
     let mut list: Vec<String> = record["deny_tools"]
