@@ -1304,6 +1304,20 @@ async fn upstream_errors_never_show_expanded_config_values() {
     assert!(!server.stderr().contains(VALUE), "{}", server.stderr());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_and_endless_stderr_lines_do_not_stall_an_upstream() {
+    let setup = Setup::new();
+    let mut noisy = fixture_entry(&setup.path("noisy.log"), json!({}));
+    noisy["args"] = json!(["--noisy-stderr"]);
+    let mut server = start(&setup, json!({"noisy": noisy}));
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["noisy"], "connected").await;
+    for _ in 0..3 {
+        ok(&admin, "noisy__write_note", json!({"text": "still served"})).await;
+    }
+    server.stop();
+}
+
 /// The deny list of a record, sorted.
 fn denials(record: &Value) -> Vec<String> {
     let mut list: Vec<String> = record["deny_tools"]

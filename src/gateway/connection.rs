@@ -15,7 +15,6 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RoleServer};
 use rmcp::{ClientHandler, ServiceExt};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +28,8 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 const HTTP_PING: Duration = Duration::from_secs(10);
 /// The longest stderr line logged from an upstream.
 const MAX_LOG_LINE: usize = 2000;
+/// The most bytes of one upstream stderr line kept while reading it.
+const MAX_STDERR_LINE: usize = 8 * 1024;
 
 /// What `list_buckets` reports about an upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -620,12 +621,43 @@ pub fn redact_urls(text: &str) -> String {
 }
 
 async fn log_stderr(bucket: String, stderr: tokio::process::ChildStderr) {
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(MAX_LOG_LINE).collect();
-        let line = crate::secret::redact_secrets(&line);
-        tracing::info!(target: "upstream", bucket = %bucket, "{line}");
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line: Vec<u8> = Vec::new();
+    // Drains until EOF whatever the bytes: a child blocked on a full stderr pipe stops
+    // answering. Each line keeps its first MAX_STDERR_LINE bytes; the rest is discarded.
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let (part, ended) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        let used = part.len() + usize::from(ended);
+        reader.consume(used);
+        if ended {
+            log_line(&bucket, &line);
+            line.clear();
+        }
     }
+    if !line.is_empty() {
+        log_line(&bucket, &line);
+    }
+}
+
+fn log_line(bucket: &str, bytes: &[u8]) {
+    let line = String::from_utf8_lossy(bytes);
+    let line: String = line
+        .trim_end_matches('\r')
+        .chars()
+        .take(MAX_LOG_LINE)
+        .collect();
+    let line = crate::secret::redact_secrets(&line);
+    tracing::info!(target: "upstream", bucket = %bucket, "{line}");
 }
 
 /// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache.
