@@ -236,6 +236,10 @@ pub fn expand(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
                 crate::secret::truncate_for_message(name)
             ));
         }
+        if name == "TOKENWARDEN_TOKEN" {
+            // The caller's bearer never goes upstream, not even through the config.
+            return Err("${TOKENWARDEN_TOKEN} cannot be used in the upstreams file".to_owned());
+        }
         let value = var(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
@@ -311,6 +315,10 @@ mod tests {
             ),
             (r#"{"mcpServers": {"a": {"url": "ftp://x"}}}"#, "http://"),
             (r#"{"servers": {}}"#, "mcpServers"),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://x/?t=${TOKENWARDEN_TOKEN}"}}}"#,
+                "TOKENWARDEN_TOKEN} cannot be used",
+            ),
             (
                 r#"{"mcpServers": {"a__b": {"command": "x"}}}"#,
                 "entry \"a__b\": the bucket name must not contain",
