@@ -227,6 +227,14 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
         .await;
         assert_eq!(verdict["allowed"], json!(allowed), "{tool}: {verdict}");
     }
+    // A gateway tool is checked in its own bucket, whatever bucket the request names.
+    let verdict = ok(
+        &admin,
+        "verify_token",
+        json!({"token": reader_secret, "tool": "mem__read_graph", "bucket": "fs"}),
+    )
+    .await;
+    assert_eq!(verdict["allowed"], json!(false), "{verdict}");
 
     // list_buckets: only fs, counting what the reader may call.
     let buckets = ok(&r, "list_buckets", json!({})).await;
