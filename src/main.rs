@@ -27,6 +27,26 @@ const CAPPED_TARGETS: &[&str] = &[
 /// True for events of the capped libraries below `warn`, whatever their module path
 /// (`rmcp::service` as well as `rmcp`) or span: these are dropped after the user's filter, so
 /// no `RUST_LOG` directive, however specific, can let them through.
+/// Stderr for logs, with URLs cut to `scheme://host:port/path`: libraries (rmcp, reqwest) log
+/// an upstream's full URL, whose query may hold an expanded credential.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if text.contains("://") {
+            let clean = tokenwarden::gateway::connection::redact_urls(&text);
+            std::io::stderr().write_all(clean.as_bytes())?;
+        } else {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn capped(metadata: &tracing::Metadata<'_>) -> bool {
     let target = metadata.target();
     *metadata.level() > tracing::Level::WARN
@@ -101,7 +121,7 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(|| RedactingStderr)
                 .with_ansi(false)
                 .with_filter(filter)
                 .with_filter(filter_fn(|metadata| !capped(metadata))),

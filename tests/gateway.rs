@@ -227,6 +227,14 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
         .await;
         assert_eq!(verdict["allowed"], json!(allowed), "{tool}: {verdict}");
     }
+    // A gateway tool is checked in its own bucket, whatever bucket the request names.
+    let verdict = ok(
+        &admin,
+        "verify_token",
+        json!({"token": reader_secret, "tool": "mem__read_graph", "bucket": "fs"}),
+    )
+    .await;
+    assert_eq!(verdict["allowed"], json!(false), "{verdict}");
 
     // list_buckets: only fs, counting what the reader may call.
     let buckets = ok(&r, "list_buckets", json!({})).await;
@@ -412,7 +420,17 @@ async fn stdio_token_sees_exactly_what_it_may_call_and_its_secret_stays_home() {
     }
     assert!(names.iter().all(|n| !n.starts_with("mem__")), "{names:?}");
     // Fitted names: 200 characters and "/"/spaces.
-    assert!(names.contains(&"test__name_with_spaces_and_slashes".to_owned()));
+    // An altered name always carries the hash of the full name.
+    let spaced: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("test__name_with_spaces_and_slashes_"))
+        .collect();
+    assert_eq!(spaced.len(), 1, "{names:?}");
+    assert_eq!(
+        spaced[0].len(),
+        "test__name_with_spaces_and_slashes_".len() + 6,
+        "{names:?}"
+    );
     let long: Vec<&String> = names
         .iter()
         .filter(|n| n.starts_with("test__long_"))
@@ -1259,6 +1277,63 @@ async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
     server.stop();
     let _ = upstream.kill();
     let _ = upstream.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_never_show_expanded_config_values() {
+    const VALUE: &str = "s3cr3tVALUEdoNotLeak";
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut upstream = http_fixture(port, &setup.path("web.log"));
+    let servers = json!({
+        "dead": {"type": "http", "url": "http://127.0.0.1:1/mcp?api_key=${SECRET_VAR}",
+                 "headers": {"X-Api-Key": "${SECRET_VAR}"}},
+        "web": {"type": "http",
+                "url": format!("http://127.0.0.1:{port}/mcp?api_key=${{SECRET_VAR}}")},
+    });
+    let file = setup.write_upstreams(servers);
+    let mut server = Server::start_with_env(
+        &setup.data(),
+        &["--upstreams", file.to_str().unwrap()],
+        &[("SECRET_VAR", VALUE)],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let listed = wait_for(&admin, &["dead"], "unavailable").await;
+    let listed = listed.to_string();
+    assert!(
+        !listed.contains(VALUE) && !listed.contains("api_key"),
+        "{listed}"
+    );
+    wait_for(&admin, &["web"], "connected").await;
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    // A call as the connection breaks, then once the bucket is known to be unavailable.
+    let message = err(&admin, "web__read_note", json!({}), "upstream_unavailable").await;
+    assert!(!message.contains(VALUE), "{message}");
+    let listed = wait_for(&admin, &["web"], "unavailable").await.to_string();
+    assert!(!listed.contains(VALUE), "{listed}");
+    let message = err(&admin, "web__read_note", json!({}), "upstream_unavailable").await;
+    assert!(!message.contains(VALUE), "{message}");
+    server.stop();
+    assert!(!server.stderr().contains(VALUE), "{}", server.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_and_endless_stderr_lines_do_not_stall_an_upstream() {
+    let setup = Setup::new();
+    let mut noisy = fixture_entry(&setup.path("noisy.log"), json!({}));
+    noisy["args"] = json!(["--noisy-stderr"]);
+    let mut server = start(&setup, json!({"noisy": noisy}));
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["noisy"], "connected").await;
+    for _ in 0..3 {
+        ok(&admin, "noisy__write_note", json!({"text": "still served"})).await;
+    }
+    server.stop();
 }
 
 /// The deny list of a record, sorted.

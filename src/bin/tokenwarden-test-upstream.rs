@@ -9,6 +9,8 @@
 //! - `env`: the names of its environment variables and every request header it saw (HTTP);
 //! - `crash`: exits the process at once.
 //!
+//! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
+//!
 //! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `cancelled NAME`,
 //! `header NAME: VALUE`) so tests can see what reached the upstream.
 
@@ -228,6 +230,13 @@ async fn main() {
         println!("this is not JSON-RPC");
         tokio::time::sleep(Duration::from_secs(3600)).await;
         return;
+    }
+    if args.iter().any(|a| a == "--noisy-stderr") {
+        // Invalid UTF-8, then a 100 KB line with no newline: the gateway must keep draining.
+        let mut err = std::io::stderr();
+        let _ = err.write_all(b"\xff not UTF-8\n");
+        let _ = err.write_all(&vec![b'x'; 100_000]);
+        let _ = err.flush();
     }
     eprintln!("test upstream ready on stdio");
     let running = Fixture::default()

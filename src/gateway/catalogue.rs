@@ -2,7 +2,7 @@
 //! to fit MCP's tool-name rules deterministically (SPEC §10), with each tool's read-only flag.
 //! Pure: built from the upstreams' tool lists, no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rmcp::model::Tool;
@@ -41,27 +41,24 @@ pub struct UpstreamTools<'a> {
 }
 
 impl Catalogue {
-    /// Merges the upstreams' lists. Names that would collide after fitting all get the hash
-    /// suffix, so which tool gets which name does not depend on listing order.
+    /// Merges the upstreams' lists. Each name depends only on its own tool (see
+    /// [`fit_name`]), so a new upstream tool never renames an existing one. If an altered name
+    /// still equals another tool's name (an upstream crafting a tool named like another's
+    /// fitted name, or a hash collision), the unaltered name wins, then the smaller full name;
+    /// the loser is left out with a warning, whatever the listing order.
     pub fn build(upstreams: &[UpstreamTools<'_>]) -> Catalogue {
-        let mut candidates: Vec<(String, String, &UpstreamTools<'_>, &Tool)> = Vec::new();
+        let mut candidates: Vec<(bool, String, String, &UpstreamTools<'_>, &Tool)> = Vec::new();
         for upstream in upstreams {
             for tool in upstream.tools {
                 let full = format!("{}{SEPARATOR}{}", upstream.bucket, tool.name);
-                candidates.push((fit_name(&full), full, upstream, tool));
+                let name = fit_name(&full);
+                candidates.push((name != full, full, name, upstream, tool));
             }
         }
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for (fitted, ..) in &candidates {
-            *counts.entry(fitted.as_str()).or_default() += 1;
-        }
+        // Unaltered names first, then by full name: who wins a clash is independent of order.
+        candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut tools = BTreeMap::new();
-        for (fitted, full, upstream, tool) in &candidates {
-            let name = if counts[fitted.as_str()] > 1 {
-                with_hash(&sanitise(full), full)
-            } else {
-                fitted.clone()
-            };
+        for (_, _, name, upstream, tool) in candidates {
             let read_only = match upstream.read_only_tools {
                 Some(patterns) => patterns
                     .iter()
@@ -72,11 +69,10 @@ impl Catalogue {
                     .and_then(|a| a.read_only_hint)
                     .unwrap_or(false),
             };
-            let mut definition = (*tool).clone();
+            let mut definition = tool.clone();
             definition.name = name.clone().into();
             if tools.contains_key(&name) {
-                // Two distinct full names with one 6-character hash: vanishingly rare; keep the
-                // first and say so rather than route calls to the wrong tool.
+                // Keep the winner and say so rather than route calls to the wrong tool.
                 tracing::warn!(target: "upstream", bucket = upstream.bucket, tool = %tool.name,
                     "tool name collides with another after fitting; not exposed");
                 continue;
@@ -137,14 +133,15 @@ fn sanitise(name: &str) -> String {
         .collect()
 }
 
-/// `full` made to fit: sanitised, and if longer than 64 characters, truncated with a hash of
-/// the full name appended.
+/// `full` made to fit, depending only on `full`: kept as is when valid (`[A-Za-z0-9_.-]`,
+/// at most 64 characters); otherwise sanitised, cut, and always given `_` and a hash of the
+/// full name, so two altered names never meet by accident.
 pub fn fit_name(full: &str) -> String {
     let clean = sanitise(full);
-    if clean.len() > MAX_NAME {
-        with_hash(&clean, full)
-    } else {
+    if clean == full && !full.is_empty() && full.len() <= MAX_NAME {
         clean
+    } else {
+        with_hash(&clean, full)
     }
 }
 
@@ -192,9 +189,18 @@ mod tests {
     }
 
     #[test]
-    fn slashes_and_spaces_become_underscores() {
-        assert_eq!(fit_name("fs__a/b c"), "fs__a_b_c");
-        assert_eq!(fit_name("fs__é"), "fs___");
+    fn altered_names_always_get_the_hash() {
+        let fitted = fit_name("fs__a/b c");
+        assert_eq!(fitted.len(), "fs__a_b_c".len() + 1 + HASH_LEN);
+        assert!(fitted.starts_with("fs__a_b_c_"), "{fitted}");
+        assert!(valid(&fitted));
+        assert_eq!(fitted, fit_name("fs__a/b c"), "deterministic");
+        assert_ne!(fitted, fit_name("fs__a b/c"));
+        let accented = fit_name("fs__é");
+        assert!(
+            accented.starts_with("fs___") && valid(&accented),
+            "{accented}"
+        );
     }
 
     #[test]
@@ -210,38 +216,55 @@ mod tests {
         assert_eq!(&fitted[..57], &fit_name(&other)[..57]);
     }
 
+    fn names(tools: &[Tool]) -> BTreeMap<String, String> {
+        Catalogue::build(&[UpstreamTools {
+            bucket: "fs",
+            tools,
+            read_only_tools: None,
+        }])
+        .iter()
+        .map(|t| (t.upstream_name.clone(), t.name.clone()))
+        .collect()
+    }
+
     #[test]
-    fn colliding_names_both_get_the_hash() {
-        let tools = [
-            tool("a/b", None),
-            tool("a b", None),
-            tool("plain", Some(true)),
-        ];
+    fn a_new_tool_never_renames_an_existing_one() {
+        let before = names(&[tool("write_file", None), tool("a/b", None)]);
+        assert_eq!(before["write_file"], "fs__write_file");
+        let slash = before["a/b"].clone();
+        assert!(slash.starts_with("fs__a_b_") && valid(&slash), "{slash}");
+        for added in ["write file", "write/file", "a b", "a_b"] {
+            let after = names(&[
+                tool("write_file", None),
+                tool("a/b", None),
+                tool(added, None),
+            ]);
+            assert_eq!(after["write_file"], "fs__write_file", "{added}");
+            assert_eq!(after["a/b"], slash, "{added}");
+            assert_eq!(after.len(), 3, "{after:?}");
+            assert!(after.values().all(|n| valid(n)));
+        }
+        // The same tool always gets the same name, whatever else is listed.
+        assert_eq!(
+            names(&[tool("write file", None)])["write file"],
+            fit_name("fs__write file")
+        );
+    }
+
+    #[test]
+    fn a_crafted_clash_loses_to_the_unaltered_name_in_any_order() {
+        // An upstream naming a tool exactly like another tool's fitted name.
+        let crafted = fit_name("fs__a/b")["fs__".len()..].to_owned();
+        let forward = names(&[tool("a/b", None), tool(&crafted, None)]);
+        let backward = names(&[tool(&crafted, None), tool("a/b", None)]);
+        assert_eq!(forward, backward);
+        assert_eq!(forward.len(), 1, "{forward:?}");
+        assert_eq!(forward[&crafted], format!("fs__{crafted}"));
         let catalogue = Catalogue::build(&[UpstreamTools {
             bucket: "fs",
-            tools: &tools,
+            tools: &[tool("plain", Some(true))],
             read_only_tools: None,
         }]);
-        let names: Vec<&str> = catalogue.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names.len(), 3);
-        assert!(names.contains(&"fs__plain"));
-        let hashed: Vec<&&str> = names.iter().filter(|n| n.starts_with("fs__a_b_")).collect();
-        assert_eq!(hashed.len(), 2, "{names:?}");
-        assert!(names.iter().all(|n| valid(n)));
-        // Same tools in another order: same names.
-        let reversed = [
-            tool("plain", Some(true)),
-            tool("a b", None),
-            tool("a/b", None),
-        ];
-        let again = Catalogue::build(&[UpstreamTools {
-            bucket: "fs",
-            tools: &reversed,
-            read_only_tools: None,
-        }]);
-        for t in catalogue.iter() {
-            assert_eq!(again.get(&t.name).unwrap().upstream_name, t.upstream_name);
-        }
         assert!(catalogue.get("fs__plain").unwrap().read_only);
     }
 

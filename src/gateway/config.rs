@@ -78,6 +78,14 @@ pub fn parse(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Upstrea
                  ^[a-z0-9][a-z0-9_-]{{0,62}}$"
             ));
         }
+        // Exposed names are `<bucket>__<tool>`: a key with `__` or a trailing `_` could make
+        // two buckets' tools share a name (bucket `a__b` tool `c`, bucket `a` tool `b__c`).
+        if key.contains("__") || key.ends_with('_') {
+            return Err(format!(
+                "entry {shown:?}: the bucket name must not contain \"__\" or end in \"_\" \
+                 (exposed tool names are <bucket>__<tool>)"
+            ));
+        }
         let upstream = parse_entry(key, entry, var).map_err(|e| format!("entry {shown:?}: {e}"))?;
         if let Some(upstream) = upstream {
             upstreams.insert(key.clone(), upstream);
@@ -228,6 +236,10 @@ pub fn expand(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
                 crate::secret::truncate_for_message(name)
             ));
         }
+        if name == "TOKENWARDEN_TOKEN" {
+            // The caller's bearer never goes upstream, not even through the config.
+            return Err("${TOKENWARDEN_TOKEN} cannot be used in the upstreams file".to_owned());
+        }
         let value = var(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
@@ -303,6 +315,18 @@ mod tests {
             ),
             (r#"{"mcpServers": {"a": {"url": "ftp://x"}}}"#, "http://"),
             (r#"{"servers": {}}"#, "mcpServers"),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://x/?t=${TOKENWARDEN_TOKEN}"}}}"#,
+                "TOKENWARDEN_TOKEN} cannot be used",
+            ),
+            (
+                r#"{"mcpServers": {"a__b": {"command": "x"}}}"#,
+                "entry \"a__b\": the bucket name must not contain",
+            ),
+            (
+                r#"{"mcpServers": {"a_": {"command": "x"}}}"#,
+                "entry \"a_\": the bucket name must not contain",
+            ),
             ("not json", "invalid JSON"),
         ];
         for (text, needle) in cases {

@@ -15,7 +15,6 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RoleServer};
 use rmcp::{ClientHandler, ServiceExt};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +28,8 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 const HTTP_PING: Duration = Duration::from_secs(10);
 /// The longest stderr line logged from an upstream.
 const MAX_LOG_LINE: usize = 2000;
+/// The most bytes of one upstream stderr line kept while reading it.
+const MAX_STDERR_LINE: usize = 8 * 1024;
 
 /// What `list_buckets` reports about an upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,10 +128,11 @@ impl Connection {
             task: Mutex::new(None),
         };
         let (handler, _refresh) = probe.handler();
-        let session = probe.connect(handler).await?;
+        let scrub = |e: String| scrub(&upstream.transport, &e);
+        let session = probe.connect(handler).await.map_err(scrub)?;
         let tools = list_tools(&session.peer, upstream.timeout).await;
         session.close().await;
-        tools
+        tools.map_err(scrub)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -199,6 +201,7 @@ impl Connection {
                             on_change();
                             backoff = FIRST_BACKOFF;
                             let ended = self.serve(&session, &refresh, &on_change).await;
+                            let ended = scrub(&self.upstream.transport, &ended);
                             // The tools stay listed: their calls answer upstream_unavailable
                             // until the upstream is back, rather than "unknown tool".
                             self.set(Status::Unavailable(ended.clone()), None, None);
@@ -230,6 +233,7 @@ impl Connection {
     }
 
     fn fail(&self, bucket: &str, error: String, backoff: Duration, on_change: &OnChange) {
+        let error = scrub(&self.upstream.transport, &error);
         tracing::warn!(target: "upstream", bucket = %bucket,
             "unavailable: {error}; retrying in {}s", backoff.as_secs());
         self.set(Status::Unavailable(error), None, None);
@@ -342,9 +346,10 @@ impl Connection {
                 let transport = StreamableHttpClientTransport::from_config(config);
                 match tokio::time::timeout(timeout, handler.serve(transport)).await {
                     Ok(Ok(running)) => Ok(Session::new(running, None)),
-                    Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+                    Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact_url(url))),
                     Err(_) => Err(format!(
-                        "no answer to initialize from {url} within {}s",
+                        "no answer to initialize from {} within {}s",
+                        redact_url(url),
                         timeout.as_secs_f64()
                     )),
                 }
@@ -435,6 +440,7 @@ impl Connection {
 
     fn broke(&self, message: String) -> CallFailure {
         self.broken.notify_one();
+        let message = scrub(&self.upstream.transport, &message);
         CallFailure::Unavailable(format!("upstream {}: {message}", self.upstream.bucket))
     }
 }
@@ -538,13 +544,120 @@ async fn kill_group(group: Option<u32>) {
     let _ = group;
 }
 
-async fn log_stderr(bucket: String, stderr: tokio::process::ChildStderr) {
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(MAX_LOG_LINE).collect();
-        let line = crate::secret::redact_secrets(&line);
-        tracing::info!(target: "upstream", bucket = %bucket, "{line}");
+/// `url` as it may be shown: `scheme://host:port/path`, without userinfo, query or fragment
+/// (any of which may hold an expanded credential).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i], &url[i + 3..]),
+        None => return "[redacted URL]".to_owned(),
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = &rest[..end];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}{path}")
+}
+
+/// `text` (an error from rmcp, reqwest or the OS) with every configured value that may hold a
+/// credential replaced: the expanded URL and header values, a stdio upstream's args and env
+/// values, and any URL in it cut down by [`redact_url`] (whatever form the library printed).
+pub fn scrub(transport: &Transport, text: &str) -> String {
+    let mut out = text.to_owned();
+    let mut secrets: Vec<&str> = Vec::new();
+    match transport {
+        Transport::Http { url, headers } => {
+            out = out.replace(url.as_str(), &redact_url(url));
+            for value in headers.values() {
+                secrets.push(value);
+                if let Some(token) = value.strip_prefix("Bearer ") {
+                    secrets.push(token.trim());
+                }
+            }
+            if let Some(i) = url.find(['?', '#']) {
+                secrets.extend(url[i + 1..].split(['&', '=', '#']));
+            }
+            if let Some(rest) = url.split("://").nth(1) {
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                    secrets.extend(userinfo.split(':'));
+                }
+            }
+        }
+        Transport::Stdio { args, env, .. } => {
+            secrets.extend(args.iter().map(String::as_str));
+            secrets.extend(env.values().map(String::as_str));
+        }
     }
+    // Longest first, so a value containing another is replaced whole.
+    secrets.retain(|s| s.len() >= 3);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
+        out = out.replace(secret, "[redacted]");
+    }
+    crate::secret::redact_secrets(&redact_urls(&out))
+}
+
+/// Every `http://` or `https://` URL in `text` cut down by [`redact_url`]: for errors and log
+/// lines from libraries (rmcp logs the URL of a failed request, query string included).
+pub fn redact_urls(text: &str) -> String {
+    let mut scrubbed = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = ["http://", "https://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        scrubbed.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(tail.len());
+        scrubbed.push_str(&redact_url(&tail[..end]));
+        rest = &tail[end..];
+    }
+    scrubbed.push_str(rest);
+    scrubbed
+}
+
+async fn log_stderr(bucket: String, stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line: Vec<u8> = Vec::new();
+    // Drains until EOF whatever the bytes: a child blocked on a full stderr pipe stops
+    // answering. Each line keeps its first MAX_STDERR_LINE bytes; the rest is discarded.
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let (part, ended) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        let used = part.len() + usize::from(ended);
+        reader.consume(used);
+        if ended {
+            log_line(&bucket, &line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        log_line(&bucket, &line);
+    }
+}
+
+fn log_line(bucket: &str, bytes: &[u8]) {
+    let line = String::from_utf8_lossy(bytes);
+    let line: String = line
+        .trim_end_matches('\r')
+        .chars()
+        .take(MAX_LOG_LINE)
+        .collect();
+    let line = crate::secret::redact_secrets(&line);
+    tracing::info!(target: "upstream", bucket = %bucket, "{line}");
 }
 
 /// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache.

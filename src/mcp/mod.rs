@@ -25,6 +25,9 @@ use crate::gateway::{CallFailure, ExposedTool, Gateway, ProgressSink};
 use crate::secret::{TokenId, truncate_for_message};
 use crate::service::{Caller, Service};
 
+/// How often a session's tools/list_changed forwarder checks that the session still lives.
+const SESSION_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Put into the HTTP request's extensions by the guard once the bearer has authenticated.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
@@ -288,7 +291,7 @@ impl ServerHandler for TokenServer {
         Ok(result.into())
     }
 
-    /// Tells this client session whenever the gateway's catalogue changes.
+    /// Tells this client session whenever the gateway's catalogue changes, until it ends.
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
         let Some(gateway) = &self.gateway else {
             return;
@@ -296,10 +299,23 @@ impl ServerHandler for TokenServer {
         let mut changes = gateway.subscribe();
         changes.mark_unchanged();
         let peer = context.peer;
+        // Ends with the session: rmcp offers no future for "transport closed", so the peer is
+        // checked every few seconds; otherwise a closed session's forwarder would live until
+        // the next catalogue change, and sessions opened and closed would pile up.
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if peer.notify_tool_list_changed().await.is_err() {
-                    break;
+            let mut poll = tokio::time::interval(SESSION_POLL);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() || peer.notify_tool_list_changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = poll.tick() => {
+                        if peer.is_transport_closed() {
+                            break;
+                        }
+                    }
                 }
             }
         });

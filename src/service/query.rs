@@ -200,9 +200,18 @@ impl Service {
         }
         let mut bucket = req.bucket.as_deref().map(validate::bucket).transpose()?;
         let upstream = req.tool.as_deref().and_then(gateway_tool);
-        if let Some((_, upstream_bucket)) = &upstream
-            && bucket.is_none()
-        {
+        // A gateway tool is checked in its own bucket: naming another one cannot borrow that
+        // bucket's standing (it answers allowed: false once the token is known valid).
+        let mut wrong_bucket = None;
+        if let Some((_, upstream_bucket)) = &upstream {
+            if let Some(named) = bucket.as_deref()
+                && named != upstream_bucket
+            {
+                wrong_bucket = Some(format!(
+                    "tool {} is in bucket {upstream_bucket}, not {named}",
+                    req.tool.as_deref().unwrap_or_default()
+                ));
+            }
             bucket = Some(upstream_bucket.clone());
         }
         let invalid = |reason: String, token_id: Option<TokenId>| Verification {
@@ -233,6 +242,14 @@ impl Service {
                 token_id: Some(id),
                 allowed: None,
                 reason: None,
+            });
+        }
+        if let Some(reason) = wrong_bucket {
+            return Ok(Verification {
+                valid: true,
+                token_id: Some(id),
+                allowed: Some(false),
+                reason: Some(reason),
             });
         }
         let tool = req.tool.as_deref().map(|name| Tool {
