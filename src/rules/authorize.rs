@@ -592,7 +592,11 @@ mod tests {
                 ..call("whoami", true)
             };
             let denial = refused(&c, &limited, Rule::RateLimited, at_link);
-            assert!(denial.to_string().contains("limit of 5 calls in any 60 seconds"));
+            assert!(
+                denial
+                    .to_string()
+                    .contains("limit of 5 calls in any 60 seconds")
+            );
             budgets[at_link].calls_this_minute = 4;
             allowed(
                 &c,
