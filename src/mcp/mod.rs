@@ -191,18 +191,36 @@ impl ServerHandler for TokenServer {
             ));
         }
         let (caller, ip) = self.caller(&context)?;
-        let mut tools: Vec<rmcp::model::Tool> = tools::definitions()
+        // Tokenwarden's own tools and the gateway's, decided together: one read of the
+        // caller's chain, then the one decision per tool.
+        let own = tools::definitions();
+        let catalogue = self.gateway.as_ref().map(|g| g.catalogue());
+        let gateway_tools: Vec<&Arc<ExposedTool>> =
+            catalogue.iter().flat_map(|c| c.iter()).collect();
+        let asked: Vec<(crate::service::Tool<'_>, Option<&str>)> = own
             .iter()
-            .filter(|t| self.service.may_call(&caller, &t.name, ip))
-            .cloned()
+            .map(|t| {
+                let tool = crate::service::Tool {
+                    name: &t.name,
+                    read_only: crate::service::is_read_only_tool(&t.name),
+                };
+                (tool, None)
+            })
+            .chain(
+                gateway_tools
+                    .iter()
+                    .map(|t| (gateway_tool(t), Some(t.bucket.as_str()))),
+            )
             .collect();
-        if let Some(gateway) = &self.gateway {
-            tools.extend(
-                visible_gateway_tools(&self.service, gateway, &caller, ip)
-                    .into_iter()
-                    .map(|t| t.definition.clone()),
-            );
-        }
+        let allowed = self.service.may_call_tools(&caller, &asked, ip);
+        let definitions = own
+            .iter()
+            .chain(gateway_tools.iter().map(|t| &t.definition));
+        let tools = definitions
+            .zip(allowed)
+            .filter(|(_, allowed)| *allowed)
+            .map(|(definition, _)| definition.clone())
+            .collect();
         // What a token may call differs per caller: never let a cache share the list.
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
@@ -355,7 +373,7 @@ fn list_buckets(
     let buckets: Vec<Value> = gateway
         .buckets()
         .into_iter()
-        .filter(|b| service.holds_bucket(caller, &b.name))
+        .filter(|b| service.holds_bucket(caller, &b.name, ip))
         .map(|b| {
             let tools = visible.iter().filter(|t| t.bucket == b.name).count();
             let mut entry = json!({

@@ -263,43 +263,18 @@ impl Service {
             .map_err(Error::from)
     }
 
-    /// Whether `caller` could call `tool` now, without counting a use: `tools/list` filtering.
+    /// Whether `caller` could call `tool` now, without counting a use.
     pub fn may_call(&self, caller: &Caller, tool: &str, client_ip: Option<IpAddr>) -> bool {
         let tool = Tool {
             name: tool,
             read_only: is_read_only_tool(tool),
         };
-        self.may_call_tool(caller, tool, None, client_ip)
+        self.may_call_tools(caller, &[(tool, None)], client_ip)[0]
     }
 
-    /// [`Service::may_call`] for a tool the service does not define (a gateway tool).
-    pub fn may_call_tool(
-        &self,
-        caller: &Caller,
-        tool: Tool<'_>,
-        bucket: Option<&str>,
-        client_ip: Option<IpAddr>,
-    ) -> bool {
-        let Caller::Token(id) = caller else {
-            return true;
-        };
-        let Ok(chain) = self.caller_chain(id) else {
-            return false;
-        };
-        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
-        let attempt = Attempt {
-            environment: &self.config.environment,
-            now: Timestamp::now(),
-            client_ip,
-            tool: Some(tool),
-            bucket,
-            budgets: None,
-        };
-        authorize(&links, &attempt).is_ok()
-    }
-
-    /// [`Service::may_call_tool`] for many tools at once (a gateway's `tools/list`): the
-    /// caller's chain is read once, then the one decision runs per tool.
+    /// Which of `tools` (each with its bucket, for a gateway tool) `caller` could call now,
+    /// without counting a use: `tools/list` filtering. The caller's chain is read once, then the
+    /// one decision runs per tool.
     pub fn may_call_tools(
         &self,
         caller: &Caller,
@@ -330,19 +305,25 @@ impl Service {
             .collect()
     }
 
-    /// Whether `caller` holds `bucket` (owner and admin tokens hold every bucket), for
-    /// `list_buckets`.
-    pub fn holds_bucket(&self, caller: &Caller, bucket: &str) -> bool {
+    /// Whether `caller` holds `bucket`, for `list_buckets`: owner and admin tokens hold every
+    /// bucket (SPEC §5); any other token as the decision's bucket rule says.
+    pub fn holds_bucket(&self, caller: &Caller, bucket: &str, client_ip: Option<IpAddr>) -> bool {
         let Caller::Token(id) = caller else {
             return true;
         };
         let Ok(chain) = self.caller_chain(id) else {
             return false;
         };
-        chain[0].scope.admin
-            || chain
-                .iter()
-                .all(|link| crate::rules::scope::bucket_allowed(&link.scope.buckets, bucket))
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let attempt = Attempt {
+            environment: &self.config.environment,
+            now: Timestamp::now(),
+            client_ip,
+            tool: None,
+            bucket: (!links[0].scope.admin).then_some(bucket),
+            budgets: None,
+        };
+        authorize(&links, &attempt).is_ok()
     }
 
     /// The root of a token's lineage (the token itself for a root): what shares a session
