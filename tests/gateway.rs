@@ -679,6 +679,39 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
     )
     .await;
 
+    // A call belongs to the secret that made it: rotating that secret out (grace 0) ends the
+    // call within a second, though the token itself stays active.
+    let rotor = ok(
+        &admin,
+        "create_token",
+        json!({"name": "rotor", "buckets": ["test"], "parent": "none"}),
+    )
+    .await;
+    let r = connect_http(&server.url(), rotor["token"].as_str().unwrap()).await;
+    let running = tokio::spawn(async move {
+        let outcome = call(&r, "test__slow", json!({"seconds": 20})).await;
+        (outcome, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ok(
+        &admin,
+        "rotate_token",
+        json!({"id": rotor["id"], "grace_seconds": 0}),
+    )
+    .await;
+    let rotated_at = Instant::now();
+    let ((is_error, value), answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the call of a rotated-out secret was answered")
+        .unwrap();
+    assert!(is_error, "{value}");
+    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
+    assert!(
+        answered_at.duration_since(rotated_at) < Duration::from_millis(1000),
+        "answered {:?} after the rotation",
+        answered_at.duration_since(rotated_at)
+    );
+
     // Tool list changes reach connected clients.
     let seen = recorder.list_changed.load(Ordering::SeqCst);
     ok(&admin, "test__add_tool", json!({})).await;

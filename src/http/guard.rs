@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 
 use super::sessions::{SessionCheck, Sessions};
 use super::{MAX_BODY_BYTES, STREAM_RECHECK};
-use crate::mcp::Authenticated;
+use crate::mcp::{Authenticated, Presented};
 use crate::rules::cidr::canonical_ip;
 use crate::secret::TokenId;
 use crate::service::Service;
@@ -163,7 +163,7 @@ pub(super) async fn guard(
 ) -> Response {
     let client_ip = canonical_ip(peer.ip());
     let secret = match bearer(request.headers()) {
-        Ok(secret) => secret.to_owned(),
+        Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
             return unauthorized(None);
@@ -173,7 +173,7 @@ pub(super) async fn guard(
             return unauthorized(Some(description));
         }
     };
-    let token_id = match state.service.authenticate(&secret, Some(client_ip)) {
+    let token_id = match state.service.authenticate(secret.as_str(), Some(client_ip)) {
         Ok(id) => id,
         Err(failure) => {
             let description = failure.to_string();
@@ -274,6 +274,7 @@ pub(super) async fn guard(
     request.extensions_mut().insert(Authenticated {
         token_id: token_id.clone(),
         client_ip,
+        secret: Some(secret.clone()),
     });
     let mut response = next.run(request).await;
     if method == Method::POST
@@ -334,7 +335,7 @@ fn lineage(state: &GuardState, token: &TokenId) -> TokenId {
 fn close_when_secret_stops(
     response: Response,
     service: Arc<Service>,
-    secret: String,
+    secret: Presented,
     token: TokenId,
     client_ip: IpAddr,
 ) -> Response {
@@ -354,13 +355,9 @@ fn close_when_secret_stops(
                     None => break,
                 },
                 _ = recheck.tick() => {
-                    match service.authenticate(&secret, Some(client_ip)) {
-                        Ok(id) if id == token => {}
-                        Ok(_) => break,
-                        Err(failure) => {
-                            tracing::info!(%token, "closing response stream: {failure}");
-                            break;
-                        }
+                    if let Err(failure) = service.still_holds(secret.as_str(), &token, Some(client_ip)) {
+                        tracing::info!(%token, "closing response stream: {failure}");
+                        break;
                     }
                 }
                 _ = tx.closed() => break,

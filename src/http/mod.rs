@@ -90,6 +90,7 @@ pub fn unguarded_router(
     let caller = crate::mcp::Authenticated {
         token_id: as_token,
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        secret: None,
     };
     Router::new()
         .route_service(

@@ -33,6 +33,30 @@ const SESSION_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Authenticated {
     pub token_id: TokenId,
     pub client_ip: IpAddr,
+    /// The secret the request presented, so that work outliving the request (a stream, a long
+    /// gateway call) keeps belonging to that secret; `None` only in the guard benchmark.
+    pub secret: Option<Presented>,
+}
+
+/// A bearer secret as a client presented it, kept in memory to re-authenticate long-running
+/// work; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Presented(Arc<str>);
+
+impl Presented {
+    pub fn new(secret: &str) -> Presented {
+        Presented(Arc::from(secret))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mcp_[redacted]")
+    }
 }
 
 /// Who a stdio session acts as: the owner (no `TOKENWARDEN_TOKEN`), or the secret it started
@@ -94,13 +118,19 @@ impl TokenServer {
         self
     }
 
+    /// Who is calling, from where, and the secret it presented (what long-running work
+    /// re-authenticates; `None` for the owner).
     fn caller(
         &self,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(Caller, Option<IpAddr>), ErrorData> {
+    ) -> Result<(Caller, Option<IpAddr>, Option<Presented>), ErrorData> {
         if let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() {
             return match parts.extensions.get::<Authenticated>() {
-                Some(a) => Ok((Caller::Token(a.token_id.clone()), Some(a.client_ip))),
+                Some(a) => Ok((
+                    Caller::Token(a.token_id.clone()),
+                    Some(a.client_ip),
+                    a.secret.clone(),
+                )),
                 None => Err(ErrorData::internal_error(
                     "request was not authenticated",
                     None,
@@ -108,9 +138,9 @@ impl TokenServer {
             };
         }
         match &self.stdio_caller {
-            Some(StdioCaller::Owner) => Ok((Caller::Owner, None)),
+            Some(StdioCaller::Owner) => Ok((Caller::Owner, None, None)),
             Some(StdioCaller::Secret(secret)) => match self.service.authenticate(secret, None) {
-                Ok(id) => Ok((Caller::Token(id), None)),
+                Ok(id) => Ok((Caller::Token(id), None, Some(Presented::new(secret)))),
                 Err(e) => Err(ErrorData::new(
                     rmcp::model::ErrorCode(-32001),
                     format!("TOKENWARDEN_TOKEN no longer authenticates: {e}"),
@@ -190,7 +220,7 @@ impl ServerHandler for TokenServer {
                 None,
             ));
         }
-        let (caller, ip) = self.caller(&context)?;
+        let (caller, ip, _) = self.caller(&context)?;
         // Tokenwarden's own tools and the gateway's, decided together: one read of the
         // caller's chain, then the one decision per tool.
         let own = tools::definitions();
@@ -230,14 +260,14 @@ impl ServerHandler for TokenServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (caller, ip) = self.caller(&context)?;
+        let (caller, ip, secret) = self.caller(&context)?;
         let name = request.name.to_string();
         if let Some(gateway) = &self.gateway
             && let Some(tool) = gateway.catalogue().get(&name).cloned()
             && !tools::exists(&name)
         {
             return self
-                .call_gateway_tool(gateway, tool, caller, ip, request, context)
+                .call_gateway_tool(gateway, tool, (caller, ip, secret), request, context)
                 .await;
         }
         if name == "verify_token"
@@ -398,8 +428,7 @@ impl TokenServer {
         &self,
         gateway: &Arc<Gateway>,
         tool: Arc<ExposedTool>,
-        caller: Caller,
-        ip: Option<IpAddr>,
+        (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
@@ -441,8 +470,14 @@ impl TokenServer {
                         _ = tick.tick() => {}
                         _ = done.cancelled() => return,
                     }
-                    if let Err(failure) = service.check_standing(&id, ip) {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.to_string());
+                    // The call belongs to the secret that made it, as a stream does: the end
+                    // of a rotation's grace ends it too.
+                    let standing = match &secret {
+                        Some(secret) => service.still_holds(secret.as_str(), &id, ip),
+                        None => service.check_standing(&id, ip).map_err(|f| f.to_string()),
+                    };
+                    if let Err(failure) = standing {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
                         cancel.cancel();
                         return;
                     }

@@ -192,6 +192,22 @@ impl Service {
         judge(&entry, Cached::Chain(&links, Remember::nowhere()))
     }
 
+    /// Whether `secret` still authenticates as `token` (rules 1 and 5, rotation grace
+    /// included): what work outliving its request (a response stream, a long gateway call)
+    /// asks periodically, so that it belongs to the secret that started it.
+    pub fn still_holds(
+        &self,
+        secret: &str,
+        token: &TokenId,
+        client_ip: Option<IpAddr>,
+    ) -> std::result::Result<(), String> {
+        match self.authenticate(secret, client_ip) {
+            Ok(id) if id == *token => Ok(()),
+            Ok(_) => Err("its secret now names another token".to_owned()),
+            Err(failure) => Err(failure.to_string()),
+        }
+    }
+
     /// Whether an authenticated token may still make requests (rules 1 and 5): open response
     /// streams ask this periodically.
     pub fn check_standing(
