@@ -24,9 +24,6 @@ const CAPPED_TARGETS: &[&str] = &[
     "tokio_util",
 ];
 
-/// True for events of the capped libraries below `warn`, whatever their module path
-/// (`rmcp::service` as well as `rmcp`) or span: these are dropped after the user's filter, so
-/// no `RUST_LOG` directive, however specific, can let them through.
 /// Stderr for logs, with URLs cut to `scheme://host:port/path`: libraries (rmcp, reqwest) log
 /// an upstream's full URL, whose query may hold an expanded credential.
 struct RedactingStderr;
@@ -47,6 +44,9 @@ impl std::io::Write for RedactingStderr {
     }
 }
 
+/// True for events of the capped libraries below `warn`, whatever their module path
+/// (`rmcp::service` as well as `rmcp`) or span: these are dropped after the user's filter, so
+/// no `RUST_LOG` directive, however specific, can let them through.
 fn capped(metadata: &tracing::Metadata<'_>) -> bool {
     let target = metadata.target();
     *metadata.level() > tracing::Level::WARN

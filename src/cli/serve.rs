@@ -291,6 +291,9 @@ const ADMIN_CHECK_LIMIT: usize = 10_000;
 /// A store with tokens but no active admin token can only be managed from the command line:
 /// say so in one line at start, with the command that fixes it.
 fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
+    if service.store().is_empty() {
+        return;
+    }
     let mut cursor = None;
     let mut examined = 0;
     loop {
@@ -317,9 +320,6 @@ fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
             Some(_) if page.has_more => return,
             _ => break,
         }
-    }
-    if service.store().is_empty() {
-        return;
     }
     eprintln!(
         "tokenwarden: no active admin token can manage this store over MCP; to mint one, stop \

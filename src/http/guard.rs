@@ -214,6 +214,8 @@ pub(super) async fn guard(
         state.sessions.closed(session);
         return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
     }
+    // The lineage of a token opening a session: what shares the server's session room.
+    let mut opening_lineage = None;
     let mut request = if method == Method::POST {
         let read = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY_BYTES));
         let bytes = match read.await {
@@ -242,9 +244,11 @@ pub(super) async fn guard(
             Ok(posted) => posted,
             Err(response) => return *response,
         };
-        if matches!(posted, Posted::Initialize)
-            && session.is_none()
-            && !state.sessions.has_room(&lineage(&state, &token_id)).await
+        if matches!(posted, Posted::Initialize) && session.is_none() {
+            opening_lineage = Some(lineage(&state, &token_id));
+        }
+        if let Some(lineage) = &opening_lineage
+            && !state.sessions.has_room(lineage).await
         {
             tracing::warn!("refused a new session: the server holds its maximum");
             let mut response = (
@@ -295,7 +299,7 @@ pub(super) async fn guard(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        let lineage = lineage(&state, &token_id);
+        let lineage = opening_lineage.unwrap_or_else(|| lineage(&state, &token_id));
         state.sessions.opened(opened, &token_id, &lineage).await;
     }
     if method == Method::DELETE

@@ -64,6 +64,15 @@ fn refuse_expired(chain: &[Arc<TokenRecord>], now: Timestamp) -> Result<()> {
     }
 }
 
+/// Adds `record`'s revocation at `now` to `change`.
+fn revoke_record(record: &Arc<TokenRecord>, change: &mut Change, now: Timestamp) {
+    let mut updated = (**record).clone();
+    updated.status = Status::Revoked;
+    updated.revoked_at = Some(now);
+    updated.updated_at = now;
+    change.put(Some(Arc::clone(record)), updated);
+}
+
 fn links(chain: &[Arc<TokenRecord>]) -> Vec<&TokenRecord> {
     chain.iter().map(Arc::as_ref).collect()
 }
@@ -311,13 +320,9 @@ impl Service {
                     expires_at: expires_at.or(p.expires_at),
                     max_uses: max_uses.or(p.max_uses),
                     rate_limit_per_minute: rate.or(p.rate_limit_per_minute),
-                    // Denials add up: the parent's (and a token caller's) are always kept.
-                    deny_tools: union_denials(
-                        &union_denials(&deny_tools, &p.deny_tools),
-                        acting
-                            .token()
-                            .map_or(&[][..], |me| &me.scope.deny_tools[..]),
-                    ),
+                    // Denials add up: `inherited` already holds the parent's and a token
+                    // caller's (clamping unions them).
+                    deny_tools: union_denials(&deny_tools, &p.deny_tools),
                 }
             }
         };
@@ -807,21 +812,14 @@ impl Service {
         now: Timestamp,
     ) -> Result<u64> {
         let mut newly_revoked = 0;
-        let revoke = |record: &Arc<TokenRecord>, change: &mut Change| {
-            let mut updated = (**record).clone();
-            updated.status = Status::Revoked;
-            updated.revoked_at = Some(now);
-            updated.updated_at = now;
-            change.put(Some(Arc::clone(record)), updated);
-        };
         if target.status != Status::Revoked {
-            revoke(target, change);
+            revoke_record(target, change, now);
         }
         for id in self.store.descendants(&target.id)? {
             if let Some(record) = self.store.get(&id)?
                 && record.status != Status::Revoked
             {
-                revoke(&record, change);
+                revoke_record(&record, change, now);
                 newly_revoked += 1;
             }
         }
@@ -874,11 +872,7 @@ impl Service {
                 if let Some(record) = self.store.get(&id)?
                     && record.status != Status::Revoked
                 {
-                    let mut updated = (*record).clone();
-                    updated.status = Status::Revoked;
-                    updated.revoked_at = Some(now);
-                    updated.updated_at = now;
-                    change.put(Some(record), updated);
+                    revoke_record(&record, &mut change, now);
                     revoked_minted += 1;
                 }
             }

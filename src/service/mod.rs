@@ -264,11 +264,13 @@ impl Service {
             return Ok(());
         };
         let chain = self.caller_chain(id)?;
+        // One clock for the budgets and the decision.
+        let now = Timestamp::now();
         self.usage
-            .admit(&self.store, &chain, true, |links, budgets| {
+            .admit_at(&self.store, &chain, true, now, |links, budgets| {
                 let attempt = Attempt {
                     environment: &self.config.environment,
-                    now: Timestamp::now(),
+                    now,
                     client_ip,
                     tool: Some(tool),
                     bucket,
