@@ -393,6 +393,21 @@ fn errors_are_one_line_and_change_nothing() {
         "the owner reaches everything"
     );
     fails_with(dir, &["token", "revoke", unknown], "not_found");
+    // The server's --max-depth holds for the owner's CLI too: a child of a root is depth 1.
+    fails_with(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            &parent,
+            "--max-depth",
+            "0",
+        ],
+        "limit_exceeded",
+    );
     fails_with(dir, &["token", "get", "tok_nope"], "invalid_argument");
     fails_with(
         dir,

@@ -38,7 +38,7 @@ pub struct AuditArgs {
 
 pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
-    let service = super::owner_service(cli, super::Access::Read)?;
+    let service = super::owner_service(cli, super::Access::Read, super::service_config(cli))?;
     let mut request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("action", args.action.as_deref())

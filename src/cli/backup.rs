@@ -37,7 +37,7 @@ pub struct ImportArgs {
 }
 
 pub fn export(cli: &Cli, args: &ExportArgs) -> Result<(), CliError> {
-    let service = super::owner_service(cli, super::Access::Read)?;
+    let service = super::owner_service(cli, super::Access::Read, super::service_config(cli))?;
     let written = match &args.output {
         None => {
             let mut stdout = io::stdout().lock();

@@ -203,7 +203,11 @@ pub enum Access {
 }
 
 /// Opens the service for one of the owner's commands, in the data directory `cli` names.
-pub fn owner_service(cli: &Cli, access: Access) -> Result<crate::service::Service, CliError> {
+pub fn owner_service(
+    cli: &Cli,
+    access: Access,
+    config: crate::service::ServiceConfig,
+) -> Result<crate::service::Service, CliError> {
     let dir = data_dir(cli).map_err(CliError::store)?;
     if access == Access::Read && !dir.exists() {
         return Err(CliError::store(format!(
@@ -211,7 +215,7 @@ pub fn owner_service(cli: &Cli, access: Access) -> Result<crate::service::Servic
             dir.display()
         )));
     }
-    open_service(&dir, service_config(cli))
+    open_service(&dir, config)
 }
 
 /// Flushes everything and closes the service at the end of an owner's command.

@@ -178,6 +178,9 @@ pub struct CreateArgs {
     /// The parent token id, to create a child no broader than it [default: a root token].
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,
+    /// Refuse a child deeper than this (a root token is depth 0); use the server's --max-depth.
+    #[arg(long, default_value_t = 8)]
+    pub max_depth: u8,
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +338,11 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> Result<(), CliError> {
         TokenCommand::List(_) | TokenCommand::Get(_) => super::Access::Read,
         _ => super::Access::Write,
     };
-    let service = super::owner_service(cli, access)?;
+    let mut config = super::service_config(cli);
+    if let TokenCommand::Create(create) = &args.command {
+        config.max_depth = create.max_depth;
+    }
+    let service = super::owner_service(cli, access, config)?;
     let result = execute(&service, cli.json, &args.command);
     let closed = super::close_service(service);
     result.and(closed)

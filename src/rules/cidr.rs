@@ -68,11 +68,24 @@ impl IpNet {
             return Err(invalid());
         }
         let network = value & mask(width, prefix);
-        let addr = match addr {
-            IpAddr::V4(_) => IpAddr::V4((network as u32).into()),
-            IpAddr::V6(_) => IpAddr::V6(network.into()),
-        };
-        Ok(IpNet { addr, prefix })
+        Ok(match addr {
+            IpAddr::V4(_) => IpNet {
+                addr: IpAddr::V4((network as u32).into()),
+                prefix,
+            },
+            // `::ffff:10.0.0.0/104` is the IPv4 range 10.0.0.0/8: clients are matched as IPv4
+            // (`canonical_ip`), so a mapped range kept as IPv6 would contain nobody.
+            IpAddr::V6(_) => match std::net::Ipv6Addr::from(network).to_ipv4_mapped() {
+                Some(v4) => IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                },
+                None => IpNet {
+                    addr: IpAddr::V6(network.into()),
+                    prefix,
+                },
+            },
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -196,6 +209,17 @@ mod tests {
     fn mapped_ipv6_clients_count_as_ipv4() {
         let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
         assert!(net("10.0.0.0/8").contains(mapped));
+    }
+
+    #[test]
+    fn mapped_ipv6_ranges_are_ipv4_ranges() {
+        let mapped = net("::ffff:10.0.0.0/104");
+        assert_eq!(mapped, net("10.0.0.0/8"));
+        assert!(mapped.contains("::ffff:10.0.0.5".parse().unwrap()));
+        assert!(mapped.contains("10.200.0.1".parse().unwrap()));
+        assert!(ranges_within(&[mapped], &[mapped]));
+        // Below /96 the range leaves the mapped block and stays IPv6.
+        assert_eq!(net("::ffff:0.0.0.0/95").to_string(), "::fffe:0:0/95");
     }
 
     fn arb_v4_net() -> impl Strategy<Value = IpNet> {
