@@ -101,6 +101,20 @@ pub(super) fn unauthorized(description: Option<&str>) -> Response {
     response
 }
 
+/// Answers a request refused before its body was read, reading (and dropping) the body first,
+/// within the size limit and deadline. A client that writes the body after the headers would
+/// otherwise meet a connection closed with its body unread: the kernel resets it, and the
+/// client loses the answer (the 401 a connector needs to start OAuth) with it.
+async fn refuse(request: Request, mut response: Response) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
+    if !matches!(tokio::time::timeout(BODY_DEADLINE, body).await, Ok(Ok(_))) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// A JSON-RPC error outside any request (id null), with an HTTP status.
 fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
     (
@@ -166,11 +180,11 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
-            return unauthorized(None);
+            return refuse(request, unauthorized(None)).await;
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
-            return unauthorized(Some(description));
+            return refuse(request, unauthorized(Some(description))).await;
         }
     };
     let token_id = match state.service.authenticate(secret.as_str(), Some(client_ip)) {
@@ -178,7 +192,7 @@ pub(super) async fn guard(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused request: {description}");
-            return unauthorized(Some(&description));
+            return refuse(request, unauthorized(Some(&description))).await;
         }
     };
 
@@ -192,14 +206,15 @@ pub(super) async fn guard(
             SessionCheck::Owned => {}
             SessionCheck::Foreign => {
                 tracing::debug!(token = %token_id, "refused request: session belongs to another token");
-                return (
+                let forbidden = (
                     StatusCode::FORBIDDEN,
                     "Forbidden: this MCP session was opened with another token",
-                )
-                    .into_response();
+                );
+                return refuse(request, forbidden.into_response()).await;
             }
             SessionCheck::Unknown => {
-                return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
+                let unknown = (StatusCode::NOT_FOUND, "Not Found: no such session");
+                return refuse(request, unknown.into_response()).await;
             }
         }
     }
