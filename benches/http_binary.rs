@@ -1,13 +1,27 @@
 //! Load generator against the shipped binary: starts `tokenwarden serve --http` as a separate
 //! process on a fresh data directory, then drives authenticated `tools/list` and
-//! `tools/call whoami` over N kept-alive HTTP/1.1 connections and prints throughput and
-//! latency percentiles. The client is a minimal raw-socket HTTP/1.1 client on one thread, so
-//! that as much of the machine as possible is left to the server (they share the cores).
+//! `tools/call whoami` over N kept-alive HTTP/1.1 connections and prints throughput, latency
+//! percentiles, and the CPU time per request of the server and of this load generator (they
+//! share the cores, so the sum bounds what the machine can do). The client is a minimal
+//! raw-socket HTTP/1.1 client on one thread, so that as much of the machine as possible is
+//! left to the server.
 //!
 //! Run: `cargo bench --bench http_binary`
-//! Environment: LOAD_CONNECTIONS (4), LOAD_SECONDS per workload (5), LOAD_PROTOCOL
-//! (`2025-11-25`, a session per connection with SSE replies, or `2026-07-28`, stateless with
-//! JSON replies), LOAD_BIN (another `tokenwarden` binary to measure, e.g. an older build).
+//! Environment:
+//! - LOAD_CONNECTIONS (4), LOAD_SECONDS per workload and round (5);
+//! - LOAD_REQUESTS: a fixed number of requests per workload and round instead of a duration
+//!   (for instruction counts under callgrind, which then do not depend on time);
+//! - LOAD_PROTOCOL (`2025-11-25`, a session per connection with SSE replies, or `2026-07-28`,
+//!   stateless with JSON replies);
+//! - LOAD_WORKLOADS: `list`, `whoami` or `list,whoami` (the default);
+//! - LOAD_BIN: the binary to measure, or several separated by commas (e.g. an older build
+//!   first): every round runs every binary in turn, so they share the machine's conditions;
+//! - LOAD_ROUNDS (1): rounds; with more than one variant a summary compares their medians;
+//! - LOAD_TOKEN_TOOLS: the requests use a child of the bootstrap admin that may call only these
+//!   tools (comma-separated patterns, e.g. `whoami,list_*`), so that `tools/list` filters;
+//! - LOAD_NO_GUARD=1: adds, after each binary, the same binary with the bearer guard replaced
+//!   by a fixed caller (the bootstrap admin). Needs a binary built with the `bench-internals`
+//!   feature: `cargo bench --features bench-internals --bench http_binary`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +37,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 struct Server {
+    label: String,
     child: Child,
     addr: String,
     admin: String,
@@ -31,14 +46,29 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first, so that a server run under a profiler (callgrind) writes its output.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_server(bin: &str) -> Server {
+fn start_server(bin: &str, no_guard: bool) -> Server {
     let dir = tempfile::TempDir::new().unwrap();
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    if no_guard {
+        // Honoured only by a binary built with the `bench-internals` feature.
+        command.env("TOKENWARDEN_BENCH_NO_GUARD", "1");
+    }
+    let mut child = command
         .arg("--data-dir")
         .arg(dir.path())
         .args(["serve", "--http", "127.0.0.1:0"])
@@ -69,16 +99,77 @@ fn start_server(bin: &str) -> Server {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::spawn(move || for _ in lines {});
+    let addr = addr.expect("server address");
+    if no_guard {
+        assert_no_guard(&addr);
+    }
+    let mut admin = admin.unwrap();
+    if let Ok(tools) = std::env::var("LOAD_TOKEN_TOOLS") {
+        admin = restricted_child(&addr, &admin, &tools);
+    }
+    let label = if no_guard {
+        format!("{bin} (no guard)")
+    } else {
+        bin.to_owned()
+    };
     Server {
+        label,
         child,
-        addr: addr.expect("server address"),
-        admin: admin.unwrap(),
+        addr,
+        admin,
         _dir: dir,
     }
 }
 
+/// Refuses to measure a "no guard" server that still has its guard (a binary built without
+/// the `bench-internals` feature ignores `TOKENWARDEN_BENCH_NO_GUARD`).
+fn assert_no_guard(addr: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let mut conn = Conn::open(addr, "not-a-token").await;
+        conn.post(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "",
+        )
+        .await
+        .status
+    });
+    assert_ne!(
+        status, 401,
+        "LOAD_NO_GUARD needs a binary built with the bench-internals feature: \
+         cargo bench --features bench-internals --bench http_binary"
+    );
+}
+
+/// A child of `admin` that may call only `tools`; returns its secret.
+fn restricted_child(addr: &str, admin: &str, tools: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut conn, headers) = ready_connection(addr, admin, "2025-11-25").await;
+        let tools: Vec<&str> = tools.split(',').map(str::trim).collect();
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "create_token", "arguments": {"name": "load", "tools": tools}}});
+        let reply = conn.post(&body.to_string(), &headers).await;
+        let text = String::from_utf8_lossy(&reply.body);
+        // The secret, not the record's masked form (`mcp_AbCd…WxYz`).
+        text.match_indices("mcp_")
+            .map(|(start, _)| text.get(start..start + 40).unwrap_or_default())
+            .find(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .expect("create_token returns a secret")
+            .to_owned()
+    })
+}
+
 /// The request body and headers for one call, per protocol.
 struct Workload {
+    /// What LOAD_WORKLOADS calls it.
+    key: &'static str,
     name: &'static str,
     body: String,
     /// Headers 2026-07-28 requires to repeat the body's method (and tool name).
@@ -93,6 +184,7 @@ fn workloads(protocol: &str) -> Vec<Workload> {
     };
     vec![
         Workload {
+            key: "list",
             name: "tools/list",
             headers: "mcp-method: tools/list\r\n",
             body: format!(
@@ -101,6 +193,7 @@ fn workloads(protocol: &str) -> Vec<Workload> {
             ),
         },
         Workload {
+            key: "whoami",
             name: "tools/call whoami",
             headers: "mcp-method: tools/call\r\nmcp-name: whoami\r\n",
             body: format!(
@@ -138,20 +231,30 @@ async fn ready_connection(addr: &str, secret: &str, protocol: &str) -> (Conn, St
     (conn, headers)
 }
 
+/// When a connection stops: at a time, or after a number of requests.
+#[derive(Clone, Copy)]
+enum Until {
+    Deadline(Instant),
+    Count(usize),
+}
+
 async fn drive(
     addr: String,
     secret: String,
     protocol: String,
     body: String,
     method_headers: &'static str,
-    deadline: Instant,
+    until: Until,
 ) -> Vec<Duration> {
     let (mut conn, mut headers) = ready_connection(&addr, &secret, &protocol).await;
     if protocol == "2026-07-28" {
         headers.push_str(method_headers);
     }
     let mut latencies = Vec::with_capacity(100_000);
-    while Instant::now() < deadline {
+    while match until {
+        Until::Deadline(deadline) => Instant::now() < deadline,
+        Until::Count(n) => latencies.len() < n,
+    } {
         let started = Instant::now();
         let reply = conn.post(&body, &headers).await;
         latencies.push(started.elapsed());
@@ -166,8 +269,8 @@ async fn drive(
     latencies
 }
 
-/// CPU time (user + system) the server process has used so far.
-fn cpu_time(pid: u32) -> Duration {
+/// CPU time (user + system) a process has used so far (`self` for this one).
+fn cpu_time(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat
@@ -188,62 +291,170 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// One workload against one server for one round.
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    server_us: f64,
+    client_us: f64,
+}
+
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    protocol: &str,
+    workload: &Workload,
+    connections: usize,
+    stop: impl Fn() -> Until,
+) -> Measured {
+    // Warm up (first verify of the secret, allocator, caches); a fixed count when the
+    // measurement is one, so that instruction counts do not depend on time.
+    let warm_up = match stop() {
+        Until::Count(_) => Until::Count(100),
+        Until::Deadline(_) => Until::Deadline(Instant::now() + Duration::from_millis(300)),
+    };
+    runtime.block_on(drive(
+        server.addr.clone(),
+        server.admin.clone(),
+        protocol.to_owned(),
+        workload.body.clone(),
+        workload.headers,
+        warm_up,
+    ));
+    let pid = server.child.id().to_string();
+    let (server_before, client_before) = (cpu_time(&pid), cpu_time("self"));
+    let started = Instant::now();
+    let until = stop();
+    let mut latencies: Vec<Duration> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                tokio::spawn(drive(
+                    server.addr.clone(),
+                    server.admin.clone(),
+                    protocol.to_owned(),
+                    workload.body.clone(),
+                    workload.headers,
+                    until,
+                ))
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = cpu_time(&pid).saturating_sub(server_before);
+    let client_cpu = cpu_time("self").saturating_sub(client_before);
+    latencies.sort();
+    let n = latencies.len() as f64;
+    Measured {
+        rate: n / elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        server_us: server_cpu.as_secs_f64() * 1e6 / n,
+        client_us: client_cpu.as_secs_f64() * 1e6 / n,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() {
-    let bin = env_or("LOAD_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
+    let bins = env_or("LOAD_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
     let connections: usize = env_or("LOAD_CONNECTIONS", "4").parse().unwrap();
     let seconds: u64 = env_or("LOAD_SECONDS", "5").parse().unwrap();
+    let requests: Option<usize> = std::env::var("LOAD_REQUESTS")
+        .ok()
+        .map(|n| n.parse().unwrap());
+    let rounds: usize = env_or("LOAD_ROUNDS", "1").parse().unwrap();
     let protocol = env_or("LOAD_PROTOCOL", "2025-11-25");
-    let server = start_server(&bin);
+    let chosen = env_or("LOAD_WORKLOADS", "list,whoami");
+    let no_guard = std::env::var("LOAD_NO_GUARD").is_ok_and(|v| v == "1");
+    let workloads: Vec<Workload> = workloads(&protocol)
+        .into_iter()
+        .filter(|w| chosen.split(',').any(|c| c.trim() == w.key))
+        .collect();
+    let servers: Vec<Server> = bins
+        .split(',')
+        .flat_map(|bin| {
+            let mut variants = vec![start_server(bin, false)];
+            if no_guard {
+                variants.push(start_server(bin, true));
+            }
+            variants
+        })
+        .collect();
+    let stop_text = match requests {
+        Some(n) => format!("{n} requests"),
+        None => format!("{seconds} s"),
+    };
     println!(
-        "tokenwarden binary {bin}\n{connections} kept-alive connections, {seconds} s per workload, protocol {protocol}"
+        "{connections} kept-alive connections, {stop_text} per workload and round, {rounds} round(s), protocol {protocol}"
     );
+    for (i, server) in servers.iter().enumerate() {
+        println!("[{i}] {}", server.label);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    for workload in workloads(&protocol) {
-        // Warm up (first verify of the secret, allocator, caches).
-        runtime.block_on(drive(
-            server.addr.clone(),
-            server.admin.clone(),
-            protocol.clone(),
-            workload.body.clone(),
-            workload.headers,
-            Instant::now() + Duration::from_millis(500),
-        ));
-        let cpu_before = cpu_time(server.child.id());
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(seconds);
-        let mut latencies: Vec<Duration> = runtime.block_on(async {
-            let tasks: Vec<_> = (0..connections)
-                .map(|_| {
-                    tokio::spawn(drive(
-                        server.addr.clone(),
-                        server.admin.clone(),
-                        protocol.clone(),
-                        workload.body.clone(),
-                        workload.headers,
-                        deadline,
-                    ))
-                })
-                .collect();
-            let mut all = Vec::new();
-            for task in tasks {
-                all.extend(task.await.unwrap());
+    // results[server][workload] = one per round
+    let mut results: Vec<Vec<Vec<Measured>>> = servers
+        .iter()
+        .map(|_| workloads.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..rounds {
+        for (w, workload) in workloads.iter().enumerate() {
+            for (s, server) in servers.iter().enumerate() {
+                let stop = || match requests {
+                    Some(n) => Until::Count(n.div_ceil(connections)),
+                    None => Until::Deadline(Instant::now() + Duration::from_secs(seconds)),
+                };
+                let m = measure(&runtime, server, &protocol, workload, connections, stop);
+                println!(
+                    "round {} [{s}] {:<18} {:>8.0} requests/s   p50 {:>6.3} ms   p99 {:>6.3} ms   CPU per request: server {:>4.0} µs, load generator {:>4.0} µs",
+                    round + 1,
+                    workload.name,
+                    m.rate,
+                    m.p50.as_secs_f64() * 1e3,
+                    m.p99.as_secs_f64() * 1e3,
+                    m.server_us,
+                    m.client_us,
+                );
+                results[s][w].push(m);
             }
-            all
-        });
-        let elapsed = started.elapsed().as_secs_f64();
-        let server_cpu = cpu_time(server.child.id()).saturating_sub(cpu_before);
-        latencies.sort();
-        println!(
-            "{:<18} {:>8.0} requests/s   p50 {:>7.3} ms   p99 {:>7.3} ms   server CPU {:>5.0} µs/request   ({} requests)",
-            workload.name,
-            latencies.len() as f64 / elapsed,
-            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            server_cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
-            latencies.len()
-        );
+        }
+    }
+    if servers.len() > 1 || rounds > 1 {
+        println!("medians over {rounds} round(s):");
+        for (w, workload) in workloads.iter().enumerate() {
+            let base = median(&mut results[0][w].iter().map(|m| m.rate).collect::<Vec<_>>());
+            for (s, per_server) in results.iter().enumerate() {
+                let ms = &per_server[w];
+                let rate = median(&mut ms.iter().map(|m| m.rate).collect::<Vec<_>>());
+                let p50 = median(
+                    &mut ms
+                        .iter()
+                        .map(|m| m.p50.as_secs_f64() * 1e3)
+                        .collect::<Vec<_>>(),
+                );
+                let server_us = median(&mut ms.iter().map(|m| m.server_us).collect::<Vec<_>>());
+                let client_us = median(&mut ms.iter().map(|m| m.client_us).collect::<Vec<_>>());
+                println!(
+                    "[{s}] {:<18} {:>8.0} requests/s ({:>5.1} % of [0])   p50 {:>6.3} ms   server {:>4.0} µs, load generator {:>4.0} µs per request",
+                    workload.name,
+                    rate,
+                    100.0 * rate / base,
+                    p50,
+                    server_us,
+                    client_us,
+                );
+            }
+        }
     }
 }

@@ -6,6 +6,12 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 
+/// mimalloc instead of the system allocator: a request allocates and frees hundreds of small
+/// buffers (JSON values, headers, channels), often on another thread than the one that allocated
+/// them, where glibc's malloc took about a fifth of the server's instructions (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Libraries that, at debug or trace, log HTTP headers (the bearer secret) or JSON-RPC bodies
 /// (create/rotate results carry a new secret). Whatever level is asked for, they log at most
 /// `warn`; tokenwarden's own logs never hold a secret at any level.

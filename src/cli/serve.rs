@@ -117,8 +117,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     };
     let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
     let _holder = HolderFile::write(&dir, bound);
+    let mut bootstrapped = None;
     if bound.is_some() {
-        bootstrap_admin(&service, cli, &dir)?;
+        bootstrapped = bootstrap_admin(&service, cli, &dir)?;
         say_if_no_admin(&service, cli, &dir);
     }
 
@@ -148,7 +149,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                 gateway: gateway.clone(),
             };
             Some(
-                http::router(Arc::clone(&service), &config, shutdown.child_token())
+                http_router(&service, &config, shutdown.child_token(), bootstrapped)
                     .map_err(CliError::usage)?,
             )
         }
@@ -200,6 +201,26 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The HTTP application. A binary built with the `bench-internals` feature (never the
+/// product) serves it without the bearer guard, as the bootstrap admin, when
+/// `TOKENWARDEN_BENCH_NO_GUARD` is set: what `benches/http_binary.rs` compares the guard with.
+fn http_router(
+    service: &Arc<Service>,
+    config: &HttpConfig,
+    shutdown: CancellationToken,
+    bootstrapped: Option<crate::secret::TokenId>,
+) -> Result<axum::Router, String> {
+    #[cfg(feature = "bench-internals")]
+    if std::env::var_os("TOKENWARDEN_BENCH_NO_GUARD").is_some() {
+        let admin =
+            bootstrapped.ok_or("TOKENWARDEN_BENCH_NO_GUARD needs a fresh data directory")?;
+        tracing::warn!("benchmark build: serving HTTP without the bearer guard, as {admin}");
+        return http::unguarded_router(Arc::clone(service), config, shutdown, admin);
+    }
+    let _ = bootstrapped;
+    http::router(Arc::clone(service), config, shutdown)
+}
+
 /// The owner, or the secret in `TOKENWARDEN_TOKEN`, checked like an HTTP bearer now (so a
 /// bad secret stops the start) and again on every call of the session. Only an absent variable
 /// means the owner: one that is set but empty or blank (an unset `${VAR}` in a client's
@@ -226,9 +247,13 @@ fn stdio_caller(service: &Service) -> Result<StdioCaller, CliError> {
 /// On the first start of a store that has never held anything (no token, no audit event, no
 /// tombstone) with HTTP enabled, mint one admin token and show its secret once, on stderr. A
 /// store whose tokens were all deleted is not new: it gets no second admin.
-fn bootstrap_admin(service: &Service, cli: &Cli, dir: &Path) -> Result<(), CliError> {
+fn bootstrap_admin(
+    service: &Service,
+    cli: &Cli,
+    dir: &Path,
+) -> Result<Option<crate::secret::TokenId>, CliError> {
     if !service.store().is_blank() {
-        return Ok(());
+        return Ok(None);
     }
     let issued = service.create_token(
         &Caller::Owner,
@@ -250,7 +275,7 @@ fn bootstrap_admin(service: &Service, cli: &Cli, dir: &Path) -> Result<(), CliEr
         secret = issued.token,
         recovery = recovery_command(cli, dir),
     );
-    Ok(())
+    Ok(Some(issued.record.id))
 }
 
 /// The command that mints a new admin token for this very store: this binary's path, this

@@ -76,23 +76,24 @@ pub fn router(
 }
 
 /// The same application with the bearer guard replaced by a fixed caller, for the benchmark
-/// that measures the guard's cost. Never built into the product: it needs the
-/// `bench-internals` feature.
+/// that measures the guard's cost (everything else as in [`router`]). Never built into the
+/// product: it needs the `bench-internals` feature.
 #[cfg(feature = "bench-internals")]
 pub fn unguarded_router(
     service: Arc<Service>,
     config: &HttpConfig,
     shutdown: CancellationToken,
     as_token: crate::secret::TokenId,
-) -> Router {
+) -> Result<Router, String> {
     use axum::extract::Request;
     use axum::middleware::Next;
+    let origins = Arc::new(cors::allowed_origins(&config.allowed_origins)?);
     let caller = crate::mcp::Authenticated {
         token_id: as_token,
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         secret: None,
     };
-    Router::new()
+    Ok(Router::new()
         .route_service(
             "/mcp",
             mcp_service(service, Arc::new(session_manager()), config, shutdown),
@@ -104,6 +105,8 @@ pub fn unguarded_router(
             },
         ))
         .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(origins, cors::cors)))
 }
 
 fn session_manager() -> LocalSessionManager {

@@ -140,45 +140,57 @@ pub fn authentication_holds_until(chain: &[&TokenRecord]) -> Option<Option<Times
 /// `attempt`. Checks every rule of SPEC §4 against the token and each ancestor; the first
 /// failure is returned.
 pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial> {
+    decide(chain, attempt, true).map_err(|denial| denial.expect("explained when asked"))
+}
+
+/// Whether [`authorize`] would allow `attempt`, without composing the refusal's message: what
+/// `tools/list` asks once per tool, where most refusals are only filtered out.
+pub fn permits(chain: &[&TokenRecord], attempt: &Attempt) -> bool {
+    decide(chain, attempt, false).is_ok()
+}
+
+/// The decision itself; a refusal carries its [`Denial`] only when `explain` is set (its
+/// message is formatted only then).
+fn decide(chain: &[&TokenRecord], attempt: &Attempt, explain: bool) -> Result<(), Option<Denial>> {
     let token = chain
         .first()
         .expect("a chain always starts with the token itself");
-    let deny = |culprit: &TokenRecord, rule: Rule, detail: String| Denial {
-        token: token.id.clone(),
-        culprit: (culprit.id != token.id).then(|| culprit.id.clone()),
-        rule,
-        detail,
+    let deny = |culprit: &TokenRecord, rule: Rule, detail: &dyn Fn() -> String| {
+        explain.then(|| Denial {
+            token: token.id.clone(),
+            culprit: (culprit.id != token.id).then(|| culprit.id.clone()),
+            rule,
+            detail: detail(),
+        })
     };
 
     // Rule 1, revocation first: it is permanent and outranks every other state.
     for link in chain {
         if link.status == Status::Revoked {
-            return Err(deny(link, Rule::Revoked, String::new()));
+            return Err(deny(link, Rule::Revoked, &String::new));
         }
     }
     for link in chain {
         if let Some(expires_at) = link.scope.expires_at.filter(|e| *e <= attempt.now) {
-            return Err(deny(link, Rule::Expired, format!("at {expires_at}")));
+            return Err(deny(link, Rule::Expired, &|| format!("at {expires_at}")));
         }
         if link.status == Status::Paused {
-            return Err(deny(link, Rule::Paused, String::new()));
+            return Err(deny(link, Rule::Paused, &String::new));
         }
     }
     if token.scope.environment != attempt.environment {
-        return Err(deny(
-            token,
-            Rule::Environment,
+        return Err(deny(token, Rule::Environment, &|| {
             format!(
                 "belongs to environment {:?}, not {:?}",
                 token.scope.environment, attempt.environment
-            ),
-        ));
+            )
+        }));
     }
     // Rule 5.
     if let Some(ip) = attempt.client_ip {
         for link in chain {
             if !address_allowed(&link.scope.allowed_ips, ip) {
-                return Err(deny(link, Rule::Address, ip.to_string()));
+                return Err(deny(link, Rule::Address, &|| ip.to_string()));
             }
         }
     }
@@ -187,35 +199,29 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
         for link in chain {
             // Rule 2.
             if !any_matches(&link.scope.tools, tool.name) {
-                return Err(deny(
-                    link,
-                    Rule::ToolAllowlist,
+                return Err(deny(link, Rule::ToolAllowlist, &|| {
                     format!(
                         "{}: not in {} tool allowlist {}",
                         tool.name,
                         owner_word(link, token),
                         list(&link.scope.tools)
-                    ),
-                ));
+                    )
+                }));
             }
             if let Some(denied) = link.scope.deny_tools.iter().find(|p| p.matches(tool.name)) {
-                return Err(deny(
-                    link,
-                    Rule::ToolDenied,
+                return Err(deny(link, Rule::ToolDenied, &|| {
                     format!(
                         "{}: matches {} in {} deny_tools {}",
                         tool.name,
                         denied,
                         owner_word(link, token),
                         list(&link.scope.deny_tools)
-                    ),
-                ));
+                    )
+                }));
             }
             // Rule 4.
             if link.scope.read_only && !tool.read_only {
-                return Err(deny(
-                    link,
-                    Rule::ReadOnly,
+                return Err(deny(link, Rule::ReadOnly, &|| {
                     format!(
                         "{}: {} is read-only and {} is not a read-only tool",
                         tool.name,
@@ -225,8 +231,8 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
                             format!("its ancestor {}", link.id)
                         },
                         tool.name
-                    ),
-                ));
+                    )
+                }));
             }
         }
     }
@@ -235,15 +241,13 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
     if let Some(bucket) = attempt.bucket {
         for link in chain {
             if !bucket_allowed(&link.scope.buckets, bucket) {
-                return Err(deny(
-                    link,
-                    Rule::BucketAllowlist,
+                return Err(deny(link, Rule::BucketAllowlist, &|| {
                     format!(
                         "{bucket}: not in {} bucket allowlist {}",
                         owner_word(link, token),
                         list(&link.scope.buckets)
-                    ),
-                ));
+                    )
+                }));
             }
         }
     }
@@ -253,23 +257,19 @@ pub fn authorize(chain: &[&TokenRecord], attempt: &Attempt) -> Result<(), Denial
         for (link, budget) in chain.iter().zip(budgets) {
             if budget.remaining_uses == Some(0) {
                 let max = link.scope.max_uses.unwrap_or(0);
-                return Err(deny(
-                    link,
-                    Rule::UsesExhausted,
-                    format!("{} max_uses of {max} are all used", owner_word(link, token)),
-                ));
+                return Err(deny(link, Rule::UsesExhausted, &|| {
+                    format!("{} max_uses of {max} are all used", owner_word(link, token))
+                }));
             }
             if let Some(limit) = link.scope.rate_limit_per_minute
                 && budget.calls_this_minute >= limit
             {
-                return Err(deny(
-                    link,
-                    Rule::RateLimited,
+                return Err(deny(link, Rule::RateLimited, &|| {
                     format!(
                         "{} limit of {limit} calls in any 60 seconds is reached; retry shortly",
                         owner_word(link, token)
-                    ),
-                ));
+                    )
+                }));
             }
         }
     }

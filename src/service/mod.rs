@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
 pub use crate::rules::authorize::Tool;
-use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize};
+use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize, permits};
 use crate::secret::{Secret, SecretError, TokenId};
 use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
@@ -318,7 +318,7 @@ impl Service {
                     bucket: *bucket,
                     budgets: None,
                 };
-                authorize(&links, &attempt).is_ok()
+                permits(&links, &attempt)
             })
             .collect()
     }
@@ -341,7 +341,7 @@ impl Service {
             bucket: (!links[0].scope.admin).then_some(bucket),
             budgets: None,
         };
-        authorize(&links, &attempt).is_ok()
+        permits(&links, &attempt)
     }
 
     /// The root of a token's lineage (the token itself for a root): what shares a session
