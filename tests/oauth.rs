@@ -935,3 +935,88 @@ async fn consent_form_refusals_change_nothing() {
     );
     assert_eq!(token_count(&admin).await, count, "nothing created");
 }
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("TOKENWARDEN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_lists_clients_and_grants_and_removing_a_client_revokes_its_tokens() {
+    let (dir, mut server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let kept = register_client(&base, "Other").await;
+    let tokens = grant(&base, &client_id, &alice, &[("buckets", "docs")]).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    drop(admin);
+    server.stop();
+
+    let listed = cli(dir.path(), &["--json", "oauth", "clients"]);
+    assert!(listed.status.success());
+    let clients: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 2);
+    let listed = cli(dir.path(), &["--json", "oauth", "grants"]);
+    let grants: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let grant = &grants["grants"][0];
+    assert_eq!(grant["client_id"], json!(client_id));
+    assert_eq!(grant["client_name"], "Claude");
+    assert_eq!(grant["approver"], json!(alice_id));
+    assert_eq!(grant["buckets"], json!(["docs"]));
+    assert_eq!(grant["access_token_status"], "active");
+    let human = cli(dir.path(), &["oauth", "grants"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.starts_with("GRANT_ID"), "{text}");
+    assert!(!text.contains(&refresh) && !text.contains(&access));
+
+    let missing = cli(dir.path(), &["oauth", "remove-client", "twc_nobody"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no OAuth client twc_nobody"), "{stderr}");
+
+    let removed = cli(
+        dir.path(),
+        &["--json", "oauth", "remove-client", &client_id],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let removed: Value = serde_json::from_slice(&removed.stdout).unwrap();
+    assert_eq!(removed["grants_ended"], 1);
+    let child = grant["access_token"].as_str().unwrap();
+    let got = cli(dir.path(), &["--json", "token", "get", child]);
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["status"], "revoked");
+    let listed = cli(dir.path(), &["--json", "oauth", "clients"]);
+    let clients: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(clients["clients"][0]["client_id"], json!(kept));
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 1);
+
+    // Served again: the access token is refused, the refresh token and the client unknown.
+    let server = Server::start(dir.path(), &[]);
+    let base = self::base(&server);
+    assert_eq!(mcp_status(&server, &access).await, 401);
+    let (_, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    let response = consent_page(&base, &client_id, &pkce().1, &[]).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
