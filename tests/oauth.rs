@@ -1020,3 +1020,121 @@ async fn the_command_line_lists_clients_and_grants_and_removing_a_client_revokes
     let response = consent_page(&base, &client_id, &pkce().1, &[]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The access token of a token response, the id of its token, and its refresh token.
+async fn granted(server: &Server, tokens: &Value) -> (String, String, String) {
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let me = ok(
+        &connect_http(&server.url(), &access).await,
+        "whoami",
+        json!({}),
+    )
+    .await;
+    (
+        access,
+        me["id"].as_str().unwrap().to_owned(),
+        tokens["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn refresh_with(base: &str, client_id: &str, refresh: &str) -> (StatusCode, Value) {
+    token_request(
+        base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_never_resurrects_a_token_a_person_acted_on() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+
+    // Revoked or paused by a person: the refresh ends the grant and mints nothing.
+    for action in ["revoke_token", "pause_token"] {
+        let tokens = grant(&base, &client_id, &alice, &[]).await;
+        let (access, child, refresh) = granted(&server, &tokens).await;
+        ok(&admin, action, json!({"id": child})).await;
+        let before = token_count(&admin).await;
+        let (status, body) = refresh_with(&base, &client_id, &refresh).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+            "{action}: {body}"
+        );
+        assert_eq!(
+            token_count(&admin).await,
+            before,
+            "{action}: no token minted"
+        );
+        // The grant is over: resuming the child does not bring the refresh token back.
+        if action == "pause_token" {
+            assert_eq!(mcp_status(&server, &access).await, 401);
+        }
+        let (_, body) = refresh_with(&base, &client_id, &refresh).await;
+        assert_eq!(body["error"], "invalid_grant", "{action}: {body}");
+    }
+
+    // Narrowed by a person: the narrowing survives the refresh.
+    let tokens = grant(
+        &base,
+        &client_id,
+        &alice,
+        &[("tools", "whoami list_tokens get_token")],
+    )
+    .await;
+    let (_, child, refresh) = granted(&server, &tokens).await;
+    ok(
+        &admin,
+        "scope_token",
+        json!({"id": child, "tools": ["whoami"], "read_only": true}),
+    )
+    .await;
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "rate_limit_per_minute": 7}),
+    )
+    .await;
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let connector = connect_http(&server.url(), refreshed["access_token"].as_str().unwrap()).await;
+    assert_eq!(tool_names(&connector).await, ["whoami"]);
+    let me = ok(&connector, "whoami", json!({})).await;
+    assert_ne!(me["id"], json!(child));
+    assert_eq!(me["read_only"], json!(true), "{me}");
+    assert_eq!(me["rate_limit_per_minute"], json!(7), "{me}");
+
+    // Plain expiry still refreshes.
+    let tokens = grant(&base, &client_id, &alice, &[("lifetime_seconds", "60")]).await;
+    let (_, child, refresh) = granted(&server, &tokens).await;
+    // Expire the child now (the owner may shorten it), then refresh.
+    let soon = time_in(2);
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "expires_at": soon}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an expired child refreshes: {refreshed}"
+    );
+}
+
+/// RFC 3339 for `seconds` from now.
+fn time_in(seconds: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
