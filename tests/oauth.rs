@@ -1138,3 +1138,65 @@ fn time_in(seconds: i64) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browsers_post_the_consent_form_with_its_real_origin_and_a_strict_cookie() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let (_, challenge) = pkce();
+    let response = consent_page(&base, &client_id, &challenge, &[]).await;
+    // `no-referrer` makes browsers post the form with `Origin: null`, which the origin check
+    // refuses; `same-origin` lets them send the page's origin.
+    assert_eq!(response.headers()["referrer-policy"], "same-origin");
+    // The CSRF cookie: HttpOnly, SameSite=Strict, not Secure on an http public URL.
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("; HttpOnly"), "{cookie}");
+    assert!(cookie.contains("; SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("; Path=/oauth"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let html = response.text().await.unwrap();
+    let page = Page {
+        request: field(&html, "request"),
+        csrf: field(&html, "csrf"),
+        cookie: cookie.split(';').next().unwrap().to_owned(),
+        html,
+    };
+    let form = [
+        ("request", page.request.as_str()),
+        ("csrf", page.csrf.as_str()),
+        ("approver_token", alice.as_str()),
+        ("decision", "approve"),
+    ];
+    let post = |origin: String| {
+        http()
+            .post(format!("{base}/oauth/authorize"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", page.cookie.clone())
+            .header("origin", origin)
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+    };
+    // `Origin: null` stays refused in general; the page's own origin passes.
+    assert_eq!(
+        post("null".into()).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let response = post(base.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(redirected(&response).contains_key("code"));
+
+    // On an https public URL the cookie is Secure as well.
+    let (_dir2, tls) = start(&["--public-url", "https://tw.example.com"]);
+    let tls_base = format!("http://{}", tls.addr);
+    let client_id = register_client(&tls_base, "Claude").await;
+    let response = consent_page(&tls_base, &client_id, &challenge, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+}
