@@ -1200,3 +1200,83 @@ async fn browsers_post_the_consent_form_with_its_real_origin_and_a_strict_cookie
     let cookie = response.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.ends_with("; Secure"), "{cookie}");
 }
+
+/// A JSON-RPC `tools/list` on `session` with `secret`: the HTTP status.
+async fn list_in_session(server: &Server, secret: &str, session: &str) -> u16 {
+    common::raw_post(
+        &server.url(),
+        &[
+            ("authorization", &bearer(secret)),
+            ("mcp-session-id", session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string(),
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_carries_on_with_the_token_a_refresh_issued() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let (access, child, refresh) = granted(&server, &tokens).await;
+    // Another connector of the same approver: a token of another grant.
+    let other = grant(&base, &client_id, &alice, &[]).await;
+    let other = other["access_token"].as_str().unwrap().to_owned();
+
+    let opened = raw_initialize(&server.url(), &[("authorization", &bearer(&access))]).await;
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = common::raw_post(
+        &server.url(),
+        &[
+            ("authorization", &bearer(&access)),
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+    )
+    .await;
+    assert_eq!(initialized.status(), StatusCode::ACCEPTED);
+    assert_eq!(list_in_session(&server, &access, &session).await, 200);
+
+    // Tokens that do not succeed the session's: refused, and the session stays its owner's.
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+    assert_eq!(list_in_session(&server, &alice, &session).await, 403);
+    // Even when the metadata claims the same grant (metadata is anyone's to edit).
+    let other_id = ok(
+        &connect_http(&server.url(), &other).await,
+        "whoami",
+        json!({}),
+    )
+    .await;
+    let mut claimed = other_id["metadata"].clone();
+    let grant_id =
+        ok(&admin, "get_token", json!({"id": child})).await["metadata"]["oauth_grant_id"].clone();
+    claimed["oauth_grant_id"] = grant_id;
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": other_id["id"], "metadata": claimed}),
+    )
+    .await;
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+
+    // The refresh's token carries the session on; the old one is revoked.
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let access2 = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(list_in_session(&server, &access2, &session).await, 200);
+    assert_eq!(list_in_session(&server, &access2, &session).await, 200);
+    assert_eq!(list_in_session(&server, &access, &session).await, 401);
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+}
