@@ -105,22 +105,17 @@ fn redirect_to(
     response
 }
 
-fn redirect_error(
-    oauth: &OAuth,
-    redirect_uri: &str,
-    state: Option<&str>,
-    error: &str,
-    description: &str,
-) -> Response {
-    let mut params = vec![("error", error), ("error_description", description)];
-    if let Some(state) = state {
-        params.push(("state", state));
-    }
-    redirect_to(
-        StatusCode::FOUND,
-        redirect_uri,
-        &params,
-        &oauth.config.public_url,
+/// A fault of an authorization request whose client and redirect URI are right: a 400 page,
+/// not a redirect (RFC 9700 §4.11.2: since anyone may register a client, redirecting errors to
+/// its URI would make this server an open redirector). The code is shown for the person.
+fn request_fault(error: &str, description: &str) -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "Bad authorization request",
+        &format!(
+            "The client sent a request this server cannot accept ({error}: {description}). \
+             Nothing was authorized; start again from your client."
+        ),
     )
 }
 
@@ -213,17 +208,9 @@ pub(super) async fn show(State(oauth): State<Arc<OAuth>>, RawQuery(query): RawQu
     };
     let state = params.state.as_deref();
     if state.is_some_and(|s| s.len() > MAX_STATE_LEN) {
-        return redirect_error(
-            &oauth,
-            redirect_uri,
-            None,
-            "invalid_request",
-            "state is too long",
-        );
+        return request_fault("invalid_request", "state is too long");
     }
-    let refuse = |error: &str, description: &str| {
-        redirect_error(&oauth, redirect_uri, state, error, description)
-    };
+    let refuse = request_fault;
     if params.response_type.as_deref() != Some("code") {
         return refuse(
             "unsupported_response_type",
