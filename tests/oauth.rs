@@ -722,24 +722,59 @@ async fn registration_is_checked_and_bounded() {
     let (status, answer) = register(&base, json!({"redirect_uris": [REDIRECT]})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
 
-    // A flood of registrations: 429 with Retry-After once the bucket is empty.
+    // A flood of registrations: 429 with Retry-After once a bucket is empty. Junk costs
+    // nothing; one address gets half the minute's registrations (3 of 5), the others share
+    // the rest under the ceiling.
     let (_dir2, flooded) = start(&["--oauth-registrations-per-minute", "5"]);
     let base2 = self::base(&flooded);
-    let mut statuses = Vec::new();
-    for _ in 0..8 {
-        let response = http()
-            .post(format!("{base2}/oauth/register"))
-            .header("content-type", "application/json")
-            .body(json!({"redirect_uris": [REDIRECT]}).to_string())
-            .send()
-            .await
+    let from = |peer: [u8; 4], body: String| {
+        let client = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(peer))
+            .build()
             .unwrap();
-        if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert!(response.headers().contains_key("retry-after"));
+        let url = format!("{base2}/oauth/register");
+        async move {
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert!(response.headers().contains_key("retry-after"));
+            }
+            response.status().as_u16()
         }
-        statuses.push(response.status().as_u16());
+    };
+    let valid = || json!({"redirect_uris": [REDIRECT]}).to_string();
+    for _ in 0..10 {
+        assert_eq!(from([127, 0, 0, 1], "junk".into()).await, 400);
+        assert_eq!(
+            from(
+                [127, 0, 0, 1],
+                json!({"redirect_uris": ["http://x/"]}).to_string()
+            )
+            .await,
+            400
+        );
     }
-    assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429]);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(from([127, 0, 0, 1], valid()).await);
+    }
+    assert_eq!(statuses, [201, 201, 201, 429], "one address gets its half");
+    assert_eq!(
+        from([127, 0, 0, 2], valid()).await,
+        201,
+        "another still registers"
+    );
+    assert_eq!(from([127, 0, 0, 3], valid()).await, 201);
+    assert_eq!(
+        from([127, 0, 0, 4], valid()).await,
+        429,
+        "the ceiling holds for all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

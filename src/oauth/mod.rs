@@ -131,7 +131,7 @@ pub struct OAuth {
     config: OAuthConfig,
     pending: Mutex<Expiring<authorize::PendingRequest>>,
     codes: Mutex<Expiring<token::CodeState>>,
-    registrations: Mutex<register::RateBucket>,
+    registrations: Mutex<register::RegistrationRate>,
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
     /// or a code is spent exactly once.
     grants: Mutex<()>,
@@ -146,7 +146,7 @@ impl OAuth {
         Ok(OAuth {
             service,
             store,
-            registrations: Mutex::new(register::RateBucket::new(config.registration)),
+            registrations: Mutex::new(register::RegistrationRate::new(config.registration)),
             config,
             pending: Mutex::new(Expiring::new(PENDING_TTL, MAX_PENDING)),
             codes: Mutex::new(Expiring::new(CODE_TTL, MAX_CODES)),

@@ -1,14 +1,18 @@
 //! Dynamic client registration (RFC 7591) at `/oauth/register`. It needs no token, so it is
-//! bounded: bodies of at most 16 KiB (413), a token bucket shared by every caller (429 with
-//! `Retry-After`; behind a reverse proxy every caller has the proxy's address, so a per-address
-//! bucket would be the same bucket), and a cap on stored clients. When the cap is reached the
+//! bounded: bodies of at most 16 KiB (413), two token buckets charged only for a request that
+//! parsed and passed validation (429 with `Retry-After`): one per peer address (half the
+//! minute's registrations, so one source cannot starve the others when the server is reached
+//! directly) under one shared by every caller (the ceiling; behind a reverse proxy every
+//! caller has the proxy's address, so only the ceiling counts there), and a cap on stored
+//! clients. When the cap is reached the
 //! oldest client that never obtained a grant and is older than a consent page's life gives way;
 //! if every client holds a grant, registration answers 503 until the operator removes some.
 //!
 //! Every client is public (`token_endpoint_auth_method: none`, PKCE instead of a secret),
 //! whatever it asked for; RFC 7591 lets the server answer with the metadata it registered.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,8 +59,9 @@ pub(super) struct RateBucket {
 }
 
 impl RateBucket {
-    pub(super) fn new(limits: RegistrationLimits) -> RateBucket {
-        let capacity = f64::from(limits.per_minute.max(1));
+    /// A bucket of `capacity` tokens refilled over a minute.
+    fn per_minute(capacity: u32) -> RateBucket {
+        let capacity = f64::from(capacity.max(1));
         RateBucket {
             capacity,
             per_second: capacity / 60.0,
@@ -65,13 +70,28 @@ impl RateBucket {
         }
     }
 
-    /// Takes one token, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    fn refill(&mut self, now: Instant) {
         if let Some(at) = self.at {
             let refill = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
             self.tokens = (self.tokens + refill).min(self.capacity);
         }
         self.at = Some(now);
+    }
+
+    /// Whether the bucket is full again (it then holds no information and can be dropped).
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+
+    /// Gives back a token taken for a request another bucket refused.
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
@@ -80,6 +100,49 @@ impl RateBucket {
                 (1.0 - self.tokens) / self.per_second,
             ))
         }
+    }
+}
+
+/// Most peer addresses whose registration buckets are remembered at once.
+const MAX_PEERS: usize = 4_096;
+
+/// The registration buckets: one per peer address under one shared ceiling.
+pub(super) struct RegistrationRate {
+    all: RateBucket,
+    per_peer_capacity: u32,
+    peers: HashMap<IpAddr, RateBucket>,
+}
+
+impl RegistrationRate {
+    pub(super) fn new(limits: RegistrationLimits) -> RegistrationRate {
+        RegistrationRate {
+            all: RateBucket::per_minute(limits.per_minute),
+            per_peer_capacity: limits.per_minute.max(1).div_ceil(2),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Charges one registration to `peer` and to the ceiling, or says how long to wait.
+    fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&peer) {
+            // Full buckets say nothing; dropping them forgets no debt.
+            self.peers.retain(|_, bucket| !bucket.is_full(now));
+            if self.peers.len() >= MAX_PEERS {
+                // Beyond that many recent sources, the ceiling alone bounds them.
+                self.peers.clear();
+            }
+        }
+        let capacity = self.per_peer_capacity;
+        let mine = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| RateBucket::per_minute(capacity));
+        mine.take(now)?;
+        if let Err(wait) = self.all.take(now) {
+            mine.refund();
+            return Err(wait);
+        }
+        Ok(())
     }
 }
 
@@ -203,7 +266,17 @@ pub(super) async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    if let Err(wait) = lock(&oauth.registrations).take(Instant::now()) {
+    let body = match read_body(body, MAX_REGISTRATION_BYTES).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    // Only a well-formed request is charged: junk cannot use up the registrations.
+    let (client_name, redirect_uris) = match parse_request(&body) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let peer_ip = crate::rules::cidr::canonical_ip(peer.ip());
+    if let Err(wait) = lock(&oauth.registrations).take(peer_ip, Instant::now()) {
         tracing::warn!(client_ip = %peer.ip(), "refused a client registration: rate limit");
         let mut response = oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -216,14 +289,6 @@ pub(super) async fn register(
         }
         return response;
     }
-    let body = match read_body(body, MAX_REGISTRATION_BYTES).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let (client_name, redirect_uris) = match parse_request(&body) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
     let client = OAuthClient {
         client_id: format!("twc_{}", random_string(16)),
         client_name,
@@ -361,10 +426,7 @@ mod tests {
     #[test]
     fn the_registration_bucket_refills_over_a_minute() {
         let start = Instant::now();
-        let mut bucket = RateBucket::new(RegistrationLimits {
-            max_clients: 10,
-            per_minute: 10,
-        });
+        let mut bucket = RateBucket::per_minute(10);
         for _ in 0..10 {
             assert!(bucket.take(start).is_ok());
         }
@@ -373,6 +435,31 @@ mod tests {
         assert!(bucket.take(start + Duration::from_secs(3)).is_err());
         assert!(bucket.take(start + Duration::from_secs(7)).is_ok());
         assert!(bucket.take(start + Duration::from_secs(7)).is_err());
+    }
+
+    #[test]
+    fn one_peer_cannot_use_up_the_registrations_of_others() {
+        let start = Instant::now();
+        let mut rate = RegistrationRate::new(RegistrationLimits {
+            max_clients: 10,
+            per_minute: 10,
+        });
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        for _ in 0..5 {
+            assert!(rate.take(a, start).is_ok());
+        }
+        // a has had its half; b still gets its own.
+        assert!(rate.take(a, start).is_err());
+        for _ in 0..5 {
+            assert!(rate.take(b, start).is_ok());
+        }
+        // The ceiling: 10 a minute in all, whoever asks; a refused c is not charged.
+        assert!(rate.take(c, start).is_err());
+        assert!(rate.take(c, start + Duration::from_secs(7)).is_ok());
     }
 
     #[test]
