@@ -221,6 +221,8 @@ async fn approved_code(
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let params = redirected(&response);
     assert_eq!(params["state"], "st4te");
+    // RFC 9207: the redirect names the issuer.
+    assert_eq!(params["iss"], base);
     (params["code"].clone(), verifier)
 }
 
@@ -274,6 +276,7 @@ async fn discovery_documents_and_challenges_need_no_token() {
             json!(["https://tw.example.com"])
         );
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+        assert!(doc.get("scopes_supported").is_none(), "{doc}");
     }
     let meta: Value = http()
         .get(format!("{base}/.well-known/oauth-authorization-server"))
@@ -305,7 +308,12 @@ async fn discovery_documents_and_challenges_need_no_token() {
         meta["token_endpoint_auth_methods_supported"],
         json!(["none"])
     );
-    assert_eq!(meta["scopes_supported"], json!(["read_only"]));
+    // No scopes_supported: clients would copy it into their request (read_only by default).
+    assert!(meta.get("scopes_supported").is_none(), "{meta}");
+    assert_eq!(
+        meta["authorization_response_iss_parameter_supported"],
+        json!(true)
+    );
 
     // Every 401 names the metadata, with or without credentials.
     let expected =
@@ -1284,6 +1292,8 @@ async fn a_session_carries_on_with_the_token_a_refresh_issued() {
     let (alice, _) = approver(&admin, json!(["*"])).await;
     let client_id = register_client(&base, "Claude").await;
     let tokens = grant(&base, &client_id, &alice, &[]).await;
+    // Nothing narrowed: no scope in the answer rather than an empty one.
+    assert!(tokens.get("scope").is_none(), "{tokens}");
     let (access, child, refresh) = granted(&server, &tokens).await;
     // Another connector of the same approver: a token of another grant.
     let other = grant(&base, &client_id, &alice, &[]).await;

@@ -10,9 +10,11 @@ use serde_json::json;
 
 use super::OAuth;
 
-/// The scopes a client may ask for by name. `bucket:NAME` and `tool:PATTERN` work as well
-/// (docs/oauth.md); they are open-ended, so not listed.
-const SCOPES: &[&str] = &["read_only"];
+// No `scopes_supported` in either document: MCP clients copy it into the scope they request
+// (the Python SDK takes the resource's list, else the authorization server's), so listing
+// `read_only` made every connector ask for read-only by default. Clients that send no scope
+// get what the person chooses on the consent page; `read_only`, `bucket:NAME` and
+// `tool:PATTERN` still work when sent (docs/oauth.md).
 
 fn document(value: serde_json::Value) -> Response {
     (
@@ -32,7 +34,6 @@ pub(super) async fn protected_resource(State(oauth): State<Arc<OAuth>>) -> Respo
         "resource": config.resource(),
         "authorization_servers": [config.public_url],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": SCOPES,
         "resource_name": "tokenwarden",
     }))
 }
@@ -51,7 +52,6 @@ pub(super) async fn authorization_server(State(oauth): State<Arc<OAuth>>) -> Res
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "scopes_supported": SCOPES,
         "authorization_response_iss_parameter_supported": true,
     }))
 }

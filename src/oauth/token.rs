@@ -167,16 +167,19 @@ pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Respon
     })
     .await;
     match outcome {
-        Ok(tokens) => json_no_store(
-            StatusCode::OK,
-            json!({
+        Ok(tokens) => {
+            let mut body = json!({
                 "access_token": tokens.access_token,
                 "token_type": "Bearer",
                 "expires_in": tokens.expires_in,
                 "refresh_token": tokens.refresh_token,
-                "scope": tokens.scope,
-            }),
-        ),
+            });
+            // An empty scope is omitted (RFC 6749 §5.1: scope is a list of items).
+            if !tokens.scope.is_empty() {
+                body["scope"] = json!(tokens.scope);
+            }
+            json_no_store(StatusCode::OK, body)
+        }
         Err(refusal) => refusal.response(),
     }
 }
