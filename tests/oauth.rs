@@ -1349,3 +1349,72 @@ async fn a_session_carries_on_with_the_token_a_refresh_issued() {
     assert_eq!(list_in_session(&server, &access, &session).await, 401);
     assert_eq!(list_in_session(&server, &other, &session).await, 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consent_tabs_keep_their_own_csrf_cookies_and_a_page_is_decided_once() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let (_, challenge) = pkce();
+    let first = open_page(&base, &client_id, &challenge, &[]).await;
+    let second = open_page(&base, &client_id, &challenge, &[]).await;
+    // The browser's jar: a cookie of the same name is replaced, others are kept and sent.
+    let mut jar: Vec<(String, String)> = Vec::new();
+    for page in [&first, &second] {
+        let (name, value) = page.cookie.split_once('=').unwrap();
+        jar.retain(|(n, _)| n != name);
+        jar.push((name.to_owned(), value.to_owned()));
+    }
+    let cookies: Vec<String> = jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let cookies = cookies.join("; ");
+    for page in [&first, &second] {
+        let response = post_consent(
+            &base,
+            Some(&cookies),
+            &[
+                ("request", page.request.as_str()),
+                ("csrf", page.csrf.as_str()),
+                ("approver_token", alice.as_str()),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert!(redirected(&response).contains_key("code"));
+    }
+    // A page already approved cannot be approved (or denied) again.
+    let count = token_count(&admin).await;
+    for decision in ["approve", "deny"] {
+        let form = [
+            ("request", first.request.as_str()),
+            ("csrf", first.csrf.as_str()),
+            ("approver_token", alice.as_str()),
+            ("decision", decision),
+        ];
+        let response = post_consent(&base, Some(&first.cookie), &form).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{decision}");
+        assert!(response.headers().get("location").is_none());
+    }
+    // Approvals of one page racing each other: exactly one gets a code.
+    let third = open_page(&base, &client_id, &challenge, &[]).await;
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (base, alice) = (base.clone(), alice.clone());
+        let page = Page {
+            request: third.request.clone(),
+            csrf: third.csrf.clone(),
+            cookie: third.cookie.clone(),
+            html: String::new(),
+        };
+        racing.spawn(async move { approve(&base, &page, &alice, &[]).await.status().as_u16() });
+    }
+    let statuses: Vec<u16> = racing.join_all().await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 303).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(token_count(&admin).await, count);
+}

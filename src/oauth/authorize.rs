@@ -26,7 +26,9 @@ use crate::service::Caller;
 use crate::service::requests::CreateToken;
 use crate::store::oauth::{ApprovedScope, OAuthClient};
 
-pub(super) const CSRF_COOKIE: &str = "tw_oauth_csrf";
+/// The CSRF cookie's name is this plus the start of the pending request's id, so two consent
+/// tabs keep their own cookies.
+pub(super) const CSRF_COOKIE: &str = "tw_oauth_csrf_";
 const MAX_STATE_LEN: usize = 1_000;
 const MAX_SCOPE_LEN: usize = 2_000;
 const MIN_LIFETIME_SECONDS: u64 = 60;
@@ -286,7 +288,8 @@ pub(super) async fn show(State(oauth): State<Arc<OAuth>>, RawQuery(query): RawQu
         ""
     };
     let cookie = format!(
-        "{CSRF_COOKIE}={}; Path=/oauth; HttpOnly; SameSite=Strict; Max-Age=600{secure}",
+        "{}={}; Path=/oauth; HttpOnly; SameSite=Strict; Max-Age=600{secure}",
+        csrf_cookie(&request_id),
         pending.csrf
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -322,6 +325,12 @@ fn render(
         lifetime_seconds: lifetime,
         error,
     })
+}
+
+/// The CSRF cookie of one pending request (its id is base64url: safe in a cookie name).
+fn csrf_cookie(request_id: &str) -> String {
+    let prefix: String = request_id.chars().take(16).collect();
+    format!("{CSRF_COOKIE}{prefix}")
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -379,7 +388,8 @@ pub(super) async fn decide(
         .csrf
         .as_deref()
         .is_some_and(|c| same_secret(c, &pending.csrf))
-        && cookie_value(&headers, CSRF_COOKIE).is_some_and(|c| same_secret(c, &pending.csrf));
+        && cookie_value(&headers, &csrf_cookie(request_id))
+            .is_some_and(|c| same_secret(c, &pending.csrf));
     if !csrf_ok {
         tracing::warn!(client_ip = %peer.ip(), "refused a consent form: CSRF token missing or wrong");
         return bad(
