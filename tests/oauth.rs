@@ -903,13 +903,18 @@ async fn consent_form_refusals_change_nothing() {
         page.html
     );
     assert!(!page.html.contains("<b>Claude"));
-    assert!(page.cookie.starts_with("tw_oauth_csrf="));
+    let cookie_name = format!("tw_oauth_csrf_{}", &page.request[..16]);
+    assert!(
+        page.cookie.starts_with(&format!("{cookie_name}=")),
+        "{}",
+        page.cookie
+    );
     assert!(page.html.contains("id=\"read_only\" value=\"1\" checked"));
     assert_eq!(field(&page.html, "tools"), "whoami");
     let count = token_count(&admin).await;
 
     // CSRF: missing, wrong, or without the cookie: 400, nothing created.
-    let wrong_cookie = "tw_oauth_csrf=wrong".to_owned();
+    let wrong_cookie = format!("{cookie_name}=wrong");
     for (cookie, csrf) in [
         (Some(page.cookie.as_str()), None),
         (Some(page.cookie.as_str()), Some("wrong")),
