@@ -888,7 +888,8 @@ async fn consent_form_refusals_change_nothing() {
     let admin = connect_http(&server.url(), server.admin()).await;
     let (narrow, _) = approver(&admin, json!(["whoami", "create_token"])).await;
     let (cannot_mint, _) = approver(&admin, json!(["whoami"])).await;
-    let client_id = register_client(&base, "<b>Claude</b>").await;
+    // Format characters (a bidi override, a zero-width space) are dropped from the name.
+    let client_id = register_client(&base, "<b>Cla\u{202e}ude\u{200b}</b>").await;
     let (_, challenge) = pkce();
     let page = open_page(
         &base,
@@ -903,6 +904,8 @@ async fn consent_form_refusals_change_nothing() {
         page.html
     );
     assert!(!page.html.contains("<b>Claude"));
+    assert!(!page.html.contains('\u{202e}') && !page.html.contains('\u{200b}'));
+    assert!(page.html.contains("unverified name"), "{}", page.html);
     let cookie_name = format!("tw_oauth_csrf_{}", &page.request[..16]);
     assert!(
         page.cookie.starts_with(&format!("{cookie_name}=")),

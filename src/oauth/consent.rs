@@ -136,9 +136,10 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <title>tokenwarden: authorize {name}</title><style>{STYLE}</style></head><body>\
-<h1>Authorize <span id=\"client_name\">{name}</span>?</h1>\
-<div class=\"who\"><p><strong id=\"client_name_again\">{name}</strong> (client <code>{client_id}</code>) \
-asks for a token to use the MCP server at <code>{public_url}</code>.</p>\
+<h1>Authorize <bdi id=\"client_name\">{name}</bdi>?</h1>\
+<div class=\"who\"><p><strong><bdi id=\"client_name_again\">{name}</bdi></strong> \
+<span class=\"hint\" id=\"unverified\">(unverified name: the client chose it itself)</span> \
+(client <code>{client_id}</code>) asks for a token to use the MCP server at <code>{public_url}</code>.</p>\
 <p>After you decide, your browser goes to <strong id=\"redirect_host\">{host}</strong> \
 (<code>{redirect}</code>).</p>{requested}{ignored}</div>{error}\
 <form method=\"post\" action=\"/oauth/authorize\" id=\"consent\">\

@@ -192,13 +192,44 @@ pub(super) fn check_redirect_uri(uri: &str) -> Result<(), String> {
     }
 }
 
-/// The client's display name: control characters dropped, trimmed, at most 100 characters.
+/// Unicode format characters (general category Cf): bidirectional overrides and isolates,
+/// zero-width characters, the byte-order mark, tags… invisible, and able to make a name read
+/// as another. The whole category as of Unicode 15.
+fn is_format(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+/// The client's display name: control and format characters dropped, trimmed, at most 100
+/// characters.
 fn client_name(value: Option<&Value>) -> String {
     let name: String = value
         .and_then(Value::as_str)
         .unwrap_or_default()
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_format(*c))
         .take(MAX_CLIENT_NAME_CHARS)
         .collect();
     match name.trim() {
@@ -467,6 +498,12 @@ mod tests {
         assert_eq!(
             client_name(Some(&json!("Claude\u{1b}[31m\n"))),
             "Claude[31m"
+        );
+        assert_eq!(
+            client_name(Some(&json!(
+                "Cla\u{202e}ude\u{200b}\u{2066}\u{feff}\u{e0041}"
+            ))),
+            "Claude"
         );
         assert_eq!(client_name(None), "unnamed client");
         assert_eq!(client_name(Some(&json!("   "))), "unnamed client");
