@@ -339,15 +339,25 @@ async fn discovery_documents_and_challenges_need_no_token() {
 
     // A bad public URL stops the start in one line.
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(common::BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--http", "127.0.0.1:0", "--public-url", "ftp://x"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("invalid --public-url"), "{stderr}");
+    for bad in ["ftp://x", "https://tw.example.com/tokenwarden"] {
+        let output = std::process::Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["serve", "--http", "127.0.0.1:0", "--public-url", bad])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("invalid --public-url"), "{stderr}");
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.contains("--public-url"))
+                .count(),
+            1,
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1425,4 +1435,78 @@ async fn two_consent_tabs_keep_their_own_csrf_cookies_and_a_page_is_decided_once
         "{statuses:?}"
     );
     assert_eq!(token_count(&admin).await, count);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_stay_with_their_client_and_within_their_approver() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let other_client = register_client(&base, "Other").await;
+
+    // A refresh token works only for its own client; refused, it stays usable.
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let (access, _, refresh) = granted(&server, &tokens).await;
+    let count = token_count(&admin).await;
+    let (status, body) = refresh_with(&base, &other_client, &refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert_eq!(token_count(&admin).await, count, "nothing minted");
+    // /oauth/revoke naming another client leaves the grant alone.
+    let revoked = http()
+        .post(format!("{base}/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("token", access.as_str()), ("client_id", &other_client)])
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(mcp_status(&server, &access).await, 200);
+    let (status, body) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The child never outlives its approver: alice expires in 5 minutes, the lifetime asks 1 hour.
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": alice_id, "expires_at": time_in(300)}),
+    )
+    .await;
+    let tokens = grant(&base, &client_id, &alice, &[("lifetime_seconds", "3600")]).await;
+    let expires_in = tokens["expires_in"].as_i64().unwrap();
+    assert!((240..=300).contains(&expires_in), "{tokens}");
+
+    // Approved, then the approver loses create_token before the exchange: nothing minted.
+    let code = approved_code(&base, &client_id, &alice, &[]).await;
+    ok(
+        &admin,
+        "scope_token",
+        json!({"id": alice_id, "deny_tools": ["create_token"]}),
+    )
+    .await;
+    let count = token_count(&admin).await;
+    let (status, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code.0),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", &code.1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
+    assert_eq!(token_count(&admin).await, count, "nothing minted");
 }
