@@ -95,7 +95,7 @@ impl OAuthConfig {
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
             return Err(bad("it may not carry a query, a fragment or credentials"));
         }
-        if url.path().trim_end_matches('/') != "" {
+        if !url.path().trim_end_matches('/').is_empty() {
             // The endpoints are served at the root (`/mcp`, `/oauth/…`, `/.well-known/…`).
             return Err(bad(
                 "it may not have a path: the server is served at the root of its URL",
