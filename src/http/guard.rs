@@ -32,7 +32,15 @@ const RETRY_AFTER_SECONDS: &str = "10";
 pub(super) struct GuardState {
     pub service: Arc<Service>,
     pub sessions: Arc<Sessions>,
+    /// Where the protected resource metadata lives: every challenge names it (RFC 9728 §5.1).
+    pub resource_metadata: Arc<str>,
+    /// Whether the second token succeeds the first (an OAuth refresh replaced it), so a session
+    /// the first opened may carry on with the second.
+    pub succeeds: Arc<Succession>,
 }
+
+/// Asked with (the token that opened a session, the token presenting it now).
+pub(super) type Succession = dyn Fn(&TokenId, &TokenId) -> bool + Send + Sync;
 
 /// Why a request carries no usable bearer.
 enum NoBearer {
@@ -59,8 +67,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, NoBearer> {
     Ok(token.trim())
 }
 
-/// A 401 with an RFC 6750 challenge; `description` is `None` for a request without credentials.
-pub(super) fn unauthorized(description: Option<&str>) -> Response {
+/// A 401 with an RFC 6750 challenge naming the resource metadata (RFC 9728), so OAuth clients
+/// can discover the authorization server; `description` is `None` for a request without
+/// credentials.
+pub(super) fn unauthorized(resource_metadata: &str, description: Option<&str>) -> Response {
+    let metadata = format!("resource_metadata=\"{}\"", header_safe(resource_metadata));
     let Some(description) = description else {
         let mut response = (
             StatusCode::UNAUTHORIZED,
@@ -68,23 +79,18 @@ pub(super) fn unauthorized(description: Option<&str>) -> Response {
             r#"{"error":"unauthorized","error_description":"missing bearer token: send Authorization: Bearer <token>"}"#,
         )
             .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"tokenwarden\""),
-        );
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("Bearer realm=\"tokenwarden\", {metadata}"))
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
         return response;
     };
-    // Header values must be visible ASCII; the JSON body keeps the exact text.
-    let escaped: String = description
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            c if c.is_ascii_graphic() || c == ' ' => c,
-            _ => '?',
-        })
-        .collect();
     let challenge = format!(
-        "Bearer realm=\"tokenwarden\", error=\"invalid_token\", error_description=\"{escaped}\""
+        "Bearer realm=\"tokenwarden\", {metadata}, error=\"invalid_token\", error_description=\"{}\"",
+        header_safe(description)
     );
     let mut response = (
         StatusCode::UNAUTHORIZED,
@@ -113,6 +119,18 @@ async fn refuse(request: Request, mut response: Response) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Header values must be visible ASCII inside a quoted string; the JSON body keeps the exact
+/// text.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// A JSON-RPC error outside any request (id null), with an HTTP status.
@@ -180,11 +198,15 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
-            return refuse(request, unauthorized(None)).await;
+            return refuse(request, unauthorized(&state.resource_metadata, None)).await;
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
-            return refuse(request, unauthorized(Some(description))).await;
+            return refuse(
+                request,
+                unauthorized(&state.resource_metadata, Some(description)),
+            )
+            .await;
         }
     };
     let token_id = match state.service.authenticate(secret.as_str(), Some(client_ip)) {
@@ -192,7 +214,11 @@ pub(super) async fn guard(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused request: {description}");
-            return refuse(request, unauthorized(Some(&description))).await;
+            return refuse(
+                request,
+                unauthorized(&state.resource_metadata, Some(&description)),
+            )
+            .await;
         }
     };
 
@@ -204,7 +230,13 @@ pub(super) async fn guard(
     if let Some(session) = &session {
         match state.sessions.check(session, &token_id) {
             SessionCheck::Owned => {}
-            SessionCheck::Foreign => {
+            SessionCheck::Foreign(owner)
+                if (state.succeeds)(&owner, &token_id)
+                    && state.sessions.rebind(session, &owner, &token_id) =>
+            {
+                tracing::debug!(from = %owner, to = %token_id, "a session carries on with its token's successor");
+            }
+            SessionCheck::Foreign(_) => {
                 tracing::debug!(token = %token_id, "refused request: session belongs to another token");
                 let forbidden = (
                     StatusCode::FORBIDDEN,
