@@ -1,7 +1,9 @@
 """A claude.ai-style connector flow driven by the official MCP Python SDK's OAuth client.
 
-Usage: oauth_flow.py URL ADMIN_TOKEN [MODE]. URL is the server's /mcp endpoint; MODE is the SDK's
-connect mode ("auto" or "legacy"). The script plays both the connector (the SDK's
+Usage: oauth_flow.py URL ADMIN_TOKEN MODE SECRETS_FILE. URL is the server's /mcp endpoint; MODE is
+the SDK's connect mode ("auto" or "legacy"); SECRETS_FILE receives, as a JSON list, every secret
+the flow saw (approver, codes, access and refresh tokens), for the caller to look for in the
+server's log. The script plays both the connector (the SDK's
 `OAuthClientProvider`, which discovers, registers, exchanges and refreshes by itself) and the
 person at the consent page (a cookie-keeping HTTP client that reads the form, pastes an approver
 token and approves). Exits non-zero with a message on the first failure.
@@ -21,7 +23,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAu
 
 from consent import ConsentRefused, Failed, approve, check
 
-MODE = sys.argv[3] if len(sys.argv) > 3 else "auto"
+MODE = sys.argv[3]
 CLIENT_NAME = "tokenwarden python sdk test"
 # Never listened on: the person's "browser" reads the code from the redirect's Location.
 REDIRECT_URI = "http://127.0.0.1:47813/callback"
@@ -68,6 +70,7 @@ class Person:
     def __init__(self, approver_secret: str) -> None:
         self.approver_secret = approver_secret
         self.result: AuthorizationCodeResult | None = None
+        self.codes: list[str] = []
         self.visits = 0
         self.requested_scope: list[str] = []
 
@@ -89,6 +92,7 @@ class Person:
         if consent.wrong_approver_error:
             print(f"a wrong approver reads: {consent.wrong_approver_error}")
         params = consent.params
+        self.codes.append(params["code"][0])
         self.result = AuthorizationCodeResult(
             code=params["code"][0], state=params["state"][0], iss=params.get("iss", [None])[0]
         )
@@ -125,7 +129,7 @@ async def works(url: str, token: str) -> bool:
         return False
 
 
-async def main(url: str, admin: str) -> None:
+async def main(url: str, admin: str, secrets_file: str) -> None:
     approver = await admin_call(
         url,
         admin,
@@ -250,12 +254,16 @@ async def main(url: str, admin: str) -> None:
         challenge = response.headers.get("www-authenticate", "")
         check(response.status_code == 401, f"the revoked child's secret: {response.status_code}")
         check("resource_metadata=" in challenge, f"the 401 names the resource metadata: {challenge}")
+    seen_secrets = [approver["token"], *person.codes]
+    seen_secrets += [first.access_token, first.refresh_token, second.access_token, second.refresh_token]
+    with open(secrets_file, "w") as out:
+        json.dump(seen_secrets, out)
     print(f"python sdk oauth flow ({MODE}): ok")
 
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main(sys.argv[1], sys.argv[2]))
+        asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[4]))
     except BaseException as error:
         failed = find(error, Failed)
         if failed is None:
