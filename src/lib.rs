@@ -11,6 +11,8 @@
 //! - The front ends are thin adapters over [`service::Service`].
 //! - [`gateway`]: upstream MCP servers fronted as buckets; it asks nothing and decides
 //!   nothing itself: `mcp` asks the service before forwarding a call.
+//! - [`oauth`]: the OAuth 2.1 authorization server; the tokens it issues are children of the
+//!   approving token, minted through the service like any other.
 
 pub mod audit;
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
+pub mod oauth;
 pub mod record;
 pub mod rules;
 pub mod secret;

@@ -44,6 +44,7 @@ use crate::secret::{ID_LEN, SecretHash, TokenId};
 use crate::timestamp::Timestamp;
 
 mod audit_log;
+pub mod oauth;
 mod tombstones;
 use tombstones::upgrade_older_store;
 

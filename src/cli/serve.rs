@@ -56,6 +56,25 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub audit_retention: super::audit::AuditRetentionArgs,
 
+    /// The server's URL as clients reach it, e.g. https://tw.example.com behind a TLS reverse
+    /// proxy or tunnel: names the OAuth issuer and the protected resource (URL/mcp); its host
+    /// and origin are accepted [default: http://ADDR of --http]
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Lifetime of an access token issued through OAuth, in seconds (the consent page's default;
+    /// never past the approving token's expiry).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub oauth_token_lifetime: u64,
+
+    /// Most OAuth clients registered at once (dynamic registration needs no token).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub oauth_max_clients: u32,
+
+    /// OAuth client registrations accepted per minute, all callers together.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub oauth_registrations_per_minute: u32,
+
     /// Front the MCP servers in FILE (the mcpServers shape of claude_desktop_config.json or
     /// .mcp.json) as buckets; SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
@@ -138,6 +157,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
     let http_app = match &listener {
         Some(_) => {
+            let public_url = match &args.public_url {
+                Some(url) => crate::oauth::OAuthConfig::public_url(url).map_err(CliError::usage)?,
+                None => format!("http://{}", bound.expect("bound")),
+            };
             let config = HttpConfig {
                 allowed_hosts: args.allowed_hosts.clone(),
                 allowed_origins: args.allowed_origins.clone(),
@@ -146,6 +169,14 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                     total: args.max_sessions as usize,
                 },
                 gateway: gateway.clone(),
+                oauth: crate::oauth::OAuthConfig {
+                    public_url,
+                    token_lifetime_seconds: args.oauth_token_lifetime,
+                    registration: crate::oauth::RegistrationLimits {
+                        max_clients: args.oauth_max_clients as usize,
+                        per_minute: args.oauth_registrations_per_minute,
+                    },
+                },
             };
             Some(
                 http::router(Arc::clone(&service), &config, shutdown.child_token())

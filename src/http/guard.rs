@@ -32,6 +32,8 @@ const RETRY_AFTER_SECONDS: &str = "10";
 pub(super) struct GuardState {
     pub service: Arc<Service>,
     pub sessions: Arc<Sessions>,
+    /// Where the protected resource metadata lives: every challenge names it (RFC 9728 §5.1).
+    pub resource_metadata: Arc<str>,
 }
 
 /// Why a request carries no usable bearer.
@@ -59,8 +61,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, NoBearer> {
     Ok(token.trim())
 }
 
-/// A 401 with an RFC 6750 challenge; `description` is `None` for a request without credentials.
-pub(super) fn unauthorized(description: Option<&str>) -> Response {
+/// A 401 with an RFC 6750 challenge naming the resource metadata (RFC 9728), so OAuth clients
+/// can discover the authorization server; `description` is `None` for a request without
+/// credentials.
+pub(super) fn unauthorized(resource_metadata: &str, description: Option<&str>) -> Response {
+    let metadata = format!("resource_metadata=\"{}\"", header_safe(resource_metadata));
     let Some(description) = description else {
         let mut response = (
             StatusCode::UNAUTHORIZED,
@@ -68,23 +73,18 @@ pub(super) fn unauthorized(description: Option<&str>) -> Response {
             r#"{"error":"unauthorized","error_description":"missing bearer token: send Authorization: Bearer <token>"}"#,
         )
             .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"tokenwarden\""),
-        );
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("Bearer realm=\"tokenwarden\", {metadata}"))
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
         return response;
     };
-    // Header values must be visible ASCII; the JSON body keeps the exact text.
-    let escaped: String = description
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            c if c.is_ascii_graphic() || c == ' ' => c,
-            _ => '?',
-        })
-        .collect();
     let challenge = format!(
-        "Bearer realm=\"tokenwarden\", error=\"invalid_token\", error_description=\"{escaped}\""
+        "Bearer realm=\"tokenwarden\", {metadata}, error=\"invalid_token\", error_description=\"{}\"",
+        header_safe(description)
     );
     let mut response = (
         StatusCode::UNAUTHORIZED,
@@ -99,6 +99,18 @@ pub(super) fn unauthorized(description: Option<&str>) -> Response {
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+/// Header values must be visible ASCII inside a quoted string; the JSON body keeps the exact
+/// text.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// A JSON-RPC error outside any request (id null), with an HTTP status.
@@ -166,11 +178,11 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
-            return unauthorized(None);
+            return unauthorized(&state.resource_metadata, None);
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
-            return unauthorized(Some(description));
+            return unauthorized(&state.resource_metadata, Some(description));
         }
     };
     let token_id = match state.service.authenticate(secret.as_str(), Some(client_ip)) {
@@ -178,7 +190,7 @@ pub(super) async fn guard(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused request: {description}");
-            return unauthorized(Some(&description));
+            return unauthorized(&state.resource_metadata, Some(&description));
         }
     };
 

@@ -4,7 +4,9 @@
 //! deadlines), browser origins (`cors`: 403 for a foreign `Origin`, CORS answers for allowed
 //! ones), then for `/mcp` only the bearer guard (`guard`: authentication on every request,
 //! session ownership and bounds (`sessions`), JSON-RPC errors for malformed bodies, streams
-//! closed when their secret stops authenticating), then rmcp. Any other path answers 404.
+//! closed when their secret stops authenticating), then rmcp. The OAuth routes (`oauth`:
+//! discovery documents, registration, consent, token, revocation) are served without a token.
+//! Any other path answers 404.
 
 mod cors;
 mod guard;
@@ -28,6 +30,7 @@ pub use listener::{ConnectionLimits, serve};
 pub use sessions::SessionLimits;
 
 use crate::mcp::TokenServer;
+use crate::oauth::{OAuth, OAuthConfig};
 use crate::service::Service;
 use guard::GuardState;
 
@@ -46,19 +49,25 @@ pub struct HttpConfig {
     pub sessions: SessionLimits,
     /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// The OAuth authorization server: public URL, token lifetime, registration bounds.
+    pub oauth: OAuthConfig,
 }
 
 fn loopback_hosts() -> Vec<String> {
     ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
 }
 
-/// The whole HTTP application: `/mcp` (guarded), `/healthz` (open), 404 elsewhere.
+/// The whole HTTP application: `/mcp` (guarded), `/healthz` and the OAuth routes (open), 404
+/// elsewhere. The public URL's host and origin are accepted like the loopback ones: clients
+/// reach the server under that name.
 pub fn router(
     service: Arc<Service>,
     config: &HttpConfig,
     shutdown: CancellationToken,
 ) -> Result<Router, String> {
-    let origins = Arc::new(cors::allowed_origins(&config.allowed_origins)?);
+    let mut allowed_origins = config.allowed_origins.clone();
+    allowed_origins.push(config.oauth.origin());
+    let origins = Arc::new(cors::allowed_origins(&allowed_origins)?);
     let manager = Arc::new(session_manager());
     let state = GuardState {
         service: Arc::clone(&service),
@@ -66,11 +75,14 @@ pub fn router(
             Arc::clone(&manager),
             config.sessions,
         )),
+        resource_metadata: config.oauth.resource_metadata_url().into(),
     };
+    let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
     Ok(Router::new()
         .route_service("/mcp", mcp_service(service, manager, config, shutdown))
         .route_layer(middleware::from_fn_with_state(state, guard::guard))
         .route("/healthz", get(healthz))
+        .merge(crate::oauth::routes(oauth))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(origins, cors::cors)))
 }
@@ -127,7 +139,8 @@ fn mcp_service(
         .with_allowed_hosts(
             loopback_hosts()
                 .into_iter()
-                .chain(config.allowed_hosts.clone()),
+                .chain(config.allowed_hosts.clone())
+                .chain(config.oauth.host()),
         )
         .disable_allowed_origins()
         .with_sse_retry(None)

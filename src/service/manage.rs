@@ -73,6 +73,17 @@ fn revoke_record(record: &Arc<TokenRecord>, change: &mut Change, now: Timestamp)
     change.put(Some(Arc::clone(record)), updated);
 }
 
+/// A token `create_token` has decided to mint, before its secret and id exist.
+struct PlannedToken {
+    actor: crate::record::Actor,
+    name: String,
+    description: Option<String>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    scope: Scope,
+    parent_id: Option<TokenId>,
+    depth: u8,
+}
+
 fn links(chain: &[Arc<TokenRecord>]) -> Vec<&TokenRecord> {
     chain.iter().map(Arc::as_ref).collect()
 }
@@ -208,6 +219,79 @@ impl Service {
 
     pub fn create_token(&self, caller: &Caller, req: CreateToken) -> Result<Issued> {
         let now = Timestamp::now();
+        let write = self.lock_writes();
+        let planned = self.plan_create(&write, caller, req, now)?;
+        let secret = Secret::generate();
+        let record = TokenRecord {
+            id: TokenId::generate(),
+            name: planned.name,
+            description: planned.description,
+            scope: planned.scope,
+            status: Status::Active,
+            masked: secret.masked(),
+            last4: secret.last4().to_owned(),
+            parent_id: planned.parent_id,
+            created_by: planned.actor.clone(),
+            depth: planned.depth,
+            metadata: planned.metadata,
+            created_at: now,
+            updated_at: now,
+            paused_at: None,
+            revoked_at: None,
+            rotated_at: None,
+            hashes: vec![secret.hash()],
+        };
+        let mut change = Change::default();
+        change.add_hash(
+            secret.hash(),
+            HashEntry {
+                id: record.id.clone(),
+                grace_until: None,
+            },
+        );
+        if record.scope.max_uses.is_some() {
+            change.set_remaining(record.id.clone(), record.scope.max_uses);
+        }
+        change.audit(AuditEvent::new(
+            &planned.actor,
+            "create",
+            &record.id,
+            now,
+            json!({
+                "name": record.name,
+                "parent_id": record.parent_id,
+                "scope": record.scope,
+            }),
+        ));
+        let id = record.id.clone();
+        change.put(None, record);
+        self.commit(write, None, change)?;
+        tracing::info!(actor = %planned.actor, token = %id, "token created");
+        Ok(Issued {
+            record: self.view_of(&id, now)?,
+            token: secret.expose().to_owned(),
+        })
+    }
+
+    /// Runs every check `create_token` would run for `req` (validation, the caller's standing,
+    /// reach and bounds, the parent's status, depth and live children) under the write lock,
+    /// and writes nothing: what a consent page asks before it promises a token that is minted
+    /// later.
+    pub fn check_create_token(&self, caller: &Caller, req: CreateToken) -> Result<()> {
+        let write = self.lock_writes();
+        self.plan_create(&write, caller, req, Timestamp::now())
+            .map(drop)
+    }
+
+    /// Everything `create_token` decides before it writes: the new token's fields, parent and
+    /// depth, or the refusal.
+    fn plan_create(
+        &self,
+        write: &MutexGuard<'_, ()>,
+        caller: &Caller,
+        req: CreateToken,
+        now: Timestamp,
+    ) -> Result<PlannedToken> {
         let name = validate::name(&req.name)?;
         let description = req
             .description
@@ -243,8 +327,7 @@ impl Service {
             .map(validate::rate_limit)
             .transpose()?;
 
-        let write = self.lock_writes();
-        let acting = self.acting_under_lock(&write, caller)?;
+        let acting = self.acting_under_lock(write, caller)?;
         let parent_chain = match (req.parent.as_deref(), acting.token()) {
             (Some("none"), _) | (None, None) => {
                 if !acting.is_owner_or_admin() {
@@ -372,56 +455,14 @@ impl Service {
                 (Some(parent.id.clone()), depth)
             }
         };
-
-        let secret = Secret::generate();
-        let record = TokenRecord {
-            id: TokenId::generate(),
+        Ok(PlannedToken {
+            actor: acting.actor,
             name,
             description,
-            scope,
-            status: Status::Active,
-            masked: secret.masked(),
-            last4: secret.last4().to_owned(),
-            parent_id,
-            created_by: acting.actor.clone(),
-            depth,
             metadata,
-            created_at: now,
-            updated_at: now,
-            paused_at: None,
-            revoked_at: None,
-            rotated_at: None,
-            hashes: vec![secret.hash()],
-        };
-        let mut change = Change::default();
-        change.add_hash(
-            secret.hash(),
-            HashEntry {
-                id: record.id.clone(),
-                grace_until: None,
-            },
-        );
-        if record.scope.max_uses.is_some() {
-            change.set_remaining(record.id.clone(), record.scope.max_uses);
-        }
-        change.audit(AuditEvent::new(
-            &acting.actor,
-            "create",
-            &record.id,
-            now,
-            json!({
-                "name": record.name,
-                "parent_id": record.parent_id,
-                "scope": record.scope,
-            }),
-        ));
-        let id = record.id.clone();
-        change.put(None, record);
-        self.commit(write, None, change)?;
-        tracing::info!(actor = %acting.actor, token = %id, "token created");
-        Ok(Issued {
-            record: self.view_of(&id, now)?,
-            token: secret.expose().to_owned(),
+            scope,
+            parent_id,
+            depth,
         })
     }
 

@@ -468,6 +468,36 @@ impl Service {
         self.view(&chain, now)
     }
 
+    /// Writes one audit event of a front end's own making (the OAuth server's `oauth_register`,
+    /// `oauth_approve`, `oauth_token`, `oauth_refresh`, `oauth_revoke`) under the write lock,
+    /// so the audit order stays the commit order, and flushes. `changes` never holds a secret,
+    /// code, verifier or refresh token.
+    pub fn record_event(
+        &self,
+        actor: &Caller,
+        action: &str,
+        target: Option<&TokenId>,
+        changes: serde_json::Value,
+    ) -> Result<()> {
+        let mut change = crate::store::Change::default();
+        change.audit(crate::audit::AuditEvent {
+            id: 0,
+            at: Timestamp::now(),
+            actor: match actor {
+                Caller::Owner => Actor::Owner,
+                Caller::Token(id) => Actor::Token(id.clone()),
+            },
+            action: action.to_owned(),
+            target: target.cloned(),
+            changes,
+        });
+        let write = self.lock_writes();
+        self.store.apply(change)?;
+        drop(write);
+        self.store.flush()?;
+        Ok(())
+    }
+
     /// Writes usage counters behind (call every few seconds and at shutdown).
     pub fn flush_usage(&self) -> Result<()> {
         self.usage.write_behind(&self.store)?;
