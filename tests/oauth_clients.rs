@@ -32,14 +32,15 @@ fn succeeded(output: &Output, what: &str) -> String {
     stdout
 }
 
-/// A root token narrower than admin, made by the admin: the person's approver.
+/// A root token narrower than admin, made by the admin: the person's approver (approving mints a
+/// child through `create_token`, so it may call that).
 async fn create_approver(server: &Server) -> Value {
     let admin = connect_http(&server.url(), server.admin()).await;
     let approver = ok(
         &admin,
         "create_token",
         json!({"name": "approver", "parent": "none", "buckets": ["docs", "notes"],
-               "tools": ["whoami", "get_token", "list_tokens"]}),
+               "tools": ["create_token", "whoami", "get_token", "list_tokens"]}),
     )
     .await;
     admin.cancel().await.unwrap();

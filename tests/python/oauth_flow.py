@@ -27,7 +27,8 @@ MODE = sys.argv[3]
 CLIENT_NAME = "tokenwarden python sdk test"
 # Never listened on: the person's "browser" reads the code from the redirect's Location.
 REDIRECT_URI = "http://127.0.0.1:47813/callback"
-APPROVER_TOOLS = ["get_token", "list_buckets", "list_tokens", "whoami"]
+# Approving mints a child through create_token, so the approver must be allowed to call it.
+APPROVER_TOOLS = ["create_token", "get_token", "list_buckets", "list_tokens", "whoami"]
 GRANTED_TOOLS = ["get_token", "whoami"]
 
 
