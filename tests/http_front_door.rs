@@ -290,7 +290,11 @@ async fn protocol_edges_answer_exactly() {
     assert_eq!(bare.status(), 401);
     assert_eq!(
         bare.headers()["www-authenticate"],
-        "Bearer realm=\"tokenwarden\""
+        format!(
+            "Bearer realm=\"tokenwarden\", resource_metadata=\"{}\"",
+            url.replace("/mcp", "/.well-known/oauth-protected-resource")
+        )
+        .as_str()
     );
     let wrong = raw_post(
         &url,

@@ -58,10 +58,12 @@ async fn assert_refused(url: &str, headers: &[(&str, &str)], description_part: &
         .to_str()
         .unwrap()
         .to_owned();
+    let metadata = url.replace("/mcp", "/.well-known/oauth-protected-resource");
     assert!(
-        challenge.starts_with(
-            "Bearer realm=\"tokenwarden\", error=\"invalid_token\", error_description=\""
-        ),
+        challenge.starts_with(&format!(
+            "Bearer realm=\"tokenwarden\", resource_metadata=\"{metadata}\", \
+             error=\"invalid_token\", error_description=\""
+        )),
         "{challenge}"
     );
     assert!(
@@ -332,7 +334,11 @@ async fn unusable_bearers_get_401_saying_why() {
     assert_eq!(bare.status().as_u16(), 401);
     assert_eq!(
         bare.headers()["www-authenticate"],
-        "Bearer realm=\"tokenwarden\""
+        format!(
+            "Bearer realm=\"tokenwarden\", resource_metadata=\"{}\"",
+            url.replace("/mcp", "/.well-known/oauth-protected-resource")
+        )
+        .as_str()
     );
     assert!(bare.text().await.unwrap().contains("missing bearer token"));
     assert_refused(

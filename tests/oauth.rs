@@ -1,0 +1,937 @@
+//! The OAuth 2.1 authorization server (issue 11, SPEC §11) against the real binary over HTTP:
+//! discovery, registration, the consent page, code and refresh exchanges, revocation, and
+//! every bad input of the issue, each checked to mint nothing and change nothing.
+
+mod common;
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Client, Server, bearer, connect_http, ok, raw_initialize, tool_names};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), extra);
+    (dir, server)
+}
+
+fn base(server: &Server) -> String {
+    format!("http://{}", server.addr)
+}
+
+/// A PKCE verifier and its S256 challenge.
+fn pkce() -> (String, String) {
+    let verifier = format!("verifier-{}", "x".repeat(40)) + &rand_suffix();
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn register(base: &str, body: Value) -> (StatusCode, Value) {
+    let response = http()
+        .post(format!("{base}/oauth/register"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn register_client(base: &str, name: &str) -> String {
+    let (status, body) = register(
+        base,
+        json!({"client_name": name, "redirect_uris": [REDIRECT]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["client_id"].as_str().unwrap().to_owned()
+}
+
+fn authorize_url(base: &str, params: &[(&str, &str)]) -> String {
+    format!(
+        "{base}/oauth/authorize?{}",
+        serde_urlencoded::to_string(params).unwrap()
+    )
+}
+
+/// GET of the consent page with a well-formed request plus `extra` parameters.
+async fn consent_page(
+    base: &str,
+    client_id: &str,
+    challenge: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", REDIRECT),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("state", "st4te"),
+    ];
+    params.extend_from_slice(extra);
+    http()
+        .get(authorize_url(base, &params))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A consent page as the browser holds it: its hidden fields and the CSRF cookie.
+struct Page {
+    request: String,
+    csrf: String,
+    cookie: String,
+    html: String,
+}
+
+fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"));
+    let tag = html[start..].split('>').next().unwrap();
+    let value = tag.split("value=\"").nth(1).unwrap_or_default();
+    value.split('"').next().unwrap().to_owned()
+}
+
+async fn open_page(base: &str, client_id: &str, challenge: &str, extra: &[(&str, &str)]) -> Page {
+    let response = consent_page(base, client_id, challenge, extra).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = response.text().await.unwrap();
+    Page {
+        request: field(&html, "request"),
+        csrf: field(&html, "csrf"),
+        cookie,
+        html,
+    }
+}
+
+async fn post_consent(
+    base: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = http()
+        .post(format!("{base}/oauth/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap());
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+/// Approves `page` with `approver` and `extra` fields; returns the response.
+async fn approve(
+    base: &str,
+    page: &Page,
+    approver: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = vec![
+        ("request", page.request.as_str()),
+        ("csrf", page.csrf.as_str()),
+        ("approver_token", approver),
+        ("decision", "approve"),
+    ];
+    form.extend_from_slice(extra);
+    post_consent(base, Some(&page.cookie), &form).await
+}
+
+/// The query parameters of a redirect's `Location`, which must lead to `REDIRECT`.
+fn redirected(response: &reqwest::Response) -> HashMap<String, String> {
+    let location = response.headers()["location"].to_str().unwrap();
+    let (target, query) = location.split_once('?').unwrap();
+    assert_eq!(target, REDIRECT, "{location}");
+    serde_urlencoded::from_str(query).unwrap()
+}
+
+async fn token_request(base: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
+    let response = http()
+        .post(format!("{base}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    if status == StatusCode::OK {
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+    (status, response.json().await.unwrap())
+}
+
+/// Register-free part of the flow: consent approved by `approver` (with `extra` form fields),
+/// then the code exchanged. Returns the token response.
+async fn grant(base: &str, client_id: &str, approver: &str, extra: &[(&str, &str)]) -> Value {
+    let code = approved_code(base, client_id, approver, extra).await;
+    let (status, body) = token_request(
+        base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code.0),
+            ("redirect_uri", REDIRECT),
+            ("client_id", client_id),
+            ("code_verifier", &code.1),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// An approved code and its verifier.
+async fn approved_code(
+    base: &str,
+    client_id: &str,
+    approver: &str,
+    extra: &[(&str, &str)],
+) -> (String, String) {
+    let (verifier, challenge) = pkce();
+    let page = open_page(base, client_id, &challenge, &[]).await;
+    let response = approve(base, &page, approver, extra).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let params = redirected(&response);
+    assert_eq!(params["state"], "st4te");
+    (params["code"].clone(), verifier)
+}
+
+async fn mcp_status(server: &Server, secret: &str) -> u16 {
+    raw_initialize(&server.url(), &[("authorization", &bearer(secret))])
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Every token record the store holds, whatever its status.
+async fn token_count(admin: &Client) -> usize {
+    let page = ok(admin, "list_tokens", json!({"limit": 100})).await;
+    assert_eq!(page["has_more"], json!(false));
+    page["records"].as_array().unwrap().len()
+}
+
+/// An approver token (a child of the admin) and its id.
+async fn approver(admin: &Client, tools: Value) -> (String, String) {
+    let issued = ok(
+        admin,
+        "create_token",
+        json!({"name": "alice", "tools": tools}),
+    )
+    .await;
+    (
+        issued["token"].as_str().unwrap().to_owned(),
+        issued["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_documents_and_challenges_need_no_token() {
+    let (_dir, server) = start(&["--public-url", "https://tw.example.com/"]);
+    let base = base(&server);
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let doc: Value = http()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["resource"], "https://tw.example.com/mcp", "{path}");
+        assert_eq!(
+            doc["authorization_servers"],
+            json!(["https://tw.example.com"])
+        );
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    }
+    let meta: Value = http()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = "https://tw.example.com";
+    assert_eq!(meta["issuer"], url);
+    assert_eq!(
+        meta["authorization_endpoint"],
+        format!("{url}/oauth/authorize")
+    );
+    assert_eq!(meta["token_endpoint"], format!("{url}/oauth/token"));
+    assert_eq!(
+        meta["registration_endpoint"],
+        format!("{url}/oauth/register")
+    );
+    assert_eq!(meta["revocation_endpoint"], format!("{url}/oauth/revoke"));
+    assert_eq!(meta["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(meta["response_types_supported"], json!(["code"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    assert_eq!(
+        meta["token_endpoint_auth_methods_supported"],
+        json!(["none"])
+    );
+    assert_eq!(meta["scopes_supported"], json!(["read_only"]));
+
+    // Every 401 names the metadata, with or without credentials.
+    let expected =
+        "resource_metadata=\"https://tw.example.com/.well-known/oauth-protected-resource\"";
+    for headers in [vec![], vec![("authorization", "Bearer mcp_nope")]] {
+        let response = raw_initialize(&server.url(), &headers).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains(expected), "{challenge}");
+    }
+    // The public URL's host and origin are the server's own: accepted at /mcp.
+    let response = common::raw_post(
+        &server.url(),
+        &[
+            ("host", "tw.example.com"),
+            ("origin", "https://tw.example.com"),
+            ("authorization", &bearer(server.admin())),
+        ],
+        common::initialize_body().to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A bad public URL stops the start in one line.
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--http", "127.0.0.1:0", "--public-url", "ftp://x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid --public-url"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_gets_a_narrowed_child_of_its_approver_and_loses_it_with_the_approver() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+
+    // Consent narrowed to two read-only tools.
+    let tokens = grant(
+        &base,
+        &client_id,
+        &alice,
+        &[
+            ("tools", "whoami list_tokens"),
+            ("read_only", "1"),
+            ("lifetime_seconds", "600"),
+        ],
+    )
+    .await;
+    assert_eq!(tokens["token_type"], "Bearer");
+    let expires_in = tokens["expires_in"].as_i64().unwrap();
+    assert!((590..=600).contains(&expires_in), "{tokens}");
+    assert_eq!(tokens["scope"], "read_only tool:whoami tool:list_tokens");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // The access token is an ordinary token: MCP over HTTP, filtered tools, a child of alice.
+    let connector = connect_http(&server.url(), &access).await;
+    assert_eq!(tool_names(&connector).await, ["list_tokens", "whoami"]);
+    let me = ok(&connector, "whoami", json!({})).await;
+    let child_id = me["id"].as_str().unwrap().to_owned();
+    assert_eq!(me["parent_id"], json!(alice_id));
+    assert_eq!(me["created_by"], json!(alice_id));
+    assert_eq!(me["read_only"], json!(true));
+    assert_eq!(me["metadata"]["oauth_client_id"], json!(client_id));
+    assert_eq!(me["metadata"]["oauth_client_name"], json!("Claude"));
+
+    // Refresh: a new child, the old access token stops at once, the old refresh token is spent.
+    let (status, refreshed) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let access2 = refreshed["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = refreshed["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh2, refresh);
+    assert_eq!(mcp_status(&server, &access).await, 401);
+    assert_eq!(mcp_status(&server, &access2).await, 200);
+    let second = connect_http(&server.url(), &access2).await;
+    let me2 = ok(&second, "whoami", json!({})).await;
+    assert_eq!(me2["parent_id"], json!(alice_id));
+    assert_ne!(me2["id"], json!(child_id));
+
+    // Reusing the spent refresh token revokes the grant: the current access token too.
+    let before = token_count(&admin).await;
+    let (status, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert_eq!(mcp_status(&server, &access2).await, 401);
+    let (status, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh2),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_grant", "{status} {body}");
+    assert_eq!(token_count(&admin).await, before, "no token minted");
+
+    // RFC 7009: revoking the refresh token ends its grant and access token.
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let access3 = tokens["access_token"].as_str().unwrap();
+    assert_eq!(mcp_status(&server, access3).await, 200);
+    let revoked = http()
+        .post(format!("{base}/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("token", tokens["refresh_token"].as_str().unwrap())])
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(mcp_status(&server, access3).await, 401);
+    // …and an access token likewise; an unknown token is fine too.
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let access4 = tokens["access_token"].as_str().unwrap();
+    for token in [access4, "mcp_unknown", "nonsense"] {
+        let revoked = http()
+            .post(format!("{base}/oauth/revoke"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([("token", token)]).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), StatusCode::OK);
+    }
+    assert_eq!(mcp_status(&server, access4).await, 401);
+    // Revoking through OAuth never reaches a token OAuth did not issue.
+    let revoked = http()
+        .post(format!("{base}/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("token", alice.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(mcp_status(&server, &alice).await, 200);
+
+    // Pausing the approver cuts the connector off on its next request; resuming restores it;
+    // revoking it ends it, and the refresh token with it.
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let access5 = tokens["access_token"].as_str().unwrap();
+    assert_eq!(mcp_status(&server, access5).await, 200);
+    ok(&admin, "pause_token", json!({"id": alice_id})).await;
+    assert_eq!(mcp_status(&server, access5).await, 401);
+    ok(&admin, "resume_token", json!({"id": alice_id})).await;
+    assert_eq!(mcp_status(&server, access5).await, 200);
+    ok(&admin, "revoke_token", json!({"id": alice_id})).await;
+    assert_eq!(mcp_status(&server, access5).await, 401);
+    let before = token_count(&admin).await;
+    let (_, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert_eq!(token_count(&admin).await, before, "no token minted");
+
+    // Every step is audited, and no secret, code, verifier or refresh token is in the log.
+    let events = ok(&admin, "list_audit_events", json!({"limit": 100})).await;
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "oauth_register",
+        "oauth_approve",
+        "oauth_token",
+        "oauth_refresh",
+        "oauth_revoke",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "{action} missing from {actions:?}"
+        );
+    }
+    let log = events.to_string();
+    for secret in [&access, &refresh, &access2, &refresh2, &alice] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret reached the audit log"
+        );
+    }
+    assert!(
+        !log.contains("verifier-"),
+        "a verifier reached the audit log"
+    );
+    assert!(
+        !server.stderr().contains(&refresh),
+        "a refresh token reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_authorization_requests_never_redirect_anywhere_unregistered() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let client_id = register_client(&base, "Claude").await;
+    let (_, challenge) = pkce();
+    let count = token_count(&admin).await;
+
+    // Unknown client, or a redirect URI not registered exactly: a 400 page, never a redirect.
+    let other_client = [("client_id", "twc_unknown")];
+    let tricks = [
+        "http://127.0.0.1:9/callback/",
+        "http://127.0.0.1:9/callback?x=1",
+        "http://127.0.0.1:10/callback",
+        "http://localhost:9/callback",
+        "http://127.0.0.1:9/Callback",
+        "http://127.0.0.1:9@evil.example/callback",
+        "http://evil.example/callback",
+        "https://127.0.0.1:9/callback",
+        "http://127.0.0.1:9/callback#x",
+        "",
+    ];
+    let mut cases: Vec<Vec<(&str, &str)>> = vec![other_client.to_vec()];
+    for uri in &tricks {
+        cases.push(vec![("redirect_uri", uri)]);
+    }
+    for case in cases {
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        for (k, v) in &case {
+            params.retain(|(key, _)| key != k);
+            params.push((k, v));
+        }
+        let response = http()
+            .get(authorize_url(&base, &params))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{case:?}");
+        assert!(response.headers().get("location").is_none(), "{case:?}");
+        assert_eq!(response.headers()["x-frame-options"], "DENY");
+    }
+    // A parameter given twice: 400, no redirect.
+    let url = authorize_url(
+        &base,
+        &[("client_id", &client_id), ("client_id", &client_id)],
+    );
+    let response = http().get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers().get("location").is_none());
+
+    // With client and redirect URI right, other faults go back to the client as errors.
+    let other_server = [("resource", "https://other.example/mcp")];
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("code_challenge_method", "plain")], "invalid_request"),
+        (&[("code_challenge_method", "")], "invalid_request"),
+        (&[("code_challenge", "short")], "invalid_request"),
+        (&[("response_type", "token")], "unsupported_response_type"),
+        (&other_server, "invalid_target"),
+    ];
+    for (change, error) in cases {
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("state", "st4te"),
+        ];
+        for (k, v) in change {
+            params.retain(|(key, _)| key != k);
+            params.push((k, v));
+        }
+        let response = http()
+            .get(authorize_url(&base, &params))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{change:?}");
+        let query = redirected(&response);
+        assert_eq!(query["error"], error, "{change:?}");
+        assert_eq!(query["state"], "st4te");
+        assert!(!query.contains_key("code"));
+    }
+    // No PKCE at all.
+    let url = authorize_url(
+        &base,
+        &[
+            ("response_type", "code"),
+            ("client_id", &client_id),
+            ("redirect_uri", REDIRECT),
+        ],
+    );
+    let response = http().get(url).send().await.unwrap();
+    assert_eq!(redirected(&response)["error"], "invalid_request");
+    // The resource this server is, in either spelling, is fine.
+    for resource in [format!("{base}/mcp"), base.clone()] {
+        let response =
+            consent_page(&base, &client_id, &challenge, &[("resource", &resource)]).await;
+        assert_eq!(response.status(), StatusCode::OK, "{resource}");
+    }
+    assert_eq!(token_count(&admin).await, count, "nothing minted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_is_checked_and_bounded() {
+    let (_dir, server) = start(&[
+        "--oauth-registrations-per-minute",
+        "1000",
+        "--oauth-max-clients",
+        "3",
+    ]);
+    let base = base(&server);
+    for (body, error) in [
+        (
+            json!({"redirect_uris": ["http://evil.example/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://claude.ai/cb#x"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://a@claude.ai/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["javascript:alert(1)"]}),
+            "invalid_redirect_uri",
+        ),
+        (json!({"redirect_uris": []}), "invalid_redirect_uri"),
+        (json!({"client_name": "x"}), "invalid_redirect_uri"),
+        (
+            json!({"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"]}),
+            "invalid_client_metadata",
+        ),
+        (json!(["not", "an", "object"]), "invalid_client_metadata"),
+    ] {
+        let (status, answer) = register(&base, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer["error"], error, "{body}");
+    }
+    // Oversized documents: 413.
+    let big = json!({"redirect_uris": [REDIRECT], "client_name": "x".repeat(17 * 1024)});
+    let (status, _) = register(&base, big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Whatever method the client asks for, it is registered public.
+    let (status, answer) = register(
+        &base,
+        json!({"redirect_uris": ["https://claude.ai/api/mcp/auth_callback"], "token_endpoint_auth_method": "client_secret_post"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(answer["token_endpoint_auth_method"], "none");
+    assert_eq!(answer["client_name"], "unnamed client");
+    // The count is bounded: recent clients are not evicted, so the fourth waits (503).
+    register_client(&base, "two").await;
+    register_client(&base, "three").await;
+    let (status, answer) = register(&base, json!({"redirect_uris": [REDIRECT]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+
+    // A flood of registrations: 429 with Retry-After once the bucket is empty.
+    let (_dir2, flooded) = start(&["--oauth-registrations-per-minute", "5"]);
+    let base2 = self::base(&flooded);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = http()
+            .post(format!("{base2}/oauth/register"))
+            .header("content-type", "application/json")
+            .body(json!({"redirect_uris": [REDIRECT]}).to_string())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_token_requests_are_refused_and_mint_nothing() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let other_client = register_client(&base, "Other").await;
+    let count = token_count(&admin).await;
+
+    let exchange = |code: String, verifier: String, overrides: Vec<(&'static str, String)>| {
+        let base = base.clone();
+        let client_id = client_id.clone();
+        async move {
+            let mut form: Vec<(&str, String)> = vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", code),
+                ("redirect_uri", REDIRECT.into()),
+                ("client_id", client_id),
+                ("code_verifier", verifier),
+            ];
+            for (k, v) in overrides {
+                form.retain(|(key, _)| *key != k);
+                if !v.is_empty() {
+                    form.push((k, v));
+                }
+            }
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            token_request(&base, &form).await
+        }
+    };
+    let wrong_verifier = pkce().0;
+    let cases: Vec<(Vec<(&'static str, String)>, &str)> = vec![
+        (vec![("code_verifier", String::new())], "invalid_request"),
+        (vec![("code_verifier", wrong_verifier)], "invalid_grant"),
+        (vec![("client_id", other_client.clone())], "invalid_grant"),
+        (vec![("client_id", "twc_nobody".into())], "invalid_client"),
+        (
+            vec![("redirect_uri", "http://127.0.0.1:9/other".into())],
+            "invalid_grant",
+        ),
+        (
+            vec![("resource", "https://other.example/mcp".into())],
+            "invalid_target",
+        ),
+        (vec![("code", "not-a-code".into())], "invalid_grant"),
+        (
+            vec![("grant_type", "password".into())],
+            "unsupported_grant_type",
+        ),
+        (vec![("grant_type", String::new())], "invalid_request"),
+    ];
+    for (overrides, error) in cases {
+        let (code, verifier) = approved_code(&base, &client_id, &alice, &[]).await;
+        let shown = format!("{overrides:?}");
+        let (status, body) = exchange(code, verifier, overrides).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {body}");
+        assert_eq!(body["error"], error, "{shown}: {body}");
+    }
+    assert_eq!(token_count(&admin).await, count, "no token minted");
+
+    // A code works once; a second use revokes what the first issued.
+    let (code, verifier) = approved_code(&base, &client_id, &alice, &[]).await;
+    let (status, tokens) = exchange(code.clone(), verifier.clone(), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(mcp_status(&server, access).await, 200);
+    let (_, body) = exchange(code, verifier, vec![]).await;
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(mcp_status(&server, access).await, 401);
+    let count = token_count(&admin).await;
+
+    // A refused exchange burns the code: the right verifier after a wrong one is too late.
+    let (code, verifier) = approved_code(&base, &client_id, &alice, &[]).await;
+    let (_, body) = exchange(code.clone(), pkce().0, vec![]).await;
+    assert_eq!(body["error"], "invalid_grant");
+    let (_, body) = exchange(code, verifier, vec![]).await;
+    assert_eq!(body["error"], "invalid_grant");
+
+    // The approver revoked (or paused) between consent and exchange: invalid_grant, no token.
+    for action in ["pause_token", "revoke_token"] {
+        let (code, verifier) = approved_code(&base, &client_id, &alice, &[]).await;
+        ok(&admin, action, json!({"id": alice_id})).await;
+        let (status, body) = exchange(code, verifier, vec![]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+            "{action}: {body}"
+        );
+        if action == "pause_token" {
+            ok(&admin, "resume_token", json!({"id": alice_id})).await;
+        }
+    }
+    assert_eq!(token_count(&admin).await, count, "no token minted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consent_form_refusals_change_nothing() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (narrow, _) = approver(&admin, json!(["whoami", "create_token"])).await;
+    let (cannot_mint, _) = approver(&admin, json!(["whoami"])).await;
+    let client_id = register_client(&base, "<b>Claude</b>").await;
+    let (_, challenge) = pkce();
+    let page = open_page(
+        &base,
+        &client_id,
+        &challenge,
+        &[("scope", "tool:whoami read_only")],
+    )
+    .await;
+    assert!(
+        page.html.contains("&lt;b&gt;Claude&lt;&#x2F;b&gt;"),
+        "{}",
+        page.html
+    );
+    assert!(!page.html.contains("<b>Claude"));
+    assert!(page.cookie.starts_with("tw_oauth_csrf="));
+    assert!(page.html.contains("id=\"read_only\" value=\"1\" checked"));
+    assert_eq!(field(&page.html, "tools"), "whoami");
+    let count = token_count(&admin).await;
+
+    // CSRF: missing, wrong, or without the cookie: 400, nothing created.
+    let wrong_cookie = "tw_oauth_csrf=wrong".to_owned();
+    for (cookie, csrf) in [
+        (Some(page.cookie.as_str()), None),
+        (Some(page.cookie.as_str()), Some("wrong")),
+        (None, Some(page.csrf.as_str())),
+        (Some(wrong_cookie.as_str()), Some(page.csrf.as_str())),
+    ] {
+        let mut form = vec![
+            ("request", page.request.as_str()),
+            ("approver_token", narrow.as_str()),
+            ("decision", "approve"),
+        ];
+        if let Some(csrf) = csrf {
+            form.push(("csrf", csrf));
+        }
+        let response = post_consent(&base, cookie, &form).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{cookie:?} {csrf:?}"
+        );
+        assert!(response.headers().get("location").is_none());
+    }
+    // An unknown request: 400.
+    let response = post_consent(
+        &base,
+        Some(&page.cookie),
+        &[
+            ("request", "nope"),
+            ("csrf", &page.csrf),
+            ("decision", "approve"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // A wrong approver, a scope beyond it, a bad lifetime, an approver that may not mint:
+    // the page again with a message, never the pasted secret.
+    let unknown = "mcp_000000000000000000000000000000000000";
+    for (approver, extra, message) in [
+        (unknown, vec![], "cannot approve"),
+        ("not a token", vec![], "cannot approve"),
+        (
+            narrow.as_str(),
+            vec![("tools", "whoami revoke_token")],
+            "exceeds",
+        ),
+        (narrow.as_str(), vec![("lifetime_seconds", "5")], "lifetime"),
+        (
+            narrow.as_str(),
+            vec![("lifetime_seconds", "many")],
+            "lifetime",
+        ),
+        (cannot_mint.as_str(), vec![], "create_token"),
+    ] {
+        let response = approve(&base, &page, approver, &extra).await;
+        assert_eq!(response.status(), StatusCode::OK, "{extra:?}");
+        let html = response.text().await.unwrap();
+        let error = html
+            .split("id=\"error\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no error in {html}"));
+        assert!(error.contains(message), "{message}: {error}");
+        assert!(
+            !html.contains(approver) || approver == "not a token",
+            "the secret was echoed"
+        );
+    }
+    assert_eq!(token_count(&admin).await, count, "nothing created");
+
+    // Deny: back to the client with access_denied, once.
+    let response = post_consent(
+        &base,
+        Some(&page.cookie),
+        &[
+            ("request", &page.request),
+            ("csrf", &page.csrf),
+            ("decision", "deny"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let query = redirected(&response);
+    assert_eq!(query["error"], "access_denied");
+    assert_eq!(query["state"], "st4te");
+    let response = approve(&base, &page, &narrow, &[]).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_REQUEST,
+        "a decided request is gone"
+    );
+    assert_eq!(token_count(&admin).await, count, "nothing created");
+}
