@@ -250,3 +250,86 @@ async fn mcp_remote_connects_without_a_header() {
     );
     admin.cancel().await.unwrap();
 }
+
+/// Every connector meets a 401 first, and again after its approver is revoked: the challenge
+/// must reach it. A client that writes a POST's headers and body separately (h11 and so the
+/// Python SDK do) must get the whole 401 and a connection it can use again, or one marked
+/// `connection: close`. Before the fix the guard answered before reading the body and the
+/// connection closed when the body arrived, so the client's socket was reset and the SDK
+/// reported "Server disconnected without sending a response" instead of the challenge (seen in
+/// about 1 of 8 runs of the Python flow on a loaded machine). The pause only orders the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_gets_its_401_even_when_the_body_comes_later() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let mut socket = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer mcp_{}\r\n\
+         content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+         content-length: {}\r\n\r\n",
+        server.addr,
+        "x".repeat(36),
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    socket.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let outcome = loop {
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(0)) => break "closed".to_owned(),
+            Ok(Ok(n)) => {
+                received.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&received);
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if length.is_some_and(|len| rest.len() >= len) {
+                        break "complete".to_owned();
+                    }
+                }
+            }
+            Ok(Err(e)) => break format!("read error: {e}"),
+            Err(_) => break "no answer within 10 s".to_owned(),
+        }
+    };
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert_eq!(
+        outcome, "complete",
+        "the 401 did not arrive whole: {text:?}"
+    );
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("resource_metadata="), "{text}");
+    if text.contains("connection: close") {
+        return;
+    }
+    // Not marked closing: the connection must serve the next request.
+    let next = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", server.addr);
+    let sent = socket.write_all(next.as_bytes()).await;
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    assert!(
+        sent.is_ok() && String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"),
+        "a kept-alive connection died after the 401 (not marked connection: close): {:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+}
