@@ -935,3 +935,348 @@ async fn consent_form_refusals_change_nothing() {
     );
     assert_eq!(token_count(&admin).await, count, "nothing created");
 }
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("TOKENWARDEN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_lists_clients_and_grants_and_removing_a_client_revokes_its_tokens() {
+    let (dir, mut server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let kept = register_client(&base, "Other").await;
+    let tokens = grant(&base, &client_id, &alice, &[("buckets", "docs")]).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    drop(admin);
+    server.stop();
+
+    let listed = cli(dir.path(), &["--json", "oauth", "clients"]);
+    assert!(listed.status.success());
+    let clients: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 2);
+    let listed = cli(dir.path(), &["--json", "oauth", "grants"]);
+    let grants: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let grant = &grants["grants"][0];
+    assert_eq!(grant["client_id"], json!(client_id));
+    assert_eq!(grant["client_name"], "Claude");
+    assert_eq!(grant["approver"], json!(alice_id));
+    assert_eq!(grant["buckets"], json!(["docs"]));
+    assert_eq!(grant["access_token_status"], "active");
+    let human = cli(dir.path(), &["oauth", "grants"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.starts_with("GRANT_ID"), "{text}");
+    assert!(!text.contains(&refresh) && !text.contains(&access));
+
+    let missing = cli(dir.path(), &["oauth", "remove-client", "twc_nobody"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no OAuth client twc_nobody"), "{stderr}");
+
+    let removed = cli(
+        dir.path(),
+        &["--json", "oauth", "remove-client", &client_id],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let removed: Value = serde_json::from_slice(&removed.stdout).unwrap();
+    assert_eq!(removed["grants_ended"], 1);
+    let child = grant["access_token"].as_str().unwrap();
+    let got = cli(dir.path(), &["--json", "token", "get", child]);
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["status"], "revoked");
+    let listed = cli(dir.path(), &["--json", "oauth", "clients"]);
+    let clients: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(clients["clients"][0]["client_id"], json!(kept));
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 1);
+
+    // Served again: the access token is refused, the refresh token and the client unknown.
+    let server = Server::start(dir.path(), &[]);
+    let base = self::base(&server);
+    assert_eq!(mcp_status(&server, &access).await, 401);
+    let (_, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    let response = consent_page(&base, &client_id, &pkce().1, &[]).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The access token of a token response, the id of its token, and its refresh token.
+async fn granted(server: &Server, tokens: &Value) -> (String, String, String) {
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let me = ok(
+        &connect_http(&server.url(), &access).await,
+        "whoami",
+        json!({}),
+    )
+    .await;
+    (
+        access,
+        me["id"].as_str().unwrap().to_owned(),
+        tokens["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn refresh_with(base: &str, client_id: &str, refresh: &str) -> (StatusCode, Value) {
+    token_request(
+        base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_never_resurrects_a_token_a_person_acted_on() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+
+    // Revoked or paused by a person: the refresh ends the grant and mints nothing.
+    for action in ["revoke_token", "pause_token"] {
+        let tokens = grant(&base, &client_id, &alice, &[]).await;
+        let (access, child, refresh) = granted(&server, &tokens).await;
+        ok(&admin, action, json!({"id": child})).await;
+        let before = token_count(&admin).await;
+        let (status, body) = refresh_with(&base, &client_id, &refresh).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+            "{action}: {body}"
+        );
+        assert_eq!(
+            token_count(&admin).await,
+            before,
+            "{action}: no token minted"
+        );
+        // The grant is over: resuming the child does not bring the refresh token back.
+        if action == "pause_token" {
+            assert_eq!(mcp_status(&server, &access).await, 401);
+        }
+        let (_, body) = refresh_with(&base, &client_id, &refresh).await;
+        assert_eq!(body["error"], "invalid_grant", "{action}: {body}");
+    }
+
+    // Narrowed by a person: the narrowing survives the refresh.
+    let tokens = grant(
+        &base,
+        &client_id,
+        &alice,
+        &[("tools", "whoami list_tokens get_token")],
+    )
+    .await;
+    let (_, child, refresh) = granted(&server, &tokens).await;
+    ok(
+        &admin,
+        "scope_token",
+        json!({"id": child, "tools": ["whoami"], "read_only": true}),
+    )
+    .await;
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "rate_limit_per_minute": 7}),
+    )
+    .await;
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let connector = connect_http(&server.url(), refreshed["access_token"].as_str().unwrap()).await;
+    assert_eq!(tool_names(&connector).await, ["whoami"]);
+    let me = ok(&connector, "whoami", json!({})).await;
+    assert_ne!(me["id"], json!(child));
+    assert_eq!(me["read_only"], json!(true), "{me}");
+    assert_eq!(me["rate_limit_per_minute"], json!(7), "{me}");
+
+    // Plain expiry still refreshes.
+    let tokens = grant(&base, &client_id, &alice, &[("lifetime_seconds", "60")]).await;
+    let (_, child, refresh) = granted(&server, &tokens).await;
+    // Expire the child now (the owner may shorten it), then refresh.
+    let soon = time_in(2);
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "expires_at": soon}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an expired child refreshes: {refreshed}"
+    );
+}
+
+/// RFC 3339 for `seconds` from now.
+fn time_in(seconds: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browsers_post_the_consent_form_with_its_real_origin_and_a_strict_cookie() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let (_, challenge) = pkce();
+    let response = consent_page(&base, &client_id, &challenge, &[]).await;
+    // `no-referrer` makes browsers post the form with `Origin: null`, which the origin check
+    // refuses; `same-origin` lets them send the page's origin.
+    assert_eq!(response.headers()["referrer-policy"], "same-origin");
+    // The CSRF cookie: HttpOnly, SameSite=Strict, not Secure on an http public URL.
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("; HttpOnly"), "{cookie}");
+    assert!(cookie.contains("; SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("; Path=/oauth"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let html = response.text().await.unwrap();
+    let page = Page {
+        request: field(&html, "request"),
+        csrf: field(&html, "csrf"),
+        cookie: cookie.split(';').next().unwrap().to_owned(),
+        html,
+    };
+    let form = [
+        ("request", page.request.as_str()),
+        ("csrf", page.csrf.as_str()),
+        ("approver_token", alice.as_str()),
+        ("decision", "approve"),
+    ];
+    let post = |origin: String| {
+        http()
+            .post(format!("{base}/oauth/authorize"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", page.cookie.clone())
+            .header("origin", origin)
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+    };
+    // `Origin: null` stays refused in general; the page's own origin passes.
+    assert_eq!(
+        post("null".into()).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let response = post(base.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(redirected(&response).contains_key("code"));
+
+    // On an https public URL the cookie is Secure as well.
+    let (_dir2, tls) = start(&["--public-url", "https://tw.example.com"]);
+    let tls_base = format!("http://{}", tls.addr);
+    let client_id = register_client(&tls_base, "Claude").await;
+    let response = consent_page(&tls_base, &client_id, &challenge, &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+}
+
+/// A JSON-RPC `tools/list` on `session` with `secret`: the HTTP status.
+async fn list_in_session(server: &Server, secret: &str, session: &str) -> u16 {
+    common::raw_post(
+        &server.url(),
+        &[
+            ("authorization", &bearer(secret)),
+            ("mcp-session-id", session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string(),
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_carries_on_with_the_token_a_refresh_issued() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let (access, child, refresh) = granted(&server, &tokens).await;
+    // Another connector of the same approver: a token of another grant.
+    let other = grant(&base, &client_id, &alice, &[]).await;
+    let other = other["access_token"].as_str().unwrap().to_owned();
+
+    let opened = raw_initialize(&server.url(), &[("authorization", &bearer(&access))]).await;
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = common::raw_post(
+        &server.url(),
+        &[
+            ("authorization", &bearer(&access)),
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+    )
+    .await;
+    assert_eq!(initialized.status(), StatusCode::ACCEPTED);
+    assert_eq!(list_in_session(&server, &access, &session).await, 200);
+
+    // Tokens that do not succeed the session's: refused, and the session stays its owner's.
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+    assert_eq!(list_in_session(&server, &alice, &session).await, 403);
+    // Even when the metadata claims the same grant (metadata is anyone's to edit).
+    let other_id = ok(
+        &connect_http(&server.url(), &other).await,
+        "whoami",
+        json!({}),
+    )
+    .await;
+    let mut claimed = other_id["metadata"].clone();
+    let grant_id =
+        ok(&admin, "get_token", json!({"id": child})).await["metadata"]["oauth_grant_id"].clone();
+    claimed["oauth_grant_id"] = grant_id;
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": other_id["id"], "metadata": claimed}),
+    )
+    .await;
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+
+    // The refresh's token carries the session on; the old one is revoked.
+    let (status, refreshed) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let access2 = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(list_in_session(&server, &access2, &session).await, 200);
+    assert_eq!(list_in_session(&server, &access2, &session).await, 200);
+    assert_eq!(list_in_session(&server, &access, &session).await, 401);
+    assert_eq!(list_in_session(&server, &other, &session).await, 403);
+}

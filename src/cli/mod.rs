@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod oauth;
 pub mod output;
 pub mod serve;
 pub mod token;
@@ -75,6 +76,13 @@ pub enum Command {
     ///
     /// Example: tokenwarden upstreams --upstreams ~/.config/tokenwarden/upstreams.json
     Upstreams(upstreams::UpstreamsArgs),
+
+    /// Show the OAuth clients and grants of the store, or remove a client (its grants end and
+    /// their access tokens are revoked).
+    ///
+    /// Example: tokenwarden oauth grants --json
+    #[command(name = "oauth")]
+    OAuth(oauth::OAuthArgs),
 }
 
 /// `--data-dir`, else `$TOKENWARDEN_DATA_DIR`, else the platform's per-user data directory.
@@ -110,6 +118,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => backup::export(&cli, args),
         Command::Import(args) => backup::import(&cli, args),
         Command::Upstreams(args) => upstreams::run(&cli, args).await,
+        Command::OAuth(args) => oauth::run(&cli, args),
     }
 }
 

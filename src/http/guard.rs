@@ -34,7 +34,13 @@ pub(super) struct GuardState {
     pub sessions: Arc<Sessions>,
     /// Where the protected resource metadata lives: every challenge names it (RFC 9728 §5.1).
     pub resource_metadata: Arc<str>,
+    /// Whether the second token succeeds the first (an OAuth refresh replaced it), so a session
+    /// the first opened may carry on with the second.
+    pub succeeds: Arc<Succession>,
 }
+
+/// Asked with (the token that opened a session, the token presenting it now).
+pub(super) type Succession = dyn Fn(&TokenId, &TokenId) -> bool + Send + Sync;
 
 /// Why a request carries no usable bearer.
 enum NoBearer {
@@ -202,7 +208,13 @@ pub(super) async fn guard(
     if let Some(session) = &session {
         match state.sessions.check(session, &token_id) {
             SessionCheck::Owned => {}
-            SessionCheck::Foreign => {
+            SessionCheck::Foreign(owner)
+                if (state.succeeds)(&owner, &token_id)
+                    && state.sessions.rebind(session, &owner, &token_id) =>
+            {
+                tracing::debug!(from = %owner, to = %token_id, "a session carries on with its token's successor");
+            }
+            SessionCheck::Foreign(_) => {
                 tracing::debug!(token = %token_id, "refused request: session belongs to another token");
                 return (
                     StatusCode::FORBIDDEN,

@@ -69,6 +69,8 @@ pub fn router(
     allowed_origins.push(config.oauth.origin());
     let origins = Arc::new(cors::allowed_origins(&allowed_origins)?);
     let manager = Arc::new(session_manager());
+    let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
+    let successions = Arc::clone(&oauth);
     let state = GuardState {
         service: Arc::clone(&service),
         sessions: Arc::new(sessions::Sessions::new(
@@ -76,8 +78,8 @@ pub fn router(
             config.sessions,
         )),
         resource_metadata: config.oauth.resource_metadata_url().into(),
+        succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
     };
-    let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
     Ok(Router::new()
         .route_service("/mcp", mcp_service(service, manager, config, shutdown))
         .route_layer(middleware::from_fn_with_state(state, guard::guard))

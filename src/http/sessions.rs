@@ -63,8 +63,8 @@ impl Tables {
 pub enum SessionCheck {
     /// The session belongs to this token (its use is recorded).
     Owned,
-    /// Another token opened it.
-    Foreign,
+    /// Another token (this one) opened it.
+    Foreign(TokenId),
     /// No live session has this id.
     Unknown,
 }
@@ -94,7 +94,7 @@ impl Sessions {
                 entry.last_used = Instant::now();
                 SessionCheck::Owned
             }
-            Some(_) => SessionCheck::Foreign,
+            Some(entry) => SessionCheck::Foreign(entry.token.clone()),
             None => SessionCheck::Unknown,
         }
     }
@@ -178,6 +178,32 @@ impl Sessions {
         }
     }
 
+    /// Hands a session from `from` to `to` (a token that succeeds it); false if the session
+    /// is gone or no longer `from`'s.
+    pub fn rebind(&self, session: &str, from: &TokenId, to: &TokenId) -> bool {
+        let mut tables = self.lock();
+        let Some(entry) = tables.by_session.get_mut(session) else {
+            return false;
+        };
+        if entry.token != *from {
+            return false;
+        }
+        entry.token = to.clone();
+        entry.last_used = Instant::now();
+        let Some((key, _)) = tables.by_session.get_key_value(session) else {
+            return false;
+        };
+        let key = Arc::clone(key);
+        if let Some(list) = tables.by_token.get_mut(from) {
+            list.retain(|s| **s != *session);
+            if list.is_empty() {
+                tables.by_token.remove(from);
+            }
+        }
+        tables.by_token.entry(to.clone()).or_default().push(key);
+        true
+    }
+
     /// Forgets a session the client ended.
     pub fn closed(&self, session: &str) {
         self.lock().forget(session);
@@ -247,7 +273,7 @@ mod tests {
         assert!(matches!(sessions.check("s1", &a), SessionCheck::Owned));
         assert!(matches!(sessions.check("s3", &a), SessionCheck::Owned));
         assert!(matches!(sessions.check("t1", &b), SessionCheck::Owned));
-        assert!(matches!(sessions.check("t1", &a), SessionCheck::Foreign));
+        assert!(matches!(sessions.check("t1", &a), SessionCheck::Foreign(_)));
         assert_eq!(sessions.count(), 3);
     }
 

@@ -54,7 +54,9 @@ fn redirect_origin(uri: &str) -> Option<String> {
     origin.is_tuple().then(|| origin.ascii_serialization())
 }
 
-/// Headers every OAuth HTML page carries: no framing, no caching, no referrer, no scripts.
+/// Headers every OAuth HTML page carries: no framing, no caching, no scripts, no referrer to
+/// other sites. `same-origin`, not `no-referrer`: with `no-referrer` browsers post the form
+/// with `Origin: null`, which the origin check refuses.
 fn html(status: StatusCode, body: String, form_target: Option<&str>) -> Response {
     let form_action = match form_target.and_then(redirect_origin) {
         Some(origin) => format!("'self' {origin}"),
@@ -77,7 +79,7 @@ fn html(status: StatusCode, body: String, form_target: Option<&str>) -> Response
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

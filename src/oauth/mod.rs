@@ -37,6 +37,7 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::secret::TokenId;
 use crate::service::Service;
 use crate::store::oauth::OAuthStore;
 use pending::Expiring;
@@ -155,6 +156,21 @@ impl OAuth {
 
     pub fn config(&self) -> &OAuthConfig {
         &self.config
+    }
+
+    /// Whether `current` is the current access token of the grant that issued `earlier`
+    /// before it: a session opened with `earlier` may carry on with `current` after a refresh.
+    /// Decided from the grant's own record of what it issued, never from token metadata
+    /// (which anyone managing the token can edit).
+    pub fn succeeds(&self, earlier: &TokenId, current: &TokenId) -> bool {
+        match self.store.grant_by_access_token(current) {
+            Ok(Some(grant)) => grant.previous.contains(earlier),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("reading OAuth grants failed: {e}");
+                false
+            }
+        }
     }
 }
 

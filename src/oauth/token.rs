@@ -28,9 +28,11 @@ use super::{
     MAX_FORM_BYTES, OAuth, REFRESH_LIFETIME_SECONDS, blocking, json_no_store, lock, oauth_error,
     random_string, read_body,
 };
+use crate::record::Status;
+use crate::rules::scope::Scope;
 use crate::secret::TokenId;
 use crate::service::Caller;
-use crate::service::requests::{RevokeToken, TokenRef};
+use crate::service::requests::{CreateToken, RevokeToken, TokenRef, TokenView};
 use crate::store::oauth::{ApprovedScope, Grant, OAuthClient, RefreshLookup};
 use crate::timestamp::Timestamp;
 
@@ -263,6 +265,7 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         &approved.approver,
         &approved.scope,
         &grant_id,
+        None,
     )?;
     let refresh_token = random_string(32);
     let grant = Grant::new(
@@ -328,12 +331,43 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         end_grant(oauth, &grant, "refresh token expired");
         return Err(refuse("invalid_grant", "this refresh token has expired"));
     }
+    // A person may have acted on the current access token since the last exchange: revoked
+    // or paused, the grant ends (a refresh must not resurrect it); narrowed, the narrowing
+    // carries over to the next child. Plain expiry is what refresh is for.
+    let current = match oauth.service.get_token(
+        &Caller::Owner,
+        TokenRef {
+            id: grant.access_token.to_string(),
+        },
+    ) {
+        Ok(view) => view,
+        Err(e) if e.code == crate::error::ErrorCode::NotFound => {
+            end_grant(oauth, &grant, "access token deleted");
+            return Err(refuse(
+                "invalid_grant",
+                "the grant's access token was deleted; the grant is revoked",
+            ));
+        }
+        Err(e) => return Err(unavailable(e.message)),
+    };
+    if matches!(current.status, Status::Revoked | Status::Paused) {
+        let why = format!("access token {}", current.status.as_str());
+        end_grant(oauth, &grant, &why);
+        return Err(refuse(
+            "invalid_grant",
+            format!(
+                "the grant's access token was {} by a person; the grant is revoked",
+                current.status.as_str()
+            ),
+        ));
+    }
     let minted = mint(
         oauth,
         &client,
         &grant.approver,
         &grant.scope,
         &grant.grant_id,
+        Some(&current),
     )?;
     let refresh_token = random_string(32);
     if let Err(e) = oauth.store.rotate(
@@ -377,13 +411,17 @@ struct Minted {
 }
 
 /// Mints the grant's next access token: a child of the approver, created with the approver as
-/// the caller, so `create_token` checks the approver's standing when the child commits.
+/// the caller, so `create_token` checks the approver's standing when the child commits. On a
+/// refresh, `previous` is the current child: the new one gets its scope clamped to the
+/// approver's now (so a narrowing of the child survives, a widening of the approver does not
+/// reach it), and the uses it had left.
 fn mint(
     oauth: &OAuth,
     client: &OAuthClient,
     approver: &TokenId,
     scope: &ApprovedScope,
     grant_id: &str,
+    previous: Option<&TokenView>,
 ) -> Result<Minted, Refusal> {
     let service = &oauth.service;
     let caller = Caller::Token(approver.clone());
@@ -413,17 +451,18 @@ fn mint(
     let refresh_expires_at = view
         .expires_at
         .map_or(refresh_wanted, |cap| cap.min(refresh_wanted));
+    let mut request = child_request(
+        scope,
+        &client.client_id,
+        &client.client_name,
+        grant_id,
+        Some(expires_at.to_string()),
+    );
+    if let Some(previous) = previous {
+        carry_over(&mut request, previous, &view);
+    }
     let issued = service
-        .create_token(
-            &caller,
-            child_request(
-                scope,
-                &client.client_id,
-                &client.client_name,
-                grant_id,
-                Some(expires_at.to_string()),
-            ),
-        )
+        .create_token(&caller, request)
         .map_err(|e| cannot(format!("cannot mint the access token: {}", e.message)))?;
     Ok(Minted {
         id: issued.record.id,
@@ -431,6 +470,39 @@ fn mint(
         expires_in: (expires_at.millis() - now.millis()) / 1000,
         refresh_expires_at,
     })
+}
+
+/// The scope of a token as shown, in the form attenuation works on.
+fn scope_of(view: &TokenView) -> Scope {
+    Scope {
+        environment: view.environment.clone(),
+        buckets: view.buckets.clone(),
+        tools: view.tools.clone(),
+        read_only: view.read_only,
+        admin: view.admin,
+        allowed_ips: view.allowed_ips.clone(),
+        expires_at: None,
+        max_uses: view.remaining_uses.or(view.max_uses),
+        rate_limit_per_minute: view.rate_limit_per_minute,
+        deny_tools: view.deny_tools.clone(),
+    }
+}
+
+/// Sets the next child's scope to the current child's clamped to the approver's now (the
+/// current child already lies within the grant's approved scope): whatever narrowing a person
+/// applied to the child (`scope_token`, `update_token`) carries over. `max_uses` carries the
+/// uses the child had left.
+fn carry_over(request: &mut CreateToken, previous: &TokenView, approver: &TokenView) {
+    let scope = scope_of(previous).clamped_to(&scope_of(approver));
+    let strings = |items: &[_]| -> Vec<String> { items.iter().map(ToString::to_string).collect() };
+    request.buckets = Some(scope.buckets.clone());
+    request.tools = Some(strings(&scope.tools));
+    request.deny_tools = Some(strings(&scope.deny_tools));
+    request.read_only = scope.read_only.then_some(true);
+    request.allowed_ips = (!scope.allowed_ips.is_empty())
+        .then(|| scope.allowed_ips.iter().map(ToString::to_string).collect());
+    request.max_uses = scope.max_uses.map(|n| n.min(i64::MAX as u64) as i64);
+    request.rate_limit_per_minute = scope.rate_limit_per_minute.map(i64::from);
 }
 
 /// Revokes a token the OAuth server issued (as the owner: a paused or expired child, or one

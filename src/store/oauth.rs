@@ -30,6 +30,9 @@ const CURRENT: u8 = b'c';
 const SPENT: u8 = b's';
 /// How many spent refresh hashes a grant remembers for reuse detection.
 pub const SPENT_REFRESH_KEPT: usize = 32;
+/// How many earlier access tokens a grant remembers for its sessions (sessions idle out after
+/// 10 minutes, so the one before the current is what matters).
+pub const PREVIOUS_KEPT: usize = 4;
 
 /// A client registered through dynamic client registration (RFC 7591). Public: no secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +75,10 @@ pub struct Grant {
     refresh_hash: [u8; 32],
     #[serde(with = "hex32_list")]
     spent: Vec<[u8; 32]>,
+    /// The access tokens this grant issued before the current one, newest last (at most
+    /// [`PREVIOUS_KEPT`]): a session opened with one of them may carry on with the current one.
+    #[serde(default)]
+    pub previous: Vec<TokenId>,
 }
 
 /// What a refresh token's hash names.
@@ -108,6 +115,7 @@ impl Grant {
             refresh_expires_at,
             refresh_hash: refresh_hash(refresh_token),
             spent: Vec::new(),
+            previous: Vec::new(),
         }
     }
 
@@ -306,6 +314,10 @@ impl OAuthStore {
             prefixed(ACCESS, access_token.as_str().as_bytes()),
             key.clone(),
         );
+        updated.previous.push(grant.access_token.clone());
+        if updated.previous.len() > PREVIOUS_KEPT {
+            updated.previous.remove(0);
+        }
         updated.access_token = access_token;
         updated.refreshed_at = Some(now);
         updated.refresh_expires_at = refresh_expires_at;
