@@ -1,5 +1,6 @@
 //! Drives the server with the official MCP Python SDK (`mcp` from PyPI): a client this
-//! repository did not write. The SDK is installed into `target/py-mcp` on first use.
+//! repository did not write. The SDK is installed into `target/py-mcp` on first use
+//! (`common::installs`).
 
 mod common;
 
@@ -7,39 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::Server;
+use common::installs::python_with_sdk;
 use tempfile::TempDir;
-
-/// The SDK version the tests pin; `.ci/run` installs the same.
-const MCP_SDK: &str = "mcp==2.3.0";
-
-fn python_with_sdk() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-mcp");
-    let python = venv.join("bin/python");
-    let has_sdk = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import mcp, httpx2"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_sdk {
-        let created = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status();
-        assert!(
-            created.is_ok_and(|s| s.success()),
-            "python3 -m venv failed: is Python 3.10+ installed?"
-        );
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", MCP_SDK])
-            .status();
-        assert!(
-            installed.is_ok_and(|s| s.success()),
-            "pip install {MCP_SDK} failed"
-        );
-    }
-    python
-}
 
 /// The agent flow (mint, use, escalate, revoke) through the Python SDK over streamable HTTP, in
 /// its default mode (2026-07-28, stateless requests) and in legacy mode (initialize and a

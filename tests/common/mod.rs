@@ -19,6 +19,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 
+pub mod installs;
 pub mod raw_http;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
