@@ -56,7 +56,7 @@ pub fn run(cli: &Cli, args: &OAuthArgs) -> Result<(), CliError> {
         OAuthCommand::RemoveClient { .. } => super::Access::Write,
         _ => super::Access::Read,
     };
-    let service = super::owner_service(cli, access)?;
+    let service = super::owner_service(cli, access, super::service_config(cli))?;
     let result = match &args.command {
         OAuthCommand::Clients => clients(&service),
         OAuthCommand::Grants => grants(&service),
