@@ -120,7 +120,10 @@ async def approve(
         check("frame-ancestors 'none'" in csp, f"the consent page forbids framing: {csp!r}")
         check(page.headers.get("x-frame-options", "").upper() == "DENY", str(page.headers))
         check("no-store" in page.headers.get("cache-control", ""), str(page.headers))
-        check("tw_oauth_csrf" in browser.cookies, f"the page sets the CSRF cookie: {browser.cookies}")
+        check(
+            any(name.startswith("tw_oauth_csrf_") for name in browser.cookies),
+            f"the page sets its request's CSRF cookie: {browser.cookies}",
+        )
         if client_name is not None:
             check(client_name in page.text, f"the page names the client {client_name!r}")
         redirect_host = urlsplit(redirect_uri).hostname or ""
