@@ -205,6 +205,76 @@ async fn round(url: &str, bearer: Option<&str>, tool: &str, clients: usize, seco
     }
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Linux reports in clock ticks of 1/100 s on every platform this runs on.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Context switches (voluntary and not) of every thread of a process so far: each is a
+/// thread that went to sleep waiting for something, or was preempted.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// What the upstream (node) and tokenwarden spent per call over some rounds.
+#[derive(Default)]
+struct Cost {
+    calls: usize,
+    node_cpu: Duration,
+    tw_cpu: Duration,
+    tw_switches: u64,
+}
+
+impl Cost {
+    fn snapshot(pids: (u32, u32)) -> (Duration, Duration, u64) {
+        (cpu_time(pids.0), cpu_time(pids.1), context_switches(pids.1))
+    }
+
+    fn add(&mut self, pids: (u32, u32), before: (Duration, Duration, u64), calls: usize) {
+        let after = Cost::snapshot(pids);
+        self.calls += calls;
+        self.node_cpu += after.0 - before.0;
+        self.tw_cpu += after.1 - before.1;
+        self.tw_switches += after.2 - before.2;
+    }
+
+    fn show(&self) -> String {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / self.calls.max(1) as f64;
+        format!(
+            "CPU per call: upstream {:.0} µs, tokenwarden {:.0} µs ({:.1} context switches)",
+            per(self.node_cpu),
+            per(self.tw_cpu),
+            self.tw_switches as f64 / self.calls.max(1) as f64
+        )
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -261,6 +331,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let pids = (_everything.0.id(), _tokenwarden.0.id());
     runtime.block_on(async {
         // Wait until the gateway has connected to the upstream.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -286,11 +357,15 @@ fn main() {
             let mut direct = Vec::new();
             let mut through = Vec::new();
             let (mut direct_calls, mut direct_secs, mut gw_calls, mut gw_secs) = (0, 0.0, 0, 0.0);
+            let (mut direct_cost, mut gw_cost) = (Cost::default(), Cost::default());
             for _ in 0..rounds {
+                let before = Cost::snapshot(pids);
                 let d = round(&direct_url, None, "echo", clients, seconds).await;
+                direct_cost.add(pids, before, d.latencies.len());
                 direct_calls += d.latencies.len();
                 direct_secs += d.seconds;
                 direct.extend(d.latencies);
+                let before = Cost::snapshot(pids);
                 let g = round(
                     &gateway_url,
                     Some(&admin),
@@ -299,6 +374,7 @@ fn main() {
                     seconds,
                 )
                 .await;
+                gw_cost.add(pids, before, g.latencies.len());
                 gw_calls += g.latencies.len();
                 gw_secs += g.seconds;
                 through.extend(g.latencies);
@@ -307,7 +383,10 @@ fn main() {
             through.sort();
             // tokenwarden's own floor: a tool it answers itself, same client, same connection
             // pattern.
+            let mut own_cost = Cost::default();
+            let before = Cost::snapshot(pids);
             let mut own = round(&gateway_url, Some(&admin), "whoami", clients, seconds).await;
+            own_cost.add(pids, before, own.latencies.len());
             let own_rate = own.latencies.len() as f64 / own.seconds;
             own.latencies.sort();
             let d_rate = direct_calls as f64 / direct_secs;
@@ -336,6 +415,9 @@ fn main() {
                 (g50.as_secs_f64() - d50.as_secs_f64()) * 1e3,
                 100.0 * g_rate / d_rate
             );
+            println!("{clients} client(s): direct  {}", direct_cost.show());
+            println!("{clients} client(s): gateway {}", gw_cost.show());
+            println!("{clients} client(s): whoami  {}", own_cost.show());
         }
     });
 }

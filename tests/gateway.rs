@@ -1312,6 +1312,45 @@ async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
     let _ = upstream.wait();
 }
 
+/// Forwarded calls to an HTTP upstream reuse kept-alive connections: rmcp's default client
+/// opened a new TCP connection for every request (a connect per call, and an accept for the
+/// upstream). The test upstream logs the address each call came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_upstream_calls_reuse_kept_alive_connections() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = setup.path("web.log");
+    let mut upstream = http_fixture(port, &log);
+    let servers = json!({"web": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp")}});
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["web"], "connected").await;
+    for _ in 0..10 {
+        ok(&admin, "web__read_note", json!({})).await;
+    }
+    server.stop();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let peers: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("peer "))
+        .collect();
+    let calls = text.lines().filter(|l| *l == "call read_note").count();
+    assert_eq!(calls, 10, "{text}");
+    // One connection, or a few if the machine stalled past the idle timeout; one per call
+    // without the pool.
+    assert!(
+        peers.len() <= 3,
+        "10 calls came over {} connections",
+        peers.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_never_show_expanded_config_values() {
     const VALUE: &str = "s3cr3tVALUEdoNotLeak";

@@ -12,7 +12,7 @@
 //! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
 //!
 //! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `cancelled NAME`,
-//! `header NAME: VALUE`) so tests can see what reached the upstream.
+//! `header NAME: VALUE`, and over HTTP `peer ADDR`, the address the call came from) so tests can see what reached the upstream.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -137,6 +137,13 @@ impl ServerHandler for Fixture {
         let args = request.arguments.unwrap_or_default();
         log(&format!("call {name}"));
         if let Some(parts) = context.extensions.get::<axum::http::request::Parts>() {
+            if let Some(axum::extract::ConnectInfo(peer)) =
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            {
+                log(&format!("peer {peer}"));
+            }
             for (header, value) in &parts.headers {
                 log(&format!(
                     "header {header}: {}",
@@ -218,6 +225,9 @@ async fn main() {
         let app = axum::Router::new().nest_service("/mcp", service);
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         println!("listening on {}", listener.local_addr().expect("addr"));
+        // The caller's address goes into each call's log: the gateway's tests count the
+        // connections its calls came over.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(listener, app).await;
         return;
     }

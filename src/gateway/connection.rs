@@ -26,6 +26,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_millis(500);
 /// How often an idle HTTP upstream is pinged to notice that it went away.
 const HTTP_PING: Duration = Duration::from_secs(10);
+/// How long an idle kept-alive connection to an HTTP upstream is kept for the next call.
+const HTTP_IDLE: Duration = Duration::from_secs(3);
 /// The longest stderr line logged from an upstream.
 const MAX_LOG_LINE: usize = 2000;
 /// The most bytes of one upstream stderr line kept while reading it.
@@ -343,7 +345,7 @@ impl Connection {
                     custom.insert(name, value);
                 }
                 config = config.custom_headers(custom);
-                let transport = StreamableHttpClientTransport::from_config(config);
+                let transport = StreamableHttpClientTransport::with_client(http_client()?, config);
                 match tokio::time::timeout(timeout, handler.serve(transport)).await {
                     Ok(Ok(running)) => Ok(Session::new(running, None)),
                     Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact_url(url))),
@@ -517,6 +519,38 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(2), closed.wait_for(|c| *c)).await;
         kill_group(self.group).await;
     }
+}
+
+/// The HTTP client for one upstream session. Unlike rmcp's default client, it keeps
+/// connections alive between calls: rmcp's default opens a new TCP connection for every
+/// request (`pool_max_idle_per_host(0)`, to dodge a delayed-ACK stall on bodies left unread;
+/// rmcp now drains a response stream after its answer, so a reused connection does not
+/// stall), which cost each forwarded call a connect and the upstream an accept. Idle
+/// connections are dropped after [`HTTP_IDLE`], before common servers' own keep-alive
+/// timeouts (Node and uvicorn close after 5 s), so a call is not sent on a connection the
+/// upstream is closing. Redirects: only same-origin 307/308 are followed (they keep the
+/// method and body), at most 10, like rmcp's default; anything else is answered as is, so no
+/// configured header is replayed to another host.
+fn http_client() -> Result<reqwest::Client, String> {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_body = matches!(attempt.status().as_u16(), 307 | 308);
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !keeps_body || !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .pool_idle_timeout(HTTP_IDLE)
+        .redirect(redirects)
+        .build()
+        .map_err(|e| format!("cannot set up an HTTP client: {e}"))
 }
 
 /// SIGTERM to the process group, then SIGKILL after a short grace.
