@@ -15,16 +15,13 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 
 use super::sessions::{SessionCheck, Sessions};
-use super::{MAX_BODY_BYTES, STREAM_RECHECK};
+use super::{BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body};
 use crate::mcp::{Authenticated, Presented};
 use crate::rules::cidr::canonical_ip;
 use crate::secret::TokenId;
 use crate::service::Service;
 
 const SESSION_HEADER: &str = "mcp-session-id";
-/// A request's body must arrive within this once its headers have: a connection with a
-/// request in flight is never evicted, so a stalled body must not hold one for long.
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client refused for lack of session room should wait.
 const RETRY_AFTER_SECONDS: &str = "10";
 
@@ -112,8 +109,10 @@ pub(super) fn unauthorized(resource_metadata: &str, description: Option<&str>) -
 /// otherwise meet a connection closed with its body unread: the kernel resets it, and the
 /// client loses the answer (the 401 a connector needs to start OAuth) with it.
 async fn refuse(request: Request, mut response: Response) -> Response {
-    let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
-    if !matches!(tokio::time::timeout(BODY_DEADLINE, body).await, Ok(Ok(_))) {
+    if read_body(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .is_err()
+    {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -264,27 +263,18 @@ pub(super) async fn guard(
     // The lineage of a token opening a session: what shares the server's session room.
     let mut opening_lineage = None;
     let mut request = if method == Method::POST {
-        let read = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY_BYTES));
-        let bytes = match read.await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(_)) => {
+        let bytes = match read_body(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(BodyFault::TooLarge) => {
                 return (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Payload Too Large: request bodies are limited to 1 MiB",
                 )
                     .into_response();
             }
-            Err(_) => {
+            Err(BodyFault::Late) => {
                 tracing::debug!(token = %token_id, "refused request: body not sent in time");
-                let mut response = (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request Timeout: the body must arrive within 10 seconds",
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
+                return body_too_late();
             }
         };
         let posted = match peek(&bytes) {

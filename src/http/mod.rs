@@ -35,6 +35,42 @@ use crate::service::Service;
 use guard::GuardState;
 
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A request's body must arrive within this once its headers have: a connection with a
+/// request in flight is never evicted, so a stalled body must not hold one for long.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a request body could not be read.
+pub(crate) enum BodyFault {
+    TooLarge,
+    Late,
+}
+
+/// Reads a request body of at most `limit` bytes within [`BODY_DEADLINE`]; every endpoint
+/// that reads a body (the `/mcp` guard, OAuth) reads it here.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, BodyFault> {
+    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(BodyFault::TooLarge),
+        Err(_) => Err(BodyFault::Late),
+    }
+}
+
+/// The answer to a body that did not arrive in time: 408, and the connection closes.
+pub(crate) fn body_too_late() -> axum::response::Response {
+    let mut response = (
+        StatusCode::REQUEST_TIMEOUT,
+        "Request Timeout: the body must arrive within 10 seconds",
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
 /// How often an open response stream re-checks its secret.
 const STREAM_RECHECK: Duration = Duration::from_millis(250);
 /// Sessions with no request for this long are closed.

@@ -54,8 +54,6 @@ const MAX_PENDING: usize = 1_000;
 const MAX_CODES: usize = 1_000;
 /// Request bodies of the token, revocation and consent endpoints.
 const MAX_FORM_BYTES: usize = 16 * 1024;
-/// A request's body must arrive within this (as for `/mcp`).
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a refresh token lives unused (never past the approver's expiry).
 const REFRESH_LIFETIME_SECONDS: u64 = 30 * 86_400;
 
@@ -221,33 +219,24 @@ fn random_string(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// Reads a request body of at most `limit` bytes within [`BODY_DEADLINE`]: 413 or 408
-/// otherwise.
+/// Reads a request body of at most `limit` bytes (the shared body reading of `http`): 413 with
+/// an OAuth error body, or 408.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({
-                "error": "invalid_request",
-                "error_description": format!("the request body is limited to {limit} bytes"),
-            })
-            .to_string(),
-        )
-            .into_response()),
-        Err(_) => {
-            let mut response = (
-                StatusCode::REQUEST_TIMEOUT,
-                "Request Timeout: the body must arrive within 10 seconds",
+    crate::http::read_body(body, limit)
+        .await
+        .map_err(|fault| match fault {
+            crate::http::BodyFault::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({
+                    "error": "invalid_request",
+                    "error_description": format!("the request body is limited to {limit} bytes"),
+                })
+                .to_string(),
             )
-                .into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(response)
-        }
-    }
+                .into_response(),
+            crate::http::BodyFault::Late => crate::http::body_too_late(),
+        })
 }
 
 /// A JSON answer that no cache may keep (tokens, errors of the token endpoint).
