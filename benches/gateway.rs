@@ -9,6 +9,9 @@
 //! own client negotiates with server-everything, so both legs speak the same one). Needs node and npm (installs the pinned server-everything into
 //! `target/npm` if missing, like the tests).
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_time;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -204,25 +207,6 @@ async fn round(url: &str, bearer: Option<&str>, tool: &str, clients: usize, seco
         seconds: started.elapsed().as_secs_f64(),
     }
 }
-
-/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // Linux reports in clock ticks of 1/100 s on every platform this runs on.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// Context switches (voluntary and not) of every thread of a process so far: each is a
 /// thread that went to sleep waiting for something, or was preempted.
 fn context_switches(pid: u32) -> u64 {
@@ -253,7 +237,11 @@ struct Cost {
 
 impl Cost {
     fn snapshot(pids: (u32, u32)) -> (Duration, Duration, u64) {
-        (cpu_time(pids.0), cpu_time(pids.1), context_switches(pids.1))
+        (
+            cpu_time(&pids.0.to_string()),
+            cpu_time(&pids.1.to_string()),
+            context_switches(pids.1),
+        )
     }
 
     fn add(&mut self, pids: (u32, u32), before: (Duration, Duration, u64), calls: usize) {

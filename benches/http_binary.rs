@@ -23,6 +23,9 @@
 //!   by a fixed caller (the bootstrap admin). Needs a binary built with the `bench-internals`
 //!   feature: `cargo bench --features bench-internals --bench http_binary`.
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_time;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -268,25 +271,6 @@ async fn drive(
     }
     latencies
 }
-
-/// CPU time (user + system) a process has used so far (`self` for this one).
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // Linux reports in clock ticks of 1/100 s on every platform this runs on.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
