@@ -925,6 +925,33 @@ fn max_uses_admits_exactly_that_many_calls() {
     assert_eq!(view(s, &kid.record.id).remaining_uses, Some(1));
 }
 
+/// A decision writes (and flushes) exactly when a token in the caller's chain has `max_uses`:
+/// only those decisions leave the async workers for the blocking pool.
+#[test]
+fn decisions_that_flush_are_known_before_they_run() {
+    let fx = Fixture::new();
+    let s = &fx.service;
+    let free = root(s, "free", &["whoami", "create_token"], &[]);
+    let limited = create(
+        s,
+        &Caller::Owner,
+        CreateToken {
+            name: "limited".into(),
+            max_uses: Some(5),
+            parent: Some("none".into()),
+            ..CreateToken::default()
+        },
+    );
+    let under_limited = child_of(s, &limited, "under-limited");
+    let under_free = child_of(s, &free, "under-free");
+    assert!(!s.decision_may_flush(&Caller::Owner));
+    assert!(!s.decision_may_flush(&caller(&free)));
+    assert!(!s.decision_may_flush(&caller(&under_free)));
+    assert!(s.decision_may_flush(&caller(&limited)));
+    // A child of a limited token carries a limit too (its calls also count against the parent).
+    assert!(s.decision_may_flush(&caller(&under_limited)));
+}
+
 /// Concurrent calls never exceed `max_uses` in total, for one token or for siblings sharing a
 /// limited parent: the check and the count are one atomic step.
 #[test]

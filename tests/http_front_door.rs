@@ -53,7 +53,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Replies on a kept-alive connection must not wait for the client's delayed ACK (~40 ms):
-/// the server sets TCP_NODELAY on the sockets it accepts.
+/// the server sets TCP_NODELAY on the sockets it accepts, and writes a ready reply in one piece.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_alive_replies_do_not_wait_on_nagle() {
     let dir = TempDir::new().unwrap();
@@ -66,6 +66,13 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
         let reply = conn.post(TOOLS_LIST, &headers).await;
         latencies.push(started.elapsed());
         assert_eq!(reply.status, 200);
+        // A reply ready at once goes out with its headers in one write, so it has a length
+        // (rmcp alone streams it, headers first, chunked).
+        assert!(
+            reply.head.contains("content-length:") && !reply.head.contains("transfer-encoding"),
+            "a ready reply was streamed: {}",
+            reply.head
+        );
         assert_eq!(
             messages(&reply).last().unwrap()["result"]["tools"]
                 .as_array()

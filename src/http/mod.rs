@@ -11,6 +11,7 @@
 mod cors;
 mod guard;
 mod listener;
+mod reply;
 mod sessions;
 
 use std::sync::Arc;

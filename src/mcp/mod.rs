@@ -276,7 +276,8 @@ impl ServerHandler for TokenServer {
             // The same decision, knowing gateway tools' read-only flags and buckets.
             let service = Arc::clone(&self.service);
             let arguments = Value::Object(request.arguments.unwrap_or_default());
-            let outcome = tokio::task::spawn_blocking(move || {
+            let inline = !service.decision_may_flush(&caller);
+            let outcome = run_service(inline, move || {
                 service.authorize_call(&caller, "verify_token", None, ip)?;
                 let req = serde_json::from_value(arguments).map_err(|e| {
                     Error::invalid(format!("invalid arguments for verify_token: {e}"))
@@ -287,8 +288,7 @@ impl ServerHandler for TokenServer {
                 let verified = service.verify_token_with(&caller, req, &lookup)?;
                 Ok::<_, Error>(serde_json::to_value(verified).expect("results serialise"))
             })
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?;
+            .await?;
             return Ok(match outcome {
                 Ok(value) => CallToolResult::structured(value),
                 Err(error) => error_result(&error),
@@ -298,12 +298,12 @@ impl ServerHandler for TokenServer {
         if name == "list_buckets" {
             let service = Arc::clone(&self.service);
             let gateway = self.gateway.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
+            let inline = !service.decision_may_flush(&caller);
+            let outcome = run_service(inline, move || {
                 service.authorize_call(&caller, "list_buckets", None, ip)?;
                 Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
             })
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?;
+            .await?;
             return Ok(match outcome {
                 Ok(value) => CallToolResult::structured(value),
                 Err(error) => error_result(&error),
@@ -318,13 +318,12 @@ impl ServerHandler for TokenServer {
         }
         let service = Arc::clone(&self.service);
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        // Storage work and flushes block: keep them off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || {
+        let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
+        let outcome = run_service(inline, move || {
             service.authorize_call(&caller, &name, None, ip)?;
             tools::dispatch(&service, &caller, &name, arguments)
         })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?;
+        .await?;
         let result = match outcome {
             Ok(value) => CallToolResult::structured(value),
             Err(error) => {
@@ -388,6 +387,21 @@ impl ServerHandler for TokenServer {
     }
 }
 
+/// Runs a decision and the tool's work on this task when it only reads (`inline`), else on
+/// the blocking pool: writes and flushes must stay off the async workers, and a hop to the
+/// blocking pool costs a read-only call two thread hand-offs, more than its work.
+async fn run_service<T: Send + 'static>(
+    inline: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ErrorData> {
+    if inline {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))
+}
+
 /// `list_buckets` (SPEC §5): the upstreams `caller` holds (all for the owner and admin
 /// tokens), each with its status and how many of its tools `caller` may call.
 fn list_buckets(
@@ -436,11 +450,11 @@ impl TokenServer {
         let decided = {
             let tool = Arc::clone(&tool);
             let caller = caller.clone();
-            tokio::task::spawn_blocking(move || {
+            let inline = !service.decision_may_flush(&caller);
+            run_service(inline, move || {
                 service.authorize_tool_call(&caller, gateway_tool(&tool), Some(&tool.bucket), ip)
             })
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))?
+            .await?
         };
         if let Err(error) = decided {
             tracing::debug!(code = error.code.as_str(), tool = %tool.name, "gateway call refused");

@@ -208,6 +208,12 @@ pub fn exists(name: &str) -> bool {
     SPECS.iter().any(|s| s.name == name)
 }
 
+/// Tools whose work is a few point reads (no scan, no write): with a decision that only reads,
+/// they run on the async worker that received the call.
+pub fn point_reads_only(name: &str) -> bool {
+    matches!(name, "whoami" | "get_token" | "verify_token")
+}
+
 fn args<T: DeserializeOwned>(tool: &str, value: Value) -> Result<T> {
     serde_json::from_value(value)
         .map_err(|e| Error::invalid(format!("invalid arguments for {tool}: {e}")))

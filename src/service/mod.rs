@@ -235,6 +235,20 @@ impl Service {
         Ok(entry.id)
     }
 
+    /// Whether a decision for `caller` may write and flush: it does when a token in the chain
+    /// has `max_uses` (its counter is durable). Such decisions belong off the async workers;
+    /// the others only read. A chain that cannot be read answers `true` (the decision reports
+    /// the fault, wherever it runs).
+    pub fn decision_may_flush(&self, caller: &Caller) -> bool {
+        let Caller::Token(id) = caller else {
+            return false;
+        };
+        match self.store.chain(id) {
+            Ok(Some(chain)) => chain.iter().any(|r| r.scope.max_uses.is_some()),
+            _ => true,
+        }
+    }
+
     /// Decides whether `caller` may call `tool` now and, if so, counts the call (uses and rate
     /// limits along the chain). `tools/call` asks this before running any tool.
     pub fn authorize_call(
