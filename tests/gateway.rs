@@ -1244,9 +1244,14 @@ async fn stdio_clients_are_told_when_the_tool_list_changes() {
 
 /// The test upstream over streamable HTTP on `port`; returns once it listens.
 fn http_fixture(port: u16, log: &Path) -> std::process::Child {
+    http_fixture_with(port, log, &[])
+}
+
+fn http_fixture_with(port: u16, log: &Path, env: &[(&str, &str)]) -> std::process::Child {
     let mut child = Command::new(FIXTURE)
         .args(["--http", &format!("127.0.0.1:{port}")])
         .env("FIXTURE_LOG", log)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -1307,6 +1312,152 @@ async fn a_killed_http_upstream_affects_only_its_bucket_and_comes_back() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    server.stop();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+/// An HTTP upstream that opens sessions (protocols before 2026-07-28, like most servers
+/// today) is called on the direct path: the call goes out from the calling task on rmcp's
+/// session (the upstream sees tokenwarden's own request ids), with progress under the
+/// client's token, timeouts and client cancellations forwarded, and a new session after the
+/// upstream restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_http_upstreams_are_called_directly_with_progress_cancel_and_timeout() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = setup.path("web.log");
+    let older = [("FIXTURE_MAX_PROTOCOL", "2025-11-25")];
+    let mut upstream = http_fixture_with(port, &log, &older);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let servers = json!({
+        "web": {"type": "http", "url": url},
+        "quick": {"type": "http", "url": url, "timeoutSeconds": 1},
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["web", "quick"], "connected").await;
+    let direct_ids = || {
+        let text = setup.log("web.log");
+        let ids: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id "))
+            .map(str::to_owned)
+            .collect();
+        ids
+    };
+
+    ok(&admin, "web__write_note", json!({"text": "direct"})).await;
+    let read = try_call(&admin, "web__read_note", json!({})).await.unwrap();
+    assert!(text_of(&read).contains("\"direct\""), "{}", text_of(&read));
+    let ids = direct_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.iter().all(|id| id.starts_with("tokenwarden-")),
+        "calls did not take the direct path: {ids:?}"
+    );
+
+    // Progress under the client's own token, then the result.
+    let raw = RawSession::open(&server.url(), server.admin()).await;
+    let answer = raw
+        .post(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "web__slow", "arguments": {"seconds": 0.5},
+            "_meta": {"progressToken": "client-token-7"}}}),
+        )
+        .await;
+    let progress: Vec<&Value> = answer
+        .iter()
+        .filter(|m| m["method"] == json!("notifications/progress"))
+        .collect();
+    assert!(progress.len() >= 3, "{answer:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == json!("client-token-7")),
+        "{progress:?}"
+    );
+    let last = answer.last().unwrap();
+    assert!(
+        last["result"]["content"].to_string().contains("slept"),
+        "{last}"
+    );
+
+    // Timeout: answered in time, and the upstream call is cancelled.
+    let started = Instant::now();
+    err(
+        &admin,
+        "quick__slow",
+        json!({"seconds": 5}),
+        "upstream_timeout",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(
+        || setup.log("web.log").matches("cancelled slow").count() == 1,
+        "timed-out call cancelled upstream",
+    )
+    .await;
+
+    // The client's cancellation reaches the upstream call.
+    let mut params = CallToolRequestParams::new("web__slow");
+    params.arguments = json!({"seconds": 10}).as_object().cloned();
+    let handle = admin
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    eventually(
+        || setup.log("web.log").matches("cancelled slow").count() == 2,
+        "client cancel forwarded",
+    )
+    .await;
+
+    // A restarted upstream has forgotten the session: calls carry on over a new one.
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    let mut upstream = http_fixture_with(port, &log, &older);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (is_error, value) = call(&admin, "web__read_note", json!({})).await;
+        if !is_error {
+            break;
+        }
+        assert_eq!(
+            value["error"]["code"],
+            json!("upstream_unavailable"),
+            "{value}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no new session with the restarted upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = direct_ids().len();
+    ok(&admin, "web__read_note", json!({})).await;
+    let ids = direct_ids();
+    assert_eq!(ids.len(), before + 1, "{ids:?}");
+    assert!(ids.last().unwrap().starts_with("tokenwarden-"), "{ids:?}");
+    // The direct path sends no bearer either.
+    let log = setup.log("web.log");
+    assert!(
+        !log.contains(server.admin()),
+        "the bearer reached the upstream"
+    );
+    assert!(!log.to_ascii_lowercase().contains("authorization"), "{log}");
     server.stop();
     let _ = upstream.kill();
     let _ = upstream.wait();

@@ -11,8 +11,10 @@
 //!
 //! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
 //!
-//! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `cancelled NAME`,
-//! `header NAME: VALUE`, and over HTTP `peer ADDR`, the address the call came from) so tests can see what reached the upstream.
+//! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `id ID` (the call's
+//! JSON-RPC id), `cancelled NAME`, `header NAME: VALUE`, and over HTTP `peer ADDR`, the address
+//! the call came from) so tests can see what reached the upstream. `$FIXTURE_MAX_PROTOCOL`
+//! caps the protocol revisions it speaks.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use std::time::Duration;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    ProtocolVersion, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -120,6 +122,18 @@ impl ServerHandler for Fixture {
         .with_server_info(Implementation::new("test-upstream", "1"))
     }
 
+    /// Every known revision, or those up to `$FIXTURE_MAX_PROTOCOL` (e.g. `2025-11-25`, so
+    /// that a client opens a session with `initialize`, as older servers make it do).
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        let max = std::env::var("FIXTURE_MAX_PROTOCOL")
+            .ok()
+            .and_then(|max| serde_json::from_value::<ProtocolVersion>(json!(max)).ok());
+        match max {
+            Some(max) => std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&max)),
+            None => std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+        }
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -136,6 +150,7 @@ impl ServerHandler for Fixture {
         let name = request.name.to_string();
         let args = request.arguments.unwrap_or_default();
         log(&format!("call {name}"));
+        log(&format!("id {}", context.id));
         if let Some(parts) = context.extensions.get::<axum::http::request::Parts>() {
             if let Some(axum::extract::ConnectInfo(peer)) =
                 parts

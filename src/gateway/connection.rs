@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{Transport, Upstream};
+use super::direct::{Direct, Recorder, Sent};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -77,6 +78,8 @@ pub enum CallFailure {
 struct State {
     status: Status,
     peer: Option<Peer<RoleClient>>,
+    /// Calls straight on the session of an HTTP upstream (see `direct`).
+    direct: Option<Arc<Direct>>,
     tools: Arc<Vec<Tool>>,
     routes: ProgressRoutes,
 }
@@ -103,6 +106,7 @@ impl Connection {
             state: Mutex::new(State {
                 status: Status::Connecting,
                 peer: None,
+                direct: None,
                 tools: Arc::new(Vec::new()),
                 routes: ProgressRoutes::default(),
             }),
@@ -122,6 +126,7 @@ impl Connection {
             state: Mutex::new(State {
                 status: Status::Connecting,
                 peer: None,
+                direct: None,
                 tools: Arc::new(Vec::new()),
                 routes: ProgressRoutes::default(),
             }),
@@ -162,10 +167,11 @@ impl Connection {
         }
     }
 
-    fn set(&self, status: Status, peer: Option<Peer<RoleClient>>, tools: Option<Vec<Tool>>) {
+    fn set(&self, status: Status, session: Option<&Session>, tools: Option<Vec<Tool>>) {
         let mut state = self.lock();
         state.status = status;
-        state.peer = peer;
+        state.peer = session.map(|s| s.peer.clone());
+        state.direct = session.and_then(|s| s.direct.clone());
         if let Some(tools) = tools {
             state.tools = Arc::new(tools);
         }
@@ -199,7 +205,7 @@ impl Connection {
                         Ok(tools) => {
                             tracing::info!(target: "upstream", bucket = %bucket,
                                 tools = tools.len(), "connected");
-                            self.set(Status::Connected, Some(session.peer.clone()), Some(tools));
+                            self.set(Status::Connected, Some(&session), Some(tools));
                             on_change();
                             backoff = FIRST_BACKOFF;
                             let ended = self.serve(&session, &refresh, &on_change).await;
@@ -273,7 +279,7 @@ impl Connection {
                         Ok(tools) => {
                             tracing::info!(target: "upstream", bucket = %self.upstream.bucket,
                                 tools = tools.len(), "tool list changed");
-                            self.set(Status::Connected, Some(session.peer.clone()), Some(tools));
+                            self.set(Status::Connected, Some(session), Some(tools));
                             on_change();
                         }
                         Err(e) => return format!("listing tools failed: {e}"),
@@ -312,7 +318,7 @@ impl Connection {
                 }
                 let session = tokio::time::timeout(timeout, handler.serve(process)).await;
                 match session {
-                    Ok(Ok(running)) => Ok(Session::new(running, group)),
+                    Ok(Ok(running)) => Ok(Session::new(running, group, None)),
                     Ok(Err(e)) => {
                         kill_group(group).await;
                         Err(format!("initialize failed: {e}"))
@@ -345,9 +351,10 @@ impl Connection {
                     custom.insert(name, value);
                 }
                 config = config.custom_headers(custom);
-                let transport = StreamableHttpClientTransport::with_client(http_client()?, config);
+                let (client, direct) = Recorder::new(http_client()?);
+                let transport = StreamableHttpClientTransport::with_client(client, config);
                 match tokio::time::timeout(timeout, handler.serve(transport)).await {
-                    Ok(Ok(running)) => Ok(Session::new(running, None)),
+                    Ok(Ok(running)) => Ok(Session::new(running, None, Some(direct))),
                     Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact_url(url))),
                     Err(_) => Err(format!(
                         "no answer to initialize from {} within {}s",
@@ -368,10 +375,14 @@ impl Connection {
         progress: Option<ProgressSink>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResult, CallFailure> {
-        let (peer, routes) = {
+        let (peer, routes, direct) = {
             let state = self.lock();
             match (&state.status, &state.peer) {
-                (Status::Connected, Some(peer)) => (peer.clone(), Arc::clone(&state.routes)),
+                (Status::Connected, Some(peer)) => (
+                    peer.clone(),
+                    Arc::clone(&state.routes),
+                    state.direct.clone(),
+                ),
                 (Status::Unavailable(why), _) => {
                     return Err(CallFailure::Unavailable(format!(
                         "upstream {} is unavailable: {why}",
@@ -386,6 +397,21 @@ impl Connection {
                 }
             }
         };
+        if let Some(direct) = direct {
+            let sent = direct
+                .call(
+                    upstream_tool,
+                    arguments.clone(),
+                    progress.clone(),
+                    cancel,
+                    self.upstream.timeout,
+                    |why| self.broke(why),
+                )
+                .await;
+            if let Sent::Answered(answer) = sent {
+                return answer;
+            }
+        }
         let mut params = CallToolRequestParams::new(upstream_tool.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
@@ -474,12 +500,15 @@ struct Session {
     reason: Arc<Mutex<Option<String>>>,
     /// The stdio child's process group.
     group: Option<u32>,
+    /// An HTTP upstream's direct call path, sharing this session.
+    direct: Option<Arc<Direct>>,
 }
 
 impl Session {
     fn new(
         running: rmcp::service::RunningService<RoleClient, UpstreamHandler>,
         group: Option<u32>,
+        direct: Option<Arc<Direct>>,
     ) -> Session {
         let peer = running.peer().clone();
         let cancel = running.cancellation_token();
@@ -500,6 +529,7 @@ impl Session {
             closed,
             reason,
             group,
+            direct,
         }
     }
 

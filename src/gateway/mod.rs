@@ -12,6 +12,7 @@
 pub mod catalogue;
 pub mod config;
 pub mod connection;
+mod direct;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
