@@ -1468,6 +1468,13 @@ async fn session_http_upstreams_are_called_directly_with_progress_cancel_and_tim
 /// upstream). The test upstream logs the address each call came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_upstream_calls_reuse_kept_alive_connections() {
+    // rmcp's path (the fixture speaks 2026-07-28) and the direct path (capped at 2025-11-25).
+    for env in [&[][..], &[("FIXTURE_MAX_PROTOCOL", "2025-11-25")][..]] {
+        calls_reuse_kept_alive_connections(env).await;
+    }
+}
+
+async fn calls_reuse_kept_alive_connections(env: &[(&str, &str)]) {
     let setup = Setup::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1475,7 +1482,7 @@ async fn http_upstream_calls_reuse_kept_alive_connections() {
         .unwrap()
         .port();
     let log = setup.path("web.log");
-    let mut upstream = http_fixture(port, &log);
+    let mut upstream = http_fixture_with(port, &log, env);
     let servers = json!({"web": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp")}});
     let mut server = start(&setup, servers);
     let admin = connect_http(&server.url(), server.admin()).await;
@@ -1497,7 +1504,7 @@ async fn http_upstream_calls_reuse_kept_alive_connections() {
     // without the pool.
     assert!(
         peers.len() <= 3,
-        "10 calls came over {} connections",
+        "10 calls came over {} connections ({env:?})",
         peers.len()
     );
 }

@@ -39,6 +39,10 @@ const MAX_ANSWER_BYTES: usize = 16 << 20;
 const STATELESS_PROTOCOL: &str = "2026-07-28";
 /// How long a cancellation notice to the upstream may take.
 const CANCEL_NOTICE: Duration = Duration::from_secs(2);
+/// How long the end of a stream is awaited after its answer (so the connection is reused).
+const DRAIN: Duration = Duration::from_millis(50);
+/// Calls in flight to one upstream at once (rmcp's client allows as many).
+const MAX_IN_FLIGHT: usize = 16;
 
 /// What rmcp's transport last sent with a request of its session.
 #[derive(Clone)]
@@ -72,6 +76,7 @@ impl Recorder {
             client: inner.clone(),
             seen: Arc::clone(&seen),
             next: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         });
         (Recorder { inner, seen }, direct)
     }
@@ -93,10 +98,11 @@ impl Recorder {
                 session: session.clone(),
                 version,
                 auth: auth.clone(),
-                // The configured headers; the MCP ones of a request are written per request.
+                // The configured headers (before 2026-07-28 rmcp adds only the version, which
+                // is written per request).
                 headers: headers
                     .iter()
-                    .filter(|(name, _)| !name.as_str().starts_with("mcp-"))
+                    .filter(|(name, _)| name.as_str() != "mcp-protocol-version")
                     .map(|(n, v)| (n.clone(), v.clone()))
                     .collect(),
             });
@@ -218,6 +224,7 @@ pub struct Direct {
     client: reqwest::Client,
     seen: Seen,
     next: AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// How a direct call ended.
@@ -237,7 +244,8 @@ enum Exchange {
 
 impl Direct {
     /// Forwards one call; ends early, telling the upstream, on `timeout` or when `cancel` fires.
-    /// `broke` words a transport failure (and has the connection reconnect).
+    /// `broke` words a failure to send or to read the answer (and has the connection
+    /// reconnect).
     pub async fn call(
         &self,
         tool: &str,
@@ -267,8 +275,12 @@ impl Direct {
             Some(Exchange::Done(result)) => Sent::Answered(result),
             Some(Exchange::Broken(why)) => Sent::Answered(Err(broke(why))),
             Some(Exchange::SessionGone) => {
-                // rmcp's transport opens a new session when its next request finds this one gone.
-                *lock(&self.seen) = None;
+                // rmcp's transport opens a new session when its next request finds this one
+                // gone; forget it unless rmcp already noted a new one.
+                let mut seen = lock(&self.seen);
+                if seen.as_ref().is_some_and(|r| r.session == route.session) {
+                    *seen = None;
+                }
                 Sent::NotSent
             }
             None => {
@@ -305,6 +317,13 @@ impl Direct {
         id: &str,
         progress: Option<&ProgressSink>,
     ) -> Exchange {
+        // As many calls in flight per upstream as rmcp's client allows; the wait counts
+        // against the call's timeout.
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Exchange::Done(Err(CallFailure::Unavailable(
+                "the connection closed".into(),
+            )));
+        };
         let mut response = match post(&self.client, route, request).await {
             Ok(response) => response,
             Err(e) => return Exchange::Broken(format!("cannot send the call: {e}")),
@@ -317,20 +336,20 @@ impl Direct {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
         let mut events = Events::default();
         let mut body = Vec::new();
-        loop {
+        let mut received = 0usize;
+        let mut answer = None;
+        while answer.is_none() {
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => return Exchange::Broken(format!("the answer broke off: {e}")),
             };
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Exchange::Done(Err(CallFailure::Unavailable(format!(
-                    "the upstream's answer is larger than {} MiB",
-                    MAX_ANSWER_BYTES >> 20
-                ))));
+            received += chunk.len();
+            if received > MAX_ANSWER_BYTES {
+                return Exchange::Done(Err(too_large()));
             }
             if !is_stream {
                 body.extend_from_slice(&chunk);
@@ -338,24 +357,45 @@ impl Direct {
             }
             for data in events.feed(&chunk) {
                 if let Some(done) = handle(&data, id, progress).await {
-                    // The stream ends with its answer; what follows (if anything) is dropped
-                    // with the connection.
-                    return Exchange::Done(done);
+                    answer = Some(done);
+                    break;
                 }
             }
         }
-        if !is_stream
-            && !body.is_empty()
+        if let Some(answer) = answer {
+            // The stream ends right after its answer: read that end, so the connection goes
+            // back to the pool instead of being closed with the unread rest.
+            let drain = async {
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    received += chunk.len();
+                    if received > MAX_ANSWER_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN, drain).await;
+            return Exchange::Done(answer);
+        }
+        if !body.is_empty()
             && let Some(done) = handle(&String::from_utf8_lossy(&body), id, progress).await
         {
             return Exchange::Done(done);
         }
-        Exchange::Broken(if status.is_success() {
-            "the upstream ended its answer without a result".to_owned()
+        // The call may have run upstream: an answer without its result is this call's
+        // failure, never the connection's (no reconnect, which would fail others' calls).
+        Exchange::Done(Err(CallFailure::Unavailable(if status.is_success() {
+            format!("the upstream ended its answer (HTTP {status}) without a result")
         } else {
             format!("the upstream answered HTTP {status}")
-        })
+        })))
     }
+}
+
+fn too_large() -> CallFailure {
+    CallFailure::Unavailable(format!(
+        "the upstream's answer is larger than {} MiB",
+        MAX_ANSWER_BYTES >> 20
+    ))
 }
 
 /// POSTs `message` on `route`: the configured headers and the session, nothing of the caller's.
@@ -427,19 +467,23 @@ struct Events {
     line: Vec<u8>,
     data: String,
     has_data: bool,
+    after_cr: bool,
 }
 
 impl Events {
     fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
         for &byte in bytes {
-            if byte != b'\n' {
+            // Lines end in CRLF, LF or CR.
+            let after_cr = std::mem::take(&mut self.after_cr);
+            if byte == b'\n' && after_cr {
+                continue;
+            }
+            if byte != b'\n' && byte != b'\r' {
                 self.line.push(byte);
                 continue;
             }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
-            }
+            self.after_cr = byte == b'\r';
             let line = std::mem::take(&mut self.line);
             if line.is_empty() {
                 if self.has_data {
@@ -465,13 +509,12 @@ mod tests {
 
     #[test]
     fn events_are_cut_at_blank_lines_however_the_bytes_arrive() {
-        let stream =
-            b"id: 1\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n: comment\n\nevent: message\ndata:x\n\n";
+        let stream = b"id: 1\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n: comment\n\nevent: message\ndata:x\n\ndata: cr\r\rdata: y\n\n";
         for split in 0..stream.len() {
             let mut events = Events::default();
             let mut out = events.feed(&stream[..split]);
             out.extend(events.feed(&stream[split..]));
-            assert_eq!(out, ["{\"a\":\n1}", "x"], "split at {split}");
+            assert_eq!(out, ["{\"a\":\n1}", "x", "cr", "y"], "split at {split}");
         }
     }
 }

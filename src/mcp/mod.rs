@@ -298,8 +298,8 @@ impl ServerHandler for TokenServer {
         if name == "list_buckets" {
             let service = Arc::clone(&self.service);
             let gateway = self.gateway.clone();
-            let inline = !service.decision_may_flush(&caller);
-            let outcome = run_service(inline, move || {
+            // Not inline: it runs the decision for every gateway tool.
+            let outcome = run_service(false, move || {
                 service.authorize_call(&caller, "list_buckets", None, ip)?;
                 Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
             })
@@ -395,7 +395,9 @@ async fn run_service<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorData> {
     if inline {
-        return Ok(work());
+        // As on the blocking pool, a panic becomes this call's internal error, not the task's.
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .map_err(|_| ErrorData::internal_error("tool task failed: it panicked", None));
     }
     tokio::task::spawn_blocking(work)
         .await
