@@ -359,7 +359,6 @@ pub(super) async fn guard(
         Method::GET if is_stream => {
             close_when_secret_stops(response, state.service, secret, token_id, client_ip)
         }
-        Method::POST if is_stream => super::reply::coalesce(response).await,
         _ => response,
     }
 }

@@ -4,7 +4,8 @@
 //! deadlines), browser origins (`cors`: 403 for a foreign `Origin`, CORS answers for allowed
 //! ones), then for `/mcp` only the bearer guard (`guard`: authentication on every request,
 //! session ownership and bounds (`sessions`), JSON-RPC errors for malformed bodies, streams
-//! closed when their secret stops authenticating), then rmcp. The OAuth routes (`oauth`:
+//! closed when their secret stops authenticating), then `reply` (a ready POST reply sent in
+//! one write), then rmcp. The OAuth routes (`oauth`:
 //! discovery documents, registration, consent, token, revocation) are served without a token.
 //! Any other path answers 404.
 
@@ -119,6 +120,7 @@ pub fn router(
     };
     Ok(Router::new()
         .route_service("/mcp", mcp_service(service, manager, config, shutdown))
+        .route_layer(middleware::from_fn(reply::whole_replies))
         .route_layer(middleware::from_fn_with_state(state, guard::guard))
         .route("/healthz", get(healthz))
         .merge(crate::oauth::routes(oauth))
@@ -149,6 +151,7 @@ pub fn unguarded_router(
             "/mcp",
             mcp_service(service, Arc::new(session_manager()), config, shutdown),
         )
+        .route_layer(middleware::from_fn(reply::whole_replies))
         .route_layer(middleware::from_fn(
             move |mut request: Request, next: Next| {
                 request.extensions_mut().insert(caller.clone());

@@ -15,11 +15,31 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{Method, header};
+use axum::middleware::Next;
 use axum::response::Response;
 use tokio_stream::{Stream, StreamExt};
 
 /// How long a reply is held for its first event before its headers are written alone.
 const HOLD: Duration = Duration::from_millis(20);
+
+/// The `/mcp` layer: a POST answered with an event stream is [`coalesce`]d; anything else
+/// passes unchanged (GET streams are long-lived by nature).
+pub(super) async fn whole_replies(request: Request, next: Next) -> Response {
+    let is_post = request.method() == Method::POST;
+    let response = next.run(request).await;
+    let is_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if is_post && is_stream {
+        coalesce(response).await
+    } else {
+        response
+    }
+}
 
 pub(super) async fn coalesce(response: Response) -> Response {
     let (parts, body) = response.into_parts();
