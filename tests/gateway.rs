@@ -552,6 +552,36 @@ impl ClientHandler for Recorder {
     }
 }
 
+/// Calls `tool` (a test upstream's `slow`, 0.5 s) with `token` as its progress token: at least
+/// three progress notifications arrive under that token, then the result.
+async fn slow_call_reports_progress_then_answers(server: &Server, tool: &str, token: &str) {
+    let raw = RawSession::open(&server.url(), server.admin()).await;
+    let answer = raw
+        .post(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": tool, "arguments": {"seconds": 0.5},
+            "_meta": {"progressToken": token}}}),
+        )
+        .await;
+    let progress: Vec<&Value> = answer
+        .iter()
+        .filter(|m| m["method"] == json!("notifications/progress"))
+        .collect();
+    assert!(progress.len() >= 3, "{answer:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == json!(token)),
+        "{progress:?}"
+    );
+    let last = answer.last().unwrap();
+    assert_eq!(last["id"], json!(7));
+    assert!(
+        last["result"]["content"].to_string().contains("slept"),
+        "{last}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() {
     let setup = Setup::new();
@@ -574,31 +604,7 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         .unwrap();
 
     // Progress reaches the client under its own token.
-    let raw = RawSession::open(&server.url(), server.admin()).await;
-    let answer = raw
-        .post(
-            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "test__slow", "arguments": {"seconds": 0.5},
-            "_meta": {"progressToken": "client-token-42"}}}),
-        )
-        .await;
-    let progress: Vec<&Value> = answer
-        .iter()
-        .filter(|m| m["method"] == json!("notifications/progress"))
-        .collect();
-    assert!(progress.len() >= 3, "{answer:?}");
-    assert!(
-        progress
-            .iter()
-            .all(|p| p["params"]["progressToken"] == json!("client-token-42")),
-        "{progress:?}"
-    );
-    let last = answer.last().unwrap();
-    assert_eq!(last["id"], json!(7));
-    assert!(
-        last["result"]["content"].to_string().contains("slept"),
-        "{last}"
-    );
+    slow_call_reports_progress_then_answers(&server, "test__slow", "client-token-42").await;
 
     // Timeout: answered with upstream_timeout, and the upstream call is cancelled.
     let started = Instant::now();
@@ -1362,30 +1368,7 @@ async fn session_http_upstreams_are_called_directly_with_progress_cancel_and_tim
     );
 
     // Progress under the client's own token, then the result.
-    let raw = RawSession::open(&server.url(), server.admin()).await;
-    let answer = raw
-        .post(
-            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "web__slow", "arguments": {"seconds": 0.5},
-            "_meta": {"progressToken": "client-token-7"}}}),
-        )
-        .await;
-    let progress: Vec<&Value> = answer
-        .iter()
-        .filter(|m| m["method"] == json!("notifications/progress"))
-        .collect();
-    assert!(progress.len() >= 3, "{answer:?}");
-    assert!(
-        progress
-            .iter()
-            .all(|p| p["params"]["progressToken"] == json!("client-token-7")),
-        "{progress:?}"
-    );
-    let last = answer.last().unwrap();
-    assert!(
-        last["result"]["content"].to_string().contains("slept"),
-        "{last}"
-    );
+    slow_call_reports_progress_then_answers(&server, "web__slow", "client-token-7").await;
 
     // Timeout: answered in time, and the upstream call is cancelled.
     let started = Instant::now();

@@ -110,6 +110,9 @@ impl Recorder {
     }
 }
 
+/// rmcp's transport sends through `post_message_with_response_limits` and reads streams through
+/// `get_stream_with_max_sse_event_size`: both delegate with their limits; the plain methods
+/// are the trait's required ones.
 impl StreamableHttpClient for Recorder {
     type Error = reqwest::Error;
 
@@ -124,28 +127,6 @@ impl StreamableHttpClient for Recorder {
         self.note(&uri, &session_id, &auth_header, &custom_headers);
         self.inner
             .post_message(uri, message, session_id, auth_header, custom_headers)
-            .await
-    }
-
-    async fn post_message_with_max_sse_event_size(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
-        max_sse_event_size: usize,
-    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
-        self.note(&uri, &session_id, &auth_header, &custom_headers);
-        self.inner
-            .post_message_with_max_sse_event_size(
-                uri,
-                message,
-                session_id,
-                auth_header,
-                custom_headers,
-                max_sse_event_size,
-            )
             .await
     }
 

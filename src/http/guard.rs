@@ -349,17 +349,11 @@ pub(super) async fn guard(
         }
         return response;
     }
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    match method {
-        // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
-        Method::GET if is_stream => {
-            close_when_secret_stops(response, state.service, secret, token_id, client_ip)
-        }
-        _ => response,
+    // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
+    if method == Method::GET && super::reply::is_event_stream(&response) {
+        close_when_secret_stops(response, state.service, secret, token_id, client_ip)
+    } else {
+        response
     }
 }
 

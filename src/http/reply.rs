@@ -29,16 +29,19 @@ const HOLD: Duration = Duration::from_millis(20);
 pub(super) async fn whole_replies(request: Request, next: Next) -> Response {
     let is_post = request.method() == Method::POST;
     let response = next.run(request).await;
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if is_post && is_stream {
+    if is_post && is_event_stream(&response) {
         coalesce(response).await
     } else {
         response
     }
+}
+
+pub(super) fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 pub(super) async fn coalesce(response: Response) -> Response {
@@ -104,38 +107,40 @@ mod tests {
         assert_eq!(&bytes[..], b"data: {\"id\":1}\n\n");
     }
 
+    type Events = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+    /// An event-stream reply whose events the test sends, already run through `coalesce`.
+    async fn fed_reply(first: Option<&'static [u8]>) -> (Events, Response) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        if let Some(first) = first {
+            tx.send(Ok(Bytes::from_static(first))).await.unwrap();
+        }
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, coalesce(sse(body)).await)
+    }
+
+    /// Sends the last event, ends the stream, and reads the whole reply.
+    async fn finish(tx: Events, last: &'static [u8], response: Response) -> Bytes {
+        tx.send(Ok(Bytes::from_static(last))).await.unwrap();
+        drop(tx);
+        axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_reply_that_goes_on_is_streamed_from_its_first_event() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        tx.send(Ok(Bytes::from_static(b"data: progress\n\n")))
-            .await
-            .unwrap();
-        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let response = coalesce(sse(body)).await;
+        let (tx, response) = fed_reply(Some(b"data: progress\n\n")).await;
         assert_eq!(response.body().size_hint().exact(), None);
-        tx.send(Ok(Bytes::from_static(b"data: done\n\n")))
-            .await
-            .unwrap();
-        drop(tx);
-        let bytes = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
+        let bytes = finish(tx, b"data: done\n\n", response).await;
         assert_eq!(&bytes[..], b"data: progress\n\ndata: done\n\n");
     }
 
     #[tokio::test]
     async fn a_slow_reply_gets_its_headers_after_the_hold() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let response = coalesce(sse(body)).await;
+        let (tx, response) = fed_reply(None).await;
         assert_eq!(response.body().size_hint().exact(), None);
-        tx.send(Ok(Bytes::from_static(b"data: late\n\n")))
-            .await
-            .unwrap();
-        drop(tx);
-        let bytes = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
+        let bytes = finish(tx, b"data: late\n\n", response).await;
         assert_eq!(&bytes[..], b"data: late\n\n");
     }
 }
