@@ -240,7 +240,11 @@ impl Direct {
             return Sent::NotSent;
         };
         let id = format!("tokenwarden-{}", self.next.fetch_add(1, Ordering::Relaxed));
-        let mut params = json!({ "name": tool, "arguments": arguments.unwrap_or_default() });
+        // The arguments unchanged: absent stays absent.
+        let mut params = json!({ "name": tool });
+        if let Some(arguments) = arguments {
+            params["arguments"] = Value::Object(arguments);
+        }
         if progress.is_some() {
             params["_meta"] = json!({ "progressToken": id });
         }
