@@ -1408,6 +1408,27 @@ async fn session_http_upstreams_are_called_directly_with_progress_cancel_and_tim
     )
     .await;
 
+    // A tool-list change announced inside a direct call's answer refreshes the catalogue.
+    ok(&admin, "web__add_tool", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = admin
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        if names.iter().any(|n| n == "web__extra_1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new tool never appeared: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A restarted upstream has forgotten the session: calls carry on over a new one.
     upstream.kill().unwrap();
     upstream.wait().unwrap();

@@ -351,7 +351,7 @@ impl Connection {
                     custom.insert(name, value);
                 }
                 config = config.custom_headers(custom);
-                let (client, direct) = Recorder::new(http_client()?);
+                let (client, direct) = Recorder::new(http_client()?, Arc::clone(&handler.refresh));
                 let transport = StreamableHttpClientTransport::with_client(client, config);
                 match tokio::time::timeout(timeout, handler.serve(transport)).await {
                     Ok(Ok(running)) => Ok(Session::new(running, None, Some(direct))),
@@ -397,6 +397,8 @@ impl Connection {
                 }
             }
         };
+        // One deadline for the call, whichever path it takes.
+        let deadline = tokio::time::Instant::now() + self.upstream.timeout;
         if let Some(direct) = direct {
             let sent = direct
                 .call(
@@ -404,7 +406,7 @@ impl Connection {
                     arguments.clone(),
                     progress.clone(),
                     cancel,
-                    self.upstream.timeout,
+                    (deadline, self.upstream.timeout),
                     |why| self.broke(why),
                 )
                 .await;
@@ -430,7 +432,7 @@ impl Connection {
         let timeout = self.upstream.timeout;
         let outcome = tokio::select! {
             answer = &mut handle.rx => Some(answer),
-            _ = tokio::time::sleep(timeout) => None,
+            _ = tokio::time::sleep_until(deadline) => None,
             _ = cancel.cancelled() => None,
         };
         drop(route);

@@ -29,6 +29,7 @@ use rmcp::transport::streamable_http_client::{
 };
 use serde_json::{Value, json};
 use sse_stream::{Error as SseError, Sse};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{CallFailure, ProgressSink};
@@ -70,10 +71,12 @@ pub struct Recorder {
 
 impl Recorder {
     /// The client for rmcp's transport and the direct path that shares its session and pool.
-    pub fn new(inner: reqwest::Client) -> (Recorder, Arc<Direct>) {
+    /// `refresh` is told when an answer carries `notifications/tools/list_changed`.
+    pub fn new(inner: reqwest::Client, refresh: Arc<Notify>) -> (Recorder, Arc<Direct>) {
         let seen = Seen::default();
         let direct = Arc::new(Direct {
             client: inner.clone(),
+            refresh,
             seen: Arc::clone(&seen),
             next: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
@@ -203,6 +206,7 @@ impl StreamableHttpClient for Recorder {
 /// Sends `tools/call` on the session rmcp's client opened.
 pub struct Direct {
     client: reqwest::Client,
+    refresh: Arc<Notify>,
     seen: Seen,
     next: AtomicU64,
     in_flight: tokio::sync::Semaphore,
@@ -224,7 +228,8 @@ enum Exchange {
 }
 
 impl Direct {
-    /// Forwards one call; ends early, telling the upstream, on `timeout` or when `cancel` fires.
+    /// Forwards one call; ends early, telling the upstream, at `deadline` (the call's
+    /// `timeout` from its start) or when `cancel` fires.
     /// `broke` words a failure to send or to read the answer (and has the connection
     /// reconnect).
     pub async fn call(
@@ -233,7 +238,7 @@ impl Direct {
         arguments: Option<rmcp::model::JsonObject>,
         progress: Option<ProgressSink>,
         cancel: &CancellationToken,
-        timeout: Duration,
+        (deadline, timeout): (tokio::time::Instant, Duration),
         broke: impl FnOnce(String) -> CallFailure,
     ) -> Sent {
         let Some(route) = lock(&self.seen).clone() else {
@@ -253,7 +258,7 @@ impl Direct {
         let exchange = self.exchange(&route, &request, &id, progress.as_ref());
         let outcome = tokio::select! {
             exchange = exchange => Some(exchange),
-            _ = tokio::time::sleep(timeout) => None,
+            _ = tokio::time::sleep_until(deadline) => None,
             _ = cancel.cancelled() => None,
         };
         match outcome {
@@ -341,7 +346,7 @@ impl Direct {
                 continue;
             }
             for data in events.feed(&chunk) {
-                if let Some(done) = handle(&data, id, progress).await {
+                if let Some(done) = handle(&data, id, progress, &self.refresh).await {
                     answer = Some(done);
                     break;
                 }
@@ -362,7 +367,8 @@ impl Direct {
             return Exchange::Done(answer);
         }
         if !body.is_empty()
-            && let Some(done) = handle(&String::from_utf8_lossy(&body), id, progress).await
+            && let Some(done) =
+                handle(&String::from_utf8_lossy(&body), id, progress, &self.refresh).await
         {
             return Exchange::Done(done);
         }
@@ -412,6 +418,7 @@ async fn handle(
     data: &str,
     id: &str,
     progress: Option<&ProgressSink>,
+    refresh: &Notify,
 ) -> Option<Result<CallToolResult, CallFailure>> {
     let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(data) else {
         tracing::debug!(target: "upstream", "ignored an answer event that is not JSON-RPC");
@@ -432,13 +439,19 @@ async fn handle(
             Some(Err(CallFailure::Upstream(error.error)))
         }
         ServerJsonRpcMessage::Notification(notification) => {
-            if let ServerNotification::ProgressNotification(note) = notification.notification
-                && let Some(sink) = progress
-                && note.params.progress_token.0.to_string() == id
-            {
-                let mut forwarded = note.params;
-                forwarded.progress_token = sink.token.clone();
-                let _ = sink.peer.notify_progress(forwarded).await;
+            match notification.notification {
+                ServerNotification::ProgressNotification(note)
+                    if note.params.progress_token.0.to_string() == id =>
+                {
+                    if let Some(sink) = progress {
+                        let mut forwarded = note.params;
+                        forwarded.progress_token = sink.token.clone();
+                        let _ = sink.peer.notify_progress(forwarded).await;
+                    }
+                }
+                // As rmcp's handler does for notifications on its own streams.
+                ServerNotification::ToolListChangedNotification(_) => refresh.notify_one(),
+                _ => {}
             }
             None
         }

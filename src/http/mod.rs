@@ -4,8 +4,8 @@
 //! deadlines), browser origins (`cors`: 403 for a foreign `Origin`, CORS answers for allowed
 //! ones), then for `/mcp` only the bearer guard (`guard`: authentication on every request,
 //! session ownership and bounds (`sessions`), JSON-RPC errors for malformed bodies, streams
-//! closed when their secret stops authenticating), then `reply` (a ready POST reply sent in
-//! one write), then rmcp. The OAuth routes (`oauth`:
+//! closed when their secret stops authenticating), then rmcp; around the guard, `reply` sends a
+//! ready POST reply in one write. The OAuth routes (`oauth`:
 //! discovery documents, registration, consent, token, revocation) are served without a token.
 //! Any other path answers 404.
 
@@ -120,8 +120,9 @@ pub fn router(
     };
     Ok(Router::new()
         .route_service("/mcp", mcp_service(service, manager, config, shutdown))
-        .route_layer(middleware::from_fn(reply::whole_replies))
         .route_layer(middleware::from_fn_with_state(state, guard::guard))
+        // Outside the guard: the guard has recorded a new session before a reply is held.
+        .route_layer(middleware::from_fn(reply::whole_replies))
         .route("/healthz", get(healthz))
         .merge(crate::oauth::routes(oauth))
         .fallback(not_found)
