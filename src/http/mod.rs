@@ -10,6 +10,7 @@
 //! Any other path answers 404.
 
 mod cors;
+mod express;
 mod guard;
 mod listener;
 mod reply;
@@ -118,8 +119,10 @@ pub fn router(
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
     };
+    let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
         .route_service("/mcp", mcp_service(service, manager, config, shutdown))
+        .route_layer(middleware::from_fn_with_state(express, express::express))
         .route_layer(middleware::from_fn_with_state(state, guard::guard))
         // Outside the guard: the guard has recorded a new session before a reply is held.
         .route_layer(middleware::from_fn(reply::whole_replies))
@@ -147,11 +150,11 @@ pub fn unguarded_router(
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         secret: None,
     };
+    let manager = Arc::new(session_manager());
+    let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
-        .route_service(
-            "/mcp",
-            mcp_service(service, Arc::new(session_manager()), config, shutdown),
-        )
+        .route_service("/mcp", mcp_service(service, manager, config, shutdown))
+        .route_layer(middleware::from_fn_with_state(express, express::express))
         .route_layer(middleware::from_fn(reply::whole_replies))
         .route_layer(middleware::from_fn(
             move |mut request: Request, next: Next| {
@@ -174,6 +177,30 @@ fn session_manager() -> LocalSessionManager {
     manager
 }
 
+/// The `Host` names rmcp accepts: the loopback names, `--allowed-host`s and the public URL's.
+fn allowed_hosts(config: &HttpConfig) -> Vec<String> {
+    loopback_hosts()
+        .into_iter()
+        .chain(config.allowed_hosts.clone())
+        .chain(config.oauth.host())
+        .collect()
+}
+
+fn express_lane(
+    service: &Arc<Service>,
+    manager: &Arc<LocalSessionManager>,
+    config: &HttpConfig,
+    shutdown: &CancellationToken,
+) -> Arc<express::Express> {
+    let server = TokenServer::for_http(Arc::clone(service)).with_gateway(config.gateway.clone());
+    Arc::new(express::Express::new(
+        server,
+        Arc::clone(manager),
+        &allowed_hosts(config),
+        shutdown.clone(),
+    ))
+}
+
 fn mcp_service(
     service: Arc<Service>,
     manager: Arc<LocalSessionManager>,
@@ -182,12 +209,7 @@ fn mcp_service(
 ) -> StreamableHttpService<TokenServer, LocalSessionManager> {
     // Origins are checked (and answered with CORS) in front of the guard; rmcp checks Host.
     let mcp_config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(
-            loopback_hosts()
-                .into_iter()
-                .chain(config.allowed_hosts.clone())
-                .chain(config.oauth.host()),
-        )
+        .with_allowed_hosts(allowed_hosts(config))
         .disable_allowed_origins()
         .with_sse_retry(None)
         .with_json_response(true)

@@ -29,7 +29,13 @@ const HOLD: Duration = Duration::from_millis(20);
 pub(super) async fn whole_replies(request: Request, next: Next) -> Response {
     let is_post = request.method() == Method::POST;
     let response = next.run(request).await;
-    if is_post && is_event_stream(&response) {
+    // A body of known length (the express lane's) is whole already.
+    if is_post
+        && is_event_stream(&response)
+        && axum::body::HttpBody::size_hint(response.body())
+            .exact()
+            .is_none()
+    {
         coalesce(response).await
     } else {
         response

@@ -118,6 +118,23 @@ impl TokenServer {
         self
     }
 
+    /// An HTTP request's caller, as the guard authenticated it.
+    pub fn http_caller(a: &Authenticated) -> (Caller, Option<IpAddr>, Option<Presented>) {
+        (
+            Caller::Token(a.token_id.clone()),
+            Some(a.client_ip),
+            a.secret.clone(),
+        )
+    }
+
+    /// Whether `tools/call` of `name` is forwarded to an upstream.
+    pub fn forwards(&self, name: &str) -> bool {
+        self.gateway
+            .as_ref()
+            .is_some_and(|g| g.catalogue().get(name).is_some())
+            && !tools::exists(name)
+    }
+
     /// Who is calling, from where, and the secret it presented (what long-running work
     /// re-authenticates; `None` for the owner).
     fn caller(
@@ -126,11 +143,7 @@ impl TokenServer {
     ) -> Result<(Caller, Option<IpAddr>, Option<Presented>), ErrorData> {
         if let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() {
             return match parts.extensions.get::<Authenticated>() {
-                Some(a) => Ok((
-                    Caller::Token(a.token_id.clone()),
-                    Some(a.client_ip),
-                    a.secret.clone(),
-                )),
+                Some(a) => Ok(TokenServer::http_caller(a)),
                 None => Err(ErrorData::internal_error(
                     "request was not authenticated",
                     None,
@@ -213,46 +226,9 @@ impl ServerHandler for TokenServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        // The whole list fits one page, so no cursor was ever issued: any cursor is invalid.
-        if request.is_some_and(|r| r.cursor.is_some()) {
-            return Err(ErrorData::invalid_params(
-                "invalid cursor: tools/list returns every tool in one page",
-                None,
-            ));
-        }
+        let has_cursor = request.is_some_and(|r| r.cursor.is_some());
         let (caller, ip, _) = self.caller(&context)?;
-        // Tokenwarden's own tools and the gateway's, decided together: one read of the
-        // caller's chain, then the one decision per tool.
-        let own = tools::definitions();
-        let catalogue = self.gateway.as_ref().map(|g| g.catalogue());
-        let gateway_tools: Vec<&Arc<ExposedTool>> =
-            catalogue.iter().flat_map(|c| c.iter()).collect();
-        let asked: Vec<(crate::service::Tool<'_>, Option<&str>)> = own
-            .iter()
-            .map(|t| {
-                let tool = crate::service::Tool {
-                    name: &t.name,
-                    read_only: crate::service::is_read_only_tool(&t.name),
-                };
-                (tool, None)
-            })
-            .chain(
-                gateway_tools
-                    .iter()
-                    .map(|t| (gateway_tool(t), Some(t.bucket.as_str()))),
-            )
-            .collect();
-        let allowed = self.service.may_call_tools(&caller, &asked, ip);
-        let definitions = own
-            .iter()
-            .chain(gateway_tools.iter().map(|t| &t.definition));
-        let tools = definitions
-            .zip(allowed)
-            .filter(|(_, allowed)| *allowed)
-            .map(|(definition, _)| definition.clone())
-            .collect();
-        // What a token may call differs per caller: never let a cache share the list.
-        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+        self.list_tools_as(has_cursor, &caller, ip)
     }
 
     async fn call_tool(
@@ -260,82 +236,13 @@ impl ServerHandler for TokenServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (caller, ip, secret) = self.caller(&context)?;
-        let name = request.name.to_string();
-        if let Some(gateway) = &self.gateway
-            && let Some(tool) = gateway.catalogue().get(&name).cloned()
-            && !tools::exists(&name)
-        {
-            return self
-                .call_gateway_tool(gateway, tool, (caller, ip, secret), request, context)
-                .await;
-        }
-        if name == "verify_token"
-            && let Some(gateway) = self.gateway.clone()
-        {
-            // The same decision, knowing gateway tools' read-only flags and buckets.
-            let service = Arc::clone(&self.service);
-            let arguments = Value::Object(request.arguments.unwrap_or_default());
-            let inline = !service.decision_may_flush(&caller);
-            let outcome = run_service(inline, move || {
-                service.authorize_call(&caller, "verify_token", None, ip)?;
-                let req = serde_json::from_value(arguments).map_err(|e| {
-                    Error::invalid(format!("invalid arguments for verify_token: {e}"))
-                })?;
-                let catalogue = gateway.catalogue();
-                let lookup =
-                    |tool: &str| catalogue.get(tool).map(|t| (t.read_only, t.bucket.clone()));
-                let verified = service.verify_token_with(&caller, req, &lookup)?;
-                Ok::<_, Error>(serde_json::to_value(verified).expect("results serialise"))
-            })
-            .await?;
-            return Ok(match outcome {
-                Ok(value) => CallToolResult::structured(value),
-                Err(error) => error_result(&error),
-            }
-            .into());
-        }
-        if name == "list_buckets" {
-            let service = Arc::clone(&self.service);
-            let gateway = self.gateway.clone();
-            // Not inline: it runs the decision for every gateway tool.
-            let outcome = run_service(false, move || {
-                service.authorize_call(&caller, "list_buckets", None, ip)?;
-                Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
-            })
-            .await?;
-            return Ok(match outcome {
-                Ok(value) => CallToolResult::structured(value),
-                Err(error) => error_result(&error),
-            }
-            .into());
-        }
-        if !tools::exists(&name) {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool {}", truncate_for_message(&name)),
-                None,
-            ));
-        }
-        let service = Arc::clone(&self.service);
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
-        let outcome = run_service(inline, move || {
-            service.authorize_call(&caller, &name, None, ip)?;
-            tools::dispatch(&service, &caller, &name, arguments)
-        })
-        .await?;
-        let result = match outcome {
-            Ok(value) => CallToolResult::structured(value),
-            Err(error) => {
-                if error.code == crate::error::ErrorCode::Internal {
-                    tracing::error!(error = %error.message, "tool call failed");
-                } else {
-                    tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
-                }
-                error_result(&error)
-            }
-        };
-        Ok(result.into())
+        let who = self.caller(&context)?;
+        let progress = context.meta.get_progress_token().map(|token| ProgressSink {
+            peer: context.peer.clone(),
+            token,
+        });
+        self.call_tool_as(request, who, progress, context.ct.child_token())
+            .await
     }
 
     /// Tells this client session whenever the gateway's catalogue changes, until it ends.
@@ -438,6 +345,146 @@ fn list_buckets(
 }
 
 impl TokenServer {
+    /// `tools/list` for `caller`: what it may call now, in one page (`has_cursor` is refused).
+    pub fn list_tools_as(
+        &self,
+        has_cursor: bool,
+        caller: &Caller,
+        ip: Option<IpAddr>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        // The whole list fits one page, so no cursor was ever issued: any cursor is invalid.
+        if has_cursor {
+            return Err(ErrorData::invalid_params(
+                "invalid cursor: tools/list returns every tool in one page",
+                None,
+            ));
+        }
+        // Tokenwarden's own tools and the gateway's, decided together: one read of the
+        // caller's chain, then the one decision per tool.
+        let own = tools::definitions();
+        let catalogue = self.gateway.as_ref().map(|g| g.catalogue());
+        let gateway_tools: Vec<&Arc<ExposedTool>> =
+            catalogue.iter().flat_map(|c| c.iter()).collect();
+        let asked: Vec<(crate::service::Tool<'_>, Option<&str>)> = own
+            .iter()
+            .map(|t| {
+                let tool = crate::service::Tool {
+                    name: &t.name,
+                    read_only: crate::service::is_read_only_tool(&t.name),
+                };
+                (tool, None)
+            })
+            .chain(
+                gateway_tools
+                    .iter()
+                    .map(|t| (gateway_tool(t), Some(t.bucket.as_str()))),
+            )
+            .collect();
+        let allowed = self.service.may_call_tools(caller, &asked, ip);
+        let definitions = own
+            .iter()
+            .chain(gateway_tools.iter().map(|t| &t.definition));
+        let tools = definitions
+            .zip(allowed)
+            .filter(|(_, allowed)| *allowed)
+            .map(|(definition, _)| definition.clone())
+            .collect();
+        // What a token may call differs per caller: never let a cache share the list.
+        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+    }
+
+    /// `tools/call` for `who`: tokenwarden's own tools, or a gateway tool forwarded with
+    /// `progress` and ended early when `cancel` fires.
+    pub async fn call_tool_as(
+        &self,
+        request: CallToolRequestParams,
+        (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
+        progress: Option<ProgressSink>,
+        cancel: CancellationToken,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        if let Some(gateway) = &self.gateway
+            && let Some(tool) = gateway.catalogue().get(&name).cloned()
+            && !tools::exists(&name)
+        {
+            return self
+                .call_gateway_tool(
+                    gateway,
+                    tool,
+                    (caller, ip, secret),
+                    request,
+                    (progress, cancel),
+                )
+                .await;
+        }
+        if name == "verify_token"
+            && let Some(gateway) = self.gateway.clone()
+        {
+            // The same decision, knowing gateway tools' read-only flags and buckets.
+            let service = Arc::clone(&self.service);
+            let arguments = Value::Object(request.arguments.unwrap_or_default());
+            let inline = !service.decision_may_flush(&caller);
+            let outcome = run_service(inline, move || {
+                service.authorize_call(&caller, "verify_token", None, ip)?;
+                let req = serde_json::from_value(arguments).map_err(|e| {
+                    Error::invalid(format!("invalid arguments for verify_token: {e}"))
+                })?;
+                let catalogue = gateway.catalogue();
+                let lookup =
+                    |tool: &str| catalogue.get(tool).map(|t| (t.read_only, t.bucket.clone()));
+                let verified = service.verify_token_with(&caller, req, &lookup)?;
+                Ok::<_, Error>(serde_json::to_value(verified).expect("results serialise"))
+            })
+            .await?;
+            return Ok(match outcome {
+                Ok(value) => CallToolResult::structured(value),
+                Err(error) => error_result(&error),
+            }
+            .into());
+        }
+        if name == "list_buckets" {
+            let service = Arc::clone(&self.service);
+            let gateway = self.gateway.clone();
+            // Not inline: it runs the decision for every gateway tool.
+            let outcome = run_service(false, move || {
+                service.authorize_call(&caller, "list_buckets", None, ip)?;
+                Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
+            })
+            .await?;
+            return Ok(match outcome {
+                Ok(value) => CallToolResult::structured(value),
+                Err(error) => error_result(&error),
+            }
+            .into());
+        }
+        if !tools::exists(&name) {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {}", truncate_for_message(&name)),
+                None,
+            ));
+        }
+        let service = Arc::clone(&self.service);
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
+        let outcome = run_service(inline, move || {
+            service.authorize_call(&caller, &name, None, ip)?;
+            tools::dispatch(&service, &caller, &name, arguments)
+        })
+        .await?;
+        let result = match outcome {
+            Ok(value) => CallToolResult::structured(value),
+            Err(error) => {
+                if error.code == crate::error::ErrorCode::Internal {
+                    tracing::error!(error = %error.message, "tool call failed");
+                } else {
+                    tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
+                }
+                error_result(&error)
+            }
+        };
+        Ok(result.into())
+    }
+
     /// A gateway tool: decide through the one path (counting the use), then forward. Nothing
     /// reaches the upstream before the decision, and the caller's secret never does.
     async fn call_gateway_tool(
@@ -446,7 +493,7 @@ impl TokenServer {
         tool: Arc<ExposedTool>,
         (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
         request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        (progress, cancel): (Option<ProgressSink>, CancellationToken),
     ) -> Result<CallToolResponse, ErrorData> {
         let service = Arc::clone(&self.service);
         let decided = {
@@ -463,51 +510,43 @@ impl TokenServer {
             return Ok(error_result(&error).into());
         }
 
-        // Cancelled by the client's notifications/cancelled, or by the standing watcher.
-        let cancel = context.ct.child_token();
-        let done = CancellationToken::new();
-        let lost_standing = Arc::new(std::sync::Mutex::new(None::<String>));
-        if let Caller::Token(id) = &caller {
-            let service = Arc::clone(&self.service);
-            let (id, cancel, done, lost) = (
-                id.clone(),
-                cancel.clone(),
-                done.clone(),
-                Arc::clone(&lost_standing),
-            );
-            tokio::spawn(async move {
-                // The decision just checked standing: the first re-check is one period away.
-                let mut tick = tokio::time::interval_at(
-                    tokio::time::Instant::now() + CALL_RECHECK,
-                    CALL_RECHECK,
-                );
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = done.cancelled() => return,
-                    }
-                    // The call belongs to the secret that made it, as a stream does: the end
-                    // of a rotation's grace ends it too.
-                    let standing = match &secret {
-                        Some(secret) => service.still_holds(secret.as_str(), &id, ip),
-                        None => service.check_standing(&id, ip).map_err(|f| f.to_string()),
-                    };
-                    if let Err(failure) = standing {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
-                        cancel.cancel();
-                        return;
-                    }
+        // `cancel` fires on the client's notifications/cancelled; the standing watcher, polled
+        // with the call on this task, fires it when the caller's secret stops holding.
+        let standing = async {
+            let Caller::Token(id) = &caller else {
+                return std::future::pending().await;
+            };
+            // The decision just checked standing: the first re-check is one period away.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + CALL_RECHECK, CALL_RECHECK);
+            loop {
+                tick.tick().await;
+                // The call belongs to the secret that made it, as a stream does: the end of a
+                // rotation's grace ends it too.
+                let standing = match &secret {
+                    Some(secret) => self.service.still_holds(secret.as_str(), id, ip),
+                    None => self
+                        .service
+                        .check_standing(id, ip)
+                        .map_err(|f| f.to_string()),
+                };
+                if let Err(failure) = standing {
+                    return failure;
                 }
-            });
-        }
-        let progress = context.meta.get_progress_token().map(|token| ProgressSink {
-            peer: context.peer.clone(),
-            token,
-        });
-        let outcome = gateway
-            .call(&tool, request.arguments, progress, &cancel)
-            .await;
-        done.cancel();
+            }
+        };
+        let call = gateway.call(&tool, request.arguments, progress, &cancel);
+        tokio::pin!(call, standing);
+        let mut lost_standing = None;
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut call => outcome,
+            failure = &mut standing => {
+                lost_standing = Some(failure);
+                cancel.cancel();
+                call.await
+            }
+        };
         let failure = match outcome {
             Ok(mut result) => {
                 // `resultType` belongs to the protocol this session speaks, not to the
@@ -533,19 +572,13 @@ impl TokenServer {
                     after.as_secs_f64()
                 ),
             ),
-            CallFailure::Cancelled => {
-                match lost_standing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
-                    None => Error::new(
-                        ErrorCode::Internal,
-                        format!("{} was cancelled by the client", tool.name),
-                    ),
-                }
-            }
+            CallFailure::Cancelled => match lost_standing {
+                Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
+                None => Error::new(
+                    ErrorCode::Internal,
+                    format!("{} was cancelled by the client", tool.name),
+                ),
+            },
             CallFailure::Upstream(_) => unreachable!("returned above"),
         };
         tracing::info!(tool = %tool.name, code = error.code.as_str(), "gateway call failed");
