@@ -13,6 +13,7 @@
 //! [`Recorder`] is the HTTP client rmcp's transport uses for the session: it delegates every
 //! request to reqwest and notes the session id and protocol version the transport sends.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,13 +21,13 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use futures_core::stream::BoxStream;
-use rmcp::model::{
-    CallToolResult, ClientJsonRpcMessage, ServerJsonRpcMessage, ServerNotification, ServerResult,
-};
+use rmcp::model::{CallToolResult, ClientJsonRpcMessage, ProgressNotificationParam};
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
     StreamableHttpResponseLimits,
 };
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sse_stream::{Error as SseError, Sse};
 use tokio::sync::Notify;
@@ -48,7 +49,8 @@ const MAX_IN_FLIGHT: usize = 16;
 /// What rmcp's transport last sent with a request of its session.
 #[derive(Clone)]
 struct Route {
-    uri: Arc<str>,
+    /// Parsed once, when rmcp's transport sends to it.
+    url: reqwest::Url,
     /// None for an upstream that serves these protocols without sessions.
     session: Option<Arc<str>>,
     version: HeaderValue,
@@ -94,10 +96,12 @@ impl Recorder {
         let version = headers
             .get(&HeaderName::from_static("mcp-protocol-version"))
             .cloned();
+        let url = reqwest::Url::parse(uri).ok();
         let route = version
             .filter(|v| v.to_str().is_ok_and(|v| v < STATELESS_PROTOCOL))
-            .map(|version| Route {
-                uri: Arc::clone(uri),
+            .zip(url)
+            .map(|(version, url)| Route {
+                url,
                 session: session.clone(),
                 version,
                 auth: auth.clone(),
@@ -396,7 +400,7 @@ async fn post(
     message: &Value,
 ) -> reqwest::Result<reqwest::Response> {
     let mut request = client
-        .post(route.uri.as_ref())
+        .post(route.url.clone())
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header(header::CONTENT_TYPE, "application/json")
         .header("mcp-protocol-version", route.version.clone());
@@ -413,6 +417,20 @@ async fn post(
     request.body(body).send().await
 }
 
+/// A message of an answer, read only as far as the call needs it.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    error: Option<rmcp::model::ErrorData>,
+}
+
 /// One message of the answer: `Some` when it ends the call (its result or error).
 async fn handle(
     data: &str,
@@ -420,43 +438,52 @@ async fn handle(
     progress: Option<&ProgressSink>,
     refresh: &Notify,
 ) -> Option<Result<CallToolResult, CallFailure>> {
-    let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(data) else {
+    let Ok(message) = serde_json::from_str::<Incoming<'_>>(data) else {
         tracing::debug!(target: "upstream", "ignored an answer event that is not JSON-RPC");
         return None;
     };
-    let ours = |request_id: &rmcp::model::RequestId| request_id.to_string() == id;
-    match message {
-        ServerJsonRpcMessage::Response(response) if ours(&response.id) => {
-            Some(match response.result {
-                ServerResult::CallToolResult(result) => Ok(result),
-                _ => Err(CallFailure::Unavailable(
+    let ours = message
+        .id
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        .is_some_and(|got| got == id);
+    if let Some(method) = &message.method {
+        // A notification (or a request of the upstream's, which a call's answer does not
+        // answer).
+        if message.id.is_some() {
+            return None;
+        }
+        match method.as_ref() {
+            "notifications/progress" => {
+                let note = message
+                    .params
+                    .and_then(|p| serde_json::from_str::<ProgressNotificationParam>(p.get()).ok());
+                if let (Some(mut note), Some(sink)) = (note, progress)
+                    && note.progress_token.0.to_string() == id
+                {
+                    note.progress_token = sink.token.clone();
+                    let _ = sink.peer.notify_progress(note).await;
+                }
+            }
+            // As rmcp's handler does for notifications on its own streams.
+            "notifications/tools/list_changed" => refresh.notify_one(),
+            _ => {}
+        }
+        return None;
+    }
+    if !ours {
+        return None;
+    }
+    if let Some(result) = message.result {
+        return Some(
+            serde_json::from_str::<CallToolResult>(result.get()).map_err(|_| {
+                CallFailure::Unavailable(
                     "the upstream answered tools/call with something other than a tool result"
                         .to_owned(),
-                )),
-            })
-        }
-        ServerJsonRpcMessage::Error(error) if error.id.as_ref().is_some_and(ours) => {
-            Some(Err(CallFailure::Upstream(error.error)))
-        }
-        ServerJsonRpcMessage::Notification(notification) => {
-            match notification.notification {
-                ServerNotification::ProgressNotification(note)
-                    if note.params.progress_token.0.to_string() == id =>
-                {
-                    if let Some(sink) = progress {
-                        let mut forwarded = note.params;
-                        forwarded.progress_token = sink.token.clone();
-                        let _ = sink.peer.notify_progress(forwarded).await;
-                    }
-                }
-                // As rmcp's handler does for notifications on its own streams.
-                ServerNotification::ToolListChangedNotification(_) => refresh.notify_one(),
-                _ => {}
-            }
-            None
-        }
-        _ => None,
+                )
+            }),
+        );
     }
+    message.error.map(|error| Err(CallFailure::Upstream(error)))
 }
 
 /// An event-stream parser: bytes in, each event's data out (events without data are skipped).
@@ -469,26 +496,27 @@ struct Events {
 }
 
 impl Events {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
-        for &byte in bytes {
+        while let Some(&first) = bytes.first() {
             // Lines end in CRLF, LF or CR.
-            let after_cr = std::mem::take(&mut self.after_cr);
-            if byte == b'\n' && after_cr {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                bytes = &bytes[1..];
                 continue;
             }
-            if byte != b'\n' && byte != b'\r' {
-                self.line.push(byte);
-                continue;
-            }
-            self.after_cr = byte == b'\r';
-            let line = std::mem::take(&mut self.line);
-            if line.is_empty() {
+            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line.extend_from_slice(bytes);
+                break;
+            };
+            self.line.extend_from_slice(&bytes[..end]);
+            self.after_cr = bytes[end] == b'\r';
+            bytes = &bytes[end + 1..];
+            if self.line.is_empty() {
                 if self.has_data {
                     out.push(std::mem::take(&mut self.data));
                     self.has_data = false;
                 }
-            } else if let Some(value) = line.strip_prefix(b"data:") {
+            } else if let Some(value) = self.line.strip_prefix(b"data:") {
                 let value = value.strip_prefix(b" ").unwrap_or(value);
                 if self.has_data {
                     self.data.push('\n');
@@ -496,6 +524,7 @@ impl Events {
                 self.data.push_str(&String::from_utf8_lossy(value));
                 self.has_data = true;
             }
+            self.line.clear();
         }
         out
     }
