@@ -1696,3 +1696,57 @@ async fn stdio_upstreams_and_their_grandchildren_stop_with_the_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A plain call (one the express lane answers, without rmcp's session machinery) is cancelled
+/// by the client's `notifications/cancelled`, sent on another connection of the same session:
+/// answered at once, and cancelled upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_call_is_cancelled_by_the_clients_notification() {
+    use common::raw_http::Conn;
+    let setup = Setup::new();
+    let servers = json!({"test": fixture_entry(&setup.path("test.log"), json!({}))});
+    let server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["test"], "connected").await;
+
+    let mut conn = Conn::open(&server.addr, server.admin()).await;
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let session = conn.post(init, "").await.session.expect("a session id");
+    let headers = format!("mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(conn.post(initialized, &headers).await.status, 202);
+    // The session's first request goes rmcp's way; the next plain one takes the lane.
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    assert_eq!(conn.post(list, &headers).await.status, 200);
+    let call = r#"{"jsonrpc":"2.0","id":"slow-1","method":"tools/call","params":{"name":"test__slow","arguments":{"seconds":20}}}"#;
+    conn.send_raw(
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+             content-length: {}\r\n{headers}\r\n{call}",
+            server.addr,
+            server.admin(),
+            call.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    eventually(
+        || setup.log("test.log").lines().any(|l| l.starts_with("id ")),
+        "the call reached the upstream",
+    )
+    .await;
+    let mut other = Conn::open(&server.addr, server.admin()).await;
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow-1","reason":"test"}}"#;
+    assert_eq!(other.post(cancel, &headers).await.status, 202);
+    let reply = tokio::time::timeout(Duration::from_secs(5), conn.read_reply())
+        .await
+        .expect("the cancelled call was answered at once");
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(body.contains("cancelled by the client"), "{body}");
+    eventually(
+        || setup.log("test.log").contains("cancelled slow"),
+        "the upstream call was cancelled",
+    )
+    .await;
+}

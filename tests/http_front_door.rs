@@ -119,6 +119,105 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
     );
 }
 
+/// The express lane (plain `tools/list` and `tools/call` of a live session, answered without
+/// rmcp's session machinery) answers byte for byte as rmcp does: each request is sent plain
+/// and again with an empty `_meta`, which the lane leaves to rmcp (only rmcp's event id
+/// differs). rmcp's replies too go out whole, with a length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_express_lane_answers_exactly_as_rmcp() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (other, _) = mint(&admin, json!({"name": "other", "parent": "none"})).await;
+    let mut conn = Conn::open(&server.addr, server.admin()).await;
+    let (_, headers) = open_session(&mut conn, "2025-11-25").await;
+    // The session's first request goes rmcp's way (rmcp must keep seeing the session).
+    assert_eq!(conn.post(TOOLS_LIST, &headers).await.status, 200);
+    let requests = [
+        (r#""method":"tools/list""#, None),
+        (
+            r#""method":"tools/list""#,
+            Some(r#""cursor":"x""#.to_owned()),
+        ),
+        (
+            r#""method":"tools/call""#,
+            Some(r#""name":"no_such_tool""#.to_owned()),
+        ),
+        (
+            r#""method":"tools/call""#,
+            Some(format!(
+                r#""name":"get_token","arguments":{{"id":"{other}"}}"#
+            )),
+        ),
+        (
+            r#""method":"tools/call""#,
+            Some(r#""name":"create_token","arguments":{"name":7}"#.to_owned()),
+        ),
+        (
+            r#""method":"tools/call""#,
+            Some(r#""name":"whoami""#.to_owned()),
+        ),
+    ];
+    for (method, params) in requests {
+        let plain = match &params {
+            None => format!(r#"{{"jsonrpc":"2.0","id":"x1",{method}}}"#),
+            Some(p) => format!(r#"{{"jsonrpc":"2.0","id":"x1",{method},"params":{{{p}}}}}"#),
+        };
+        let with_meta = match &params {
+            None => format!(r#"{{"jsonrpc":"2.0","id":"x1",{method},"params":{{"_meta":{{}}}}}}"#),
+            Some(p) => {
+                format!(r#"{{"jsonrpc":"2.0","id":"x1",{method},"params":{{{p},"_meta":{{}}}}}}"#)
+            }
+        };
+        let lane = conn.post(&plain, &headers).await;
+        let rmcp = conn.post(&with_meta, &headers).await;
+        assert_eq!(lane.status, 200, "{plain}");
+        assert_eq!(rmcp.status, 200, "{with_meta}");
+        assert!(
+            rmcp.head.contains("content-length:") && lane.head.contains("content-length:"),
+            "{}\n{}",
+            rmcp.head,
+            lane.head
+        );
+        let mut lane_body = String::from_utf8(lane.body.clone()).unwrap();
+        // rmcp numbers the events of its request streams (`id: <stream>/<index>`), for a
+        // resumption that a reply sent whole never needs; the lane's event has no id.
+        let rmcp_body: String = String::from_utf8(rmcp.body.clone())
+            .unwrap()
+            .split_inclusive('\n')
+            .filter(|line| !line.starts_with("id: "))
+            .collect();
+        assert!(!lane_body.contains("\nid: "), "{lane_body}");
+        if plain.contains("whoami") {
+            // whoami counts its own use: the two differ by exactly that.
+            let count = |body: &str| {
+                let message: Value =
+                    serde_json::from_str(body.trim().strip_prefix("data: ").expect("one event"))
+                        .unwrap();
+                message["result"]["structuredContent"]["use_count"]
+                    .as_i64()
+                    .unwrap()
+            };
+            assert_eq!(count(&rmcp_body), count(&lane_body) + 1);
+            let value = |body: &str| -> Value {
+                let mut message: Value =
+                    serde_json::from_str(body.trim().strip_prefix("data: ").expect("one event"))
+                        .unwrap();
+                let result = &mut message["result"];
+                result["content"] = Value::Null;
+                for volatile in ["use_count", "last_used_at"] {
+                    result["structuredContent"][volatile] = Value::Null;
+                }
+                message
+            };
+            assert_eq!(value(&lane_body), value(&rmcp_body));
+            lane_body = rmcp_body.clone();
+        }
+        assert_eq!(lane_body, rmcp_body, "{plain}");
+        assert!(rmcp_body.starts_with("data: {"), "{rmcp_body}");
+    }
+}
+
 /// One token opening thousands of sessions keeps at most its limit alive (the least recently
 /// used close), so memory stays bounded and other tokens are served; the server-wide limit
 /// answers 503 with Retry-After.

@@ -446,6 +446,27 @@ mod tests {
         }
     }
 
+    /// Results are shaped for the revisions before 2026-07-28 as rmcp shapes them: a gateway
+    /// call's `resultType: "complete"` is left out.
+    #[tokio::test]
+    async fn replies_leave_out_the_result_type_older_sessions_do_not_know() {
+        let mut result = rmcp::model::CallToolResult::structured(serde_json::json!({"a": 1}));
+        result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+        let response = reply(
+            RequestId::Number(4),
+            Ok(ServerResult::CallToolResult(result)),
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.starts_with(r#"data: {"jsonrpc":"2.0","id":4,"result":{"#),
+            "{body}"
+        );
+        assert!(!body.contains("resultType"), "{body}");
+    }
+
     const WHOAMI: &str = r#"{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
 
     /// The lane answers a plain request of a live session only once rmcp has seen the
