@@ -34,6 +34,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{CallFailure, ProgressSink};
+use super::wire;
+use axum::body::Bytes;
+use http_body_util::Full;
 
 /// The largest answer read for one call (its events together).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -51,6 +54,9 @@ const MAX_IN_FLIGHT: usize = 16;
 struct Route {
     /// Parsed once, when rmcp's transport sends to it.
     url: reqwest::Url,
+    /// The request target (path and query) and `Host` of `url`, for requests written here.
+    target: axum::http::Uri,
+    host: HeaderValue,
     /// None for an upstream that serves these protocols without sessions.
     session: Option<Arc<str>>,
     version: HeaderValue,
@@ -82,6 +88,7 @@ impl Recorder {
             seen: Arc::clone(&seen),
             next: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            pool: wire::Pool::default(),
         });
         (Recorder { inner, seen }, direct)
     }
@@ -96,12 +103,33 @@ impl Recorder {
         let version = headers
             .get(&HeaderName::from_static("mcp-protocol-version"))
             .cloned();
-        let url = reqwest::Url::parse(uri).ok();
+        // Plain HTTP only: the calls written here have no TLS.
+        let url = reqwest::Url::parse(uri)
+            .ok()
+            .filter(|u| u.scheme() == "http");
+        let target = url.as_ref().and_then(|u| {
+            let target = match u.query() {
+                Some(query) => format!("{}?{query}", u.path()),
+                None => u.path().to_owned(),
+            };
+            target.parse::<axum::http::Uri>().ok()
+        });
+        let host = url.as_ref().and_then(|u| {
+            let host = u.host_str()?;
+            let host = match u.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            HeaderValue::from_str(&host).ok()
+        });
         let route = version
             .filter(|v| v.to_str().is_ok_and(|v| v < STATELESS_PROTOCOL))
             .zip(url)
-            .map(|(version, url)| Route {
+            .zip(target.zip(host))
+            .map(|((version, url), (target, host))| Route {
                 url,
+                target,
+                host,
                 session: session.clone(),
                 version,
                 auth: auth.clone(),
@@ -214,6 +242,8 @@ pub struct Direct {
     seen: Seen,
     next: AtomicU64,
     in_flight: tokio::sync::Semaphore,
+    /// Kept-alive connections for the calls, driven by the calling task.
+    pool: wire::Pool,
 }
 
 /// How a direct call ended.
@@ -318,9 +348,22 @@ impl Direct {
                 "the connection closed".into(),
             )));
         };
-        let mut response = match post(&self.client, route, request).await {
-            Ok(response) => response,
-            Err(e) => return Exchange::Broken(format!("cannot send the call: {e}")),
+        let body = Bytes::from(serde_json::to_vec(request).expect("JSON values serialise"));
+        let mut tries = 0;
+        let (mut conn, response) = loop {
+            let mut conn = match self.pool.take(&route.url).await {
+                Ok(conn) => conn,
+                Err(e) => return Exchange::Broken(format!("cannot send the call: {e}")),
+            };
+            match conn.send(call_request(route, body.clone())).await {
+                Ok(response) => break (conn, response),
+                // Nothing went out (a kept-alive connection the server had closed): another
+                // connection may carry it.
+                Err(wire::Failure::NotSent(_)) if tries < 2 => tries += 1,
+                Err(wire::Failure::NotSent(e) | wire::Failure::Lost(e)) => {
+                    return Exchange::Broken(format!("cannot send the call: {e}"));
+                }
+            }
         };
         let status = response.status();
         if status == StatusCode::NOT_FOUND && route.session.is_some() {
@@ -331,15 +374,20 @@ impl Direct {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        let mut incoming = response.into_body();
         let mut events = Events::default();
         let mut body = Vec::new();
         let mut received = 0usize;
         let mut answer = None;
+        let mut ended = false;
         while answer.is_none() {
-            let chunk = match response.chunk().await {
+            let chunk = match conn.frame(&mut incoming).await {
                 Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => return Exchange::Broken(format!("the answer broke off: {e}")),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => return Exchange::Broken(e),
             };
             received += chunk.len();
             if received > MAX_ANSWER_BYTES {
@@ -357,18 +405,31 @@ impl Direct {
             }
         }
         if let Some(answer) = answer {
-            // The stream ends right after its answer: read that end, so the connection goes
-            // back to the pool instead of being closed with the unread rest.
+            // The stream ends right after its answer: read that end, so the connection can be
+            // kept for the next call instead of closed with the unread rest.
             let drain = async {
-                while let Ok(Some(chunk)) = response.chunk().await {
-                    received += chunk.len();
-                    if received > MAX_ANSWER_BYTES {
-                        break;
+                loop {
+                    match conn.frame(&mut incoming).await {
+                        Ok(Some(chunk)) => {
+                            received += chunk.len();
+                            if received > MAX_ANSWER_BYTES {
+                                return false;
+                            }
+                        }
+                        Ok(None) => return true,
+                        Err(_) => return false,
                     }
                 }
             };
-            let _ = tokio::time::timeout(DRAIN, drain).await;
+            if tokio::time::timeout(DRAIN, drain).await == Ok(true) {
+                drop(incoming);
+                self.pool.give_back(conn, MAX_IN_FLIGHT);
+            }
             return Exchange::Done(answer);
+        }
+        if ended {
+            drop(incoming);
+            self.pool.give_back(conn, MAX_IN_FLIGHT);
         }
         if !body.is_empty()
             && let Some(done) =
@@ -384,6 +445,44 @@ impl Direct {
             format!("the upstream answered HTTP {status}")
         })))
     }
+}
+
+/// A call's POST on `route`: the configured headers and the session, nothing of the caller's.
+fn call_request(route: &Route, body: Bytes) -> axum::http::Request<Full<Bytes>> {
+    let mut request = axum::http::Request::new(Full::new(body));
+    *request.method_mut() = axum::http::Method::POST;
+    *request.uri_mut() = route.target.clone();
+    let headers = request.headers_mut();
+    headers.insert(header::HOST, route.host.clone());
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("mcp-protocol-version", route.version.clone());
+    if let Some(session) = route
+        .session
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        headers.insert("mcp-session-id", session);
+    }
+    for (name, value) in &route.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(auth) = route
+        .auth
+        .as_ref()
+        .and_then(|a| HeaderValue::from_str(&format!("Bearer {a}")).ok())
+    {
+        let mut auth = auth;
+        auth.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, auth);
+    }
+    request
 }
 
 fn too_large() -> CallFailure {

@@ -13,6 +13,7 @@ pub mod catalogue;
 pub mod config;
 pub mod connection;
 mod direct;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
