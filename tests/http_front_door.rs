@@ -122,7 +122,7 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
 /// The express lane (plain `tools/list` and `tools/call` of a live session, answered without
 /// rmcp's session machinery) answers byte for byte as rmcp does: each request is sent plain
 /// and again with an empty `_meta`, which the lane leaves to rmcp (only rmcp's event id
-/// differs). rmcp's replies too go out whole, with a length.
+/// differs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_express_lane_answers_exactly_as_rmcp() {
     let dir = TempDir::new().unwrap();
@@ -173,12 +173,9 @@ async fn the_express_lane_answers_exactly_as_rmcp() {
         let rmcp = conn.post(&with_meta, &headers).await;
         assert_eq!(lane.status, 200, "{plain}");
         assert_eq!(rmcp.status, 200, "{with_meta}");
-        assert!(
-            rmcp.head.contains("content-length:") && lane.head.contains("content-length:"),
-            "{}\n{}",
-            rmcp.head,
-            lane.head
-        );
+        // The lane's reply is whole by construction (rmcp's is whole only when ready within
+        // 20 ms, which a loaded machine may miss).
+        assert!(lane.head.contains("content-length:"), "{}", lane.head);
         let mut lane_body = String::from_utf8(lane.body.clone()).unwrap();
         // rmcp numbers the events of its request streams (`id: <stream>/<index>`), for a
         // resumption that a reply sent whole never needs; the lane's event has no id.
