@@ -407,7 +407,6 @@ impl Connection {
                     progress.clone(),
                     cancel,
                     (deadline, self.upstream.timeout),
-                    |why| self.broke(why),
                 )
                 .await;
             if let Sent::Answered(answer) = sent {

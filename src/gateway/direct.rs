@@ -103,10 +103,11 @@ impl Recorder {
         let version = headers
             .get(&HeaderName::from_static("mcp-protocol-version"))
             .cloned();
-        // Plain HTTP only: the calls written here have no TLS.
+        // Plain HTTP only (the calls written here have no TLS), and only without a proxy
+        // configured: reqwest, on rmcp's path, honours one.
         let url = reqwest::Url::parse(uri)
             .ok()
-            .filter(|u| u.scheme() == "http");
+            .filter(|u| u.scheme() == "http" && !proxy_configured());
         let target = url.as_ref().and_then(|u| {
             let target = match u.query() {
                 Some(query) => format!("{}?{query}", u.path()),
@@ -257,15 +258,51 @@ pub enum Sent {
 /// What the transport part of a call found (the caller words the failures).
 enum Exchange {
     Done(Result<CallToolResult, CallFailure>),
-    Broken(String),
     SessionGone,
+    /// Answered with a redirect: the call was not processed here, rmcp's client follows it.
+    Redirected,
+}
+
+/// Tells the upstream a call is cancelled when the call ends without its answer, however it
+/// ends: a timeout, a cancellation, or the call's future dropped (its client went away).
+struct Unanswered<'a> {
+    direct: &'a Direct,
+    route: Option<Route>,
+    id: &'a str,
+    reason: &'static str,
+}
+
+impl Unanswered<'_> {
+    fn answered(&mut self) {
+        self.route = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some(route) = self.route.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let notice = json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": { "requestId": self.id, "reason": self.reason },
+        });
+        // Best effort (the upstream may already be gone), and never a delay for the caller:
+        // a call whose token was revoked is answered within a second.
+        let client = self.direct.client.clone();
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(CANCEL_NOTICE, post(&client, &route, &notice)).await;
+        });
+    }
 }
 
 impl Direct {
     /// Forwards one call; ends early, telling the upstream, at `deadline` (the call's
-    /// `timeout` from its start) or when `cancel` fires.
-    /// `broke` words a failure to send or to read the answer (and has the connection
-    /// reconnect).
+    /// `timeout` from its start) or when `cancel` fires (or when this future is dropped).
     pub async fn call(
         &self,
         tool: &str,
@@ -273,7 +310,6 @@ impl Direct {
         progress: Option<ProgressSink>,
         cancel: &CancellationToken,
         (deadline, timeout): (tokio::time::Instant, Duration),
-        broke: impl FnOnce(String) -> CallFailure,
     ) -> Sent {
         let Some(route) = lock(&self.seen).clone() else {
             return Sent::NotSent;
@@ -289,6 +325,12 @@ impl Direct {
         }
         let request =
             json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
+        let mut unanswered = Unanswered {
+            direct: self,
+            route: Some(route.clone()),
+            id: &id,
+            reason: "the client went away",
+        };
         let exchange = self.exchange(&route, &request, &id, progress.as_ref());
         let outcome = tokio::select! {
             exchange = exchange => Some(exchange),
@@ -296,9 +338,16 @@ impl Direct {
             _ = cancel.cancelled() => None,
         };
         match outcome {
-            Some(Exchange::Done(result)) => Sent::Answered(result),
-            Some(Exchange::Broken(why)) => Sent::Answered(Err(broke(why))),
+            Some(Exchange::Done(result)) => {
+                unanswered.answered();
+                Sent::Answered(result)
+            }
+            Some(Exchange::Redirected) => {
+                unanswered.answered();
+                Sent::NotSent
+            }
             Some(Exchange::SessionGone) => {
+                unanswered.answered();
                 // rmcp's transport opens a new session when its next request finds this one
                 // gone; forget it unless rmcp already noted a new one.
                 let mut seen = lock(&self.seen);
@@ -308,23 +357,12 @@ impl Direct {
                 Sent::NotSent
             }
             None => {
-                let reason = if cancel.is_cancelled() {
+                // `unanswered` tells the upstream as it goes.
+                unanswered.reason = if cancel.is_cancelled() {
                     "cancelled by the client or tokenwarden"
                 } else {
                     "timed out"
                 };
-                let notice = json!({
-                    "jsonrpc": "2.0",
-                    "method": "notifications/cancelled",
-                    "params": { "requestId": id, "reason": reason },
-                });
-                // Best effort (the upstream may already be gone), and never a delay for the
-                // caller: a call whose token was revoked is answered within a second.
-                let client = self.client.clone();
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(CANCEL_NOTICE, post(&client, &route, &notice)).await;
-                });
                 Sent::Answered(Err(if cancel.is_cancelled() {
                     CallFailure::Cancelled
                 } else {
@@ -348,26 +386,32 @@ impl Direct {
                 "the connection closed".into(),
             )));
         };
+        // A failure on one connection is this call's, not the upstream session's: rmcp's own
+        // streams notice an upstream that went away.
+        let failed = |why: String| Exchange::Done(Err(CallFailure::Unavailable(why)));
         let body = Bytes::from(serde_json::to_vec(request).expect("JSON values serialise"));
         let mut tries = 0;
         let (mut conn, response) = loop {
-            let mut conn = match self.pool.take(&route.url).await {
+            let conn = match self.pool.take(&route.url).await {
                 Ok(conn) => conn,
-                Err(e) => return Exchange::Broken(format!("cannot send the call: {e}")),
+                Err(e) => return failed(format!("cannot send the call: {e}")),
             };
             match conn.send(call_request(route, body.clone())).await {
-                Ok(response) => break (conn, response),
+                Ok(sent) => break sent,
                 // Nothing went out (a kept-alive connection the server had closed): another
                 // connection may carry it.
                 Err(wire::Failure::NotSent(_)) if tries < 2 => tries += 1,
                 Err(wire::Failure::NotSent(e) | wire::Failure::Lost(e)) => {
-                    return Exchange::Broken(format!("cannot send the call: {e}"));
+                    return failed(format!("cannot send the call: {e}"));
                 }
             }
         };
         let status = response.status();
         if status == StatusCode::NOT_FOUND && route.session.is_some() {
             return Exchange::SessionGone;
+        }
+        if status.is_redirection() {
+            return Exchange::Redirected;
         }
         let is_stream = response
             .headers()
@@ -387,7 +431,7 @@ impl Direct {
                     ended = true;
                     break;
                 }
-                Err(e) => return Exchange::Broken(e),
+                Err(e) => return failed(e),
             };
             received += chunk.len();
             if received > MAX_ANSWER_BYTES {
@@ -445,6 +489,12 @@ impl Direct {
             format!("the upstream answered HTTP {status}")
         })))
     }
+}
+
+fn proxy_configured() -> bool {
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// A call's POST on `route`: the configured headers and the session, nothing of the caller's.

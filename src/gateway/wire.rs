@@ -89,11 +89,12 @@ async fn drive<T>(
 }
 
 impl Conn {
-    /// Sends `request` and returns the answer's head; its body is read with [`Conn::frame`].
+    /// Sends `request` and returns the connection with the answer's head; its body is read
+    /// with [`Conn::frame`].
     pub async fn send(
-        &mut self,
+        mut self,
         request: axum::http::Request<Full<Bytes>>,
-    ) -> Result<axum::http::Response<Incoming>, Failure> {
+    ) -> Result<(Conn, axum::http::Response<Incoming>), Failure> {
         let sender = &mut self.sender;
         let ready = poll_fn(|cx| sender.poll_ready(cx));
         match drive(&mut self.conn, ready).await {
@@ -101,10 +102,29 @@ impl Conn {
             Ok(Err(e)) => return Err(Failure::NotSent(e.to_string())),
             Err(e) => return Err(Failure::NotSent(e)),
         }
-        let sending = self.sender.try_send_request(request);
-        match drive(&mut self.conn, sending).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(mut e)) => {
+        let mut sending = std::pin::pin!(self.sender.try_send_request(request));
+        let outcome = match drive(&mut self.conn, sending.as_mut()).await {
+            Ok(outcome) => outcome,
+            Err(why) => {
+                // The connection ended first: with it gone, hyper hands back a request it
+                // never wrote.
+                drop(self.conn);
+                return Err(match sending.await {
+                    Err(mut e) => {
+                        let error = format!("{}", e.error());
+                        if e.take_message().is_some() {
+                            Failure::NotSent(error)
+                        } else {
+                            Failure::Lost(error)
+                        }
+                    }
+                    Ok(_) => Failure::Lost(why),
+                });
+            }
+        };
+        match outcome {
+            Ok(response) => Ok((self, response)),
+            Err(mut e) => {
                 let why = format!("{}", e.error());
                 Err(if e.take_message().is_some() {
                     Failure::NotSent(why)
@@ -112,7 +132,6 @@ impl Conn {
                     Failure::Lost(why)
                 })
             }
-            Err(e) => Err(Failure::Lost(e)),
         }
     }
 

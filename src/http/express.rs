@@ -51,14 +51,17 @@ const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
+/// When rmcp last saw a request of each session, and when that table was last swept.
+type Seen = (HashMap<Arc<str>, Instant>, Option<Instant>);
+
 pub(super) struct Express {
     server: TokenServer,
     manager: Arc<LocalSessionManager>,
     /// The allowed `Host` names (lower case) that carry no port; a `Host` matching none of
     /// them goes to rmcp, which checks it against the whole list.
     hosts: Vec<String>,
-    /// When rmcp last saw a request of each session.
-    seen: Mutex<HashMap<Arc<str>, Instant>>,
+    /// When rmcp last saw a request of each session, and when the table was last swept.
+    seen: Mutex<Seen>,
     /// Gateway calls in flight here, by session and request id, for notifications/cancelled.
     calls: Mutex<HashMap<(Arc<str>, RequestId), CancellationToken>>,
     shutdown: CancellationToken,
@@ -92,18 +95,26 @@ impl Express {
     /// Whether rmcp saw a request of `session` recently enough for this one to skip it.
     fn seen_recently(&self, session: &str) -> bool {
         lock(&self.seen)
+            .0
             .get(session)
             .is_some_and(|at| at.elapsed() < RMCP_SEEN_WITHIN)
     }
 
     /// Notes that a request of `session` goes rmcp's way now.
     fn rmcp_sees(&self, session: &str) {
-        let mut seen = lock(&self.seen);
+        let mut guard = lock(&self.seen);
+        let (seen, swept) = &mut *guard;
         if let Some(at) = seen.get_mut(session) {
             *at = Instant::now();
             return;
         }
         if seen.len() >= SEEN_CAPACITY {
+            // At most one sweep a second, however fast sessions come: a full table of fresh
+            // sessions makes new ones go rmcp's way until room is made.
+            if swept.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *swept = Some(Instant::now());
             seen.retain(|_, at| at.elapsed() < RMCP_SEEN_WITHIN);
             if seen.len() >= SEEN_CAPACITY {
                 return;
@@ -119,7 +130,7 @@ impl Express {
     }
 
     fn end_session(&self, session: &str) {
-        lock(&self.seen).remove(session);
+        lock(&self.seen).0.remove(session);
         for ((owner, _), token) in lock(&self.calls).iter() {
             if &**owner == session {
                 token.cancel();
@@ -129,6 +140,11 @@ impl Express {
 
     /// Whether the headers are the usual ones rmcp would accept for a session request.
     fn usual_headers(&self, headers: &HeaderMap) -> bool {
+        // Quality values (`q=0` refuses a type) and quoted parameters are rmcp's to weigh.
+        let plain_accept = headers.get_all(header::ACCEPT).iter().all(|v| {
+            v.to_str()
+                .is_ok_and(|v| !v.contains("q=") && !v.contains('"'))
+        });
         let accepts = |wanted: &str| {
             headers.get_all(header::ACCEPT).iter().any(|v| {
                 v.to_str().is_ok_and(|v| {
@@ -162,7 +178,8 @@ impl Express {
                     .iter()
                     .any(|allowed| a.host().eq_ignore_ascii_case(allowed))
             });
-        accepts("application/json")
+        plain_accept
+            && accepts("application/json")
             && accepts("text/event-stream")
             && json_body
             && revision
@@ -262,16 +279,22 @@ pub(super) async fn express(
     let Some(who) = who.filter(|_| request.method() == Method::POST) else {
         return next.run(request).await;
     };
-    if !express.usual_headers(request.headers()) {
-        express.rmcp_sees(&session);
-        return next.run(request).await;
-    }
+    let usual = express.usual_headers(request.headers());
     let (parts, body) = request.into_parts();
     // The guard has read the body already: this takes it back whole.
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     let lane = lane(&bytes);
+    if !usual {
+        if let Lane::Cancelled(id) = &lane {
+            express.cancel(&session, id);
+        }
+        express.rmcp_sees(&session);
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
     let rmcp_way = |bytes: Bytes| next.run(Request::from_parts(parts, Body::from(bytes)));
     let fresh = !matches!(lane, Lane::Rmcp | Lane::Cancelled(_))
         && express.seen_recently(&session)
@@ -298,43 +321,110 @@ pub(super) async fn express(
         Lane::Call(id, call) => {
             let mut request = CallToolRequestParams::new(call.name);
             request.arguments = call.arguments;
-            let answer = if express.server.forwards(&request.name) {
-                let cancel = express.shutdown.child_token();
+            if express.server.forwards(&request.name) {
                 let key = (Arc::<str>::from(session.as_str()), id.clone());
-                lock(&express.calls).insert(key.clone(), cancel.clone());
-                // Removed however the call ends, the request's future dropped included.
-                let _registered = Registered(&express.calls, key);
-                express
-                    .server
-                    .call_tool_as(request, who, None, cancel)
-                    .await
-            } else {
-                express
-                    .server
-                    .call_tool_as(request, who, None, CancellationToken::new())
-                    .await
-            };
+                let cancel = express.shutdown.child_token();
+                let registered = match lock(&express.calls).entry(key.clone()) {
+                    // The same id twice at once: rmcp's to sort out.
+                    std::collections::hash_map::Entry::Occupied(_) => false,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(cancel.clone());
+                        true
+                    }
+                };
+                if !registered {
+                    express.rmcp_sees(&session);
+                    return rmcp_way(bytes).await;
+                }
+                let lane = Arc::clone(&express);
+                let call = async move {
+                    // Removed however the call ends, its future dropped included.
+                    let _registered = Registered(Arc::clone(&lane), key);
+                    // The standing watcher cancels the call's own token; `cancel` is the
+                    // client's (notifications/cancelled), the session's end or shutdown.
+                    let answer = lane
+                        .server
+                        .call_tool_as(request, who, None, cancel.child_token())
+                        .await;
+                    // As rmcp does, a request the client cancelled gets no response.
+                    (!cancel.is_cancelled()).then(|| event(id, answer.map(ServerResult::from)))
+                };
+                return forwarded(Box::pin(call)).await;
+            }
+            let answer = express
+                .server
+                .call_tool_as(request, who, None, CancellationToken::new())
+                .await;
             (id, answer.map(ServerResult::from))
         }
         Lane::Cancelled(_) | Lane::Rmcp => unreachable!("went rmcp's way above"),
     };
-    reply(id, answer)
+    event_stream(Body::from(event(id, answer)))
 }
 
-struct Registered<'a>(
-    &'a Mutex<HashMap<(Arc<str>, RequestId), CancellationToken>>,
-    (Arc<str>, RequestId),
-);
+struct Registered(Arc<Express>, (Arc<str>, RequestId));
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
-        lock(self.0).remove(&self.1);
+        lock(&self.0.calls).remove(&self.1);
     }
 }
 
-/// The reply rmcp writes for a session request: one event carrying the JSON-RPC response,
-/// shaped for the revisions before 2026-07-28 as rmcp shapes it.
-fn reply(id: RequestId, answer: Result<ServerResult, ErrorData>) -> Response {
+/// How often a forwarded call's open reply carries a keep-alive comment, as rmcp's do.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a forwarded call's reply is held for its answer before its headers go out.
+const HOLD: Duration = Duration::from_millis(20);
+
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+
+/// A forwarded call's reply: whole when the call answers within [`HOLD`]; else the headers at
+/// once and the answer when it comes, with keep-alive comments meanwhile (as rmcp's streams),
+/// so that proxies and clients with read timeouts keep waiting. The call runs as the body is
+/// read: a client that goes away drops it.
+async fn forwarded(mut call: Call) -> Response {
+    if let Ok(answer) = tokio::time::timeout(HOLD, call.as_mut()).await {
+        return event_stream(Body::from(answer.unwrap_or_default()));
+    }
+    let tick = Box::pin(tokio::time::sleep(KEEP_ALIVE));
+    event_stream(Body::from_stream(Forwarded {
+        call: Some(call),
+        tick,
+    }))
+}
+
+struct Forwarded {
+    call: Option<Call>,
+    tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_core::Stream for Forwarded {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let Some(call) = this.call.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(answer) = call.as_mut().poll(cx) {
+            this.call = None;
+            return Poll::Ready(answer.map(|event| Ok(Bytes::from(event))));
+        }
+        if this.tick.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + KEEP_ALIVE;
+            this.tick.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Bytes::from_static(b":\n\n"))));
+        }
+        Poll::Pending
+    }
+}
+
+/// The event rmcp writes for a session request's answer: the JSON-RPC response, shaped for
+/// the revisions before 2026-07-28 as rmcp shapes it.
+fn event(id: RequestId, answer: Result<ServerResult, ErrorData>) -> Vec<u8> {
     let message = match answer {
         Ok(mut result) => {
             result.strip_result_type_for_legacy_peer();
@@ -345,11 +435,14 @@ fn reply(id: RequestId, answer: Result<ServerResult, ErrorData>) -> Response {
     };
     let mut event = Vec::with_capacity(512);
     event.extend_from_slice(b"data: ");
-    if serde_json::to_writer(&mut event, &message).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
+    serde_json::to_writer(&mut event, &message).expect("JSON-RPC messages serialise");
     event.extend_from_slice(b"\n\n");
-    let mut response = Response::new(Body::from(event));
+    event
+}
+
+/// A reply with rmcp's event-stream headers.
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -452,19 +545,46 @@ mod tests {
     async fn replies_leave_out_the_result_type_older_sessions_do_not_know() {
         let mut result = rmcp::model::CallToolResult::structured(serde_json::json!({"a": 1}));
         result.result_type = Some(rmcp::model::ResultType::COMPLETE);
-        let response = reply(
+        let body = event(
             RequestId::Number(4),
             Ok(ServerResult::CallToolResult(result)),
         );
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let body = String::from_utf8(body.to_vec()).unwrap();
+        let body = String::from_utf8(body).unwrap();
         assert!(
             body.starts_with(r#"data: {"jsonrpc":"2.0","id":4,"result":{"#),
             "{body}"
         );
         assert!(!body.contains("resultType"), "{body}");
+    }
+
+    /// A forwarded call answered within the hold is sent whole; a slower one gets its headers
+    /// at once and its answer when it comes; a cancelled one ends without a response.
+    #[tokio::test]
+    async fn slow_forwarded_calls_are_streamed_and_cancelled_ones_end_empty() {
+        use axum::body::HttpBody;
+        let quick: Call = Box::pin(async { Some(b"data: quick\n\n".to_vec()) });
+        let response = forwarded(quick).await;
+        assert_eq!(response.body().size_hint().exact(), Some(13));
+        let slow: Call = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some(b"data: slow\n\n".to_vec())
+        });
+        let started = Instant::now();
+        let response = forwarded(slow).await;
+        assert!(started.elapsed() < Duration::from_millis(150));
+        assert_eq!(response.body().size_hint().exact(), None);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"data: slow\n\n");
+        let cancelled: Call = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        });
+        let body = axum::body::to_bytes(forwarded(cancelled).await.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(body.is_empty());
     }
 
     const WHOAMI: &str = r#"{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
