@@ -2,7 +2,8 @@
 //! binary (`tokenwarden serve --http … --upstreams …`, a separate process) versus the same
 //! upstream called directly, both over streamable HTTP with kept-alive connections, in one
 //! run, alternating rounds. Prints p50/p99 latency and calls per second for each, the added
-//! p50 and the throughput ratio.
+//! p50 and the throughput ratio; then one client alternating a direct and a gateway call, pair
+//! by pair, whose added p50 does not move with the host between rounds.
 //!
 //! `cargo bench --bench gateway`; `GW_CLIENTS` (default `1,4`), `GW_SECONDS` per round (5),
 //! `GW_ROUNDS` per variant (3), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
@@ -407,5 +408,36 @@ fn main() {
             println!("{clients} client(s): gateway {}", gw_cost.show());
             println!("{clients} client(s): whoami  {}", own_cost.show());
         }
+        // Paired: one client alternating a direct call and a gateway call, so that both meet
+        // the same moment of the host (round-to-round drift, which moves the direct p50 by
+        // tenths of a millisecond, cancels out of each pair).
+        let direct_session = Session::open(&direct_url, None).await;
+        let gateway_session = Session::open(&gateway_url, Some(&admin)).await;
+        for i in 0..20 {
+            direct_session.echo(i, "echo").await;
+            gateway_session.echo(i, "everything__echo").await;
+        }
+        let (mut direct, mut through, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(seconds * rounds as u64);
+        let mut id = 100;
+        while Instant::now() < deadline {
+            let d = direct_session.echo(id, "echo").await;
+            let g = gateway_session.echo(id, "everything__echo").await;
+            direct.push(d);
+            through.push(g);
+            added.push(g.as_secs_f64() - d.as_secs_f64());
+            id += 1;
+        }
+        direct.sort();
+        through.sort();
+        added.sort_by(f64::total_cmp);
+        println!(
+            "paired, 1 client, {} pairs: direct p50 {:.3} ms, gateway p50 {:.3} ms, added p50 {:.3} ms, median added per pair {:.3} ms",
+            added.len(),
+            percentile(&direct, 0.5).as_secs_f64() * 1e3,
+            percentile(&through, 0.5).as_secs_f64() * 1e3,
+            (percentile(&through, 0.5).as_secs_f64() - percentile(&direct, 0.5).as_secs_f64()) * 1e3,
+            added[added.len() / 2] * 1e3
+        );
     });
 }
