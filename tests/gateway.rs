@@ -1720,18 +1720,7 @@ async fn a_plain_call_is_cancelled_by_the_clients_notification() {
     let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     assert_eq!(conn.post(list, &headers).await.status, 200);
     let call = r#"{"jsonrpc":"2.0","id":"slow-1","method":"tools/call","params":{"name":"test__slow","arguments":{"seconds":20}}}"#;
-    conn.send_raw(
-        format!(
-            "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
-             content-length: {}\r\n{headers}\r\n{call}",
-            server.addr,
-            server.admin(),
-            call.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+    conn.send(call, &headers).await;
     eventually(
         || setup.log("test.log").lines().any(|l| l.starts_with("id ")),
         "the call reached the upstream",

@@ -91,22 +91,21 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
     // Two requests pipelined in one segment: the second reply is written while the first is
     // not yet acknowledged (the client, sending nothing, delays its ACK), which is exactly
     // what Nagle holds back. One reply per write no longer shows it; this does.
-    let request = |id: u32| {
-        let body = TOOLS_LIST.replace("\"id\":1", &format!("\"id\":{id}"));
-        format!(
-            "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
-             content-length: {}\r\n{headers}\r\n{body}",
-            server.addr,
-            server.admin(),
-            body.len()
+    let request = |conn: &Conn, id: u32| {
+        conn.request(
+            &TOOLS_LIST.replace("\"id\":1", &format!("\"id\":{id}")),
+            &headers,
         )
     };
     let mut pairs = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
-        conn.send_raw(format!("{}{}", request(100 + 2 * i), request(101 + 2 * i)).as_bytes())
-            .await;
+        let pair = format!(
+            "{}{}",
+            request(&conn, 100 + 2 * i),
+            request(&conn, 101 + 2 * i)
+        );
+        conn.send_raw(pair.as_bytes()).await;
         assert_eq!(conn.read_reply().await.status, 200);
         assert_eq!(conn.read_reply().await.status, 200);
         pairs.push(started.elapsed());

@@ -286,17 +286,9 @@ pub(super) async fn express(
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     let lane = lane(&bytes);
-    if !usual {
-        if let Lane::Cancelled(id) = &lane {
-            express.cancel(&session, id);
-        }
-        express.rmcp_sees(&session);
-        return next
-            .run(Request::from_parts(parts, Body::from(bytes)))
-            .await;
-    }
     let rmcp_way = |bytes: Bytes| next.run(Request::from_parts(parts, Body::from(bytes)));
-    let fresh = !matches!(lane, Lane::Rmcp | Lane::Cancelled(_))
+    let fresh = usual
+        && !matches!(lane, Lane::Rmcp | Lane::Cancelled(_))
         && express.seen_recently(&session)
         && express
             .manager

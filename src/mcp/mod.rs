@@ -127,12 +127,17 @@ impl TokenServer {
         )
     }
 
+    /// The gateway and its tool that `tools/call` of `name` is forwarded to, if any: a name
+    /// of tokenwarden's own never is.
+    fn upstream_tool(&self, name: &str) -> Option<(&Arc<Gateway>, Arc<ExposedTool>)> {
+        let gateway = self.gateway.as_ref()?;
+        let tool = gateway.catalogue().get(name).cloned()?;
+        (!tools::exists(name)).then_some((gateway, tool))
+    }
+
     /// Whether `tools/call` of `name` is forwarded to an upstream.
     pub fn forwards(&self, name: &str) -> bool {
-        self.gateway
-            .as_ref()
-            .is_some_and(|g| g.catalogue().get(name).is_some())
-            && !tools::exists(name)
+        self.upstream_tool(name).is_some()
     }
 
     /// Who is calling, from where, and the secret it presented (what long-running work
@@ -403,10 +408,7 @@ impl TokenServer {
         cancel: CancellationToken,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
-        if let Some(gateway) = &self.gateway
-            && let Some(tool) = gateway.catalogue().get(&name).cloned()
-            && !tools::exists(&name)
-        {
+        if let Some((gateway, tool)) = self.upstream_tool(&name) {
             return self
                 .call_gateway_tool(
                     gateway,

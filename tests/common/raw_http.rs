@@ -39,8 +39,10 @@ impl Conn {
         self.stream.write_all(bytes).await.unwrap();
     }
 
-    pub async fn post(&mut self, body: &str, extra_headers: &str) -> Reply {
-        let request = format!(
+    /// A POST of `body` to `/mcp` with this connection's bearer and `extra_headers` (each
+    /// ending in CRLF), as bytes to send.
+    pub fn request(&self, body: &str, extra_headers: &str) -> String {
+        format!(
             "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-type: application/json\r\n\
              accept: application/json, text/event-stream\r\ncontent-length: {}\r\n{}\r\n{}",
             self.host,
@@ -48,8 +50,17 @@ impl Conn {
             body.len(),
             extra_headers,
             body
-        );
-        self.stream.write_all(request.as_bytes()).await.unwrap();
+        )
+    }
+
+    /// Sends a POST without waiting for its reply (read it with [`Conn::read_reply`]).
+    pub async fn send(&mut self, body: &str, extra_headers: &str) {
+        let request = self.request(body, extra_headers);
+        self.send_raw(request.as_bytes()).await;
+    }
+
+    pub async fn post(&mut self, body: &str, extra_headers: &str) -> Reply {
+        self.send(body, extra_headers).await;
         self.read_reply().await
     }
 
