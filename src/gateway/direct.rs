@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,11 +103,14 @@ impl Recorder {
         let version = headers
             .get(&HeaderName::from_static("mcp-protocol-version"))
             .cloned();
-        // Plain HTTP only (the calls written here have no TLS), and only without a proxy
-        // configured: reqwest, on rmcp's path, honours one.
-        let url = reqwest::Url::parse(uri)
-            .ok()
-            .filter(|u| u.scheme() == "http" && !proxy_configured());
+        // Plain HTTP only (the calls written here have no TLS), without credentials in the
+        // URL or a proxy configured: reqwest, on rmcp's path, honours both.
+        let url = reqwest::Url::parse(uri).ok().filter(|u| {
+            u.scheme() == "http"
+                && u.username().is_empty()
+                && u.password().is_none()
+                && !*PROXY_CONFIGURED
+        });
         let target = url.as_ref().and_then(|u| {
             let target = match u.query() {
                 Some(query) => format!("{}?{query}", u.path()),
@@ -259,8 +262,11 @@ pub enum Sent {
 enum Exchange {
     Done(Result<CallToolResult, CallFailure>),
     SessionGone,
-    /// Answered with a redirect: the call was not processed here, rmcp's client follows it.
+    /// Answered with a 307 or 308: the call was not processed here, rmcp's client follows it.
     Redirected,
+    /// The request may have gone out but its answer did not come: the call's failure, and
+    /// the upstream is told to cancel it.
+    Failed(String),
 }
 
 /// Tells the upstream a call is cancelled when the call ends without its answer, however it
@@ -270,6 +276,8 @@ struct Unanswered<'a> {
     route: Option<Route>,
     id: &'a str,
     reason: &'static str,
+    /// Set once the request starts going out: a call that never left needs no notice.
+    sent: &'a AtomicBool,
 }
 
 impl Unanswered<'_> {
@@ -283,6 +291,9 @@ impl Drop for Unanswered<'_> {
         let Some(route) = self.route.take() else {
             return;
         };
+        if !self.sent.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -325,13 +336,15 @@ impl Direct {
         }
         let request =
             json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
+        let sent = AtomicBool::new(false);
         let mut unanswered = Unanswered {
             direct: self,
             route: Some(route.clone()),
             id: &id,
             reason: "the client went away",
+            sent: &sent,
         };
-        let exchange = self.exchange(&route, &request, &id, progress.as_ref());
+        let exchange = self.exchange(&route, &request, (&id, &sent), progress.as_ref());
         let outcome = tokio::select! {
             exchange = exchange => Some(exchange),
             _ = tokio::time::sleep_until(deadline) => None,
@@ -345,6 +358,11 @@ impl Direct {
             Some(Exchange::Redirected) => {
                 unanswered.answered();
                 Sent::NotSent
+            }
+            Some(Exchange::Failed(why)) => {
+                // `unanswered` tells the upstream as it goes: the call may be running there.
+                unanswered.reason = "its answer was lost";
+                Sent::Answered(Err(CallFailure::Unavailable(why)))
             }
             Some(Exchange::SessionGone) => {
                 unanswered.answered();
@@ -376,7 +394,7 @@ impl Direct {
         &self,
         route: &Route,
         request: &Value,
-        id: &str,
+        (id, sent): (&str, &AtomicBool),
         progress: Option<&ProgressSink>,
     ) -> Exchange {
         // As many calls in flight per upstream as rmcp's client allows; the wait counts
@@ -388,7 +406,7 @@ impl Direct {
         };
         // A failure on one connection is this call's, not the upstream session's: rmcp's own
         // streams notice an upstream that went away.
-        let failed = |why: String| Exchange::Done(Err(CallFailure::Unavailable(why)));
+        let failed = Exchange::Failed;
         let body = Bytes::from(serde_json::to_vec(request).expect("JSON values serialise"));
         let mut tries = 0;
         let (mut conn, response) = loop {
@@ -396,6 +414,7 @@ impl Direct {
                 Ok(conn) => conn,
                 Err(e) => return failed(format!("cannot send the call: {e}")),
             };
+            sent.store(true, Ordering::Relaxed);
             match conn.send(call_request(route, body.clone())).await {
                 Ok(sent) => break sent,
                 // Nothing went out (a kept-alive connection the server had closed): another
@@ -410,7 +429,9 @@ impl Direct {
         if status == StatusCode::NOT_FOUND && route.session.is_some() {
             return Exchange::SessionGone;
         }
-        if status.is_redirection() {
+        // Only these two say the request was not processed and is to be repeated as it was;
+        // after any other redirect the upstream may have run it.
+        if status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::PERMANENT_REDIRECT {
             return Exchange::Redirected;
         }
         let is_stream = response
@@ -491,11 +512,12 @@ impl Direct {
     }
 }
 
-fn proxy_configured() -> bool {
+/// Whether the environment names a proxy (read once).
+static PROXY_CONFIGURED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-}
+});
 
 /// A call's POST on `route`: the configured headers and the session, nothing of the caller's.
 fn call_request(route: &Route, body: Bytes) -> axum::http::Request<Full<Bytes>> {

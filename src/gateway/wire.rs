@@ -181,6 +181,8 @@ impl Pool {
     pub fn give_back(&self, mut conn: Conn, limit: usize) {
         conn.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections that idled too long are closed here, not kept until taken.
+        idle.retain(|c| c.idle_since.elapsed() < IDLE);
         if idle.len() < limit {
             idle.push(conn);
         }

@@ -329,9 +329,10 @@ pub(super) async fn express(
                     return rmcp_way(bytes).await;
                 }
                 let lane = Arc::clone(&express);
+                // Removed however the call ends, its future dropped included (even unpolled).
+                let registered = Registered(Arc::clone(&lane), key);
                 let call = async move {
-                    // Removed however the call ends, its future dropped included.
-                    let _registered = Registered(Arc::clone(&lane), key);
+                    let _registered = registered;
                     // The standing watcher cancels the call's own token; `cancel` is the
                     // client's (notifications/cancelled), the session's end or shutdown.
                     let answer = lane
