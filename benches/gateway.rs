@@ -6,7 +6,8 @@
 //! by pair, whose added p50 does not move with the host between rounds.
 //!
 //! `cargo bench --bench gateway`; `GW_CLIENTS` (default `1,4`), `GW_SECONDS` per round (5),
-//! `GW_ROUNDS` per variant (3), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
+//! `GW_ROUNDS` per variant (3), `GW_BIN` (another build of tokenwarden to measure, e.g. an
+//! older commit's), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
 //! own client negotiates with server-everything, so both legs speak the same one). Needs node and npm (installs the pinned server-everything into
 //! `target/npm` if missing, like the tests).
 
@@ -295,7 +296,8 @@ fn main() {
         json!({"mcpServers": {"everything": {"type": "http", "url": direct_url}}}).to_string(),
     )
     .unwrap();
-    let mut tw = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+    let binary = env("GW_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
+    let mut tw = Command::new(&binary);
     tw.arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--log-level", "warn,tokenwarden=info,upstream=info"])

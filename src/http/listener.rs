@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::repoll::Repoll;
+
 /// How the accept loop bounds its connections (SPEC §6 defaults).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -250,7 +252,9 @@ pub async fn serve(
         let table = Arc::clone(&table);
         let builder = Arc::clone(&builder);
         let stop = shutdown.clone();
-        tasks.spawn(async move {
+        // Polled again at once when it wakes itself (most requests do), instead of being
+        // handed to the other worker thread: see `repoll`.
+        tasks.spawn(Repoll::new(async move {
             let service = {
                 let connection = Arc::clone(&connection);
                 let table = Arc::clone(&table);
@@ -288,7 +292,7 @@ pub async fn serve(
                 }
             }
             table.remove(id);
-        });
+        }));
     }
     // Let open connections finish (their streams are ended by the MCP service's own shutdown).
     let _ = tokio::time::timeout(Duration::from_secs(6), async {

@@ -14,12 +14,18 @@ mod express;
 mod guard;
 mod listener;
 mod reply;
+mod repoll;
 mod sessions;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -201,12 +207,35 @@ fn express_lane(
     ))
 }
 
+/// rmcp's service behind an `Arc`. Axum's router and each `from_fn` layer clone the service
+/// beneath them for every request, and rmcp's own clone copies its whole configuration (its
+/// host list included), although requests the express lane answers never reach it.
+#[derive(Clone)]
+struct Mcp(Arc<StreamableHttpService<TokenServer, LocalSessionManager>>);
+
+type McpResponse = axum::http::Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+impl tower::Service<axum::extract::Request> for Mcp {
+    type Response = McpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<McpResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        Box::pin(async move { Ok(service.handle(request).await) })
+    }
+}
+
 fn mcp_service(
     service: Arc<Service>,
     manager: Arc<LocalSessionManager>,
     config: &HttpConfig,
     shutdown: CancellationToken,
-) -> StreamableHttpService<TokenServer, LocalSessionManager> {
+) -> Mcp {
     // Origins are checked (and answered with CORS) in front of the guard; rmcp checks Host.
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(allowed_hosts(config))
@@ -216,11 +245,11 @@ fn mcp_service(
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
     let gateway = config.gateway.clone();
-    StreamableHttpService::new(
+    Mcp(Arc::new(StreamableHttpService::new(
         move || Ok(TokenServer::for_http(Arc::clone(&service)).with_gateway(gateway.clone())),
         manager,
         mcp_config,
-    )
+    )))
 }
 
 async fn healthz() -> impl IntoResponse {
