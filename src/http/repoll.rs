@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 /// How many times one poll of the task polls the future again for its own wakes.
 const REPOLLS: usize = 4;
 
-const IDLE: u8 = 0;
+/// `Shared::state` bits: the future is being polled; it was woken.
 const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
 
@@ -43,22 +43,15 @@ impl Wake for Shared {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // While the future is being polled, mark it: the poll looks at the mark when the
-        // future returns. The exchange fails only if that poll ended in between: then the
-        // mark would be missed, so the task is woken.
-        if self
-            .state
-            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        // While the future is being polled, the mark is all: the poll looks at it when the
+        // future returns (one read-modify-write, so whatever the waker did before is seen by
+        // the poll that follows). Otherwise the task is woken.
+        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING != 0 {
             return;
         }
-        if self.state.load(Ordering::Acquire) == WOKEN {
-            return;
-        }
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
         }
     }
 }
@@ -66,7 +59,7 @@ impl Wake for Shared {
 impl<F: Future> Repoll<F> {
     pub fn new(future: F) -> Self {
         let shared = Arc::new(Shared {
-            state: AtomicU8::new(IDLE),
+            state: AtomicU8::new(0),
             task: Mutex::new(None),
         });
         let waker = Waker::from(Arc::clone(&shared));
@@ -93,10 +86,10 @@ impl<F: Future> Future for Repoll<F> {
         for _ in 0..=REPOLLS {
             this.shared.state.store(POLLING, Ordering::Release);
             if let Poll::Ready(out) = this.future.as_mut().poll(&mut inner) {
-                this.shared.state.store(IDLE, Ordering::Release);
+                this.shared.state.store(0, Ordering::Release);
                 return Poll::Ready(out);
             }
-            if this.shared.state.swap(IDLE, Ordering::AcqRel) != WOKEN {
+            if this.shared.state.swap(0, Ordering::AcqRel) & WOKEN == 0 {
                 return Poll::Pending;
             }
         }
@@ -183,20 +176,56 @@ mod tests {
         assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn no_wake_is_lost_under_a_race() {
-        // A wake racing the end of a poll must either be seen by the poll or reach the task.
-        for _ in 0..2_000 {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let sender = tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                let _ = tx.send(());
-            });
-            tokio::time::timeout(std::time::Duration::from_secs(5), Repoll::new(rx))
-                .await
-                .expect("a lost wake would hang here")
-                .unwrap();
-            sender.await.unwrap();
+    /// Receives numbers in order and counts them; after registering for a wake it stays busy
+    /// in its poll for a while, as a connection does, so wakes land inside polls too.
+    struct Receiver {
+        rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
+        received: u32,
+    }
+
+    impl Future for Receiver {
+        type Output = u32;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            loop {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(i)) => {
+                        assert_eq!(i, self.received);
+                        self.received += 1;
+                    }
+                    Poll::Ready(None) => return Poll::Ready(self.received),
+                    Poll::Pending => {
+                        spin(300);
+                        return Poll::Pending;
+                    }
+                }
+            }
         }
+    }
+
+    fn spin(n: u32) {
+        for i in 0..n {
+            std::hint::black_box(i);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_is_lost_when_wakes_race_the_poll() {
+        // A thread sends at varying pace, so its wakes land before, inside and after the
+        // receiver's polls; a wake neither seen by the poll nor passed to the task hangs it.
+        const ITEMS: u32 = 200_000;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let sender = std::thread::spawn(move || {
+            for i in 0..ITEMS {
+                tx.send(i).unwrap();
+                spin(i % 700);
+            }
+        });
+        let receiver = tokio::spawn(Repoll::new(Receiver { rx, received: 0 }));
+        let received = tokio::time::timeout(std::time::Duration::from_secs(20), receiver)
+            .await
+            .expect("a lost wake would hang here")
+            .unwrap();
+        sender.join().unwrap();
+        assert_eq!(received, ITEMS);
     }
 }
