@@ -48,6 +48,8 @@ const CANCEL_NOTICE: Duration = Duration::from_secs(2);
 const DRAIN: Duration = Duration::from_millis(50);
 /// Calls in flight to one upstream at once (rmcp's client allows as many).
 const MAX_IN_FLIGHT: usize = 16;
+/// Cancellation notices in flight to one upstream at once; more are not sent.
+const MAX_NOTICES: usize = 4;
 
 /// What rmcp's transport last sent with a request of its session.
 #[derive(Clone)]
@@ -83,11 +85,11 @@ impl Recorder {
     pub fn new(inner: reqwest::Client, refresh: Arc<Notify>) -> (Recorder, Arc<Direct>) {
         let seen = Seen::default();
         let direct = Arc::new(Direct {
-            client: inner.clone(),
             refresh,
             seen: Arc::clone(&seen),
             next: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            notices: Arc::new(tokio::sync::Semaphore::new(MAX_NOTICES)),
             pool: wire::Pool::default(),
         });
         (Recorder { inner, seen }, direct)
@@ -241,11 +243,12 @@ impl StreamableHttpClient for Recorder {
 
 /// Sends `tools/call` on the session rmcp's client opened.
 pub struct Direct {
-    client: reqwest::Client,
     refresh: Arc<Notify>,
     seen: Seen,
     next: AtomicU64,
     in_flight: tokio::sync::Semaphore,
+    /// Cancellation notices being sent at once (each on a new connection).
+    notices: Arc<tokio::sync::Semaphore>,
     /// Kept-alive connections for the calls, driven by the calling task.
     pool: wire::Pool,
 }
@@ -297,16 +300,28 @@ impl Drop for Unanswered<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // A few at a time per upstream, each on a connection of its own: a caller dropping
+        // calls in a loop must not make the server open connections without end.
+        let Ok(permit) = Arc::clone(&self.direct.notices).try_acquire_owned() else {
+            return;
+        };
         let notice = json!({
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
             "params": { "requestId": self.id, "reason": self.reason },
         });
+        let body = Bytes::from(serde_json::to_vec(&notice).expect("JSON values serialise"));
+        let request = upstream_post(&route, body);
         // Best effort (the upstream may already be gone), and never a delay for the caller:
         // a call whose token was revoked is answered within a second.
-        let client = self.direct.client.clone();
         runtime.spawn(async move {
-            let _ = tokio::time::timeout(CANCEL_NOTICE, post(&client, &route, &notice)).await;
+            let notify = async {
+                if let Ok(conn) = wire::Conn::open(&route.url).await {
+                    let _ = conn.send(request).await;
+                }
+            };
+            let _ = tokio::time::timeout(CANCEL_NOTICE, notify).await;
+            drop(permit);
         });
     }
 }
@@ -406,22 +421,26 @@ impl Direct {
         };
         // A failure on one connection is this call's, not the upstream session's: rmcp's own
         // streams notice an upstream that went away.
-        let failed = Exchange::Failed;
         let body = Bytes::from(serde_json::to_vec(request).expect("JSON values serialise"));
         let mut tries = 0;
         let (mut conn, response) = loop {
             let conn = match self.pool.take(&route.url).await {
                 Ok(conn) => conn,
-                Err(e) => return failed(format!("cannot send the call: {e}")),
+                Err(e) => return Exchange::Failed(format!("cannot send the call: {e}")),
             };
             sent.store(true, Ordering::Relaxed);
-            match conn.send(call_request(route, body.clone())).await {
+            match conn.send(upstream_post(route, body.clone())).await {
                 Ok(sent) => break sent,
                 // Nothing went out (a kept-alive connection the server had closed): another
                 // connection may carry it.
                 Err(wire::Failure::NotSent(_)) if tries < 2 => tries += 1,
-                Err(wire::Failure::NotSent(e) | wire::Failure::Lost(e)) => {
-                    return failed(format!("cannot send the call: {e}"));
+                Err(wire::Failure::NotSent(e)) => {
+                    // It never left: nothing for the upstream to cancel.
+                    sent.store(false, Ordering::Relaxed);
+                    return Exchange::Failed(format!("cannot send the call: {e}"));
+                }
+                Err(wire::Failure::Lost(e)) => {
+                    return Exchange::Failed(format!("cannot send the call: {e}"));
                 }
             }
         };
@@ -452,7 +471,7 @@ impl Direct {
                     ended = true;
                     break;
                 }
-                Err(e) => return failed(e),
+                Err(e) => return Exchange::Failed(e),
             };
             received += chunk.len();
             if received > MAX_ANSWER_BYTES {
@@ -519,8 +538,9 @@ static PROXY_CONFIGURED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(||
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 });
 
-/// A call's POST on `route`: the configured headers and the session, nothing of the caller's.
-fn call_request(route: &Route, body: Bytes) -> axum::http::Request<Full<Bytes>> {
+/// A POST of `body` on `route`: the configured headers and the session, nothing of the
+/// caller's.
+fn upstream_post(route: &Route, body: Bytes) -> axum::http::Request<Full<Bytes>> {
     let mut request = axum::http::Request::new(Full::new(body));
     *request.method_mut() = axum::http::Method::POST;
     *request.uri_mut() = route.target.clone();
@@ -562,30 +582,6 @@ fn too_large() -> CallFailure {
         "the upstream's answer is larger than {} MiB",
         MAX_ANSWER_BYTES >> 20
     ))
-}
-
-/// POSTs `message` on `route`: the configured headers and the session, nothing of the caller's.
-async fn post(
-    client: &reqwest::Client,
-    route: &Route,
-    message: &Value,
-) -> reqwest::Result<reqwest::Response> {
-    let mut request = client
-        .post(route.url.clone())
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("mcp-protocol-version", route.version.clone());
-    if let Some(session) = &route.session {
-        request = request.header("mcp-session-id", session.as_ref());
-    }
-    for (name, value) in &route.headers {
-        request = request.header(name.clone(), value.clone());
-    }
-    if let Some(auth) = &route.auth {
-        request = request.bearer_auth(auth);
-    }
-    let body = serde_json::to_vec(message).expect("JSON values serialise");
-    request.body(body).send().await
 }
 
 /// A message of an answer, read only as far as the call needs it.

@@ -42,7 +42,8 @@ pub enum Failure {
 }
 
 impl Conn {
-    async fn open(url: &reqwest::Url) -> Result<Conn, String> {
+    /// A new connection to `url`'s host and port.
+    pub async fn open(url: &reqwest::Url) -> Result<Conn, String> {
         let port = url.port_or_known_default().unwrap_or(80);
         let stream = match url.host() {
             Some(url::Host::Domain(name)) => TcpStream::connect((name, port)).await,
