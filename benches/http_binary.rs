@@ -13,7 +13,12 @@
 //!   (for instruction counts under callgrind, which then do not depend on time);
 //! - LOAD_PROTOCOL (`2025-11-25`, a session per connection with SSE replies, or `2026-07-28`,
 //!   stateless with JSON replies);
-//! - LOAD_WORKLOADS: `list`, `whoami` or `list,whoami` (the default);
+//! - LOAD_WORKLOADS: any of `list`, `whoami` and `create` (durable `create_token` of a root
+//!   token by the bootstrap admin; run it with LOAD_CONNECTIONS=1 for the one-client figure),
+//!   comma-separated; `list,whoami` is the default;
+//! - LOAD_FLOOD=N: after the workloads, one token opens N sessions (`initialize`, over
+//!   LOAD_CONNECTIONS connections) and the benchmark prints the server's RSS before, after and
+//!   at its peak, and another token's `whoami` p50 on one connection before and after;
 //! - LOAD_BIN: the binary to measure, or several separated by commas (e.g. an older build
 //!   first): every round runs every binary in turn, so they share the machine's conditions;
 //! - LOAD_ROUNDS (1): rounds; with more than one variant a summary compares their medians;
@@ -196,6 +201,14 @@ fn workloads(protocol: &str) -> Vec<Workload> {
             ),
         },
         Workload {
+            key: "create",
+            name: "create_token",
+            headers: "mcp-method: tools/call\r\nmcp-name: create_token\r\n",
+            body: format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"create_token","arguments":{{"name":"load","parent":"none"}}{meta}}}}}"#
+            ),
+        },
+        Workload {
             key: "whoami",
             name: "tools/call whoami",
             headers: "mcp-method: tools/call\r\nmcp-name: whoami\r\n",
@@ -343,6 +356,97 @@ fn measure(
     }
 }
 
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One token opens `sessions` sessions over `connections` kept-alive connections; prints the
+/// server's memory and another token's `whoami` p50 before and after (SPEC: RSS growth
+/// ≤ 48 MiB at 20,000 sessions, other tokens' p50 unchanged within noise).
+fn flood(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    protocol: &str,
+    sessions: usize,
+    connections: usize,
+    seconds: u64,
+) {
+    let whoami = workloads(protocol)
+        .into_iter()
+        .find(|w| w.key == "whoami")
+        .expect("the whoami workload");
+    let other = || {
+        measure(runtime, server, protocol, &whoami, 1, || {
+            Until::Deadline(Instant::now() + Duration::from_secs(seconds))
+        })
+    };
+    if protocol == "2026-07-28" {
+        println!("session flood: 2026-07-28 has no sessions; run it with a 2025 protocol");
+        return;
+    }
+    let flooder = restricted_child(&server.addr, &server.admin, "whoami");
+    let before = other();
+    let pid = server.child.id().to_string();
+    let (rss_before, hwm_before) = (status_kib(&pid, "VmRSS"), status_kib(&pid, "VmHWM"));
+    let init = format!(
+        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{protocol}","capabilities":{{}},"clientInfo":{{"name":"flood","version":"1"}}}}}}"#
+    );
+    let started = Instant::now();
+    let statuses: Vec<u16> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..connections)
+            .map(|c| {
+                let (addr, secret, init) = (server.addr.clone(), flooder.clone(), init.clone());
+                let count = sessions / connections + usize::from(c < sessions % connections);
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(&addr, &secret).await;
+                    let mut statuses = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        statuses.push(conn.post(&init, "").await.status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let (rss_after, hwm_after) = (status_kib(&pid, "VmRSS"), status_kib(&pid, "VmHWM"));
+    let after = other();
+    let opened = statuses.iter().filter(|&&s| s == 200).count();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "session flood: {} initialize by one token over {connections} connections in {elapsed:.1} s \
+         ({opened} answered 200, {} otherwise)",
+        statuses.len(),
+        statuses.len() - opened
+    );
+    println!(
+        "  server RSS {:.1} MiB before, {:.1} MiB after (growth {:.1} MiB); peak {:.1} MiB before, {:.1} MiB after",
+        mib(rss_before),
+        mib(rss_after),
+        mib(rss_after) - mib(rss_before),
+        mib(hwm_before),
+        mib(hwm_after)
+    );
+    println!(
+        "  another token's whoami, 1 connection: p50 {:.3} ms before, {:.3} ms after ({:.0} vs {:.0} requests/s)",
+        before.p50.as_secs_f64() * 1e3,
+        after.p50.as_secs_f64() * 1e3,
+        before.rate,
+        after.rate
+    );
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -412,6 +516,12 @@ fn main() {
                 );
                 results[s][w].push(m);
             }
+        }
+    }
+    if let Some(sessions) = std::env::var("LOAD_FLOOD").ok().map(|n| n.parse().unwrap()) {
+        for (s, server) in servers.iter().enumerate() {
+            println!("[{s}] {}", server.label);
+            flood(&runtime, server, &protocol, sessions, connections, seconds);
         }
     }
     if servers.len() > 1 || rounds > 1 {
