@@ -651,3 +651,60 @@ async fn stalled_bodies_do_not_hold_connections() {
     );
     drop(stalled);
 }
+
+/// A stream keeps its connection busy, and busy connections are never closed to make room:
+/// one token opening streams on every session it holds must not take every connection slot.
+/// Each session keeps one stream (a new one replaces the old) and each token at most 16, so
+/// a fresh client is still served (without the bound, 40 streams fill the 40 slots and every
+/// new connection is reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tokens_streams_cannot_take_every_connection() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "40"]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (_, secret) = mint(&admin, json!({"name": "streamer", "parent": "none"})).await;
+    drop(admin);
+
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        let mut conn = Conn::open(&server.addr, &secret).await;
+        sessions.push(open_session(&mut conn, "2025-11-25").await.0);
+    }
+    let client = reqwest::Client::new();
+    let mut readers = Vec::new();
+    for session in sessions.iter().chain(&sessions) {
+        let mut stream = client
+            .get(server.url())
+            .header("accept", "text/event-stream")
+            .header("authorization", bearer(&secret))
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(_)) = stream.chunk().await {}
+        }));
+    }
+    let health = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::Client::new()
+            .get(format!("http://{}/healthz", server.addr))
+            .send(),
+    )
+    .await
+    .expect("a fresh client is answered")
+    .expect("a fresh client is not reset");
+    assert_eq!(health.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let open = loop {
+        let open = readers.iter().filter(|r| !r.is_finished()).count();
+        if open <= 16 || Instant::now() > deadline {
+            break open;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(open <= 16, "{open} of 40 streams still open");
+    assert!(open > 0, "the newest streams stay open");
+}

@@ -34,6 +34,8 @@ pub(super) struct GuardState {
     /// Whether the second token succeeds the first (an OAuth refresh replaced it), so a session
     /// the first opened may carry on with the second.
     pub succeeds: Arc<Succession>,
+    /// The standalone streams each token holds open (bounded: see `streams`).
+    pub streams: Arc<super::streams::Streams>,
 }
 
 /// Asked with (the token that opened a session, the token presenting it now).
@@ -351,7 +353,8 @@ pub(super) async fn guard(
     }
     // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
     if method == Method::GET && super::reply::is_event_stream(&response) {
-        close_when_secret_stops(response, state.service, secret, token_id, client_ip)
+        let slot = state.streams.open(&token_id, session.as_deref());
+        close_when_secret_stops(response, state.service, secret, (token_id, client_ip), slot)
     } else {
         response
     }
@@ -365,14 +368,15 @@ fn lineage(state: &GuardState, token: &TokenId) -> TokenId {
         .unwrap_or_else(|| token.clone())
 }
 
-/// Forwards a response stream until it ends or the secret that opened it stops authenticating
-/// (revoked, paused, expired, or rotated out), checked every `STREAM_RECHECK`.
+/// Forwards a response stream until it ends, the secret that opened it stops authenticating
+/// (revoked, paused, expired, or rotated out; checked every `STREAM_RECHECK`), or a newer
+/// stream takes its `slot`.
 fn close_when_secret_stops(
     response: Response,
     service: Arc<Service>,
     secret: Presented,
-    token: TokenId,
-    client_ip: IpAddr,
+    (token, client_ip): (TokenId, IpAddr),
+    slot: super::streams::Slot,
 ) -> Response {
     let (parts, body) = response.into_parts();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(16);
@@ -396,8 +400,13 @@ fn close_when_secret_stops(
                     }
                 }
                 _ = tx.closed() => break,
+                _ = slot.stop.cancelled() => {
+                    tracing::debug!(%token, "closing response stream: a newer stream of the session or token replaced it");
+                    break;
+                }
             }
         }
+        drop(slot);
     });
     Response::from_parts(
         parts,

@@ -16,6 +16,7 @@ mod listener;
 mod reply;
 mod repoll;
 mod sessions;
+mod streams;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -124,6 +125,7 @@ pub fn router(
         )),
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
+        streams: Arc::default(),
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
