@@ -260,18 +260,17 @@ impl Connection {
             tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".to_owned(),
                 _ = closed.changed() => return session.exit_reason(),
-                _ = self.broken.notified() => return "the connection broke".to_owned(),
+                // A call failed on the transport: one call's own failure (an HTTP status for
+                // that request, say) or the connection's? A ping tells, so that one caller's
+                // bad call does not end the session every other caller is using.
+                _ = self.broken.notified() => {
+                    if let Some(why) = self.ping_fails(session).await {
+                        return format!("the connection broke ({why})");
+                    }
+                }
                 _ = ping.tick(), if is_http => {
-                    let request = ClientRequest::PingRequest(Default::default());
-                    let answer = tokio::time::timeout(
-                        self.upstream.timeout.min(HTTP_PING),
-                        session.peer.send_request(request),
-                    )
-                    .await;
-                    match answer {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return format!("ping failed: {e}"),
-                        Err(_) => return "ping got no answer".to_owned(),
+                    if let Some(why) = self.ping_fails(session).await {
+                        return why;
                     }
                 }
                 _ = refresh.notified() => {
@@ -286,6 +285,21 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// Why the upstream did not answer a ping, if it did not.
+    async fn ping_fails(&self, session: &Session) -> Option<String> {
+        let request = ClientRequest::PingRequest(Default::default());
+        let answer = tokio::time::timeout(
+            self.upstream.timeout.min(HTTP_PING),
+            session.peer.send_request(request),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("ping failed: {e}")),
+            Err(_) => Some("ping got no answer".to_owned()),
         }
     }
 
@@ -467,6 +481,8 @@ impl Connection {
         }
     }
 
+    /// A call's failure on the transport: the session is checked with a ping (see `serve`),
+    /// not ended, since the failure may be this call's alone.
     fn broke(&self, message: String) -> CallFailure {
         self.broken.notify_one();
         let message = scrub(&self.upstream.transport, &message);
