@@ -708,3 +708,49 @@ async fn one_tokens_streams_cannot_take_every_connection() {
     assert!(open <= 16, "{open} of 40 streams still open");
     assert!(open > 0, "the newest streams stay open");
 }
+
+/// A request refused for want of credentials holds its connection for at most about a second
+/// while its body trickles in (a connection busy with a request is never closed to make room):
+/// the 401 goes out with the connection closed, and the slot is free again. With the full body
+/// deadline (10 s) a caller without a token could keep every slot busy with ~100 connections a
+/// second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_with_stalled_bodies_free_their_connections_quickly() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "4"]);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut socket = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        socket
+            .write_all(
+                b"POST /mcp HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+                  accept: application/json, text/event-stream\r\ncontent-length: 1000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        stalled.push(socket);
+    }
+    let started = Instant::now();
+    for socket in &mut stalled {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer))
+            .await
+            .expect("the refusal comes, and the connection closes, within the refusal's deadline")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "refused after {waited:?}");
+    let health = tokio::time::timeout(
+        Duration::from_secs(2),
+        reqwest::Client::new()
+            .get(format!("http://{}/healthz", server.addr))
+            .send(),
+    )
+    .await
+    .expect("a fresh client is answered")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+}

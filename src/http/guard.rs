@@ -106,15 +106,23 @@ pub(super) fn unauthorized(resource_metadata: &str, description: Option<&str>) -
     response
 }
 
+/// How long a refused request's body is read before the refusal goes out with the connection
+/// closed: a client writes its body right after its headers, and a connection busy with a
+/// request is never closed to make room, so a caller without credentials must not hold one
+/// for the full body deadline.
+const REFUSED_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answers a request refused before its body was read, reading (and dropping) the body first,
-/// within the size limit and deadline. A client that writes the body after the headers would
-/// otherwise meet a connection closed with its body unread: the kernel resets it, and the
-/// client loses the answer (the 401 a connector needs to start OAuth) with it.
+/// within the size limit and [`REFUSED_BODY_DEADLINE`]. A client that writes the body after
+/// the headers would otherwise meet a connection closed with its body unread: the kernel
+/// resets it, and the client loses the answer (the 401 a connector needs to start OAuth) with
+/// it.
 async fn refuse(request: Request, mut response: Response) -> Response {
-    if read_body(request.into_body(), MAX_BODY_BYTES)
-        .await
-        .is_err()
-    {
+    let read = read_body(request.into_body(), MAX_BODY_BYTES);
+    if !matches!(
+        tokio::time::timeout(REFUSED_BODY_DEADLINE, read).await,
+        Ok(Ok(_))
+    ) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
