@@ -1744,3 +1744,40 @@ async fn a_plain_call_is_cancelled_by_the_clients_notification() {
     )
     .await;
 }
+
+/// An upstream cannot make the server hold an unbounded catalogue: past 10,000 tools its
+/// bucket is unavailable, with the reason, and the other buckets are unaffected.
+#[test]
+fn an_upstream_listing_too_many_tools_is_refused_alone() {
+    let setup = Setup::new();
+    let mut flood = fixture_entry(&setup.path("f.log"), json!({}));
+    flood["env"]["FIXTURE_EXTRA_TOOLS"] = json!("10001");
+    let file = setup.write_upstreams(json!({
+        "flood": flood,
+        "test": fixture_entry(&setup.path("t.log"), json!({})),
+    }));
+    let out = Command::new(common::BIN)
+        .args(["--json", "upstreams", "--upstreams"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flood = lines
+        .iter()
+        .find(|l| l["bucket"] == json!("flood"))
+        .unwrap();
+    assert_eq!(flood["status"], json!("unavailable"), "{flood}");
+    assert!(
+        flood["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 10000 tools"),
+        "{flood}"
+    );
+    let test = lines.iter().find(|l| l["bucket"] == json!("test")).unwrap();
+    assert_eq!(test["status"], json!("connected"), "{test}");
+}

@@ -103,6 +103,14 @@ impl Fixture {
                 .with_annotations(ro()),
             );
         }
+        // `$FIXTURE_EXTRA_TOOLS=N`: N more tools, for the bound on an upstream's tool list.
+        let extra: usize = std::env::var("FIXTURE_EXTRA_TOOLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        tools.extend(
+            (0..extra).map(|i| Tool::new(format!("extra_{i}"), "Filler.", schema(json!({})))),
+        );
         tools
     }
 }

@@ -742,8 +742,14 @@ fn log_line(bucket: &str, bytes: &[u8]) {
 }
 
 /// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache.
+/// The most tools one upstream may list, and the most bytes (as JSON) its list may take: an
+/// upstream cannot make the server hold more of its catalogue than this.
+const MAX_UPSTREAM_TOOLS: usize = 10_000;
+const MAX_UPSTREAM_TOOL_BYTES: usize = 32 << 20;
+
 async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, String> {
     let mut tools = Vec::new();
+    let mut bytes = 0usize;
     let mut cursor = None;
     for _ in 0..1000 {
         let request = ClientRequest::ListToolsRequest(ListToolsRequest::with_param(
@@ -756,7 +762,23 @@ async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<To
         let ServerResult::ListToolsResult(page) = answer else {
             return Err("tools/list answered with something other than a tool list".to_owned());
         };
+        bytes += page
+            .tools
+            .iter()
+            .map(|t| serde_json::to_vec(t).map_or(0, |v| v.len()))
+            .sum::<usize>();
         tools.extend(page.tools);
+        if tools.len() > MAX_UPSTREAM_TOOLS {
+            return Err(format!(
+                "tools/list lists more than {MAX_UPSTREAM_TOOLS} tools"
+            ));
+        }
+        if bytes > MAX_UPSTREAM_TOOL_BYTES {
+            return Err(format!(
+                "tools/list takes more than {} MiB",
+                MAX_UPSTREAM_TOOL_BYTES >> 20
+            ));
+        }
         cursor = page.next_cursor;
         if cursor.is_none() {
             return Ok(tools);
