@@ -169,6 +169,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                     per_token: args.max_sessions_per_token as usize,
                     total: args.max_sessions as usize,
                 },
+                max_connections: args.max_connections as usize,
                 gateway: gateway.clone(),
                 oauth: crate::oauth::OAuthConfig {
                     public_url,

@@ -93,6 +93,9 @@ pub struct HttpConfig {
     /// Extra browser origins accepted besides loopback origins.
     pub allowed_origins: Vec<String>,
     pub sessions: SessionLimits,
+    /// The listener's bound on open connections (0: its default), of which open `GET`
+    /// streams may hold at most half.
+    pub max_connections: usize,
     /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The OAuth authorization server: public URL, token lifetime, registration bounds.
@@ -125,7 +128,11 @@ pub fn router(
         )),
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
-        streams: Arc::default(),
+        streams: Arc::new(streams::Streams::new(if config.max_connections == 0 {
+            listener::ConnectionLimits::default().max_connections
+        } else {
+            config.max_connections
+        })),
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()

@@ -4,7 +4,10 @@
 //! closed to make room for new ones: without a bound, one token's sessions (rmcp allows each
 //! many streams) could take every connection slot and lock every other client out. So each
 //! session has at most one stream (a new one replaces the old, as a client reconnecting its
-//! stream expects), and each token at most [`PER_TOKEN`] (opening one more closes its oldest).
+//! stream expects), each token at most [`PER_TOKEN`] (opening one more closes its oldest), and
+//! all tokens together at most half the connections the server allows: when they hold that
+//! many, a new stream closes the oldest stream of the token holding the most, so tokens minted
+//! in numbers cannot take every connection either.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +26,17 @@ struct Open {
     stop: CancellationToken,
 }
 
-#[derive(Default)]
 pub(super) struct Streams {
     next: AtomicU64,
-    open: Mutex<HashMap<TokenId, VecDeque<Open>>>,
+    /// Most open streams in all.
+    limit: usize,
+    open: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_token: HashMap<TokenId, VecDeque<Open>>,
+    total: usize,
 }
 
 /// A stream's place: its `stop` fires when a newer stream takes the place; dropping it (the
@@ -39,7 +49,16 @@ pub(super) struct Slot {
 }
 
 impl Streams {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TokenId, VecDeque<Open>>> {
+    /// Streams for a server that keeps at most `max_connections` connections open.
+    pub(super) fn new(max_connections: usize) -> Streams {
+        Streams {
+            next: AtomicU64::new(0),
+            limit: (max_connections / 2).max(1),
+            open: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -48,8 +67,10 @@ impl Streams {
     pub(super) fn open(self: &Arc<Self>, token: &TokenId, session: Option<&str>) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
-        let mut open = self.lock();
-        let held = open.entry(token.clone()).or_default();
+        let mut table = self.lock();
+        let table = &mut *table;
+        let held = table.by_token.entry(token.clone()).or_default();
+        let before = held.len();
         if let Some(session) = session {
             held.retain(|o| {
                 let same = o.session.as_deref() == Some(session);
@@ -64,11 +85,29 @@ impl Streams {
                 oldest.stop.cancel();
             }
         }
-        held.push_back(Open {
-            id,
-            session: session.map(Arc::from),
-            stop: stop.clone(),
-        });
+        table.total -= before - held.len();
+        if table.total >= self.limit {
+            // The biggest holder (this token included) gives up its oldest stream.
+            let biggest = table
+                .by_token
+                .values_mut()
+                .max_by_key(|held| held.len())
+                .and_then(VecDeque::pop_front);
+            if let Some(oldest) = biggest {
+                oldest.stop.cancel();
+                table.total -= 1;
+            }
+        }
+        table
+            .by_token
+            .entry(token.clone())
+            .or_default()
+            .push_back(Open {
+                id,
+                session: session.map(Arc::from),
+                stop: stop.clone(),
+            });
+        table.total += 1;
         Slot {
             streams: Arc::clone(self),
             token: token.clone(),
@@ -79,17 +118,20 @@ impl Streams {
 
     #[cfg(test)]
     fn held(&self, token: &TokenId) -> usize {
-        self.lock().get(token).map_or(0, VecDeque::len)
+        self.lock().by_token.get(token).map_or(0, VecDeque::len)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.streams.lock();
-        if let Some(held) = open.get_mut(&self.token) {
+        let mut table = self.streams.lock();
+        let table = &mut *table;
+        if let Some(held) = table.by_token.get_mut(&self.token) {
+            let before = held.len();
             held.retain(|o| o.id != self.id);
+            table.total -= before - held.len();
             if held.is_empty() {
-                open.remove(&self.token);
+                table.by_token.remove(&self.token);
             }
         }
     }
@@ -101,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_new_stream_of_a_session_replaces_its_old_one() {
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Streams::new(1024));
         let token = TokenId::generate();
         let first = streams.open(&token, Some("s1"));
         let other = streams.open(&token, Some("s2"));
@@ -114,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_token_beyond_its_bound_loses_its_oldest_stream_and_others_keep_theirs() {
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Streams::new(1024));
         let (flooder, other) = (TokenId::generate(), TokenId::generate());
         let bystander = streams.open(&other, Some("b"));
         let slots: Vec<Slot> = (0..PER_TOKEN + 3)
@@ -128,5 +170,26 @@ mod tests {
         drop(slots);
         assert_eq!(streams.held(&flooder), 0);
         assert_eq!(streams.held(&other), 1);
+    }
+
+    #[test]
+    fn tokens_together_hold_at_most_half_the_connections_and_the_biggest_holder_gives_way() {
+        let streams = Arc::new(Streams::new(40));
+        let minted: Vec<TokenId> = (0..4).map(|_| TokenId::generate()).collect();
+        // Four tokens of one flooder fill the 20 places the streams may take.
+        let flood: Vec<Slot> = (0..20)
+            .map(|i| streams.open(&minted[i % 4], Some(&format!("s{i}"))))
+            .collect();
+        assert!(flood.iter().all(|s| !s.stop.is_cancelled()));
+        assert_eq!(streams.lock().total, 20);
+        // A newcomer still gets a stream: one of the biggest holders' oldest closes.
+        let newcomer = TokenId::generate();
+        let slot = streams.open(&newcomer, Some("n"));
+        assert!(!slot.stop.is_cancelled());
+        assert_eq!(flood.iter().filter(|s| s.stop.is_cancelled()).count(), 1);
+        assert_eq!(streams.lock().total, 20);
+        drop(flood);
+        assert_eq!(streams.lock().total, 1);
+        assert_eq!(streams.held(&newcomer), 1);
     }
 }
