@@ -284,6 +284,15 @@ async fn drive(
     }
     latencies
 }
+/// Every task's results, in task order.
+async fn concat<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> Vec<T> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -336,11 +345,7 @@ fn measure(
                 ))
             })
             .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.unwrap());
-        }
-        all
+        concat(tasks).await
     });
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = cpu_time(&pid).saturating_sub(server_before);
@@ -413,11 +418,7 @@ fn flood(
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.unwrap());
-        }
-        all
+        concat(tasks).await
     });
     let elapsed = started.elapsed().as_secs_f64();
     let (rss_after, hwm_after) = (status_kib(&pid, "VmRSS"), status_kib(&pid, "VmHWM"));

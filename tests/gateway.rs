@@ -1013,6 +1013,20 @@ async fn streamable_http_upstream_passes_results_and_progress_through() {
     let _ = fixture.wait();
 }
 
+/// `tokenwarden --json upstreams --upstreams FILE`: its output and one object per line.
+fn upstreams_json(file: &Path) -> (std::process::Output, Vec<Value>) {
+    let out = Command::new(common::BIN)
+        .args(["--json", "upstreams", "--upstreams"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, lines)
+}
+
 #[test]
 fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
     let setup = Setup::new();
@@ -1052,16 +1066,8 @@ fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
     let mut servers = good;
     servers["gone"] = json!({"command": setup.path("no-such-command")});
     let file = setup.write_upstreams(servers);
-    let out = Command::new(common::BIN)
-        .args(["--json", "upstreams", "--upstreams"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let (out, lines) = upstreams_json(&file);
     assert!(!out.status.success());
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), 3);
     let gone = lines.iter().find(|l| l["bucket"] == json!("gone")).unwrap();
     assert_eq!(gone["status"], json!("unavailable"));
@@ -1756,16 +1762,8 @@ fn an_upstream_listing_too_many_tools_is_refused_alone() {
         "flood": flood,
         "test": fixture_entry(&setup.path("t.log"), json!({})),
     }));
-    let out = Command::new(common::BIN)
-        .args(["--json", "upstreams", "--upstreams"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let (out, lines) = upstreams_json(&file);
     assert!(!out.status.success());
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let flood = lines
         .iter()
         .find(|l| l["bucket"] == json!("flood"))

@@ -52,6 +52,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// `GET /healthz` from a new client: its status, which must come within `seconds` (a reset
+/// connection fails the test).
+async fn fresh_health_check(addr: &str, seconds: u64) -> u16 {
+    let sent = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send();
+    tokio::time::timeout(Duration::from_secs(seconds), sent)
+        .await
+        .expect("a fresh client is answered")
+        .expect("a fresh client is not reset")
+        .status()
+        .as_u16()
+}
+
 /// Replies on a kept-alive connection must not wait for the client's delayed ACK (~40 ms):
 /// the server sets TCP_NODELAY on the sockets it accepts, and writes a ready reply in one piece.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,16 +701,7 @@ async fn one_tokens_streams_cannot_take_every_connection() {
             while let Ok(Some(_)) = stream.chunk().await {}
         }));
     }
-    let health = tokio::time::timeout(
-        Duration::from_secs(10),
-        reqwest::Client::new()
-            .get(format!("http://{}/healthz", server.addr))
-            .send(),
-    )
-    .await
-    .expect("a fresh client is answered")
-    .expect("a fresh client is not reset");
-    assert_eq!(health.status(), 200);
+    assert_eq!(fresh_health_check(&server.addr, 10).await, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     let open = loop {
         let open = readers.iter().filter(|r| !r.is_finished()).count();
@@ -743,14 +748,5 @@ async fn refused_requests_with_stalled_bodies_free_their_connections_quickly() {
     }
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(4), "refused after {waited:?}");
-    let health = tokio::time::timeout(
-        Duration::from_secs(2),
-        reqwest::Client::new()
-            .get(format!("http://{}/healthz", server.addr))
-            .send(),
-    )
-    .await
-    .expect("a fresh client is answered")
-    .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(fresh_health_check(&server.addr, 2).await, 200);
 }

@@ -741,12 +741,13 @@ fn log_line(bucket: &str, bytes: &[u8]) {
     tracing::info!(target: "upstream", bucket = %bucket, "{line}");
 }
 
-/// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache.
 /// The most tools one upstream may list, and the most bytes (as JSON) its list may take: an
 /// upstream cannot make the server hold more of its catalogue than this.
 const MAX_UPSTREAM_TOOLS: usize = 10_000;
 const MAX_UPSTREAM_TOOL_BYTES: usize = 32 << 20;
 
+/// Every page of the upstream's `tools/list`, bypassing rmcp's client-side list cache, within
+/// [`MAX_UPSTREAM_TOOLS`] and [`MAX_UPSTREAM_TOOL_BYTES`].
 async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, String> {
     let mut tools = Vec::new();
     let mut bytes = 0usize;

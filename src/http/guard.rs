@@ -15,7 +15,9 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 
 use super::sessions::{SessionCheck, Sessions};
-use super::{BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body};
+use super::{
+    BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body, read_body_within,
+};
 use crate::mcp::{Authenticated, Presented};
 use crate::rules::cidr::canonical_ip;
 use crate::secret::TokenId;
@@ -118,11 +120,10 @@ const REFUSED_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_sec
 /// resets it, and the client loses the answer (the 401 a connector needs to start OAuth) with
 /// it.
 async fn refuse(request: Request, mut response: Response) -> Response {
-    let read = read_body(request.into_body(), MAX_BODY_BYTES);
-    if !matches!(
-        tokio::time::timeout(REFUSED_BODY_DEADLINE, read).await,
-        Ok(Ok(_))
-    ) {
+    if read_body_within(request.into_body(), MAX_BODY_BYTES, REFUSED_BODY_DEADLINE)
+        .await
+        .is_err()
+    {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -61,7 +61,16 @@ pub(crate) async fn read_body(
     body: axum::body::Body,
     limit: usize,
 ) -> Result<axum::body::Bytes, BodyFault> {
-    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await {
+    read_body_within(body, limit, BODY_DEADLINE).await
+}
+
+/// [`read_body`] with another deadline.
+pub(crate) async fn read_body_within(
+    body: axum::body::Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<axum::body::Bytes, BodyFault> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(BodyFault::TooLarge),
         Err(_) => Err(BodyFault::Late),
@@ -93,8 +102,8 @@ pub struct HttpConfig {
     /// Extra browser origins accepted besides loopback origins.
     pub allowed_origins: Vec<String>,
     pub sessions: SessionLimits,
-    /// The listener's bound on open connections (0: its default), of which open `GET`
-    /// streams may hold at most half.
+    /// The listener's bound on open connections (`serve --max-connections`), of which open
+    /// `GET` streams may hold at most half.
     pub max_connections: usize,
     /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
@@ -128,11 +137,7 @@ pub fn router(
         )),
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
-        streams: Arc::new(streams::Streams::new(if config.max_connections == 0 {
-            listener::ConnectionLimits::default().max_connections
-        } else {
-            config.max_connections
-        })),
+        streams: Arc::new(streams::Streams::new(config.max_connections)),
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()

@@ -30,13 +30,7 @@ pub(super) struct Streams {
     next: AtomicU64,
     /// Most open streams in all.
     limit: usize,
-    open: Mutex<Table>,
-}
-
-#[derive(Default)]
-struct Table {
-    by_token: HashMap<TokenId, VecDeque<Open>>,
-    total: usize,
+    open: Mutex<HashMap<TokenId, VecDeque<Open>>>,
 }
 
 /// A stream's place: its `stop` fires when a newer stream takes the place; dropping it (the
@@ -58,7 +52,7 @@ impl Streams {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Table> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TokenId, VecDeque<Open>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -67,10 +61,8 @@ impl Streams {
     pub(super) fn open(self: &Arc<Self>, token: &TokenId, session: Option<&str>) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
-        let mut table = self.lock();
-        let table = &mut *table;
-        let held = table.by_token.entry(token.clone()).or_default();
-        let before = held.len();
+        let mut open = self.lock();
+        let held = open.entry(token.clone()).or_default();
         if let Some(session) = session {
             held.retain(|o| {
                 let same = o.session.as_deref() == Some(session);
@@ -85,29 +77,21 @@ impl Streams {
                 oldest.stop.cancel();
             }
         }
-        table.total -= before - held.len();
-        if table.total >= self.limit {
+        if open.values().map(VecDeque::len).sum::<usize>() >= self.limit {
             // The biggest holder (this token included) gives up its oldest stream.
-            let biggest = table
-                .by_token
+            let oldest = open
                 .values_mut()
                 .max_by_key(|held| held.len())
                 .and_then(VecDeque::pop_front);
-            if let Some(oldest) = biggest {
+            if let Some(oldest) = oldest {
                 oldest.stop.cancel();
-                table.total -= 1;
             }
         }
-        table
-            .by_token
-            .entry(token.clone())
-            .or_default()
-            .push_back(Open {
-                id,
-                session: session.map(Arc::from),
-                stop: stop.clone(),
-            });
-        table.total += 1;
+        open.entry(token.clone()).or_default().push_back(Open {
+            id,
+            session: session.map(Arc::from),
+            stop: stop.clone(),
+        });
         Slot {
             streams: Arc::clone(self),
             token: token.clone(),
@@ -117,21 +101,23 @@ impl Streams {
     }
 
     #[cfg(test)]
+    fn total(&self) -> usize {
+        self.lock().values().map(VecDeque::len).sum()
+    }
+
+    #[cfg(test)]
     fn held(&self, token: &TokenId) -> usize {
-        self.lock().by_token.get(token).map_or(0, VecDeque::len)
+        self.lock().get(token).map_or(0, VecDeque::len)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut table = self.streams.lock();
-        let table = &mut *table;
-        if let Some(held) = table.by_token.get_mut(&self.token) {
-            let before = held.len();
+        let mut open = self.streams.lock();
+        if let Some(held) = open.get_mut(&self.token) {
             held.retain(|o| o.id != self.id);
-            table.total -= before - held.len();
             if held.is_empty() {
-                table.by_token.remove(&self.token);
+                open.remove(&self.token);
             }
         }
     }
@@ -181,15 +167,15 @@ mod tests {
             .map(|i| streams.open(&minted[i % 4], Some(&format!("s{i}"))))
             .collect();
         assert!(flood.iter().all(|s| !s.stop.is_cancelled()));
-        assert_eq!(streams.lock().total, 20);
+        assert_eq!(streams.total(), 20);
         // A newcomer still gets a stream: one of the biggest holders' oldest closes.
         let newcomer = TokenId::generate();
         let slot = streams.open(&newcomer, Some("n"));
         assert!(!slot.stop.is_cancelled());
         assert_eq!(flood.iter().filter(|s| s.stop.is_cancelled()).count(), 1);
-        assert_eq!(streams.lock().total, 20);
+        assert_eq!(streams.total(), 20);
         drop(flood);
-        assert_eq!(streams.lock().total, 1);
+        assert_eq!(streams.total(), 1);
         assert_eq!(streams.held(&newcomer), 1);
     }
 }
