@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
@@ -16,7 +17,8 @@ use tokio_stream::StreamExt;
 
 use super::sessions::{SessionCheck, Sessions};
 use super::{
-    BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body, read_body_within,
+    BODY_DEADLINE, BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body,
+    read_body_within,
 };
 use crate::mcp::{Authenticated, Presented};
 use crate::rules::cidr::canonical_ip;
@@ -108,19 +110,18 @@ pub(super) fn unauthorized(resource_metadata: &str, description: Option<&str>) -
     response
 }
 
-/// How long a refused request's body is read before the refusal goes out with the connection
-/// closed: a client writes its body right after its headers, and a connection busy with a
-/// request is never closed to make room, so a caller without credentials must not hold one
-/// for the full body deadline.
-const REFUSED_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the body of a request without valid credentials is read before its 401 goes out
+/// with the connection closed: a client writes its body right after its headers, and a
+/// connection busy with a request is never closed to make room, so a caller without a token
+/// must not hold one for the full body deadline.
+const UNAUTHENTICATED_BODY_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Answers a request refused before its body was read, reading (and dropping) the body first,
-/// within the size limit and [`REFUSED_BODY_DEADLINE`]. A client that writes the body after
-/// the headers would otherwise meet a connection closed with its body unread: the kernel
-/// resets it, and the client loses the answer (the 401 a connector needs to start OAuth) with
-/// it.
-async fn refuse(request: Request, mut response: Response) -> Response {
-    if read_body_within(request.into_body(), MAX_BODY_BYTES, REFUSED_BODY_DEADLINE)
+/// within the size limit and `deadline`. A client that writes the body after the headers would
+/// otherwise meet a connection closed with its body unread: the kernel resets it, and the
+/// client loses the answer (the 401 a connector needs to start OAuth) with it.
+async fn refuse(request: Request, mut response: Response, deadline: Duration) -> Response {
+    if read_body_within(request.into_body(), MAX_BODY_BYTES, deadline)
         .await
         .is_err()
     {
@@ -208,15 +209,13 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
-            return refuse(request, unauthorized(&state.resource_metadata, None)).await;
+            let refusal = unauthorized(&state.resource_metadata, None);
+            return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
-            return refuse(
-                request,
-                unauthorized(&state.resource_metadata, Some(description)),
-            )
-            .await;
+            let refusal = unauthorized(&state.resource_metadata, Some(description));
+            return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
     };
     let token_id = match state.service.authenticate(secret.as_str(), Some(client_ip)) {
@@ -224,11 +223,8 @@ pub(super) async fn guard(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused request: {description}");
-            return refuse(
-                request,
-                unauthorized(&state.resource_metadata, Some(&description)),
-            )
-            .await;
+            let refusal = unauthorized(&state.resource_metadata, Some(&description));
+            return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
     };
 
@@ -252,11 +248,11 @@ pub(super) async fn guard(
                     StatusCode::FORBIDDEN,
                     "Forbidden: this MCP session was opened with another token",
                 );
-                return refuse(request, forbidden.into_response()).await;
+                return refuse(request, forbidden.into_response(), BODY_DEADLINE).await;
             }
             SessionCheck::Unknown => {
                 let unknown = (StatusCode::NOT_FOUND, "Not Found: no such session");
-                return refuse(request, unknown.into_response()).await;
+                return refuse(request, unknown.into_response(), BODY_DEADLINE).await;
             }
         }
     }
@@ -328,6 +324,12 @@ pub(super) async fn guard(
         client_ip,
         secret: Some(secret.clone()),
     });
+    if method == Method::GET
+        && let Some(session) = &session
+    {
+        // One stream per session: the old one ends first, so rmcp makes this one the stream.
+        state.streams.close_session(session).await;
+    }
     let mut response = next.run(request).await;
     if method == Method::POST
         && declared_json
@@ -362,7 +364,10 @@ pub(super) async fn guard(
     }
     // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
     if method == Method::GET && super::reply::is_event_stream(&response) {
-        let slot = state.streams.open(&token_id, session.as_deref());
+        let lineage = lineage(&state, &token_id);
+        let slot = state
+            .streams
+            .open(&token_id, &lineage, session.as_deref().unwrap_or_default());
         close_when_secret_stops(response, state.service, secret, (token_id, client_ip), slot)
     } else {
         response
@@ -395,11 +400,13 @@ fn close_when_secret_stops(
         loop {
             tokio::select! {
                 frame = frames.next() => match frame {
-                    Some(frame) => {
-                        if tx.send(frame).await.is_err() {
+                    // A client that stops reading cannot keep a closed stream open.
+                    Some(frame) => tokio::select! {
+                        sent = tx.send(frame) => if sent.is_err() {
                             break;
-                        }
-                    }
+                        },
+                        _ = slot.stop.cancelled() => break,
+                    },
                     None => break,
                 },
                 _ = recheck.tick() => {
@@ -410,11 +417,14 @@ fn close_when_secret_stops(
                 }
                 _ = tx.closed() => break,
                 _ = slot.stop.cancelled() => {
-                    tracing::debug!(%token, "closing response stream: a newer stream of the session or token replaced it");
+                    tracing::debug!(%token, "closing response stream: a newer stream or the stream bounds closed it");
                     break;
                 }
             }
         }
+        // rmcp's end of the stream first: the slot's end tells a waiting new stream that the
+        // session has none.
+        drop(frames);
         drop(slot);
     });
     Response::from_parts(

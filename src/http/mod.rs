@@ -47,7 +47,7 @@ use guard::GuardState;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// A request's body must arrive within this once its headers have: a connection with a
 /// request in flight is never evicted, so a stalled body must not hold one for long.
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why a request body could not be read.
 pub(crate) enum BodyFault {
