@@ -1779,3 +1779,58 @@ fn an_upstream_listing_too_many_tools_is_refused_alone() {
     let test = lines.iter().find(|l| l["bucket"] == json!("test")).unwrap();
     assert_eq!(test["status"], json!("connected"), "{test}");
 }
+
+/// A client that opens its session's stream again gets the session's notifications on the new
+/// stream: the old one is closed first (while it lived, rmcp gave a new `GET` of the session a
+/// stream nothing was ever sent on, and the client lost its notifications without knowing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_stream_of_a_session_carries_its_notifications() {
+    use common::raw_http::Conn;
+    let setup = Setup::new();
+    let server = start(
+        &setup,
+        json!({"test": fixture_entry(&setup.path("t.log"), json!({}))}),
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["test"], "connected").await;
+
+    let mut conn = Conn::open(&server.addr, server.admin()).await;
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let session = conn.post(init, "").await.session.expect("a session id");
+    let headers = format!("mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(conn.post(initialized, &headers).await.status, 202);
+    let open_stream = || {
+        reqwest::Client::new()
+            .get(server.url())
+            .header("accept", "text/event-stream")
+            .header("authorization", common::bearer(server.admin()))
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+    };
+    let first = open_stream().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut second = open_stream().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let reader = tokio::spawn(async move {
+        let mut seen = String::new();
+        while let Ok(Some(chunk)) = second.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("notifications/tools/list_changed") {
+                return true;
+            }
+        }
+        false
+    });
+    ok(&admin, "test__add_tool", json!({})).await;
+    let notified = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap_or(Ok(false))
+        .unwrap();
+    assert!(
+        notified,
+        "the reopened stream got no notifications/tools/list_changed"
+    );
+    drop(first);
+}
