@@ -22,6 +22,8 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// A gateway tool call that outlived its upstream's `timeoutSeconds`.
     UpstreamTimeout,
+    /// A gateway tool call whose upstream answered with more than the gateway reads (16 MiB).
+    UpstreamResultTooLarge,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamResultTooLarge => "upstream_result_too_large",
         }
     }
 }

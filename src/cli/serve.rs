@@ -53,6 +53,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Requests one token lineage (a root token and every token under it) may have in flight
+    /// over HTTP; beyond it, or beyond half of --max-connections, they get 429.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight_per_token: u32,
+
     #[command(flatten)]
     pub audit_retention: super::audit::AuditRetentionArgs,
 
@@ -170,6 +175,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                     total: args.max_sessions as usize,
                 },
                 max_connections: args.max_connections as usize,
+                max_inflight_per_token: args.max_inflight_per_token as usize,
                 gateway: gateway.clone(),
                 oauth: crate::oauth::OAuthConfig {
                     public_url,

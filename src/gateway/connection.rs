@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{Transport, Upstream};
 use super::direct::{Direct, Recorder, Sent};
+use super::fair::{FairShare, Lineage};
+use super::oversize::{LineCap, MAX_RESULT_BYTES};
+use super::progress::Progress;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -60,15 +63,18 @@ pub struct ProgressSink {
     pub token: ProgressToken,
 }
 
-/// Upstream progress token (rmcp's counter) -> the client's sink, for calls in flight.
-type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>;
+/// Upstream progress token (rmcp's counter) -> the call's forwarder, for calls in flight.
+type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, Arc<Progress>>>>;
 
 /// Why a forwarded call produced no upstream result.
 #[derive(Debug)]
 pub enum CallFailure {
     /// Not connected, or the connection broke during the call.
     Unavailable(String),
-    Timeout(Duration),
+    /// No answer within the upstream's timeout, `queued` of it spent waiting for a call slot.
+    Timeout { after: Duration, queued: Duration },
+    /// The upstream's answer is larger than the gateway reads (16 MiB).
+    TooLarge(String),
     /// The caller's cancellation token fired (client cancel, or its token lost standing).
     Cancelled,
     /// The upstream answered with a JSON-RPC error (e.g. arguments it rejects).
@@ -92,6 +98,8 @@ pub struct Connection {
     /// A call saw the transport break: reconnect now rather than wait for the service to end.
     broken: Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The upstream's call slots, shared fairly among lineages.
+    share: Arc<FairShare>,
 }
 
 /// Told whenever an upstream's tool list or status changes.
@@ -113,6 +121,7 @@ impl Connection {
             stop,
             broken: Notify::new(),
             task: Mutex::new(None),
+            share: FairShare::new(),
         });
         let task = tokio::spawn(Arc::clone(&connection).run(on_change));
         *connection.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -133,6 +142,7 @@ impl Connection {
             stop: CancellationToken::new(),
             broken: Notify::new(),
             task: Mutex::new(None),
+            share: FairShare::new(),
         };
         let (handler, _refresh) = probe.handler();
         let scrub = |e: String| scrub(&upstream.transport, &e);
@@ -322,14 +332,31 @@ impl Connection {
                 // npx/uvx start grandchildren: give them a process group we can stop whole.
                 #[cfg(unix)]
                 cmd.process_group(0);
-                let (process, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                let mut child = cmd
                     .spawn()
                     .map_err(|e| format!("cannot start {command}: {e}"))?;
-                let group = process.id();
-                if let Some(stderr) = stderr {
+                let group = child.id();
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    kill_group(group).await;
+                    return Err(format!("cannot start {command}: no pipes to it"));
+                };
+                if let Some(stderr) = child.stderr.take() {
                     tokio::spawn(log_stderr(self.upstream.bucket.clone(), stderr));
                 }
+                // Reaped when it exits; stopped through its process group (`kill_group`).
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                // Whole lines of at most 16 MiB reach rmcp; a longer answer fails its call at
+                // once (`oversize`) instead of being dropped by rmcp while the call waits.
+                let stdout = LineCap::new(stdout, MAX_RESULT_BYTES);
+                let process =
+                    rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin)
+                        .with_max_line_length(MAX_RESULT_BYTES + 2);
                 let session = tokio::time::timeout(timeout, handler.serve(process)).await;
                 match session {
                     Ok(Ok(running)) => Ok(Session::new(running, group, None)),
@@ -381,46 +408,91 @@ impl Connection {
     }
 
     /// Forwards one `tools/call`: the upstream's own tool name and the arguments unchanged.
-    /// Ends early, cancelling the upstream call, on timeout or when `cancel` fires.
+    /// Waits for one of the upstream's call slots, shared fairly among lineages (`fair`); ends
+    /// early, cancelling the upstream call, on timeout (waiting included) or when `cancel`
+    /// fires.
     pub async fn call(
         &self,
         upstream_tool: &str,
         arguments: Option<rmcp::model::JsonObject>,
-        progress: Option<ProgressSink>,
+        (progress, lineage): (Option<ProgressSink>, Lineage),
         cancel: &CancellationToken,
     ) -> Result<CallToolResult, CallFailure> {
-        let (peer, routes, direct) = {
-            let state = self.lock();
-            match (&state.status, &state.peer) {
-                (Status::Connected, Some(peer)) => (
-                    peer.clone(),
-                    Arc::clone(&state.routes),
-                    state.direct.clone(),
-                ),
-                (Status::Unavailable(why), _) => {
-                    return Err(CallFailure::Unavailable(format!(
-                        "upstream {} is unavailable: {why}",
-                        self.upstream.bucket
-                    )));
-                }
-                _ => {
-                    return Err(CallFailure::Unavailable(format!(
-                        "upstream {} is still connecting",
-                        self.upstream.bucket
-                    )));
-                }
+        self.available()?;
+        // One deadline for the call, waiting for a slot included, whichever path it takes.
+        let started = tokio::time::Instant::now();
+        let timeout = self.upstream.timeout;
+        let deadline = started + timeout;
+        let _slot = tokio::select! {
+            slot = self.share.acquire(lineage) => slot,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(CallFailure::Timeout { after: timeout, queued: timeout });
             }
+            _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
         };
-        // One deadline for the call, whichever path it takes.
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout;
+        let queued = started.elapsed();
+        let (peer, routes, direct) = self.available()?;
+        let progress = progress.map(|sink| Arc::new(Progress::start(sink)));
+        let answer = self
+            .forward(
+                upstream_tool,
+                arguments,
+                (progress, peer, routes, direct),
+                cancel,
+                deadline,
+            )
+            .await;
+        match answer {
+            Err(CallFailure::Timeout { after, .. }) => Err(CallFailure::Timeout { after, queued }),
+            answer => answer,
+        }
+    }
+
+    /// The upstream's client and direct path, if it is connected.
+    #[allow(clippy::type_complexity)]
+    fn available(
+        &self,
+    ) -> Result<(Peer<RoleClient>, ProgressRoutes, Option<Arc<Direct>>), CallFailure> {
+        let state = self.lock();
+        match (&state.status, &state.peer) {
+            (Status::Connected, Some(peer)) => Ok((
+                peer.clone(),
+                Arc::clone(&state.routes),
+                state.direct.clone(),
+            )),
+            (Status::Unavailable(why), _) => Err(CallFailure::Unavailable(format!(
+                "upstream {} is unavailable: {why}",
+                self.upstream.bucket
+            ))),
+            _ => Err(CallFailure::Unavailable(format!(
+                "upstream {} is still connecting",
+                self.upstream.bucket
+            ))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        upstream_tool: &str,
+        arguments: Option<rmcp::model::JsonObject>,
+        (progress, peer, routes, direct): (
+            Option<Arc<Progress>>,
+            Peer<RoleClient>,
+            ProgressRoutes,
+            Option<Arc<Direct>>,
+        ),
+        cancel: &CancellationToken,
+        deadline: tokio::time::Instant,
+    ) -> Result<CallToolResult, CallFailure> {
+        let timeout = self.upstream.timeout;
         if let Some(direct) = direct {
             let sent = direct
                 .call(
                     upstream_tool,
                     arguments.clone(),
-                    progress.clone(),
+                    progress.as_deref(),
                     cancel,
-                    (deadline, self.upstream.timeout),
+                    (deadline, timeout),
                 )
                 .await;
             if let Sent::Answered(answer) = sent {
@@ -434,15 +506,14 @@ impl Connection {
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await
             .map_err(|e| self.broke(format!("cannot send the call: {e}")))?;
-        let route = progress.map(|sink| {
+        let route = progress.map(|forwarder| {
             let key = handle.progress_token.clone();
-            lock_routes(&routes).insert(key.clone(), sink);
+            lock_routes(&routes).insert(key.clone(), forwarder);
             RouteGuard {
                 routes: Arc::clone(&routes),
                 key,
             }
         });
-        let timeout = self.upstream.timeout;
         let outcome = tokio::select! {
             answer = &mut handle.rx => Some(answer),
             _ = tokio::time::sleep_until(deadline) => None,
@@ -456,7 +527,7 @@ impl Connection {
                 self.upstream.bucket
             ))),
             Some(Ok(Err(rmcp::service::ServiceError::McpError(error)))) => {
-                Err(CallFailure::Upstream(error))
+                Err(super::oversize::failure(error))
             }
             Some(Ok(Err(e))) => Err(self.broke(format!("the call failed: {e}"))),
             Some(Err(_)) => Err(self.broke("the connection closed during the call".to_owned())),
@@ -475,7 +546,10 @@ impl Connection {
                 if cancel.is_cancelled() {
                     Err(CallFailure::Cancelled)
                 } else {
-                    Err(CallFailure::Timeout(timeout))
+                    Err(CallFailure::Timeout {
+                        after: timeout,
+                        queued: Duration::ZERO,
+                    })
                 }
             }
         }
@@ -491,8 +565,8 @@ impl Connection {
 }
 
 fn lock_routes(
-    routes: &Mutex<HashMap<ProgressToken, ProgressSink>>,
-) -> std::sync::MutexGuard<'_, HashMap<ProgressToken, ProgressSink>> {
+    routes: &Mutex<HashMap<ProgressToken, Arc<Progress>>>,
+) -> std::sync::MutexGuard<'_, HashMap<ProgressToken, Arc<Progress>>> {
     routes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -813,13 +887,10 @@ impl ClientHandler for UpstreamHandler {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let sink = lock_routes(&self.routes)
-            .get(&params.progress_token)
-            .cloned();
-        if let Some(sink) = sink {
-            let mut forwarded = params;
-            forwarded.progress_token = sink.token;
-            let _ = sink.peer.notify_progress(forwarded).await;
+        // Offered, never awaited: a flood or a client that does not read must not stall this
+        // upstream's other calls, which share this handler.
+        if let Some(forwarder) = lock_routes(&self.routes).get(&params.progress_token) {
+            forwarder.offer(params);
         }
     }
 }

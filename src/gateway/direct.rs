@@ -33,21 +33,23 @@ use sse_stream::{Error as SseError, Sse};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{CallFailure, ProgressSink};
+use super::connection::CallFailure;
+use super::oversize::too_large;
+use super::progress::Progress;
 use super::wire;
 use axum::body::Bytes;
 use http_body_util::Full;
 
-/// The largest answer read for one call (its events together).
-const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// The largest answer read for one call: a JSON body, or one event of a stream.
+const MAX_ANSWER_BYTES: usize = super::oversize::MAX_RESULT_BYTES;
 /// The first protocol without sessions: its requests are rmcp's to send.
 const STATELESS_PROTOCOL: &str = "2026-07-28";
 /// How long a cancellation notice to the upstream may take.
 const CANCEL_NOTICE: Duration = Duration::from_secs(2);
 /// How long the end of a stream is awaited after its answer (so the connection is reused).
 const DRAIN: Duration = Duration::from_millis(50);
-/// Calls in flight to one upstream at once (rmcp's client allows as many).
-const MAX_IN_FLIGHT: usize = 16;
+/// Kept-alive connections kept for the calls: one per call slot.
+const MAX_IN_FLIGHT: usize = super::fair::CALL_SLOTS;
 /// Cancellation notices in flight to one upstream at once; more are not sent.
 const MAX_NOTICES: usize = 4;
 
@@ -88,7 +90,6 @@ impl Recorder {
             refresh,
             seen: Arc::clone(&seen),
             next: AtomicU64::new(0),
-            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             notices: Arc::new(tokio::sync::Semaphore::new(MAX_NOTICES)),
             pool: wire::Pool::default(),
         });
@@ -246,7 +247,6 @@ pub struct Direct {
     refresh: Arc<Notify>,
     seen: Seen,
     next: AtomicU64,
-    in_flight: tokio::sync::Semaphore,
     /// Cancellation notices being sent at once (each on a new connection).
     notices: Arc<tokio::sync::Semaphore>,
     /// Kept-alive connections for the calls, driven by the calling task.
@@ -333,7 +333,7 @@ impl Direct {
         &self,
         tool: &str,
         arguments: Option<rmcp::model::JsonObject>,
-        progress: Option<ProgressSink>,
+        progress: Option<&Progress>,
         cancel: &CancellationToken,
         (deadline, timeout): (tokio::time::Instant, Duration),
     ) -> Sent {
@@ -359,7 +359,7 @@ impl Direct {
             reason: "the client went away",
             sent: &sent,
         };
-        let exchange = self.exchange(&route, &request, (&id, &sent), progress.as_ref());
+        let exchange = self.exchange(&route, &request, (&id, &sent), progress);
         let outcome = tokio::select! {
             exchange = exchange => Some(exchange),
             _ = tokio::time::sleep_until(deadline) => None,
@@ -399,7 +399,10 @@ impl Direct {
                 Sent::Answered(Err(if cancel.is_cancelled() {
                     CallFailure::Cancelled
                 } else {
-                    CallFailure::Timeout(timeout)
+                    CallFailure::Timeout {
+                        after: timeout,
+                        queued: Duration::ZERO,
+                    }
                 }))
             }
         }
@@ -410,15 +413,9 @@ impl Direct {
         route: &Route,
         request: &Value,
         (id, sent): (&str, &AtomicBool),
-        progress: Option<&ProgressSink>,
+        progress: Option<&Progress>,
     ) -> Exchange {
-        // As many calls in flight per upstream as rmcp's client allows; the wait counts
-        // against the call's timeout.
-        let Ok(_permit) = self.in_flight.acquire().await else {
-            return Exchange::Done(Err(CallFailure::Unavailable(
-                "the connection closed".into(),
-            )));
-        };
+        // The caller holds one of the upstream's call slots (`fair`).
         // A failure on one connection is this call's, not the upstream session's: rmcp's own
         // streams notice an upstream that went away.
         let body = Bytes::from(serde_json::to_vec(request).expect("JSON values serialise"));
@@ -474,14 +471,18 @@ impl Direct {
                 Err(e) => return Exchange::Failed(e),
             };
             received += chunk.len();
-            if received > MAX_ANSWER_BYTES {
-                return Exchange::Done(Err(too_large()));
-            }
             if !is_stream {
+                if received > MAX_ANSWER_BYTES {
+                    return Exchange::Done(Err(too_large()));
+                }
                 body.extend_from_slice(&chunk);
                 continue;
             }
-            for data in events.feed(&chunk) {
+            let complete = events.feed(&chunk);
+            if events.pending() > MAX_ANSWER_BYTES {
+                return Exchange::Done(Err(too_large()));
+            }
+            for data in complete {
                 if let Some(done) = handle(&data, id, progress, &self.refresh).await {
                     answer = Some(done);
                     break;
@@ -577,13 +578,6 @@ fn upstream_post(route: &Route, body: Bytes) -> axum::http::Request<Full<Bytes>>
     request
 }
 
-fn too_large() -> CallFailure {
-    CallFailure::Unavailable(format!(
-        "the upstream's answer is larger than {} MiB",
-        MAX_ANSWER_BYTES >> 20
-    ))
-}
-
 /// A message of an answer, read only as far as the call needs it.
 #[derive(Deserialize)]
 struct Incoming<'a> {
@@ -602,7 +596,7 @@ struct Incoming<'a> {
 async fn handle(
     data: &str,
     id: &str,
-    progress: Option<&ProgressSink>,
+    progress: Option<&Progress>,
     refresh: &Notify,
 ) -> Option<Result<CallToolResult, CallFailure>> {
     let Ok(message) = serde_json::from_str::<Incoming<'_>>(data) else {
@@ -624,11 +618,10 @@ async fn handle(
                 let note = message
                     .params
                     .and_then(|p| serde_json::from_str::<ProgressNotificationParam>(p.get()).ok());
-                if let (Some(mut note), Some(sink)) = (note, progress)
+                if let (Some(note), Some(progress)) = (note, progress)
                     && note.progress_token.0.to_string() == id
                 {
-                    note.progress_token = sink.token.clone();
-                    let _ = sink.peer.notify_progress(note).await;
+                    progress.offer(note);
                 }
             }
             // As rmcp's handler does for notifications on its own streams.
@@ -650,7 +643,9 @@ async fn handle(
             }),
         );
     }
-    message.error.map(|error| Err(CallFailure::Upstream(error)))
+    message
+        .error
+        .map(|error| Err(super::oversize::failure(error)))
 }
 
 /// An event-stream parser: bytes in, each event's data out (events without data are skipped).
@@ -663,6 +658,11 @@ struct Events {
 }
 
 impl Events {
+    /// Bytes of the event being read.
+    fn pending(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(&first) = bytes.first() {

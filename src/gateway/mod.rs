@@ -13,6 +13,9 @@ pub mod catalogue;
 pub mod config;
 pub mod connection;
 mod direct;
+pub mod fair;
+mod oversize;
+mod progress;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use catalogue::{Catalogue, ExposedTool};
 pub use config::{Upstream, UpstreamsConfig};
 pub use connection::{CallFailure, Connection, ProgressSink, Status};
+pub use fair::Lineage;
 
 /// One upstream as `list_buckets` shows it.
 #[derive(Clone, Debug)]
@@ -153,12 +157,13 @@ impl Gateway {
             .collect()
     }
 
-    /// Forwards a call of `tool` (already authorised by the caller of this function).
+    /// Forwards a call of `tool` (already authorised by the caller of this function); it
+    /// counts against `lineage`'s fair share of the upstream's call slots.
     pub async fn call(
         &self,
         tool: &ExposedTool,
         arguments: Option<rmcp::model::JsonObject>,
-        progress: Option<ProgressSink>,
+        (progress, lineage): (Option<ProgressSink>, Lineage),
         cancel: &CancellationToken,
     ) -> Result<rmcp::model::CallToolResult, CallFailure> {
         let connection = self.lock().get(&tool.bucket).cloned();
@@ -169,7 +174,7 @@ impl Gateway {
             )));
         };
         connection
-            .call(&tool.upstream_name, arguments, progress, cancel)
+            .call(&tool.upstream_name, arguments, (progress, lineage), cancel)
             .await
     }
 

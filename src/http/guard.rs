@@ -40,6 +40,8 @@ pub(super) struct GuardState {
     pub succeeds: Arc<Succession>,
     /// The standalone streams each token holds open (bounded: see `streams`).
     pub streams: Arc<super::streams::Streams>,
+    /// Requests in flight per lineage (bounded: see `inflight`).
+    pub inflight: Arc<super::inflight::InFlight>,
 }
 
 /// Asked with (the token that opened a session, the token presenting it now).
@@ -257,6 +259,63 @@ pub(super) async fn guard(
         }
     }
 
+    if request.method() == Method::GET
+        && let Some(session) = &session
+    {
+        // One stream per session: the old one ends first, so rmcp makes this one the stream
+        // (and its ticket is back before this request takes one).
+        state.streams.close_session(session).await;
+    }
+    // Counted from here, before the body is read, until the response body ends.
+    let lineage = lineage(&state, &token_id);
+    let Some(ticket) = state.inflight.enter(lineage.clone()) else {
+        tracing::debug!(token = %token_id, "refused request: its lineage has its maximum in flight");
+        return too_many_in_flight(request, state.inflight.per_lineage()).await;
+    };
+    let response = guarded(
+        &state,
+        request,
+        next,
+        (token_id, client_ip, secret),
+        (session, lineage),
+    )
+    .await;
+    response.map(|body| super::inflight::TicketBody::wrap(body, ticket))
+}
+
+/// A 429 for a lineage with its maximum in flight; the connection closes after it, so the
+/// slot is free at once.
+async fn too_many_in_flight(request: Request, bound: usize) -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "error": "too_many_requests",
+            "error_description": format!(
+                "this token's lineage already has {bound} requests in flight; retry when one has ended"
+            ),
+        })
+        .to_string(),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut response = refuse(request, response, UNAUTHENTICATED_BODY_DEADLINE).await;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The rest of the guard, for an authenticated request holding its ticket.
+async fn guarded(
+    state: &GuardState,
+    request: Request,
+    next: Next,
+    (token_id, client_ip, secret): (TokenId, IpAddr, Presented),
+    (session, token_lineage): (Option<String>, TokenId),
+) -> Response {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     if method == Method::DELETE
@@ -289,7 +348,7 @@ pub(super) async fn guard(
             Err(response) => return *response,
         };
         if matches!(posted, Posted::Initialize) && session.is_none() {
-            opening_lineage = Some(lineage(&state, &token_id));
+            opening_lineage = Some(token_lineage.clone());
         }
         if let Some(lineage) = &opening_lineage
             && !state.sessions.has_room(lineage).await
@@ -324,12 +383,6 @@ pub(super) async fn guard(
         client_ip,
         secret: Some(secret.clone()),
     });
-    if method == Method::GET
-        && let Some(session) = &session
-    {
-        // One stream per session: the old one ends first, so rmcp makes this one the stream.
-        state.streams.close_session(session).await;
-    }
     let mut response = next.run(request).await;
     if method == Method::POST
         && declared_json
@@ -349,7 +402,7 @@ pub(super) async fn guard(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        let lineage = opening_lineage.unwrap_or_else(|| lineage(&state, &token_id));
+        let lineage = opening_lineage.unwrap_or_else(|| token_lineage.clone());
         state.sessions.opened(opened, &token_id, &lineage).await;
     }
     if method == Method::DELETE
@@ -364,11 +417,18 @@ pub(super) async fn guard(
     }
     // Long-lived streams are the standalone GET streams; a POST's stream ends with its reply.
     if method == Method::GET && super::reply::is_event_stream(&response) {
-        let lineage = lineage(&state, &token_id);
-        let slot = state
-            .streams
-            .open(&token_id, &lineage, session.as_deref().unwrap_or_default());
-        close_when_secret_stops(response, state.service, secret, (token_id, client_ip), slot)
+        let slot = state.streams.open(
+            &token_id,
+            &token_lineage,
+            session.as_deref().unwrap_or_default(),
+        );
+        close_when_secret_stops(
+            response,
+            Arc::clone(&state.service),
+            secret,
+            (token_id, client_ip),
+            slot,
+        )
     } else {
         response
     }

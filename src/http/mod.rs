@@ -12,6 +12,7 @@
 mod cors;
 mod express;
 mod guard;
+mod inflight;
 mod listener;
 mod reply;
 mod repoll;
@@ -105,6 +106,9 @@ pub struct HttpConfig {
     /// The listener's bound on open connections (`serve --max-connections`), of which open
     /// `GET` streams may hold at most half.
     pub max_connections: usize,
+    /// Requests one lineage may have in flight (`serve --max-inflight-per-token`); at most
+    /// half of `max_connections` in any case.
+    pub max_inflight_per_token: usize,
     /// Upstream MCP servers fronted as buckets (`serve --upstreams`).
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The OAuth authorization server: public URL, token lifetime, registration bounds.
@@ -138,6 +142,10 @@ pub fn router(
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
         streams: Arc::new(streams::Streams::new(config.max_connections)),
+        inflight: Arc::new(inflight::InFlight::new(
+            config.max_inflight_per_token,
+            config.max_connections,
+        )),
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()

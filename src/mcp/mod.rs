@@ -537,7 +537,16 @@ impl TokenServer {
                 }
             }
         };
-        let call = gateway.call(&tool, request.arguments, progress, &cancel);
+        // The call counts against its lineage's share of the upstream (minting children does
+        // not multiply it).
+        let lineage: crate::gateway::Lineage = match &caller {
+            Caller::Token(id) => {
+                let root = self.service.lineage_root(id).unwrap_or_else(|| id.clone());
+                Arc::from(root.as_str())
+            }
+            _ => Arc::from("owner"),
+        };
+        let call = gateway.call(&tool, request.arguments, (progress, lineage), &cancel);
         tokio::pin!(call, standing);
         let mut lost_standing = None;
         let outcome = tokio::select! {
@@ -566,13 +575,19 @@ impl TokenServer {
             CallFailure::Unavailable(message) => {
                 Error::new(ErrorCode::UpstreamUnavailable, message)
             }
-            CallFailure::Timeout(after) => Error::new(
+            CallFailure::Timeout { after, queued } => Error::new(
                 ErrorCode::UpstreamTimeout,
                 format!(
-                    "{} did not answer within {}s; the upstream call was cancelled",
+                    "{} did not answer within {}s ({:.1}s of it waiting for a free call slot \
+                     on the upstream); the upstream call was cancelled",
                     tool.name,
-                    after.as_secs_f64()
+                    after.as_secs_f64(),
+                    queued.as_secs_f64()
                 ),
+            ),
+            CallFailure::TooLarge(message) => Error::new(
+                ErrorCode::UpstreamResultTooLarge,
+                format!("{}: {message}", tool.name),
             ),
             CallFailure::Cancelled => match lost_standing {
                 Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::consent::{self, ConsentView, error_page};
+use super::pending::Opener;
 use super::token::{ApprovedCode, CodeState, code_key};
 use super::{MAX_FORM_BYTES, OAuth, blocking, client_ip, lock, random_string, read_body};
 use crate::service::Caller;
@@ -164,7 +165,16 @@ fn client_of(oauth: &OAuth, client_id: &str) -> Result<Option<OAuthClient>, Resp
     })
 }
 
-pub(super) async fn show(State(oauth): State<Arc<OAuth>>, RawQuery(query): RawQuery) -> Response {
+pub(super) async fn show(
+    State(oauth): State<Arc<OAuth>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let peer = crate::rules::cidr::canonical_ip(peer.ip());
+    if let Err(wait) = lock(&oauth.consent_pages).take(peer, Instant::now()) {
+        tracing::warn!(client_ip = %peer, "refused a consent page: rate limit");
+        return too_many_pages(wait);
+    }
     let query = query.unwrap_or_default();
     let Ok(params) = serde_urlencoded::from_str::<AuthorizeParams>(&query) else {
         return error_page(
@@ -295,7 +305,31 @@ pub(super) async fn show(State(oauth): State<Arc<OAuth>>, RawQuery(query): RawQu
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    lock(&oauth.pending).insert(request_id, pending, Instant::now());
+    let opener = Opener {
+        client_id: pending.client_id.clone(),
+        peer,
+    };
+    let opened = lock(&oauth.pending).open(request_id, opener, pending, Instant::now());
+    if let Err(why) = opened {
+        tracing::warn!(client_ip = %peer, client_id = %client.client_id,
+            "refused a consent page: {why:?}");
+        return too_many_pages(Duration::from_secs(60));
+    }
+    response
+}
+
+/// 429 for a consent page beyond the rate or the pending bounds: open pages stay open.
+fn too_many_pages(wait: Duration) -> Response {
+    let mut response = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many sign-in requests",
+        "Too many consent pages were opened from this address or for this client. Wait a \
+         minute, then start again from your client.",
+    );
+    let seconds = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 

@@ -40,7 +40,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::secret::TokenId;
 use crate::service::Service;
 use crate::store::oauth::OAuthStore;
-use pending::Expiring;
+use pending::{Consents, Expiring};
 
 pub use register::RegistrationLimits;
 
@@ -50,6 +50,11 @@ const PENDING_TTL: Duration = Duration::from_secs(600);
 const CODE_TTL: Duration = Duration::from_secs(60);
 /// Most pending consent requests held at once (anyone can open one).
 const MAX_PENDING: usize = 1_000;
+/// Most pending consent requests of one client id, and of one peer address.
+const PENDING_SHARE: usize = 100;
+/// Consent pages opened per minute by one peer address, and by all together.
+const CONSENT_PAGES_PER_PEER_MINUTE: u32 = 60;
+const CONSENT_PAGES_PER_MINUTE: u32 = 600;
 /// Most authorization codes held at once.
 const MAX_CODES: usize = 1_000;
 /// Request bodies of the token, revocation and consent endpoints.
@@ -133,9 +138,10 @@ pub struct OAuth {
     service: Arc<Service>,
     store: OAuthStore,
     config: OAuthConfig,
-    pending: Mutex<Expiring<authorize::PendingRequest>>,
+    pending: Mutex<Consents<authorize::PendingRequest>>,
+    consent_pages: Mutex<register::PeerRate>,
     codes: Mutex<Expiring<token::CodeState>>,
-    registrations: Mutex<register::RegistrationRate>,
+    registrations: Mutex<register::PeerRate>,
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
     /// or a code is spent exactly once.
     grants: Mutex<()>,
@@ -150,9 +156,13 @@ impl OAuth {
         Ok(OAuth {
             service,
             store,
-            registrations: Mutex::new(register::RegistrationRate::new(config.registration)),
+            registrations: Mutex::new(register::PeerRate::registrations(config.registration)),
+            consent_pages: Mutex::new(register::PeerRate::new(
+                CONSENT_PAGES_PER_MINUTE,
+                CONSENT_PAGES_PER_PEER_MINUTE,
+            )),
             config,
-            pending: Mutex::new(Expiring::new(PENDING_TTL, MAX_PENDING)),
+            pending: Mutex::new(Consents::new(PENDING_TTL, MAX_PENDING, PENDING_SHARE)),
             codes: Mutex::new(Expiring::new(CODE_TTL, MAX_CODES)),
             grants: Mutex::new(()),
         })

@@ -1,12 +1,17 @@
 //! Bounded, expiring maps for what lives only in memory: pending consent requests (10 min)
-//! and authorization codes (60 s). Anyone can create a pending request without a token, so
-//! both maps have a count cap besides their time to live; when full, the oldest entry gives
-//! way (a flood can delay a person's consent, never grow memory or lock everyone out).
+//! and authorization codes (60 s), both with a count cap besides their time to live.
+//!
+//! Codes exist only after a person approved, so when their map is full the oldest gives way.
+//! Anyone can open a consent page without a token, so [`Consents`] never evicts an open page
+//! to make room: each client id and each peer address holds at most its own share, and a
+//! request beyond a share (or beyond the cap) is refused. A flood can delay new consent pages
+//! from its own client or address, never expire a person's open page.
 //!
 //! Every method takes `now`, so tests drive the clock instead of sleeping. A restart forgets
 //! both maps: a person re-opens the consent page, a client re-runs the authorization.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub struct Expiring<V> {
@@ -61,9 +66,83 @@ impl<V> Expiring<V> {
         self.alive(born, now).then_some(value)
     }
 
+    /// Drops expired entries.
+    fn forget_expired(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.entries
+            .retain(|_, (born, _)| now.saturating_duration_since(*born) < ttl);
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// Who opened a consent page: the client it is for and the address it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opener {
+    pub client_id: String,
+    pub peer: IpAddr,
+}
+
+/// Why a consent page was not opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoRoom {
+    /// This client or address holds its share of open pages.
+    Share,
+    /// The server holds its maximum of open pages.
+    Full,
+}
+
+/// Pending consent requests, bounded per client id and per peer address (see the module
+/// comment); nothing is ever evicted before its time.
+pub struct Consents<V> {
+    pages: Expiring<(Opener, V)>,
+    cap: usize,
+    share: usize,
+}
+
+impl<V> Consents<V> {
+    /// At most `cap` open pages, `share` of them per client id and per peer address.
+    pub fn new(ttl: Duration, cap: usize, share: usize) -> Consents<V> {
+        Consents {
+            pages: Expiring::new(ttl, cap),
+            cap: cap.max(1),
+            share: share.max(1),
+        }
+    }
+
+    /// Opens a page, or says why there is no room for it.
+    pub fn open(
+        &mut self,
+        key: String,
+        opener: Opener,
+        value: V,
+        now: Instant,
+    ) -> Result<(), NoRoom> {
+        self.pages.forget_expired(now);
+        let (mut same_client, mut same_peer) = (0, 0);
+        for (_, (page, _)) in self.pages.entries.values() {
+            same_client += usize::from(page.client_id == opener.client_id);
+            same_peer += usize::from(page.peer == opener.peer);
+        }
+        if same_client >= self.share || same_peer >= self.share {
+            return Err(NoRoom::Share);
+        }
+        if self.pages.entries.len() >= self.cap {
+            return Err(NoRoom::Full);
+        }
+        self.pages.entries.insert(key, (now, (opener, value)));
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str, now: Instant) -> Option<&V> {
+        self.pages.get(key, now).map(|(_, v)| v)
+    }
+
+    pub fn take(&mut self, key: &str, now: Instant) -> Option<V> {
+        self.pages.take(key, now).map(|(_, v)| v)
     }
 }
 
@@ -99,5 +178,61 @@ mod tests {
         // Expired entries are dropped on the next insert, whatever the count.
         pending.insert("late".into(), 0, start + Duration::from_secs(700));
         assert_eq!(pending.len(), 1);
+    }
+
+    fn opener(client: &str, peer: [u8; 4]) -> Opener {
+        Opener {
+            client_id: client.into(),
+            peer: IpAddr::from(peer),
+        }
+    }
+
+    #[test]
+    fn a_consent_flood_never_evicts_an_open_page() {
+        let start = Instant::now();
+        let mut pages = Consents::new(Duration::from_secs(600), 10, 3);
+        let person = opener("connector", [10, 0, 0, 1]);
+        pages.open("mine".into(), person.clone(), 0, start).unwrap();
+        // One address floods with its own client, then with the person's client id.
+        let attacker = [10, 0, 0, 2];
+        let mut refused = Vec::new();
+        for i in 0..1000u32 {
+            let client = if i % 2 == 0 { "junk" } else { "connector" };
+            if let Err(why) = pages.open(format!("k{i}"), opener(client, attacker), i, start) {
+                refused.push(why);
+            }
+        }
+        assert_eq!(
+            refused.len(),
+            997,
+            "the attacker's address holds its share of 3"
+        );
+        assert!(refused.iter().all(|r| *r == NoRoom::Share));
+        assert_eq!(
+            pages.get("mine", start + Duration::from_secs(599)),
+            Some(&0)
+        );
+        // Many addresses: the cap refuses, still without evicting.
+        for i in 0..100u8 {
+            let _ = pages.open(
+                format!("p{i}"),
+                opener(&format!("c{i}"), [10, 1, 0, i]),
+                0,
+                start,
+            );
+        }
+        assert_eq!(pages.pages.len(), 10);
+        assert_eq!(
+            pages.open("late".into(), opener("new", [10, 2, 0, 1]), 0, start),
+            Err(NoRoom::Full)
+        );
+        assert_eq!(pages.take("mine", start + Duration::from_secs(1)), Some(0));
+        // Expired pages make room again.
+        let later = start + Duration::from_secs(600);
+        assert!(
+            pages
+                .open("late".into(), opener("new", [10, 2, 0, 1]), 0, later)
+                .is_ok()
+        );
     }
 }

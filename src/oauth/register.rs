@@ -106,24 +106,30 @@ impl RateBucket {
 /// Most peer addresses whose registration buckets are remembered at once.
 const MAX_PEERS: usize = 4_096;
 
-/// The registration buckets: one per peer address under one shared ceiling.
-pub(super) struct RegistrationRate {
+/// Rate buckets for an endpoint anyone may call: one per peer address under one shared
+/// ceiling (registrations; consent pages).
+pub(super) struct PeerRate {
     all: RateBucket,
     per_peer_capacity: u32,
     peers: HashMap<IpAddr, RateBucket>,
 }
 
-impl RegistrationRate {
-    pub(super) fn new(limits: RegistrationLimits) -> RegistrationRate {
-        RegistrationRate {
-            all: RateBucket::per_minute(limits.per_minute),
-            per_peer_capacity: limits.per_minute.max(1).div_ceil(2),
+impl PeerRate {
+    /// Registrations: `per_minute` in all, half of them per peer.
+    pub(super) fn registrations(limits: RegistrationLimits) -> PeerRate {
+        PeerRate::new(limits.per_minute, limits.per_minute.max(1).div_ceil(2))
+    }
+
+    pub(super) fn new(all_per_minute: u32, per_peer_per_minute: u32) -> PeerRate {
+        PeerRate {
+            all: RateBucket::per_minute(all_per_minute),
+            per_peer_capacity: per_peer_per_minute.max(1),
             peers: HashMap::new(),
         }
     }
 
-    /// Charges one registration to `peer` and to the ceiling, or says how long to wait.
-    fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Charges one request to `peer` and to the ceiling, or says how long to wait.
+    pub(super) fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&peer) {
             // Full buckets say nothing; dropping them forgets no debt.
             self.peers.retain(|_, bucket| !bucket.is_full(now));
@@ -471,7 +477,7 @@ mod tests {
     #[test]
     fn one_peer_cannot_use_up_the_registrations_of_others() {
         let start = Instant::now();
-        let mut rate = RegistrationRate::new(RegistrationLimits {
+        let mut rate = PeerRate::registrations(RegistrationLimits {
             max_clients: 10,
             per_minute: 10,
         });

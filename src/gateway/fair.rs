@@ -1,0 +1,253 @@
+//! Fair sharing of one upstream's call slots among token lineages (SPEC §16).
+//!
+//! An upstream runs at most [`CALL_SLOTS`] forwarded calls at once, and one lineage (a root
+//! token and everything under it, so minting children does not multiply a share) holds at most
+//! [`LINEAGE_SLOTS`] of them: half, so a lineage whose calls are slow always leaves slots free
+//! for the others, and a new caller does not wait behind calls that may run for a minute. When
+//! every slot is taken, a freed slot goes to the waiting lineage that holds the fewest (the
+//! earliest waiter among equals). The queueing time counts against the call's timeout and is
+//! reported in its error.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+/// Calls in flight to one upstream at once.
+pub const CALL_SLOTS: usize = 32;
+/// Calls in flight to one upstream at once for one lineage.
+pub const LINEAGE_SLOTS: usize = CALL_SLOTS / 2;
+
+/// Who a call counts against: the lineage root of the calling token, or the owner.
+pub type Lineage = Arc<str>;
+
+pub struct FairShare {
+    slots: usize,
+    per_lineage: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    held: HashMap<Lineage, usize>,
+    total: usize,
+    waiting: VecDeque<Waiter>,
+}
+
+struct Waiter {
+    lineage: Lineage,
+    granted: oneshot::Sender<()>,
+}
+
+impl State {
+    fn may_take(&self, lineage: &Lineage, slots: usize, per_lineage: usize) -> bool {
+        self.total < slots && self.held.get(lineage).copied().unwrap_or(0) < per_lineage
+    }
+
+    fn take(&mut self, lineage: &Lineage) {
+        self.total += 1;
+        *self.held.entry(Arc::clone(lineage)).or_default() += 1;
+    }
+
+    fn give_back(&mut self, lineage: &Lineage) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(held) = self.held.get_mut(lineage) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(lineage);
+            }
+        }
+    }
+
+    /// Hands free slots to waiters: each time to the eligible waiter whose lineage holds the
+    /// fewest. Waiters that gave up are dropped on the way.
+    fn grant(&mut self, slots: usize, per_lineage: usize) {
+        self.waiting.retain(|w| !w.granted.is_closed());
+        while self.total < slots {
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| self.held.get(&w.lineage).copied().unwrap_or(0) < per_lineage)
+                .min_by_key(|(i, w)| (self.held.get(&w.lineage).copied().unwrap_or(0), *i))
+                .map(|(i, _)| i);
+            let Some(waiter) = next.and_then(|i| self.waiting.remove(i)) else {
+                return;
+            };
+            self.take(&waiter.lineage);
+            if waiter.granted.send(()).is_err() {
+                // It gave up between the check and now.
+                self.give_back(&waiter.lineage);
+            }
+        }
+    }
+}
+
+/// One call slot; given back when dropped.
+pub struct Slot {
+    share: Arc<FairShare>,
+    lineage: Lineage,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.share.lock();
+        state.give_back(&self.lineage);
+        state.grant(self.share.slots, self.share.per_lineage);
+    }
+}
+
+/// A place in the queue: if the wait is abandoned after a slot was granted, the slot goes back.
+struct Queued<'a> {
+    share: &'a Arc<FairShare>,
+    lineage: Lineage,
+    granted: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let Some(mut granted) = self.granted.take() else {
+            return;
+        };
+        // Grants are sent under the lock: checked under it, nothing can arrive afterwards.
+        let mut state = self.share.lock();
+        if granted.try_recv().is_ok() {
+            state.give_back(&self.lineage);
+            state.grant(self.share.slots, self.share.per_lineage);
+        }
+    }
+}
+
+impl FairShare {
+    pub fn new() -> Arc<FairShare> {
+        FairShare::with_slots(CALL_SLOTS, LINEAGE_SLOTS)
+    }
+
+    pub fn with_slots(slots: usize, per_lineage: usize) -> Arc<FairShare> {
+        Arc::new(FairShare {
+            slots: slots.max(1),
+            per_lineage: per_lineage.clamp(1, slots.max(1)),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot for `lineage`. Cancel-safe: dropping the future gives back a slot it
+    /// was granted.
+    pub async fn acquire(self: &Arc<Self>, lineage: Lineage) -> Slot {
+        let receiver = {
+            let mut state = self.lock();
+            if state.may_take(&lineage, self.slots, self.per_lineage) {
+                state.take(&lineage);
+                return Slot {
+                    share: Arc::clone(self),
+                    lineage,
+                };
+            }
+            let (granted, receiver) = oneshot::channel();
+            state.waiting.push_back(Waiter {
+                lineage: Arc::clone(&lineage),
+                granted,
+            });
+            receiver
+        };
+        let mut queued = Queued {
+            share: self,
+            lineage,
+            granted: Some(receiver),
+        };
+        let receiver = queued.granted.as_mut().expect("set above");
+        // The sender lives in the queue, which lives as long as `self`.
+        let _ = receiver.await;
+        queued.granted = None;
+        Slot {
+            share: Arc::clone(self),
+            lineage: Arc::clone(&queued.lineage),
+        }
+    }
+
+    /// Calls in flight now (for tests and diagnostics).
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.lock().total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lineage(name: &str) -> Lineage {
+        Arc::from(name)
+    }
+
+    async fn soon<T>(future: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(50), future)
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn one_lineage_never_takes_more_than_its_half() {
+        let share = FairShare::with_slots(4, 2);
+        let a = lineage("a");
+        let held = [
+            share.acquire(Arc::clone(&a)).await,
+            share.acquire(Arc::clone(&a)).await,
+        ];
+        // A third for `a` waits although two slots are free; `b` gets one at once.
+        assert!(soon(share.acquire(Arc::clone(&a))).await.is_none());
+        let b = soon(share.acquire(lineage("b"))).await;
+        assert!(b.is_some(), "another lineage must find a free slot");
+        assert_eq!(share.in_flight(), 3);
+        drop(held);
+        assert_eq!(share.in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_lineage_holding_the_fewest() {
+        let share = FairShare::with_slots(2, 2);
+        let first = share.acquire(lineage("a")).await;
+        let _second = share.acquire(lineage("a")).await;
+        // Both slots taken: `a` queues first, then `b`.
+        let again_a = tokio::spawn({
+            let share = Arc::clone(&share);
+            async move { share.acquire(lineage("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let b = tokio::spawn({
+            let share = Arc::clone(&share);
+            async move { share.acquire(lineage("b")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first);
+        let b = tokio::time::timeout(Duration::from_secs(1), b)
+            .await
+            .expect("b, holding none, gets the freed slot")
+            .unwrap();
+        assert!(!again_a.is_finished(), "a, holding one already, waits");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), again_a)
+            .await
+            .expect("then a")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_wait_gives_its_slot_back() {
+        let share = FairShare::with_slots(1, 1);
+        let held = share.acquire(lineage("a")).await;
+        // Waits, then is dropped: nothing leaks.
+        assert!(soon(share.acquire(lineage("b"))).await.is_none());
+        drop(held);
+        assert_eq!(share.in_flight(), 0);
+        let _again = soon(share.acquire(lineage("c")))
+            .await
+            .expect("the slot is free");
+        assert_eq!(share.in_flight(), 1);
+    }
+}
