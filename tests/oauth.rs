@@ -1510,3 +1510,33 @@ async fn grants_stay_with_their_client_and_within_their_approver() {
     );
     assert_eq!(token_count(&admin).await, count, "nothing minted");
 }
+
+/// SPEC §16: a flood of consent pages (no token needed) never expires a person's open page;
+/// the flood's own address and client are refused instead (429 with `Retry-After`).
+#[tokio::test]
+async fn a_consent_page_flood_never_expires_an_open_page() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let client_id = register_client(&base, "connector").await;
+    let (_, challenge) = pkce();
+    let page = open_page(&base, &client_id, &challenge, &[]).await;
+    // 1,000 pages as fast as one address can ask, for the person's client and another.
+    let junk = register_client(&base, "junk").await;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut retry_after = None;
+    for i in 0..1000 {
+        let client = if i % 2 == 0 { &junk } else { &client_id };
+        let response = consent_page(&base, client, &challenge, &[]).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response.headers().get("retry-after").cloned();
+        }
+        *statuses.entry(response.status().as_u16()).or_default() += 1;
+    }
+    println!("consent flood: {statuses:?}");
+    assert!(statuses.get(&429).copied().unwrap_or(0) >= 900, "{statuses:?}");
+    assert!(retry_after.is_some(), "a 429 says when to retry");
+    // The person's page is still open: approving it redirects with a code.
+    let response = approve(&base, &page, server.admin(), &[]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(redirected(&response).contains_key("code"));
+}

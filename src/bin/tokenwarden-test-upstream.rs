@@ -9,6 +9,10 @@
 //! - `env`: the names of its environment variables and every request header it saw (HTTP);
 //! - `crash`: exits the process at once.
 //!
+//! With `$FIXTURE_HOSTILE` set, two more (for the availability tests):
+//! - `flood_progress`: sends `count` progress notifications as fast as it can, then answers;
+//! - `big`: answers with a text of `bytes` bytes.
+//!
 //! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
 //!
 //! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `id ID` (the call's
@@ -93,6 +97,24 @@ impl Fixture {
             )
             .with_annotations(ro()),
         ];
+        if std::env::var_os("FIXTURE_HOSTILE").is_some() {
+            tools.push(
+                Tool::new(
+                    "flood_progress",
+                    "Send many progress notifications.",
+                    schema(json!({"count": {"type": "integer"}})),
+                )
+                .with_annotations(ro()),
+            );
+            tools.push(
+                Tool::new(
+                    "big",
+                    "Answer with a large text.",
+                    schema(json!({"bytes": {"type": "integer"}})),
+                )
+                .with_annotations(ro()),
+            );
+        }
         for n in 1..=*self.extra.lock().unwrap() {
             tools.push(
                 Tool::new(
@@ -201,6 +223,24 @@ impl ServerHandler for Fixture {
                     }
                 }
                 text(format!("slept {seconds}s"))
+            }
+            "flood_progress" => {
+                let count = args.get("count").and_then(Value::as_u64).unwrap_or(1000);
+                if let Some(token) = context.meta.get_progress_token() {
+                    for step in 1..=count {
+                        let progress = ProgressNotificationParam::new(token.clone(), step as f64)
+                            .with_message("x".repeat(64));
+                        if context.peer.notify_progress(progress).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                log("flooded");
+                text(format!("sent {count}"))
+            }
+            "big" => {
+                let bytes = args.get("bytes").and_then(Value::as_u64).unwrap_or(1) as usize;
+                text("b".repeat(bytes))
             }
             "add_tool" => {
                 *self.extra.lock().unwrap() += 1;
