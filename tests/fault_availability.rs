@@ -28,12 +28,18 @@ fn stdio_fixture(log: &Path) -> Value {
 
 /// The test upstream over HTTP on a 2025 protocol (sessions), so calls take the direct path.
 fn http_fixture(log: &Path) -> (std::process::Child, String) {
+    http_fixture_up_to(log, "2025-11-25")
+}
+
+/// The test upstream over HTTP speaking protocols up to `max` (2026-07-28: no sessions, so
+/// calls take rmcp's path).
+fn http_fixture_up_to(log: &Path, max: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = Command::new(FIXTURE)
         .args(["--http", "127.0.0.1:0"])
         .env("FIXTURE_LOG", log)
         .env("FIXTURE_HOSTILE", "1")
-        .env("FIXTURE_MAX_PROTOCOL", "2025-11-25")
+        .env("FIXTURE_MAX_PROTOCOL", max)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -41,13 +47,22 @@ fn http_fixture(log: &Path) -> (std::process::Child, String) {
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let addr = first.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     (child, format!("http://{addr}/mcp"))
 }
 
 /// Mints a root token (admin's child by default: a lineage of its own).
 async fn mint(admin: &common::Client, name: &str) -> String {
-    let issued = ok(admin, "create_token", json!({"name": name, "parent": "none"})).await;
+    let issued = ok(
+        admin,
+        "create_token",
+        json!({"name": name, "parent": "none"}),
+    )
+    .await;
     issued["token"].as_str().unwrap().to_owned()
 }
 
@@ -63,7 +78,10 @@ async fn wait_connected(admin: &common::Client, bucket: &str) {
         if up {
             return;
         }
-        assert!(Instant::now() < deadline, "{bucket} never connected: {listed}");
+        assert!(
+            Instant::now() < deadline,
+            "{bucket} never connected: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -166,7 +184,12 @@ async fn one_token_s_slow_calls_never_take_every_connection() {
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--upstreams", file.to_str().unwrap(), "--max-connections", "32"],
+        &[
+            "--upstreams",
+            file.to_str().unwrap(),
+            "--max-connections",
+            "32",
+        ],
     );
     let admin = connect_http(&server.url(), server.admin()).await;
     wait_connected(&admin, "test").await;
@@ -216,7 +239,10 @@ async fn one_token_s_slow_calls_never_take_every_connection() {
     println!("attacker: {refused} refused with 429, {held} still held after 3 s: {statuses:?}");
     assert!(held <= 16, "{statuses:?}");
     assert!(refused >= 12, "{statuses:?}");
-    assert!(statuses.iter().all(|s| [0, 1, 429].contains(s)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [0, 1, 429].contains(s)),
+        "{statuses:?}"
+    );
 }
 
 /// Medium finding: one token holding every call slot of a shared HTTP upstream made another
@@ -281,9 +307,16 @@ async fn one_token_cannot_starve_others_on_a_shared_upstream() {
             waited.push(seconds);
         }
     }
-    assert_eq!(waited.len(), 48, "every attacker call timed out and said so");
+    assert_eq!(
+        waited.len(),
+        48,
+        "every attacker call timed out and said so"
+    );
     let queued = waited.iter().filter(|s| **s >= 3.0).count();
-    assert!(queued >= 30, "calls beyond the lineage's 16 slots waited: {waited:?}");
+    assert!(
+        queued >= 30,
+        "calls beyond the lineage's 16 slots waited: {waited:?}"
+    );
     drop(admin);
     let _ = upstream.kill();
 }
@@ -347,17 +380,20 @@ async fn a_progress_flood_costs_neither_memory_nor_other_callers() {
 }
 
 /// Low finding: a stdio upstream's answer over 16 MiB was dropped by the transport and its
-/// call waited for the timeout (60 s). Now it fails at once, on stdio and HTTP alike, and the
-/// upstream keeps serving.
+/// call waited for the timeout (60 s). Now it fails at once, on stdio and HTTP alike (the
+/// direct path of a session upstream, and rmcp's path of a 2026-07-28 one), and the upstream
+/// keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_answers_fail_at_once_on_both_transports() {
     let dir = tempfile::tempdir().unwrap();
     let (mut upstream, url) = http_fixture(&dir.path().join("web.log"));
+    let (mut modern, modern_url) = http_fixture_up_to(&dir.path().join("new.log"), "2026-07-28");
     let file = upstreams(
         dir.path(),
         json!({
             "test": stdio_fixture(&dir.path().join("test.log")),
             "web": {"type": "http", "url": url},
+            "new": {"type": "http", "url": modern_url},
         }),
     );
     let server = Server::start(
@@ -365,9 +401,10 @@ async fn oversized_answers_fail_at_once_on_both_transports() {
         &["--upstreams", file.to_str().unwrap()],
     );
     let admin = connect_http(&server.url(), server.admin()).await;
-    wait_connected(&admin, "test").await;
-    wait_connected(&admin, "web").await;
-    for bucket in ["test", "web"] {
+    for bucket in ["test", "web", "new"] {
+        wait_connected(&admin, bucket).await;
+    }
+    for bucket in ["test", "web", "new"] {
         let started = Instant::now();
         let refused = admin
             .call_tool(
@@ -379,7 +416,10 @@ async fn oversized_answers_fail_at_once_on_both_transports() {
         let took = started.elapsed();
         assert_eq!(refused.is_error, Some(true), "{bucket}");
         let error = &refused.structured_content.unwrap()["error"];
-        assert_eq!(error["code"], "upstream_result_too_large", "{bucket}: {error}");
+        assert_eq!(
+            error["code"], "upstream_result_too_large",
+            "{bucket}: {error}"
+        );
         println!("{bucket}: a 17 MiB answer refused in {took:?}");
         assert!(took < Duration::from_secs(10), "{bucket}: {took:?}");
         // The upstream still serves.
@@ -388,4 +428,5 @@ async fn oversized_answers_fail_at_once_on_both_transports() {
     }
     drop(admin);
     let _ = upstream.kill();
+    let _ = modern.kill();
 }

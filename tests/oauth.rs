@@ -1533,7 +1533,10 @@ async fn a_consent_page_flood_never_expires_an_open_page() {
         *statuses.entry(response.status().as_u16()).or_default() += 1;
     }
     println!("consent flood: {statuses:?}");
-    assert!(statuses.get(&429).copied().unwrap_or(0) >= 900, "{statuses:?}");
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 900,
+        "{statuses:?}"
+    );
     assert!(retry_after.is_some(), "a 429 says when to retry");
     // The person's page is still open: approving it redirects with a code.
     let response = approve(&base, &page, server.admin(), &[]).await;

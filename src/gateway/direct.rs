@@ -182,7 +182,12 @@ impl StreamableHttpClient for Recorder {
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.note(&uri, &session_id, &auth_header, &custom_headers);
-        self.inner
+        let request_id = match &message {
+            ClientJsonRpcMessage::Request(request) => serde_json::to_string(&request.id).ok(),
+            _ => None,
+        };
+        let answer = self
+            .inner
             .post_message_with_response_limits(
                 uri,
                 message,
@@ -191,7 +196,31 @@ impl StreamableHttpClient for Recorder {
                 custom_headers,
                 limits,
             )
-            .await
+            .await;
+        // An answer over the limit fails its request at once (`oversize`), not the session.
+        let Some(id) = request_id else {
+            return answer;
+        };
+        match answer {
+            Err(StreamableHttpError::ResponseBodyTooLarge { .. }) => {
+                match serde_json::from_slice(&super::oversize::stand_in(&id)) {
+                    Ok(stand_in) => Ok(StreamableHttpPostResponse::Json(stand_in, None)),
+                    Err(_) => answer,
+                }
+            }
+            Ok(StreamableHttpPostResponse::Sse(events, session)) => {
+                use tokio_stream::StreamExt;
+                let events = events.map(move |event| match event {
+                    Err(e) if e.to_string().contains("exceeded the maximum size") => {
+                        let stand_in = super::oversize::stand_in(&id);
+                        Ok(Sse::default().data(String::from_utf8_lossy(&stand_in).trim_end()))
+                    }
+                    event => event,
+                });
+                Ok(StreamableHttpPostResponse::Sse(Box::pin(events), session))
+            }
+            answer => answer,
+        }
     }
 
     async fn delete_session(

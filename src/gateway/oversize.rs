@@ -47,7 +47,7 @@ pub fn failure(error: ErrorData) -> CallFailure {
 }
 
 /// The line standing in for an oversized answer to request `id` (raw JSON).
-fn stand_in(id: &str) -> Vec<u8> {
+pub(super) fn stand_in(id: &str) -> Vec<u8> {
     let mut line = serde_json::json!({
         "jsonrpc": "2.0",
         "id": serde_json::from_str::<serde_json::Value>(id).unwrap_or_default(),

@@ -1,0 +1,470 @@
+//! Under attack (SPEC §16): an honest token's gateway calls through the shipped binary, p50 and
+//! p99, first with nothing else running, then while another token runs each attack of the
+//! availability review at full speed; and the server's peak RSS in each phase.
+//!
+//! The server (`tokenwarden serve`, a separate process, `--max-connections 256`) fronts two
+//! upstreams, both `tokenwarden-test-upstream` with its hostile tools: `test` over stdio and
+//! `web` over streamable HTTP (a 2025 protocol, so calls take the direct path). The honest
+//! client alternates `test__read_note` and `web__read_note` on one kept-alive connection.
+//! Attacks, each by its own root token (another lineage):
+//! - `connections`: 300 connections, each holding 30 s calls of `test__slow`, reconnecting;
+//! - `slots`: 48 concurrent 2 s calls of `web__slow` (more than the upstream's 32 slots);
+//! - `progress`: `test__flood_progress` (50,000 notifications) asked for by clients that never
+//!   read their connection, 4 at a time;
+//! - `consent`: `GET /oauth/authorize` as fast as one connection can (no token needed);
+//! - `oversized`: 17 MiB answers from both upstreams, 2 at a time.
+//!
+//! Run: `cargo bench --bench under_attack`. Environment: ATTACK_SECONDS per phase (5),
+//! ATTACK_BIN (the server binary), ATTACKS (comma-separated subset, all by default).
+
+#[path = "../tests/common/raw_http.rs"]
+mod raw_http;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_tokenwarden-test-upstream");
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A stateless (2026-07-28) `tools/call`, with a progress token when asked.
+fn call(addr: &str, secret: &str, tool: &str, args: Value, progress: bool) -> Vec<u8> {
+    let mut meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    if progress {
+        meta["progressToken"] = json!("p");
+    }
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": args, "_meta": meta},
+    })
+    .to_string();
+    format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {secret}\r\n\
+         content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+         mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {tool}\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads one HTTP response with a `Content-Length` (or until close); its status and body.
+async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, Vec<u8>)> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(end) = raw_http::find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head.get(9..12)?.parse().ok()?;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(length) = length
+                && buf.len() >= end + 4 + length
+            {
+                let body = buf[end + 4..end + 4 + length].to_vec();
+                buf.drain(..end + 4 + length);
+                return Some((status, body));
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request on a new connection; the reply, if any.
+async fn once(addr: &str, request: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    stream.write_all(request).await.ok()?;
+    read_reply(&mut stream, &mut Vec::new()).await
+}
+
+fn structured(body: &[u8]) -> Value {
+    let message: Value = serde_json::from_slice(body).unwrap_or_default();
+    message["result"]["structuredContent"].clone()
+}
+
+async fn mint(addr: &str, admin: &str, name: &str) -> String {
+    let request = call(
+        addr,
+        admin,
+        "create_token",
+        json!({"name": name, "parent": "none"}),
+        false,
+    );
+    let (_, body) = once(addr, &request).await.expect("create_token");
+    structured(&body)["token"].as_str().unwrap().to_owned()
+}
+
+struct Phase {
+    name: &'static str,
+    p50: Duration,
+    p99: Duration,
+    calls: usize,
+    failed: usize,
+    peak_rss_mib: f64,
+}
+
+/// The honest client for `seconds`: latencies of its calls, alternating the two upstreams.
+async fn honest(addr: &str, secret: &str, seconds: u64) -> (Vec<Duration>, usize) {
+    let requests = [
+        call(addr, secret, "test__read_note", json!({}), false),
+        call(addr, secret, "web__read_note", json!({}), false),
+    ];
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+    let mut i = 0usize;
+    while Instant::now() < stop {
+        let started = Instant::now();
+        if conn.is_none() {
+            conn = TcpStream::connect(addr).await.ok().map(|s| {
+                let _ = s.set_nodelay(true);
+                (s, Vec::new())
+            });
+        }
+        let Some((stream, buf)) = conn.as_mut() else {
+            failed += 1;
+            continue;
+        };
+        let reply = async {
+            stream.write_all(&requests[i % 2]).await.ok()?;
+            read_reply(stream, buf).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), reply).await {
+            Ok(Some((200, body))) if !body.windows(13).any(|w| w == b"\"isError\":true") => {
+                latencies.push(started.elapsed());
+            }
+            _ => {
+                failed += 1;
+                conn = None;
+            }
+        }
+        i += 1;
+    }
+    (latencies, failed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Starts `attack`'s tasks; they run until `stop`.
+fn launch(
+    attack: &str,
+    addr: &str,
+    secret: &str,
+    client_id: &str,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let spawn_loop = |request: Vec<u8>, count: usize, hold: bool| {
+        (0..count)
+            .map(|_| {
+                let (addr, stop, request) = (addr.to_owned(), Arc::clone(stop), request.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut stream) = TcpStream::connect(&addr).await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        if stream.write_all(&request).await.is_err() {
+                            continue;
+                        }
+                        if hold {
+                            // Never reads: holds the call and its connection while it lasts.
+                            let wait = async {
+                                while !stop.load(Ordering::Relaxed) {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            };
+                            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+                        } else {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(35),
+                                read_reply(&mut stream, &mut Vec::new()),
+                            )
+                            .await;
+                        }
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    match attack {
+        "connections" => tasks.extend(spawn_loop(
+            call(addr, secret, "test__slow", json!({"seconds": 30}), false),
+            300,
+            false,
+        )),
+        "slots" => tasks.extend(spawn_loop(
+            call(addr, secret, "web__slow", json!({"seconds": 2}), false),
+            48,
+            false,
+        )),
+        "progress" => tasks.extend(spawn_loop(
+            call(
+                addr,
+                secret,
+                "test__flood_progress",
+                json!({"count": 50_000}),
+                true,
+            ),
+            4,
+            true,
+        )),
+        "consent" => {
+            let (verifier_challenge, redirect) = (
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "http://127.0.0.1:9/cb",
+            );
+            let query = serde_urlencoded::to_string([
+                ("response_type", "code"),
+                ("client_id", client_id),
+                ("redirect_uri", redirect),
+                ("code_challenge", verifier_challenge),
+                ("code_challenge_method", "S256"),
+            ])
+            .unwrap();
+            let request = format!("GET /oauth/authorize?{query} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+            let (addr, stop) = (addr.to_owned(), Arc::clone(stop));
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(&addr).await else {
+                        continue;
+                    };
+                    let mut buf = Vec::new();
+                    for _ in 0..100 {
+                        if stream.write_all(request.as_bytes()).await.is_err()
+                            || read_reply(&mut stream, &mut buf).await.is_none()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }));
+        }
+        "oversized" => {
+            for bucket in ["test", "web"] {
+                tasks.extend(spawn_loop(
+                    call(
+                        addr,
+                        secret,
+                        &format!("{bucket}__big"),
+                        json!({"bytes": 17 << 20}),
+                        false,
+                    ),
+                    1,
+                    false,
+                ));
+            }
+        }
+        other => panic!("unknown attack {other}"),
+    }
+    tasks
+}
+
+fn main() {
+    let bin = env_or("ATTACK_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
+    let seconds: u64 = env_or("ATTACK_SECONDS", "5").parse().unwrap();
+    let chosen = env_or("ATTACKS", "connections,slots,progress,consent,oversized");
+    let dir = tempfile::TempDir::new().unwrap();
+
+    // The HTTP upstream.
+    let mut web = Command::new(FIXTURE)
+        .args(["--http", "127.0.0.1:0"])
+        .env("FIXTURE_HOSTILE", "1")
+        .env("FIXTURE_MAX_PROTOCOL", "2025-11-25")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the test upstream");
+    let mut first = String::new();
+    BufReader::new(web.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let web_url = format!(
+        "http://{}/mcp",
+        first.trim().trim_start_matches("listening on ")
+    );
+    let _web = Killed(web);
+    let upstreams = dir.path().join("upstreams.json");
+    std::fs::write(
+        &upstreams,
+        json!({"mcpServers": {
+            "test": {"command": FIXTURE, "env": {"FIXTURE_HOSTILE": "1"}},
+            "web": {"type": "http", "url": web_url},
+        }})
+        .to_string(),
+    )
+    .unwrap();
+
+    let data = dir.path().join("data");
+    let mut child = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--http", "127.0.0.1:0", "--max-connections", "256"])
+        .arg("--upstreams")
+        .arg(&upstreams)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tokenwarden");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = loop {
+        let line = lines.next().expect("server stderr").unwrap();
+        if let Some(start) = line.find("mcp_") {
+            break line[start..start + 40].to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    let _server = Killed(child);
+    let holder = data.join("server.json");
+    let addr = loop {
+        if let Ok(text) = std::fs::read_to_string(&holder)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(addr) = v["http"].as_str()
+        {
+            break addr.to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Both upstreams connected: the honest calls succeed.
+        let honest_secret = mint(&addr, &admin, "honest").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, failed) = honest(&addr, &honest_secret, 1).await;
+            if failed == 0 && !ok.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the upstreams never connected");
+        }
+        let registration = format!(
+            "POST /oauth/register HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            json!({"client_name": "bench", "redirect_uris": ["http://127.0.0.1:9/cb"]}).to_string().len(),
+            json!({"client_name": "bench", "redirect_uris": ["http://127.0.0.1:9/cb"]})
+        );
+        let (_, body) = once(&addr, registration.as_bytes()).await.expect("register");
+        let client_id = serde_json::from_slice::<Value>(&body).unwrap()["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let mut phases = Vec::new();
+        let attacks: Vec<&'static str> = ["none", "connections", "slots", "progress", "consent", "oversized"]
+            .into_iter()
+            .filter(|a| *a == "none" || chosen.split(',').any(|c| c.trim() == *a))
+            .collect();
+        for attack in attacks {
+            let attacker = mint(&addr, &admin, attack).await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let peak = Arc::new(AtomicU64::new(rss_kib(pid, "VmRSS:")));
+            let sampler = {
+                let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        peak.fetch_max(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            };
+            let tasks = if attack == "none" {
+                Vec::new()
+            } else {
+                launch(attack, &addr, &attacker, &client_id, &stop)
+            };
+            // Let the attack reach full speed first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (mut latencies, failed) = honest(&addr, &honest_secret, seconds).await;
+            stop.store(true, Ordering::Relaxed);
+            for task in tasks {
+                task.abort();
+            }
+            let _ = sampler.join();
+            latencies.sort();
+            phases.push(Phase {
+                name: attack,
+                p50: percentile(&latencies, 0.50),
+                p99: percentile(&latencies, 0.99),
+                calls: latencies.len(),
+                failed,
+                peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+            });
+            let p = phases.last().unwrap();
+            println!(
+                "{:<12} honest p50 {:>8.3} ms  p99 {:>8.3} ms  calls {:>6}  failed {:>3}  peak RSS {:>6.1} MiB",
+                p.name,
+                p.p50.as_secs_f64() * 1e3,
+                p.p99.as_secs_f64() * 1e3,
+                p.calls,
+                p.failed,
+                p.peak_rss_mib
+            );
+            // Let the attack's leftovers (held calls, queued slots) drain before the next.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let base = &phases[0];
+        println!("\nSPEC §16: p99 within 3x unloaded, RSS within +256 MiB");
+        for p in &phases[1..] {
+            let ratio = p.p99.as_secs_f64() / base.p99.as_secs_f64().max(1e-9);
+            let growth = p.peak_rss_mib - base.peak_rss_mib;
+            let met = ratio <= 3.0 && growth <= 256.0 && p.failed == 0;
+            println!(
+                "{:<12} p99 {:>5.2}x unloaded, peak RSS {:+7.1} MiB, {} failed: {}",
+                p.name,
+                ratio,
+                growth,
+                p.failed,
+                if met { "met" } else { "NOT met" }
+            );
+        }
+        println!("peak RSS over the whole run: {:.1} MiB", rss_kib(pid, "VmHWM:") as f64 / 1024.0);
+    });
+}
