@@ -75,6 +75,8 @@ pub enum CallFailure {
     Timeout { after: Duration, queued: Duration },
     /// The upstream's answer is larger than the gateway reads (16 MiB).
     TooLarge(String),
+    /// The caller's lineage has its maximum of calls running and waiting on the upstream.
+    Busy(String),
     /// The caller's cancellation token fired (client cancel, or its token lost standing).
     Cancelled,
     /// The upstream answered with a JSON-RPC error (e.g. arguments it rejects).
@@ -424,7 +426,13 @@ impl Connection {
         let timeout = self.upstream.timeout;
         let deadline = started + timeout;
         let _slot = tokio::select! {
-            slot = self.share.acquire(lineage) => slot,
+            slot = self.share.acquire(lineage) => slot.map_err(|_| CallFailure::Busy(format!(
+                "this token's lineage already has {} calls running and {} waiting on upstream {}; \
+                 retry when one has ended",
+                super::fair::LINEAGE_SLOTS,
+                super::fair::LINEAGE_WAITING,
+                self.upstream.bucket
+            )))?,
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(CallFailure::Timeout { after: timeout, queued: timeout });
             }

@@ -6,7 +6,9 @@
 //! for the others, and a new caller does not wait behind calls that may run for a minute. When
 //! every slot is taken, a freed slot goes to the waiting lineage that holds the fewest (the
 //! earliest waiter among equals). The queueing time counts against the call's timeout and is
-//! reported in its error.
+//! reported in its error. A lineage may have at most [`LINEAGE_WAITING`] calls waiting: a
+//! call can outlive the HTTP request that made it (rmcp's path runs it to its timeout), so
+//! without this bound one token could queue calls, with their arguments, without end.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,8 @@ use tokio::sync::oneshot;
 pub const CALL_SLOTS: usize = 32;
 /// Calls in flight to one upstream at once for one lineage.
 pub const LINEAGE_SLOTS: usize = CALL_SLOTS / 2;
+/// Calls of one lineage waiting for a slot of one upstream; more are refused at once.
+pub const LINEAGE_WAITING: usize = LINEAGE_SLOTS;
 
 /// Who a call counts against: the lineage root of the calling token, or the owner.
 pub type Lineage = Arc<str>;
@@ -32,12 +36,18 @@ struct State {
     held: HashMap<Lineage, usize>,
     total: usize,
     waiting: VecDeque<Waiter>,
+    next_waiter: u64,
 }
 
 struct Waiter {
+    id: u64,
     lineage: Lineage,
     granted: oneshot::Sender<()>,
 }
+
+/// A call refused because its lineage already has [`LINEAGE_WAITING`] calls waiting.
+#[derive(Debug)]
+pub struct QueueFull;
 
 impl State {
     fn may_take(&self, lineage: &Lineage, slots: usize, per_lineage: usize) -> bool {
@@ -97,9 +107,11 @@ impl Drop for Slot {
     }
 }
 
-/// A place in the queue: if the wait is abandoned after a slot was granted, the slot goes back.
+/// A place in the queue: an abandoned wait leaves the queue, and gives back a slot it was
+/// granted meanwhile.
 struct Queued<'a> {
     share: &'a Arc<FairShare>,
+    id: u64,
     lineage: Lineage,
     granted: Option<oneshot::Receiver<()>>,
 }
@@ -114,6 +126,8 @@ impl Drop for Queued<'_> {
         if granted.try_recv().is_ok() {
             state.give_back(&self.lineage);
             state.grant(self.share.slots, self.share.per_lineage);
+        } else if let Some(at) = state.waiting.iter().position(|w| w.id == self.id) {
+            state.waiting.remove(at);
         }
     }
 }
@@ -135,38 +149,56 @@ impl FairShare {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a slot for `lineage`. Cancel-safe: dropping the future gives back a slot it
-    /// was granted.
-    pub async fn acquire(self: &Arc<Self>, lineage: Lineage) -> Slot {
-        let receiver = {
+    /// Waits for a slot for `lineage`, or refuses at once when the lineage already has
+    /// [`LINEAGE_WAITING`] calls waiting. Cancel-safe: dropping the future leaves the queue
+    /// and gives back a slot it was granted.
+    pub async fn acquire(self: &Arc<Self>, lineage: Lineage) -> Result<Slot, QueueFull> {
+        let (id, receiver) = {
             let mut state = self.lock();
             if state.may_take(&lineage, self.slots, self.per_lineage) {
                 state.take(&lineage);
-                return Slot {
+                return Ok(Slot {
                     share: Arc::clone(self),
                     lineage,
-                };
+                });
+            }
+            let waiting = state
+                .waiting
+                .iter()
+                .filter(|w| w.lineage == lineage)
+                .count();
+            if waiting >= LINEAGE_WAITING {
+                return Err(QueueFull);
             }
             let (granted, receiver) = oneshot::channel();
+            let id = state.next_waiter;
+            state.next_waiter += 1;
             state.waiting.push_back(Waiter {
+                id,
                 lineage: Arc::clone(&lineage),
                 granted,
             });
-            receiver
+            (id, receiver)
         };
         let mut queued = Queued {
             share: self,
+            id,
             lineage,
             granted: Some(receiver),
         };
         let receiver = queued.granted.as_mut().expect("set above");
-        // The sender lives in the queue, which lives as long as `self`.
+        // The sender lives in the queue until it is sent on or this wait leaves the queue.
         let _ = receiver.await;
         queued.granted = None;
-        Slot {
+        Ok(Slot {
             share: Arc::clone(self),
             lineage: Arc::clone(&queued.lineage),
-        }
+        })
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().waiting.len()
     }
 
     /// Calls in flight now (for tests and diagnostics).
@@ -196,8 +228,8 @@ mod tests {
         let share = FairShare::with_slots(4, 2);
         let a = lineage("a");
         let held = [
-            share.acquire(Arc::clone(&a)).await,
-            share.acquire(Arc::clone(&a)).await,
+            share.acquire(Arc::clone(&a)).await.unwrap(),
+            share.acquire(Arc::clone(&a)).await.unwrap(),
         ];
         // A third for `a` waits although two slots are free; `b` gets one at once.
         assert!(soon(share.acquire(Arc::clone(&a))).await.is_none());
@@ -211,8 +243,8 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_lineage_holding_the_fewest() {
         let share = FairShare::with_slots(2, 2);
-        let first = share.acquire(lineage("a")).await;
-        let _second = share.acquire(lineage("a")).await;
+        let first = share.acquire(lineage("a")).await.unwrap();
+        let _second = share.acquire(lineage("a")).await.unwrap();
         // Both slots taken: `a` queues first, then `b`.
         let again_a = tokio::spawn({
             let share = Arc::clone(&share);
@@ -238,11 +270,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lineage_queues_at_most_its_bound_of_calls() {
+        let share = FairShare::with_slots(2, 1);
+        let _held = share.acquire(lineage("a")).await.unwrap();
+        let waiters: Vec<_> = (0..LINEAGE_WAITING)
+            .map(|_| {
+                let share = Arc::clone(&share);
+                tokio::spawn(async move { share.acquire(lineage("a")).await.map(drop) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(share.waiting(), LINEAGE_WAITING);
+        assert!(
+            share.acquire(lineage("a")).await.is_err(),
+            "one more is refused"
+        );
+        assert!(
+            share.acquire(lineage("b")).await.is_ok(),
+            "another lineage is not"
+        );
+        for waiter in waiters {
+            waiter.abort();
+        }
+    }
+
+    #[tokio::test]
     async fn an_abandoned_wait_gives_its_slot_back() {
         let share = FairShare::with_slots(1, 1);
-        let held = share.acquire(lineage("a")).await;
-        // Waits, then is dropped: nothing leaks.
+        let held = share.acquire(lineage("a")).await.unwrap();
+        // Waits, then is dropped: it leaves the queue, and nothing leaks.
         assert!(soon(share.acquire(lineage("b"))).await.is_none());
+        assert_eq!(share.waiting(), 0);
         drop(held);
         assert_eq!(share.in_flight(), 0);
         let _again = soon(share.acquire(lineage("c")))

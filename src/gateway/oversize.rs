@@ -148,6 +148,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for LineCap<R> {
                 if this.given == this.ready.len() {
                     this.ready.clear();
                     this.given = 0;
+                    // One large answer must not keep its 16 MiB per upstream for good.
+                    if this.ready.capacity() > 1 << 20 {
+                        this.ready = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }

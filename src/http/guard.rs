@@ -230,6 +230,37 @@ pub(super) async fn guard(
         }
     };
 
+    // Counted from here, before the session is checked or the body read, until the response
+    // body ends; a counted request shields its connection from eviction (`listener`).
+    let lineage = lineage(&state, &token_id);
+    let Some(ticket) = state.inflight.enter(lineage.clone()) else {
+        tracing::debug!(token = %token_id, "refused request: its lineage has its maximum in flight");
+        return too_many_in_flight(request, state.inflight.per_lineage()).await;
+    };
+    let shield = request
+        .extensions()
+        .get::<super::listener::Shield>()
+        .map(super::listener::Shield::raise);
+    let ticket = (ticket, shield);
+    let response = checked(
+        &state,
+        request,
+        next,
+        (token_id, client_ip, secret),
+        lineage,
+    )
+    .await;
+    response.map(|body| super::inflight::TicketBody::wrap(body, ticket))
+}
+
+/// The guard's session checks, for an authenticated request holding its ticket.
+async fn checked(
+    state: &GuardState,
+    request: Request,
+    next: Next,
+    (token_id, client_ip, secret): (TokenId, IpAddr, Presented),
+    lineage: TokenId,
+) -> Response {
     let session = request
         .headers()
         .get(SESSION_HEADER)
@@ -262,25 +293,17 @@ pub(super) async fn guard(
     if request.method() == Method::GET
         && let Some(session) = &session
     {
-        // One stream per session: the old one ends first, so rmcp makes this one the stream
-        // (and its ticket is back before this request takes one).
+        // One stream per session: the old one ends first, so rmcp makes this one the stream.
         state.streams.close_session(session).await;
     }
-    // Counted from here, before the body is read, until the response body ends.
-    let lineage = lineage(&state, &token_id);
-    let Some(ticket) = state.inflight.enter(lineage.clone()) else {
-        tracing::debug!(token = %token_id, "refused request: its lineage has its maximum in flight");
-        return too_many_in_flight(request, state.inflight.per_lineage()).await;
-    };
-    let response = guarded(
-        &state,
+    guarded(
+        state,
         request,
         next,
         (token_id, client_ip, secret),
         (session, lineage),
     )
-    .await;
-    response.map(|body| super::inflight::TicketBody::wrap(body, ticket))
+    .await
 }
 
 /// A 429 for a lineage with its maximum in flight; the connection closes after it, so the

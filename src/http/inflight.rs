@@ -80,14 +80,15 @@ impl Drop for Ticket {
     }
 }
 
-/// A response body that holds its request's ticket until it ends or is dropped.
+/// A response body that holds its request's ticket (and the shield of its connection) until
+/// it ends or is dropped.
 pub struct TicketBody {
     inner: Body,
-    _ticket: Ticket,
+    _ticket: (Ticket, Option<super::listener::Raised>),
 }
 
 impl TicketBody {
-    pub fn wrap(inner: Body, ticket: Ticket) -> Body {
+    pub fn wrap(inner: Body, ticket: (Ticket, Option<super::listener::Raised>)) -> Body {
         Body::new(TicketBody {
             inner,
             _ticket: ticket,

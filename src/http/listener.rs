@@ -6,7 +6,10 @@
 //! attacker holds cheaply, hence three bounds: headers must arrive within `header_timeout`, a
 //! kept-alive connection with no request in flight closes after `idle_timeout`, and when the
 //! table is full (or the process is out of descriptors) the longest-idle connection is closed
-//! to make room. A connection with a request or a response stream in flight is never evicted.
+//! to make room. When none is idle, the connection whose request has run longest without a
+//! [`Shield`] goes: only a request the guard has counted against its token's lineage
+//! (`inflight`: authenticated, within its lineage's bound) shields its connection, so
+//! requests nobody counts (no token, a refusal, OAuth) cannot hold the slots others need.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -58,7 +61,32 @@ struct Connection {
     used: AtomicBool,
     /// Milliseconds since the table's epoch when the connection last became idle.
     idle_since: AtomicU64,
+    /// Requests on it that the guard counted against a lineage (see [`Shield`]).
+    shielded: Arc<AtomicUsize>,
     close: CancellationToken,
+    /// Set when it is closed with a request in flight: drop it at once.
+    forced: AtomicBool,
+}
+
+/// Put in every request's extensions: the guard raises it for a request it counted against
+/// a lineage, which spares the connection from eviction while the request lasts.
+#[derive(Clone)]
+pub(crate) struct Shield(Arc<AtomicUsize>);
+
+impl Shield {
+    pub(crate) fn raise(&self) -> Raised {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Raised(Arc::clone(&self.0))
+    }
+}
+
+/// A raised [`Shield`]; lowered when dropped.
+pub(crate) struct Raised(Arc<AtomicUsize>);
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Every open connection, for eviction and idle sweeps.
@@ -95,7 +123,9 @@ impl Table {
             busy: AtomicUsize::new(0),
             used: AtomicBool::new(false),
             idle_since: AtomicU64::new(self.now_ms()),
+            shielded: Arc::new(AtomicUsize::new(0)),
             close: CancellationToken::new(),
+            forced: AtomicBool::new(false),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -119,6 +149,29 @@ impl Table {
             }
             None => false,
         }
+    }
+
+    /// Closes the connection whose request has run longest without a shield; false when every
+    /// busy connection is shielded.
+    fn evict_unshielded(&self) -> bool {
+        let open = self.lock();
+        let victim = open
+            .values()
+            .filter(|c| c.shielded.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match victim {
+            Some(c) => {
+                c.forced.store(true, Ordering::Release);
+                c.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for one more connection: the longest idle, else the longest unshielded.
+    fn make_room(&self) -> bool {
+        self.evict_longest_idle() || self.evict_unshielded()
     }
 
     /// Closes connections idle past their deadline.
@@ -232,7 +285,7 @@ pub async fn serve(
                         tracing::warn!("accepting a connection failed: {e}");
                         last_accept_error = Some(Instant::now());
                     }
-                    let evicted = table.evict_longest_idle();
+                    let evicted = table.make_room();
                     let pause = if evicted { 1 } else { 50 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
@@ -242,8 +295,8 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        if table.len() >= limits.max_connections && !table.evict_longest_idle() {
-            tracing::debug!(%peer, "refusing a connection: every connection is busy");
+        if table.len() >= limits.max_connections && !table.make_room() {
+            tracing::debug!(%peer, "refusing a connection: every connection is busy and counted");
             drop(tcp);
             continue;
         }
@@ -261,6 +314,9 @@ pub async fn serve(
                 hyper::service::service_fn(move |mut request: Request<Incoming>| {
                     let busy = Busy::new(&connection, &table);
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                        .extensions_mut()
+                        .insert(Shield(Arc::clone(&connection.shielded)));
                     let response = app.clone().oneshot(request.map(Body::new));
                     async move {
                         let response: Response<Body> = match response.await {
@@ -278,10 +334,12 @@ pub async fn serve(
             tokio::select! {
                 result = conn.as_mut() => log_connection_end(result),
                 _ = connection.close.cancelled() => {
-                    // Chosen because nothing was in flight: drop it at once (a graceful
-                    // shutdown would wait for a half-sent request's headers). If a request
-                    // started since, let it finish first.
-                    if connection.busy.load(Ordering::Acquire) != 0 {
+                    // Chosen because nothing was in flight (or nothing counted, when forced):
+                    // drop it at once (a graceful shutdown would wait for a half-sent
+                    // request's headers). If a request started since, let it finish first.
+                    if !connection.forced.load(Ordering::Acquire)
+                        && connection.busy.load(Ordering::Acquire) != 0
+                    {
                         conn.as_mut().graceful_shutdown();
                         log_connection_end(conn.await);
                     }

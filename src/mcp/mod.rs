@@ -585,6 +585,7 @@ impl TokenServer {
                     queued.as_secs_f64()
                 ),
             ),
+            CallFailure::Busy(message) => Error::new(ErrorCode::RateLimited, message),
             CallFailure::TooLarge(message) => Error::new(
                 ErrorCode::UpstreamResultTooLarge,
                 format!("{}: {message}", tool.name),

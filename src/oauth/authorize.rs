@@ -170,11 +170,7 @@ pub(super) async fn show(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let peer = crate::rules::cidr::canonical_ip(peer.ip());
-    if let Err(wait) = lock(&oauth.consent_pages).take(peer, Instant::now()) {
-        tracing::warn!(client_ip = %peer, "refused a consent page: rate limit");
-        return too_many_pages(wait);
-    }
+    let peer = peer_key(peer.ip());
     let query = query.unwrap_or_default();
     let Ok(params) = serde_urlencoded::from_str::<AuthorizeParams>(&query) else {
         return error_page(
@@ -266,6 +262,11 @@ pub(super) async fn show(
     if scope.len() > MAX_SCOPE_LEN {
         return refuse("invalid_scope", "scope is too long");
     }
+    // Only a valid request is charged: junk cannot use up a person's pages.
+    if let Err(wait) = lock(&oauth.consent_pages).take(peer, Instant::now()) {
+        tracing::warn!(client_ip = %peer, "refused a consent page: rate limit");
+        return too_many_pages(wait);
+    }
     let (requested, buckets, tools, read_only, ignored) = split_scope(scope);
     let pending = PendingRequest {
         client_id: client.client_id.clone(),
@@ -311,11 +312,24 @@ pub(super) async fn show(
     };
     let opened = lock(&oauth.pending).open(request_id, opener, pending, Instant::now());
     if let Err(why) = opened {
+        lock(&oauth.consent_pages).refund(peer);
         tracing::warn!(client_ip = %peer, client_id = %client.client_id,
             "refused a consent page: {why:?}");
         return too_many_pages(Duration::from_secs(60));
     }
     response
+}
+
+/// Who a consent page is counted against: the peer's address, an IPv6 address by its /64
+/// (one host commonly holds a whole /64).
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match crate::rules::cidr::canonical_ip(ip) {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
 }
 
 /// 429 for a consent page beyond the rate or the pending bounds: open pages stay open.

@@ -50,9 +50,9 @@ const PENDING_TTL: Duration = Duration::from_secs(600);
 const CODE_TTL: Duration = Duration::from_secs(60);
 /// Most pending consent requests held at once (anyone can open one).
 const MAX_PENDING: usize = 1_000;
-/// Most pending consent requests of one client id, and of one peer address.
+/// Most pending consent requests of one client id, and of one peer address (an IPv6 /64).
 const PENDING_SHARE: usize = 100;
-/// Consent pages opened per minute by one peer address, and by all together.
+/// Consent pages opened per minute by one peer address (an IPv6 /64), and by all together.
 const CONSENT_PAGES_PER_PEER_MINUTE: u32 = 60;
 const CONSENT_PAGES_PER_MINUTE: u32 = 600;
 /// Most authorization codes held at once.

@@ -128,6 +128,14 @@ impl PeerRate {
         }
     }
 
+    /// Gives back what [`PeerRate::take`] charged, for a request refused afterwards.
+    pub(super) fn refund(&mut self, peer: IpAddr) {
+        self.all.refund();
+        if let Some(bucket) = self.peers.get_mut(&peer) {
+            bucket.refund();
+        }
+    }
+
     /// Charges one request to `peer` and to the ceiling, or says how long to wait.
     pub(super) fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&peer) {

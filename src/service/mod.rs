@@ -360,6 +360,10 @@ impl Service {
 
     /// The root of a token's lineage (the token itself for a root): what shares a session
     /// budget when the server is full.
+    /// The root of `id`'s chain: what the bounds that share the server among lineages
+    /// (sessions, streams, requests in flight, upstream call slots) count under. A root minted
+    /// by an admin with `parent: none` is a lineage of its own: that is what an operator mints
+    /// roots for, and an admin may already manage every token.
     pub fn lineage_root(&self, id: &TokenId) -> Option<TokenId> {
         let chain = self.store.chain(id).ok()??;
         chain.last().map(|root| root.id.clone())
