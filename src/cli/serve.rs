@@ -9,6 +9,8 @@ use clap::Args;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(unix)]
+use super::admin_socket::server::AdminSocket;
 use super::{Cli, CliError, open_service};
 use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
 use crate::mcp::{StdioCaller, TokenServer};
@@ -148,6 +150,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     }
 
     let shutdown = CancellationToken::new();
+    // After the first-start admin exists, so a command cannot race the bootstrap's check for
+    // a blank store.
+    let admin_socket = listen_for_the_command_line(&dir, &service, cli, shutdown.clone());
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
     tokio::spawn(super::audit::prune_in_background(
         Arc::clone(&service),
@@ -231,12 +236,40 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         shutdown.cancel();
         gateway.stopped().await;
     }
+    // The socket closes (and its file goes) before the database is released.
+    shutdown.cancel();
+    if let Some(task) = admin_socket {
+        let _ = task.await;
+    }
     let service = Arc::clone(&service);
     tokio::task::spawn_blocking(move || service.shutdown())
         .await
         .map_err(|e| CliError::new(format!("shutdown failed: {e}")))??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the admin socket (`admin.sock` in the data directory) until `shutdown`, so the
+/// owner's commands work while this server holds the database. A server that cannot bind it
+/// (a data directory path too long for a socket, say) still serves, and says so.
+#[cfg(unix)]
+fn listen_for_the_command_line(
+    dir: &Path,
+    service: &Arc<Service>,
+    cli: &Cli,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match AdminSocket::bind(dir, Arc::clone(service), &cli.environment) {
+        Ok(socket) => Some(tokio::spawn(socket.serve(shutdown))),
+        Err(e) => {
+            tracing::warn!(
+                "cannot listen on {}: {e}; the command line cannot reach this server while it \
+                 runs",
+                dir.join(super::admin_socket::SOCKET_FILE).display()
+            );
+            None
+        }
+    }
 }
 
 /// The HTTP application. A binary built with the `bench-internals` feature (never the
