@@ -340,7 +340,7 @@ fn bootstrap_admin(
     eprintln!(
         "\n{line}\n  tokenwarden: first start, so one admin token was created ({id}).\n\n  \
          {secret}\n\n  Use it as the HTTP bearer: Authorization: Bearer <token>\n  \
-         It is shown this once and never again. If you lose it, stop the server and run:\n    \
+         It is shown this once and never again. If you lose it, run (server up or not):\n    \
          {recovery}\n{line}\n",
         id = issued.record.id,
         secret = issued.token,
@@ -384,7 +384,8 @@ fn shell_quote(word: &str) -> String {
 /// (a store that large is being managed by someone).
 const ADMIN_CHECK_LIMIT: usize = 10_000;
 
-/// A store with tokens but no active admin token can only be managed from the command line:
+/// A store with tokens but no active admin token can only be managed from the command line
+/// (which reaches this server through its admin socket):
 /// say so in one line at start, with the command that fixes it.
 fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
     if service.store().is_empty() {
@@ -418,8 +419,7 @@ fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
         }
     }
     eprintln!(
-        "tokenwarden: no active admin token can manage this store over MCP; to mint one, stop \
-         the server and run: {}",
+        "tokenwarden: no active admin token can manage this store over MCP; to mint one, run: {}",
         recovery_command(cli, dir)
     );
 }
