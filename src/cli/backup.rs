@@ -111,7 +111,7 @@ pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
     config.max_depth = args.max_depth;
     // A running server would keep serving what the import replaces underneath it.
     let service = match super::open_store(&dir, config)? {
-        super::Opened::Store(service) => service,
+        super::Opened::Store(service) => *service,
         super::Opened::Held => {
             return Err(super::held(
                 &dir,

@@ -223,7 +223,7 @@ pub fn close_service(service: crate::service::Service) -> Result<(), CliError> {
 
 /// What opening the store in a data directory found.
 pub enum Opened {
-    Store(crate::service::Service),
+    Store(Box<crate::service::Service>),
     /// Another process (a running server) holds the database.
     Held,
 }
@@ -240,7 +240,7 @@ pub fn open_store(
         )));
     }
     match crate::service::Service::open(dir, config) {
-        Ok(service) => Ok(Opened::Store(service)),
+        Ok(service) => Ok(Opened::Store(Box::new(service))),
         Err(crate::store::StoreError::Locked(_)) => Ok(Opened::Held),
         Err(e) => Err(CliError::store(e.to_string())),
     }
@@ -253,7 +253,7 @@ pub fn open_service(
     config: crate::service::ServiceConfig,
 ) -> Result<crate::service::Service, CliError> {
     match open_store(dir, config)? {
-        Opened::Store(service) => Ok(service),
+        Opened::Store(service) => Ok(*service),
         Opened::Held => Err(held(
             dir,
             "stop it first, or manage tokens through its MCP tools",

@@ -16,7 +16,7 @@ use crate::service::{Caller, Service, ServiceConfig};
 
 pub enum Owner {
     /// The command opened the store itself.
-    Local(Service),
+    Local(Box<Service>),
     /// A running server holds the store; it answers over its admin socket.
     #[cfg(unix)]
     Server(AdminClient),
@@ -65,7 +65,7 @@ impl Owner {
     /// Flushes and closes a store the command opened (a server keeps its own).
     pub fn close(self) -> Result<(), CliError> {
         match self {
-            Owner::Local(service) => super::close_service(service),
+            Owner::Local(service) => super::close_service(*service),
             #[cfg(unix)]
             Owner::Server(_) => Ok(()),
         }
