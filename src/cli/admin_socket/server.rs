@@ -127,7 +127,10 @@ async fn connection(
     match peer {
         Ok(uid) if uid == own_uid() => {}
         peer => {
-            tracing::warn!("admin socket: refused a connection from uid {peer:?}");
+            match peer {
+                Ok(uid) => tracing::warn!("admin socket: refused a connection from uid {uid}"),
+                Err(e) => tracing::warn!("admin socket: refused a connection of unknown uid: {e}"),
+            }
             let refusal = CliError::from(crate::error::Error::forbidden(
                 "the admin socket serves only the user the server runs as",
             ));
