@@ -135,6 +135,7 @@ async fn connection(
                 "the admin socket serves only the user the server runs as",
             ));
             let _ = send(&mut write, &Response::error(&refusal)).await;
+            close_gently(read, write).await;
             return;
         }
     }
@@ -154,6 +155,7 @@ async fn connection(
                 MAX_REQUEST_LINE
             ));
             let _ = send(&mut write, &Response::error(&error)).await;
+            close_gently(reader, write).await;
             return;
         }
         let answered = match serde_json::from_slice::<Request>(&line) {
@@ -167,6 +169,17 @@ async fn connection(
             return;
         }
     }
+}
+
+/// Ends a connection after a final error answer. Closing a Unix socket with the peer's bytes
+/// still unread resets it, and the peer would lose the answer it has not read yet: so stop
+/// writing and discard what it still sends (at most a line's worth, for at most a second)
+/// until it hangs up.
+async fn close_gently(read: impl tokio::io::AsyncRead + Unpin, mut write: OwnedWriteHalf) {
+    let _ = write.shutdown().await;
+    let (mut rest, mut nowhere) = (read.take(MAX_REQUEST_LINE as u64), tokio::io::sink());
+    let drained = tokio::io::copy(&mut rest, &mut nowhere);
+    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
 }
 
 fn invalid(message: String) -> CliError {
