@@ -1,6 +1,6 @@
 //! The owner's command line (SPEC §7), run as the real binary against real data directories:
-//! every `token` command, `audit`, `export`/`import`, their error paths, and a database held
-//! by a running server.
+//! every `token` command, `audit`, `export`/`import`, their error paths, and the same commands
+//! while a running server holds the database (through its admin socket).
 
 mod common;
 
@@ -564,14 +564,177 @@ fn every_command_has_help_with_an_example() {
     }
 }
 
+/// The admin socket a running server listens on.
+fn socket(dir: &Path) -> std::path::PathBuf {
+    dir.join("admin.sock")
+}
+
+/// The status a raw MCP `initialize` with this secret gets from the server.
+async fn mcp_status(server: &Server, secret: &str) -> u16 {
+    raw_initialize(&server.url(), &[("authorization", &bearer(secret))])
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_owner_s_commands_work_while_a_server_runs_and_print_what_they_print_offline() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let mut server = Server::start(dir, &[]);
+    assert!(socket(dir).exists(), "the server listens on admin.sock");
+
+    // Created through the server: the secret is printed once, and it works at once.
+    let text = ok(dir, &["token", "create", "--name", "leaky", "--tools", "*"]);
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert_eq!(text.matches(&secret).count(), 1, "printed once: {text}");
+    assert!(text.contains("will not be shown again"), "{text}");
+    let id = text
+        .split_whitespace()
+        .nth(1)
+        .expect("created tok_… (name)")
+        .to_owned();
+    assert_eq!(
+        mcp_status(&server, &secret).await,
+        200,
+        "the server knows it"
+    );
+
+    let listed = ok(dir, &["token", "list"]);
+    assert!(listed.contains(&id) && listed.contains("leaky"), "{listed}");
+    assert!(listed.contains("bootstrap admin"), "{listed}");
+
+    // Revoked through the server: its very next request is refused.
+    let revoked = ok(dir, &["token", "revoke", &id]);
+    assert!(
+        revoked.starts_with(&format!("revoked {id} (leaky)")),
+        "{revoked}"
+    );
+    assert_eq!(
+        mcp_status(&server, &secret).await,
+        401,
+        "revocation bites at once"
+    );
+
+    let audit = ok(dir, &["audit", "--token-id", &id]);
+    assert!(
+        audit.contains("create") && audit.contains("revoke"),
+        "{audit}"
+    );
+    let oauth = ok(dir, &["oauth", "clients"]);
+    assert_eq!(oauth, "no OAuth clients\n");
+    let errors = fails(
+        dir,
+        &["token", "get", "tok_0000000000000000000000000"],
+        1,
+        "error: ",
+    );
+    one_line(&errors);
+    let json_error = fails(
+        dir,
+        &["--json", "token", "get", "tok_0000000000000000000000000"],
+        1,
+        "\"code\":",
+    );
+
+    // What the same commands print while the server runs, to compare once it has stopped.
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--json", "token", "get", &id],
+        vec!["token", "get", &id],
+        vec!["--json", "token", "list", "--all"],
+        vec!["token", "list"],
+        vec!["--json", "audit", "--all"],
+        vec!["audit", "--token-id", &id],
+        vec!["--json", "oauth", "grants"],
+        vec!["export"],
+    ];
+    let running: Vec<String> = commands.iter().map(|args| ok(dir, args)).collect();
+    let backup = dir.join("running.jsonl");
+    let written = ok(dir, &["export", "--output", backup.to_str().unwrap()]);
+    assert!(written.starts_with("exported "), "{written}");
+
+    let refused = fails(
+        dir,
+        &["import", "--input", backup.to_str().unwrap()],
+        2,
+        "stop the server",
+    );
+    one_line(&refused);
+    let refused = tw(
+        dir,
+        &["--json", "import", "--input", backup.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let refused: Value = serde_json::from_str(stderr(&refused).trim()).expect("a JSON error");
+    assert_eq!(refused["error"]["code"], "held", "{refused}");
+
+    server.stop();
+    assert!(!socket(dir).exists(), "a clean stop removes the socket");
+    for (args, printed) in commands.iter().zip(running) {
+        assert_eq!(ok(dir, args), printed, "{args:?} prints the same offline");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&backup).unwrap(),
+        ok(dir, &["export"]),
+        "an export written through the server is the offline export"
+    );
+    assert_eq!(
+        fails(
+            dir,
+            &["token", "get", "tok_0000000000000000000000000"],
+            1,
+            "error: "
+        ),
+        errors
+    );
+    assert_eq!(
+        fails(
+            dir,
+            &["--json", "token", "get", "tok_0000000000000000000000000"],
+            1,
+            "\"code\":"
+        ),
+        json_error
+    );
+}
+
 #[test]
-fn a_database_held_by_a_running_server_is_refused_with_exit_code_2() {
+fn a_killed_server_s_socket_never_blocks_the_command_line() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let mut server = Server::start(dir, &[]);
+    let (id, _) = create(dir, &["--name", "survivor"]);
+    server.kill();
+    assert!(
+        socket(dir).exists(),
+        "SIGKILL leaves the socket file behind"
+    );
+
+    // The store opens, so the dead server's socket is never consulted.
+    assert_eq!(listed_ids(dir, &[]).first(), Some(&id));
+    let (offline, _) = create(dir, &["--name", "offline"]);
+
+    // A new server replaces the stale file with its own socket.
+    let mut server = Server::start(dir, &[]);
+    assert_eq!(listed_ids(dir, &[])[..2], [offline, id]);
+    server.stop();
+    assert!(!socket(dir).exists());
+}
+
+#[test]
+fn a_held_database_whose_socket_cannot_be_reached_is_refused_in_one_line() {
     let tmp = TempDir::new().unwrap();
     let server = Server::start(tmp.path(), &[]);
+    std::fs::remove_file(socket(tmp.path())).unwrap();
     for args in [
         &["token", "list"][..],
         &["audit"],
         &["export"],
+        &["oauth", "clients"],
         &["token", "create", "--name", "x"],
     ] {
         let err = fails(tmp.path(), args, 2, "held by a running tokenwarden server");
@@ -581,7 +744,135 @@ fn a_database_held_by_a_running_server_is_refused_with_exit_code_2() {
             "names the holder's address: {err}"
         );
         assert!(err.contains("pid "), "names the holder's pid: {err}");
+        assert!(
+            err.contains("admin socket"),
+            "says the socket failed: {err}"
+        );
     }
+    let out = tw(tmp.path(), &["--json", "token", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(err["error"]["code"], "held", "{err}");
+    drop(server);
+}
+
+/// Sends request lines over the admin socket and reads one answer line per request (none
+/// after the connection ends).
+fn speak(path: &Path, lines: &[Vec<u8>]) -> Vec<Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut answers = Vec::new();
+    for line in lines {
+        if writer.write_all(line).is_err() {
+            break;
+        }
+        let mut answer = String::new();
+        match reader.read_line(&mut answer) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => answers.push(serde_json::from_str(&answer).expect("an answer is JSON")),
+        }
+    }
+    answers
+}
+
+/// Not a test of its own: run as another user by `the_admin_socket_serves_only_its_owner`,
+/// it connects to the socket named by `TOKENWARDEN_TEST_PROBE` and prints the answer to one
+/// `whoami` request.
+#[test]
+fn admin_socket_probe() {
+    if let Some(path) = std::env::var_os("TOKENWARDEN_TEST_PROBE") {
+        let answers = speak(Path::new(&path), &[b"{\"tool\":\"whoami\"}\n".to_vec()]);
+        println!("probe answered: {}", Value::from(answers));
+    }
+}
+
+#[test]
+fn the_admin_socket_serves_only_its_owner_and_answers_bad_requests_with_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    // Under a permissive umask, the socket is still the owner's only.
+    let server = Server::start_with_umask(dir, "000", &[]);
+    let mode = std::fs::metadata(socket(dir)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.sock is 0600: {mode:o}");
+
+    // Malformed requests get error answers on the same connection, which stays usable.
+    let answers = speak(
+        &socket(dir),
+        &[
+            b"not json\n".to_vec(),
+            b"{\"tool\":\"whoami\",\"surprise\":1}\n".to_vec(),
+            b"{\"tool\":\"get_token\",\"command\":\"export\"}\n".to_vec(),
+            b"{\"tool\":\"get_token\",\"arguments\":{\"id\":7}}\n".to_vec(),
+            b"{\"tool\":\"whoami\",\"environment\":\"prod\"}\n".to_vec(),
+            b"{\"tool\":\"whoami\"}\n".to_vec(),
+        ],
+    );
+    let codes: Vec<&str> = answers
+        .iter()
+        .map(|a| a["error"]["code"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid_argument",
+            "invalid_argument",
+            "invalid_argument",
+            "invalid_argument",
+            "usage",
+            "none"
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(answers[5]["result"]["owner"], true, "{answers:?}");
+
+    // A line past 1 MiB is answered with an error and the connection closed.
+    let mut long = b"{\"tool\":\"whoami\",\"arguments\":{\"x\":\"".to_vec();
+    long.resize(1024 * 1024 + 10, b'a');
+    long.push(b'\n');
+    let answers = speak(&socket(dir), &[long, b"{\"tool\":\"whoami\"}\n".to_vec()]);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["error"]["code"], "invalid_argument");
+    assert!(ok(dir, &["token", "list"]).contains("bootstrap admin"));
+
+    // Another user, let through by the file modes, is refused by the server itself.
+    // SAFETY: geteuid(2) cannot fail and touches no memory of ours.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the other-user check needs root to run a probe as nobody");
+        return;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(socket(dir), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let probe = |uid: u32| {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "admin_socket_probe",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("TOKENWARDEN_TEST_PROBE", socket(dir))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("run the probe");
+        let printed = stdout(&out);
+        let answer = printed
+            .lines()
+            .find_map(|l| l.split("probe answered: ").nth(1))
+            .unwrap_or_else(|| panic!("the probe printed no answer: {printed}{}", stderr(&out)));
+        serde_json::from_str::<Value>(answer).unwrap()
+    };
+    let nobody = probe(65534);
+    assert_eq!(nobody[0]["error"]["code"], "forbidden", "{nobody}");
+    assert_eq!(nobody.as_array().map(Vec::len), Some(1), "{nobody}");
+    assert_eq!(probe(0)[0]["result"]["owner"], true, "the owner is served");
     drop(server);
 }
 

@@ -22,7 +22,7 @@ fn tw(dir: &Path, args: &[&str]) -> Output {
         .expect("run tokenwarden")
 }
 
-/// The command a message tells the person to run, e.g. after "stop the server and run:".
+/// The command a message tells the person to run, e.g. after "to mint one, run:".
 fn command_after(text: &str, marker: &str) -> String {
     let rest = &text[text
         .find(marker)
@@ -51,7 +51,7 @@ async fn the_quick_start_works_as_printed_including_the_recovery_command() {
     let mut server = Server::start(&dir, &[]);
     let banner = server.stderr();
     let admin = server.admin().to_owned();
-    let recovery = command_after(&banner, "stop the server and run:");
+    let recovery = command_after(&banner, "If you lose it, run (server up or not):");
     assert!(recovery.contains(BIN), "the binary as started: {recovery}");
     assert!(recovery.contains("'"), "the directory quoted: {recovery}");
     let client = connect_http(&server.url(), &admin).await;
@@ -59,10 +59,8 @@ async fn the_quick_start_works_as_printed_including_the_recovery_command() {
     assert_eq!(me["admin"], true);
     drop(client);
 
-    // Stop (SIGTERM): a clean exit.
-    server.stop();
-
-    // The recovery command, pasted as printed, mints a working admin token.
+    // The recovery command, pasted as printed while the server runs (it reaches the server
+    // through its admin socket), mints a working admin token.
     let minted = run_as_printed(&recovery);
     let out = String::from_utf8_lossy(&minted.stdout);
     assert!(
@@ -75,6 +73,12 @@ async fn the_quick_start_works_as_printed_including_the_recovery_command() {
         .find_map(|l| l.strip_prefix("secret: "))
         .expect("the new secret")
         .to_owned();
+    let client = connect_http(&server.url(), &secret).await;
+    assert_eq!(ok(&client, "whoami", json!({})).await["admin"], true);
+    drop(client);
+
+    // Stop (SIGTERM): a clean exit.
+    server.stop();
 
     // A token command on the same store.
     let listed = tw(&dir, &["token", "list"]);
@@ -119,7 +123,7 @@ async fn the_quick_start_works_as_printed_including_the_recovery_command() {
         .collect();
     assert_eq!(warning.len(), 1, "{log}");
     drop(server);
-    let again = command_after(warning[0], "stop the server and run:");
+    let again = command_after(warning[0], "to mint one, run:");
     assert_eq!(again, recovery);
 }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::service::{AuditRetention, Service};
 
 use super::output::{self, Out};
+use super::owner::Owner;
 use super::token::{Arguments, more_hint, paginate};
 use super::{Cli, CliError};
 
@@ -38,7 +39,7 @@ pub struct AuditArgs {
 
 pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
-    let service = super::owner_service(cli, super::Access::Read, super::service_config(cli))?;
+    let owner = Owner::open(cli, super::Access::Read, super::service_config(cli))?;
     let mut request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("action", args.action.as_deref())
@@ -47,13 +48,13 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
         .set("cursor", args.cursor.as_deref())
         .into_value();
     let events = paginate(
-        &service,
+        &owner,
         "list_audit_events",
         "events",
         args.all,
         &mut request,
     );
-    super::close_service(service)?;
+    owner.close()?;
     let events = events?;
     let mut out = Out::new();
     if cli.json {

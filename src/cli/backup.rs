@@ -11,6 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::Out;
+use super::owner::Owner;
 use super::{Cli, CliError};
 
 #[derive(Debug, Args)]
@@ -37,15 +38,15 @@ pub struct ImportArgs {
 }
 
 pub fn export(cli: &Cli, args: &ExportArgs) -> Result<(), CliError> {
-    let service = super::owner_service(cli, super::Access::Read, super::service_config(cli))?;
+    let owner = Owner::open(cli, super::Access::Read, super::service_config(cli))?;
     let written = match &args.output {
         None => {
             let mut stdout = io::stdout().lock();
-            service.export(&mut stdout)
+            owner.export(&mut stdout)
         }
-        Some(path) => export_to_file(&service, path),
+        Some(path) => export_to_file(&owner, path),
     };
-    super::close_service(service)?;
+    owner.close()?;
     let entries = written?;
     if let Some(path) = &args.output {
         let mut out = Out::new();
@@ -60,17 +61,13 @@ pub fn export(cli: &Cli, args: &ExportArgs) -> Result<(), CliError> {
 
 /// Writes to a temporary file beside `path` and renames it into place once complete, so a
 /// failed export never leaves a truncated backup under the chosen name.
-fn export_to_file(service: &crate::service::Service, path: &Path) -> crate::error::Result<u64> {
-    let io_error = |what: &str, e: io::Error| {
-        crate::error::Error::new(
-            crate::error::ErrorCode::Internal,
-            format!("cannot {what} {}: {e}", path.display()),
-        )
-    };
+fn export_to_file(owner: &Owner, path: &Path) -> Result<u64, CliError> {
+    let io_error =
+        |what: &str, e: io::Error| CliError::new(format!("cannot {what} {}: {e}", path.display()));
     let partial = path.with_extension("partial");
     let file = private_file(&partial).map_err(|e| io_error("create", e))?;
     let mut writer = BufWriter::new(file);
-    let entries = service.export(&mut writer).inspect_err(|_| {
+    let entries = owner.export(&mut writer).inspect_err(|_| {
         let _ = fs::remove_file(&partial);
     })?;
     writer
@@ -112,7 +109,16 @@ pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
-    let service = super::open_service(&dir, config)?;
+    // A running server would keep serving what the import replaces underneath it.
+    let service = match super::open_store(&dir, config)? {
+        super::Opened::Store(service) => *service,
+        super::Opened::Held => {
+            return Err(super::held(
+                &dir,
+                "stop the server before importing (import needs the database to itself)",
+            ));
+        }
+    };
     let imported = service.import(&mut input, args.merge);
     super::close_service(service)?;
     let imported = imported?;

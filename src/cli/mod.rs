@@ -1,16 +1,20 @@
 //! The command line (SPEC §7): global options, `serve`, and the owner's commands (`token …`,
 //! `audit`, `export`, `import`). The owner's commands are thin adapters over
 //! [`crate::service::Service`], acting as [`crate::service::Caller::Owner`]: they build the
-//! same request types the MCP tools take and print the same result objects.
+//! same request types the MCP tools take and print the same result objects. While a server
+//! holds the database they reach it through its admin socket instead ([`owner::Owner`]).
 
+pub mod admin_socket;
 pub mod audit;
 pub mod backup;
 pub mod oauth;
 pub mod output;
+pub mod owner;
 pub mod serve;
 pub mod token;
 pub mod upstreams;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -128,7 +132,7 @@ pub struct CliError {
     pub message: String,
     /// The tools' error codes (`not_found`, `scope_exceeds_parent`, …), plus `usage`,
     /// `store` and `held` for failures only the command line has.
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub exit_code: i32,
 }
 
@@ -136,7 +140,7 @@ impl CliError {
     pub fn new(message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
-            code: "internal",
+            code: Cow::Borrowed("internal"),
             exit_code: 1,
         }
     }
@@ -145,7 +149,7 @@ impl CliError {
     pub fn usage(message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
-            code: "usage",
+            code: Cow::Borrowed("usage"),
             exit_code: 2,
         }
     }
@@ -154,7 +158,7 @@ impl CliError {
     pub fn store(message: impl Into<String>) -> CliError {
         CliError {
             message: message.into(),
-            code: "store",
+            code: Cow::Borrowed("store"),
             exit_code: 1,
         }
     }
@@ -164,7 +168,7 @@ impl CliError {
     pub fn quiet() -> CliError {
         CliError {
             message: String::new(),
-            code: "internal",
+            code: Cow::Borrowed("internal"),
             exit_code: 1,
         }
     }
@@ -179,7 +183,7 @@ impl From<crate::error::Error> for CliError {
     fn from(e: crate::error::Error) -> CliError {
         CliError {
             message: e.message.clone(),
-            code: e.code.as_str(),
+            code: Cow::Borrowed(e.code.as_str()),
             exit_code: 1,
         }
     }
@@ -211,34 +215,24 @@ pub enum Access {
     Write,
 }
 
-/// Opens the service for one of the owner's commands, in the data directory `cli` names.
-pub fn owner_service(
-    cli: &Cli,
-    access: Access,
-    config: crate::service::ServiceConfig,
-) -> Result<crate::service::Service, CliError> {
-    let dir = data_dir(cli).map_err(CliError::store)?;
-    if access == Access::Read && !dir.exists() {
-        return Err(CliError::store(format!(
-            "no data directory at {}: check --data-dir (or TOKENWARDEN_DATA_DIR)",
-            dir.display()
-        )));
-    }
-    open_service(&dir, config)
-}
-
-/// Flushes everything and closes the service at the end of an owner's command.
+/// Flushes everything and closes the service at the end of a command that opened it.
 pub fn close_service(service: crate::service::Service) -> Result<(), CliError> {
     service.shutdown()?;
     Ok(())
 }
 
-/// Opens the store, turning "held by another process" into one line that names the holder
-/// (exit code 2).
-pub fn open_service(
+/// What opening the store in a data directory found.
+pub enum Opened {
+    Store(Box<crate::service::Service>),
+    /// Another process (a running server) holds the database.
+    Held,
+}
+
+/// Opens the store, or finds it held by another process; any other failure is one line.
+pub fn open_store(
     dir: &std::path::Path,
     config: crate::service::ServiceConfig,
-) -> Result<crate::service::Service, CliError> {
+) -> Result<Opened, CliError> {
     if dir.exists() && !dir.is_dir() {
         return Err(CliError::store(format!(
             "{} is not a directory: --data-dir names the directory that holds the database",
@@ -246,36 +240,52 @@ pub fn open_service(
         )));
     }
     match crate::service::Service::open(dir, config) {
-        Ok(service) => Ok(service),
-        Err(crate::store::StoreError::Locked(_)) => {
-            let holder = std::fs::read_to_string(dir.join(HOLDER_FILE))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-            let who = match holder {
-                Some(h) => {
-                    let pid = h["pid"]
-                        .as_u64()
-                        .map(|p| format!("pid {p}"))
-                        .unwrap_or_default();
-                    match h["http"].as_str() {
-                        Some(addr) => {
-                            format!("a running tokenwarden server ({pid}, http://{addr}/mcp)")
-                        }
-                        None => format!("a running tokenwarden server ({pid})"),
-                    }
-                }
-                None => "another tokenwarden process".to_owned(),
-            };
-            Err(CliError {
-                message: format!(
-                    "the database in {} is held by {who}: stop it first, or manage tokens \
-                     through its MCP tools",
-                    dir.display()
-                ),
-                code: "held",
-                exit_code: 2,
-            })
-        }
+        Ok(service) => Ok(Opened::Store(Box::new(service))),
+        Err(crate::store::StoreError::Locked(_)) => Ok(Opened::Held),
         Err(e) => Err(CliError::store(e.to_string())),
+    }
+}
+
+/// Opens the store, turning "held by another process" into one line that names the holder
+/// (exit code 2): for `serve`, which cannot share a database.
+pub fn open_service(
+    dir: &std::path::Path,
+    config: crate::service::ServiceConfig,
+) -> Result<crate::service::Service, CliError> {
+    match open_store(dir, config)? {
+        Opened::Store(service) => Ok(*service),
+        Opened::Held => Err(held(
+            dir,
+            "stop it first, or manage tokens through its MCP tools",
+        )),
+    }
+}
+
+/// "The database in DIR is held by HOLDER: ADVICE", naming the holder from its
+/// [`HOLDER_FILE`] (pid, and HTTP address if it has one); exit code 2, code `held`.
+pub fn held(dir: &std::path::Path, advice: &str) -> CliError {
+    let holder = std::fs::read_to_string(dir.join(HOLDER_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let who = match holder {
+        Some(h) => {
+            let pid = h["pid"]
+                .as_u64()
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_default();
+            match h["http"].as_str() {
+                Some(addr) => format!("a running tokenwarden server ({pid}, http://{addr}/mcp)"),
+                None => format!("a running tokenwarden server ({pid})"),
+            }
+        }
+        None => "another tokenwarden process".to_owned(),
+    };
+    CliError {
+        message: format!(
+            "the database in {} is held by {who}: {advice}",
+            dir.display()
+        ),
+        code: Cow::Borrowed("held"),
+        exit_code: 2,
     }
 }

@@ -4,7 +4,9 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::admin_socket::{Command, Request};
 use super::output::{self, Out};
+use super::owner::Owner;
 use super::{Cli, CliError};
 use crate::service::requests::{RevokeToken, TokenRef};
 use crate::service::{Caller, Service};
@@ -56,14 +58,24 @@ pub fn run(cli: &Cli, args: &OAuthArgs) -> Result<(), CliError> {
         OAuthCommand::RemoveClient { .. } => super::Access::Write,
         _ => super::Access::Read,
     };
-    let service = super::owner_service(cli, access, super::service_config(cli))?;
-    let result = match &args.command {
-        OAuthCommand::Clients => clients(&service),
-        OAuthCommand::Grants => grants(&service),
-        OAuthCommand::RemoveClient { client_id } => remove_client(&service, client_id),
+    let (key, request) = match &args.command {
+        OAuthCommand::Clients => (
+            "clients",
+            Request::command(Command::OauthClients, json!({})),
+        ),
+        OAuthCommand::Grants => ("grants", Request::command(Command::OauthGrants, json!({}))),
+        OAuthCommand::RemoveClient { client_id } => (
+            "removed",
+            Request::command(
+                Command::OauthRemoveClient,
+                json!({ "client_id": client_id }),
+            ),
+        ),
     };
-    super::close_service(service)?;
-    let (key, value) = result?;
+    let owner = Owner::open(cli, access, super::service_config(cli))?;
+    let result = owner.request(request);
+    owner.close()?;
+    let value = result?;
     let mut out = Out::new();
     if cli.json {
         return out.json(&value);
@@ -89,12 +101,14 @@ fn oauth_store(service: &Service) -> Result<OAuthStore, CliError> {
     service.store().oauth().map_err(store_error)
 }
 
-fn clients(service: &Service) -> Result<(&'static str, Value), CliError> {
+/// `{"clients": [...]}`: every registered client.
+pub fn clients(service: &Service) -> Result<Value, CliError> {
     let clients = oauth_store(service)?.clients().map_err(store_error)?;
-    Ok(("clients", json!({ "clients": clients })))
+    Ok(json!({ "clients": clients }))
 }
 
-fn grants(service: &Service) -> Result<(&'static str, Value), CliError> {
+/// `{"grants": [...]}`: every grant, with its client's name and its access token's status.
+pub fn grants(service: &Service) -> Result<Value, CliError> {
     let store = oauth_store(service)?;
     let names: std::collections::HashMap<String, String> = store
         .clients()
@@ -133,10 +147,11 @@ fn grants(service: &Service) -> Result<(&'static str, Value), CliError> {
             })
         })
         .collect();
-    Ok(("grants", json!({ "grants": rows })))
+    Ok(json!({ "grants": rows }))
 }
 
-fn remove_client(service: &Service, client_id: &str) -> Result<(&'static str, Value), CliError> {
+/// Ends a client's grants, revokes their access tokens and removes the client.
+pub fn remove_client(service: &Service, client_id: &str) -> Result<Value, CliError> {
     let store = oauth_store(service)?;
     let Some(client) = store.client(client_id).map_err(store_error)? else {
         return Err(CliError::from(crate::error::Error::not_found(format!(
@@ -180,13 +195,10 @@ fn remove_client(service: &Service, client_id: &str) -> Result<(&'static str, Va
             "tokens_revoked": revoked,
         }),
     )?;
-    Ok((
-        "removed",
-        json!({
-            "client_id": client.client_id,
-            "client_name": client.client_name,
-            "grants_ended": grants.len(),
-            "tokens_revoked": revoked,
-        }),
-    ))
+    Ok(json!({
+        "client_id": client.client_id,
+        "client_name": client.client_name,
+        "grants_ended": grants.len(),
+        "tokens_revoked": revoked,
+    }))
 }

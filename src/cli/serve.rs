@@ -9,6 +9,8 @@ use clap::Args;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(unix)]
+use super::admin_socket::server::AdminSocket;
 use super::{Cli, CliError, open_service};
 use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
 use crate::mcp::{StdioCaller, TokenServer};
@@ -148,6 +150,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     }
 
     let shutdown = CancellationToken::new();
+    // After the first-start admin exists, so a command cannot race the bootstrap's check for
+    // a blank store.
+    let admin_socket = listen_for_the_command_line(&dir, &service, cli, shutdown.clone());
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
     tokio::spawn(super::audit::prune_in_background(
         Arc::clone(&service),
@@ -231,12 +236,40 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         shutdown.cancel();
         gateway.stopped().await;
     }
+    // The socket closes (and its file goes) before the database is released.
+    shutdown.cancel();
+    if let Some(task) = admin_socket {
+        let _ = task.await;
+    }
     let service = Arc::clone(&service);
     tokio::task::spawn_blocking(move || service.shutdown())
         .await
         .map_err(|e| CliError::new(format!("shutdown failed: {e}")))??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the admin socket (`admin.sock` in the data directory) until `shutdown`, so the
+/// owner's commands work while this server holds the database. A server that cannot bind it
+/// (a data directory path too long for a socket, say) still serves, and says so.
+#[cfg(unix)]
+fn listen_for_the_command_line(
+    dir: &Path,
+    service: &Arc<Service>,
+    cli: &Cli,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match AdminSocket::bind(dir, Arc::clone(service), &cli.environment) {
+        Ok(socket) => Some(tokio::spawn(socket.serve(shutdown))),
+        Err(e) => {
+            tracing::warn!(
+                "cannot listen on {}: {e}; the command line cannot reach this server while it \
+                 runs",
+                dir.join(super::admin_socket::SOCKET_FILE).display()
+            );
+            None
+        }
+    }
 }
 
 /// The HTTP application. A binary built with the `bench-internals` feature (never the
@@ -307,7 +340,7 @@ fn bootstrap_admin(
     eprintln!(
         "\n{line}\n  tokenwarden: first start, so one admin token was created ({id}).\n\n  \
          {secret}\n\n  Use it as the HTTP bearer: Authorization: Bearer <token>\n  \
-         It is shown this once and never again. If you lose it, stop the server and run:\n    \
+         It is shown this once and never again. If you lose it, run (server up or not):\n    \
          {recovery}\n{line}\n",
         id = issued.record.id,
         secret = issued.token,
@@ -351,7 +384,8 @@ fn shell_quote(word: &str) -> String {
 /// (a store that large is being managed by someone).
 const ADMIN_CHECK_LIMIT: usize = 10_000;
 
-/// A store with tokens but no active admin token can only be managed from the command line:
+/// A store with tokens but no active admin token can only be managed from the command line
+/// (which reaches this server through its admin socket):
 /// say so in one line at start, with the command that fixes it.
 fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
     if service.store().is_empty() {
@@ -385,8 +419,7 @@ fn say_if_no_admin(service: &Service, cli: &Cli, dir: &Path) {
         }
     }
     eprintln!(
-        "tokenwarden: no active admin token can manage this store over MCP; to mint one, stop \
-         the server and run: {}",
+        "tokenwarden: no active admin token can manage this store over MCP; to mint one, run: {}",
         recovery_command(cli, dir)
     );
 }

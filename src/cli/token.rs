@@ -2,15 +2,15 @@
 //!
 //! Each subcommand turns its flags into the JSON arguments of the tool of the same name and
 //! calls [`crate::mcp::tools::dispatch`], the function the MCP server calls: one argument
-//! parser, one validation, one result shape for both front ends.
+//! parser, one validation, one result shape for both front ends. Through [`Owner`] the call
+//! is made here or, while a server holds the store, by that server.
 
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
 use super::output::{self, Out};
+use super::owner::Owner;
 use super::{Cli, CliError};
-use crate::mcp::tools::dispatch;
-use crate::service::{Caller, Service};
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -342,19 +342,17 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> Result<(), CliError> {
     if let TokenCommand::Create(create) = &args.command {
         config.max_depth = create.max_depth;
     }
-    let service = super::owner_service(cli, access, config)?;
-    let result = execute(&service, cli.json, &args.command);
-    let closed = super::close_service(service);
+    let owner = Owner::open(cli, access, config)?;
+    let result = execute(&owner, cli.json, &args.command);
+    let closed = owner.close();
     result.and(closed)
 }
 
-fn execute(service: &Service, json: bool, command: &TokenCommand) -> Result<(), CliError> {
-    let call = |tool: &str, args: Arguments| -> Result<Value, CliError> {
-        Ok(dispatch(service, &Caller::Owner, tool, args.into_value())?)
-    };
+fn execute(owner: &Owner, json: bool, command: &TokenCommand) -> Result<(), CliError> {
+    let call = |tool: &str, args: Arguments| owner.call(tool, args.into_value());
     let mut out = Out::new();
     match command {
-        TokenCommand::List(list) => list_tokens(service, json, list, &mut out),
+        TokenCommand::List(list) => list_tokens(owner, json, list, &mut out),
         TokenCommand::Get(a) => {
             show_record(&mut out, json, &call("get_token", Arguments::id(&a.id))?)
         }
@@ -505,12 +503,7 @@ fn show_secret(out: &mut Out, json: bool, verb: &str, mut issued: Value) -> Resu
     out.line("This secret will not be shown again: store it now (it is kept only as a hash).")
 }
 
-fn list_tokens(
-    service: &Service,
-    json: bool,
-    list: &ListArgs,
-    out: &mut Out,
-) -> Result<(), CliError> {
+fn list_tokens(owner: &Owner, json: bool, list: &ListArgs, out: &mut Out) -> Result<(), CliError> {
     const ALL_PAGE: u32 = 100;
     let all = list.all || list.tree;
     let mut args = Arguments::default()
@@ -522,7 +515,7 @@ fn list_tokens(
         .set("cursor", list.cursor.as_deref())
         .set("order", list.order.map(value_name))
         .into_value();
-    let records = paginate(service, "list_tokens", "records", all, &mut args)?;
+    let records = paginate(owner, "list_tokens", "records", all, &mut args)?;
     if json {
         return out.json(&records.into_page("records"));
     }
@@ -557,7 +550,7 @@ impl Rows {
 
 /// Calls a paged tool (as the owner), following `next_cursor` when `all`.
 pub fn paginate(
-    service: &Service,
+    owner: &Owner,
     tool: &str,
     field: &str,
     all: bool,
@@ -565,7 +558,7 @@ pub fn paginate(
 ) -> Result<Rows, CliError> {
     let mut rows = Vec::new();
     loop {
-        let mut page = dispatch(service, &Caller::Owner, tool, args.clone())?;
+        let mut page = owner.call(tool, args.clone())?;
         if let Value::Array(items) = page[field].take() {
             rows.extend(items);
         }
