@@ -11,6 +11,7 @@
 //! - The front ends are thin adapters over [`service::Service`].
 //! - [`gateway`]: upstream MCP servers fronted as buckets; it asks nothing and decides
 //!   nothing itself: `mcp` asks the service before forwarding a call.
+//! - [`rest`]: the REST API under `/v1`, each endpoint one of the MCP tools.
 //! - [`oauth`]: the OAuth 2.1 authorization server; the tokens it issues are children of the
 //!   approving token, minted through the service like any other.
 
@@ -22,6 +23,7 @@ pub mod http;
 pub mod mcp;
 pub mod oauth;
 pub mod record;
+pub mod rest;
 pub mod rules;
 pub mod secret;
 pub mod service;

@@ -72,6 +72,15 @@ fn bearer(headers: &HeaderMap) -> Result<&str, NoBearer> {
     Ok(token.trim())
 }
 
+/// [`bearer`] for callers outside this module: the secret, or `None` for no credentials, or
+/// the malformation's description.
+pub(super) fn bearer_of(headers: &HeaderMap) -> Result<&str, Option<&'static str>> {
+    bearer(headers).map_err(|e| match e {
+        NoBearer::Missing => None,
+        NoBearer::Malformed(description) => Some(description),
+    })
+}
+
 /// A 401 with an RFC 6750 challenge naming the resource metadata (RFC 9728), so OAuth clients
 /// can discover the authorization server; `description` is `None` for a request without
 /// credentials.

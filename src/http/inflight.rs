@@ -82,7 +82,7 @@ impl Drop for Ticket {
 
 /// A response body that holds its request's ticket (and the shield of its connection) until
 /// it ends or is dropped.
-pub struct TicketBody {
+pub(crate) struct TicketBody {
     inner: Body,
     _ticket: (Ticket, Option<super::listener::Raised>),
 }

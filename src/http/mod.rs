@@ -37,6 +37,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 pub use cors::AllowedOrigin;
+pub use inflight::InFlight;
 pub use listener::{ConnectionLimits, serve};
 pub use sessions::SessionLimits;
 
@@ -76,6 +77,37 @@ pub(crate) async fn read_body_within(
         Ok(Err(_)) => Err(BodyFault::TooLarge),
         Err(_) => Err(BodyFault::Late),
     }
+}
+
+/// The bearer secret of a request, or why there is none (`None`: no credentials at all), for
+/// the REST API's check (`rest::auth`), which answers like the `/mcp` guard.
+pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Result<&str, Option<&'static str>> {
+    guard::bearer_of(headers)
+}
+
+/// A 401 with the `/mcp` guard's RFC 6750 challenge.
+pub(crate) fn challenge(
+    resource_metadata: &str,
+    description: Option<&str>,
+) -> axum::response::Response {
+    guard::unauthorized(resource_metadata, description)
+}
+
+/// Spares the request's connection from eviction while the returned value lives (see
+/// `listener`): for a request counted against its lineage.
+pub(crate) fn raise_shield(request: &axum::extract::Request) -> Option<listener::Raised> {
+    request
+        .extensions()
+        .get::<listener::Shield>()
+        .map(listener::Shield::raise)
+}
+
+/// `response` with its body holding the request's ticket (and shield) until it ends.
+pub(crate) fn hold_ticket(
+    response: axum::response::Response,
+    ticket: (inflight::Ticket, Option<listener::Raised>),
+) -> axum::response::Response {
+    response.map(|body| inflight::TicketBody::wrap(body, ticket))
 }
 
 /// The answer to a body that did not arrive in time: 408, and the connection closes.
@@ -132,6 +164,10 @@ pub fn router(
     let origins = Arc::new(cors::allowed_origins(&allowed_origins)?);
     let manager = Arc::new(session_manager());
     let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
+    let inflight = Arc::new(inflight::InFlight::new(
+        config.max_inflight_per_token,
+        config.max_connections,
+    ));
     let successions = Arc::clone(&oauth);
     let state = GuardState {
         service: Arc::clone(&service),
@@ -142,10 +178,18 @@ pub fn router(
         resource_metadata: config.oauth.resource_metadata_url().into(),
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
         streams: Arc::new(streams::Streams::new(config.max_connections)),
-        inflight: Arc::new(inflight::InFlight::new(
-            config.max_inflight_per_token,
-            config.max_connections,
-        )),
+        inflight: Arc::clone(&inflight),
+    };
+    // The REST API: the same tools (with the gateway, for `verify` and `buckets`), the same
+    // authentication, the same bound on requests in flight.
+    let rest = crate::rest::Rest::new(
+        TokenServer::for_http(Arc::clone(&service)).with_gateway(config.gateway.clone()),
+        Arc::clone(&service),
+    );
+    let rest_auth = crate::rest::RestAuth {
+        service: Arc::clone(&service),
+        resource_metadata: config.oauth.resource_metadata_url().into(),
+        inflight,
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
@@ -156,6 +200,7 @@ pub fn router(
         .route_layer(middleware::from_fn(reply::whole_replies))
         .route("/healthz", get(healthz))
         .merge(crate::oauth::routes(oauth))
+        .merge(crate::rest::routes(rest, rest_auth))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(origins, cors::cors)))
 }

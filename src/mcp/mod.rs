@@ -419,14 +419,36 @@ impl TokenServer {
                 )
                 .await;
         }
+        if !tools::exists(&name) {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {}", truncate_for_message(&name)),
+                None,
+            ));
+        }
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let result = match self.run_own_tool(&name, arguments, (caller, ip)).await? {
+            Ok(value) => CallToolResult::structured(value),
+            Err(error) => error_result(&error),
+        };
+        Ok(result.into())
+    }
+
+    /// One of tokenwarden's own tools for `caller`: the decision (the tool's name against the
+    /// caller's allowlist, counting the use), then the tool. The REST API (`rest`) calls this
+    /// too, so an endpoint is its tool. The outer error is a failure to run at all.
+    pub async fn run_own_tool(
+        &self,
+        name: &str,
+        arguments: Value,
+        (caller, ip): (Caller, Option<IpAddr>),
+    ) -> Result<Result<Value, Error>, ErrorData> {
         if name == "verify_token"
             && let Some(gateway) = self.gateway.clone()
         {
             // The same decision, knowing gateway tools' read-only flags and buckets.
             let service = Arc::clone(&self.service);
-            let arguments = Value::Object(request.arguments.unwrap_or_default());
             let inline = !service.decision_may_flush(&caller);
-            let outcome = run_service(inline, move || {
+            return run_service(inline, move || {
                 service.authorize_call(&caller, "verify_token", None, ip)?;
                 let req = serde_json::from_value(arguments).map_err(|e| {
                     Error::invalid(format!("invalid arguments for verify_token: {e}"))
@@ -437,54 +459,34 @@ impl TokenServer {
                 let verified = service.verify_token_with(&caller, req, &lookup)?;
                 Ok::<_, Error>(serde_json::to_value(verified).expect("results serialise"))
             })
-            .await?;
-            return Ok(match outcome {
-                Ok(value) => CallToolResult::structured(value),
-                Err(error) => error_result(&error),
-            }
-            .into());
+            .await;
         }
         if name == "list_buckets" {
             let service = Arc::clone(&self.service);
             let gateway = self.gateway.clone();
             // Not inline: it runs the decision for every gateway tool.
-            let outcome = run_service(false, move || {
+            return run_service(false, move || {
                 service.authorize_call(&caller, "list_buckets", None, ip)?;
                 Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
             })
-            .await?;
-            return Ok(match outcome {
-                Ok(value) => CallToolResult::structured(value),
-                Err(error) => error_result(&error),
-            }
-            .into());
-        }
-        if !tools::exists(&name) {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool {}", truncate_for_message(&name)),
-                None,
-            ));
+            .await;
         }
         let service = Arc::clone(&self.service);
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let name = name.to_owned();
         let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
         let outcome = run_service(inline, move || {
             service.authorize_call(&caller, &name, None, ip)?;
             tools::dispatch(&service, &caller, &name, arguments)
         })
         .await?;
-        let result = match outcome {
-            Ok(value) => CallToolResult::structured(value),
-            Err(error) => {
-                if error.code == crate::error::ErrorCode::Internal {
-                    tracing::error!(error = %error.message, "tool call failed");
-                } else {
-                    tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
-                }
-                error_result(&error)
+        if let Err(error) = &outcome {
+            if error.code == crate::error::ErrorCode::Internal {
+                tracing::error!(error = %error.message, "tool call failed");
+            } else {
+                tracing::debug!(code = error.code.as_str(), "tool call refused or failed");
             }
-        };
-        Ok(result.into())
+        }
+        Ok(outcome)
     }
 
     /// A gateway tool: decide through the one path (counting the use), then forward. Nothing

@@ -369,6 +369,18 @@ impl Service {
         chain.last().map(|root| root.id.clone())
     }
 
+    /// Refuses a caller that is neither the owner nor an admin token still in standing; for
+    /// what no tool covers (the REST API's OAuth endpoints), `what` names it.
+    pub fn require_owner_or_admin(&self, caller: &Caller, what: &str) -> Result<()> {
+        if self.acting(caller)?.is_owner_or_admin() {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!(
+                "{what} are for the owner and admin tokens only"
+            )))
+        }
+    }
+
     fn caller_chain(&self, id: &TokenId) -> Result<Vec<Arc<TokenRecord>>> {
         self.store
             .chain(id)?

@@ -1,0 +1,84 @@
+//! The bearer check for `/v1`: the `/mcp` guard's authentication (RFC 6750 challenges naming
+//! the resource metadata) and its bound on requests in flight per lineage, without MCP's
+//! sessions. An authenticated request carries [`Authenticated`] to its handler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::problem::Problem;
+use crate::mcp::{Authenticated, Presented};
+use crate::rules::cidr::canonical_ip;
+use crate::service::Service;
+
+#[derive(Clone)]
+pub struct RestAuth {
+    pub service: Arc<Service>,
+    pub resource_metadata: Arc<str>,
+    pub inflight: Arc<crate::http::InFlight>,
+}
+
+pub async fn authenticate(
+    State(auth): State<RestAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client_ip = canonical_ip(peer.ip());
+    let secret = match crate::http::bearer_of(request.headers()) {
+        Ok(secret) => secret.to_owned(),
+        Err(description) => return refused(&auth, description),
+    };
+    let token_id = match auth.service.authenticate(&secret, Some(client_ip)) {
+        Ok(id) => id,
+        Err(failure) => {
+            let description = failure.to_string();
+            tracing::debug!(%client_ip, "refused REST request: {description}");
+            return refused(&auth, Some(&description));
+        }
+    };
+    let lineage = auth
+        .service
+        .lineage_root(&token_id)
+        .unwrap_or_else(|| token_id.clone());
+    let Some(ticket) = auth.inflight.enter(lineage) else {
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this token's lineage already has {} requests in flight; retry when one has ended",
+                auth.inflight.per_lineage()
+            ),
+        )
+        .into_response();
+    };
+    let shield = crate::http::raise_shield(&request);
+    request.extensions_mut().insert(Authenticated {
+        token_id,
+        client_ip,
+        secret: Some(Presented::new(&secret)),
+    });
+    let response = next.run(request).await;
+    crate::http::hold_ticket(response, (ticket, shield))
+}
+
+/// A 401: the `/mcp` guard's RFC 6750 challenge, with a problem+json body.
+fn refused(auth: &RestAuth, description: Option<&str>) -> Response {
+    let challenge = crate::http::challenge(&auth.resource_metadata, description);
+    let detail = description.unwrap_or("missing bearer token: send Authorization: Bearer <token>");
+    let mut response =
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+    if let Some(value) = challenge
+        .headers()
+        .get(axum::http::header::WWW_AUTHENTICATE)
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, value.clone());
+    }
+    response
+}
