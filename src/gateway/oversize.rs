@@ -99,7 +99,11 @@ impl<R> LineCap<R> {
             };
             bytes = &bytes[part.len() + usize::from(ended)..];
             if let Some(scanner) = &mut self.skipping {
-                scanner.feed(part);
+                // Once it knows what the line answers, the rest is only looked through for
+                // its end.
+                if !scanner.settled() {
+                    scanner.feed(part);
+                }
             } else if self.line.len() + part.len() > self.limit {
                 let mut scanner = IdScanner::default();
                 scanner.feed(&self.line);
@@ -188,6 +192,8 @@ pub struct IdScanner {
     reading_id: Option<Vec<u8>>,
     id: Option<Vec<u8>>,
     has_method: bool,
+    /// A top-level `"result"` or `"error"` key was read.
+    has_outcome: bool,
 }
 
 /// Longer ids are not believed.
@@ -210,6 +216,7 @@ impl IdScanner {
                     self.in_string = false;
                     if let Some(key) = self.key.take() {
                         self.has_method |= key == b"method";
+                        self.has_outcome |= key == b"result" || key == b"error";
                         self.last_key = key;
                     }
                 } else if let Some(key) = &mut self.key
@@ -256,6 +263,13 @@ impl IdScanner {
             value.pop(); // the ',' or '}' that ended it
             self.id = Some(value);
         }
+    }
+
+    /// Whether more bytes cannot change [`IdScanner::answered_id`]: a request or
+    /// notification, or an answer whose id has been read. (A second top-level `"method"` or
+    /// `"id"` would make the line invalid JSON-RPC, which answers nothing anyway.)
+    pub fn settled(&self) -> bool {
+        self.has_method || (self.id.is_some() && self.has_outcome)
     }
 
     /// The id this message answers: a top-level `"id"` that is a string or a number, in a
