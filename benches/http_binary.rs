@@ -15,7 +15,9 @@
 //!   stateless with JSON replies);
 //! - LOAD_WORKLOADS: any of `list`, `whoami` and `create` (durable `create_token` of a root
 //!   token by the bootstrap admin; run it with LOAD_CONNECTIONS=1 for the one-client figure),
-//!   comma-separated; `list,whoami` is the default;
+//!   `get` (`get_token` of the bootstrap admin's own record), and their REST twins `rest_get`
+//!   (`GET /v1/tokens/{id}`) and `rest_create` (`POST /v1/tokens`), comma-separated;
+//!   `list,whoami` is the default;
 //! - LOAD_FLOOD=N: after the workloads, one token opens N sessions (`initialize`, over
 //!   LOAD_CONNECTIONS connections) and the benchmark prints the server's RSS before, after and
 //!   at its peak, and another token's `whoami` p50 on one connection before and after;
@@ -49,6 +51,8 @@ struct Server {
     child: Child,
     addr: String,
     admin: String,
+    /// The bootstrap admin's id, for the `get` workloads.
+    admin_id: String,
     _dir: tempfile::TempDir,
 }
 
@@ -120,13 +124,34 @@ fn start_server(bin: &str, no_guard: bool) -> Server {
     } else {
         bin.to_owned()
     };
+    let admin_id = admin_id(&addr, &admin);
     Server {
         label,
         child,
         addr,
         admin,
+        admin_id,
         _dir: dir,
     }
+}
+
+/// The id of the token `secret`, from `whoami` (an empty string if the server has no REST
+/// API, as older builds do; the `get` workloads then cannot run).
+fn admin_id(addr: &str, secret: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut conn, headers) = ready_connection(addr, secret, "2025-11-25").await;
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
+        let reply = conn.post(body, &headers).await;
+        let text = String::from_utf8_lossy(&reply.body);
+        text.find("tok_")
+            .and_then(|start| text.get(start..start + 28))
+            .unwrap_or_default()
+            .to_owned()
+    })
 }
 
 /// Refuses to measure a "no guard" server that still has its guard (a binary built without
@@ -182,6 +207,8 @@ struct Workload {
     body: String,
     /// Headers 2026-07-28 requires to repeat the body's method (and tool name).
     headers: &'static str,
+    /// A REST request instead of MCP: method and path (`{ADMIN_ID}` is the admin's id).
+    rest: Option<(&'static str, &'static str)>,
 }
 
 fn workloads(protocol: &str) -> Vec<Workload> {
@@ -192,6 +219,29 @@ fn workloads(protocol: &str) -> Vec<Workload> {
     };
     vec![
         Workload {
+            key: "get",
+            name: "tools/call get_token",
+            headers: "mcp-method: tools/call\r\nmcp-name: get_token\r\n",
+            body: format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get_token","arguments":{{"id":"{{ADMIN_ID}}"}}{meta}}}}}"#
+            ),
+            rest: None,
+        },
+        Workload {
+            key: "rest_get",
+            name: "GET /v1/tokens/{id}",
+            headers: "",
+            body: String::new(),
+            rest: Some(("GET", "/v1/tokens/{ADMIN_ID}")),
+        },
+        Workload {
+            key: "rest_create",
+            name: "POST /v1/tokens",
+            headers: "",
+            body: r#"{"name":"load","parent":"none"}"#.to_owned(),
+            rest: Some(("POST", "/v1/tokens")),
+        },
+        Workload {
             key: "list",
             name: "tools/list",
             headers: "mcp-method: tools/list\r\n",
@@ -199,6 +249,7 @@ fn workloads(protocol: &str) -> Vec<Workload> {
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{{}}}}}"#,
                 meta.trim_start_matches(',')
             ),
+            rest: None,
         },
         Workload {
             key: "create",
@@ -207,6 +258,7 @@ fn workloads(protocol: &str) -> Vec<Workload> {
             body: format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"create_token","arguments":{{"name":"load","parent":"none"}}{meta}}}}}"#
             ),
+            rest: None,
         },
         Workload {
             key: "whoami",
@@ -215,6 +267,7 @@ fn workloads(protocol: &str) -> Vec<Workload> {
             body: format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"whoami","arguments":{{}}{meta}}}}}"#
             ),
+            rest: None,
         },
     ]
 }
@@ -258,10 +311,13 @@ async fn drive(
     addr: String,
     secret: String,
     protocol: String,
-    body: String,
+    (body, rest): (String, Option<(String, String)>),
     method_headers: &'static str,
     until: Until,
 ) -> Vec<Duration> {
+    if let Some((method, path)) = rest {
+        return drive_rest(addr, secret, (method, path, body), until).await;
+    }
     let (mut conn, mut headers) = ready_connection(&addr, &secret, &protocol).await;
     if protocol == "2026-07-28" {
         headers.push_str(method_headers);
@@ -284,6 +340,34 @@ async fn drive(
     }
     latencies
 }
+/// The REST twin of [`drive`]: one kept-alive connection, no session.
+async fn drive_rest(
+    addr: String,
+    secret: String,
+    (method, path, body): (String, String, String),
+    until: Until,
+) -> Vec<Duration> {
+    let mut conn = Conn::open(&addr, &secret).await;
+    let request = conn.rest_request(&method, &path, &body);
+    let mut latencies = Vec::with_capacity(100_000);
+    while match until {
+        Until::Deadline(deadline) => Instant::now() < deadline,
+        Until::Count(n) => latencies.len() < n,
+    } {
+        let started = Instant::now();
+        conn.send_raw(request.as_bytes()).await;
+        let reply = conn.read_reply().await;
+        latencies.push(started.elapsed());
+        assert!(
+            reply.status == 200 || reply.status == 201,
+            "{} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    latencies
+}
+
 /// Every task's results, in task order.
 async fn concat<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> Vec<T> {
     let mut all = Vec::new();
@@ -320,11 +404,18 @@ fn measure(
         Until::Count(_) => Until::Count(100),
         Until::Deadline(_) => Until::Deadline(Instant::now() + Duration::from_millis(300)),
     };
+    let body = workload.body.replace("{ADMIN_ID}", &server.admin_id);
+    let rest = workload.rest.map(|(method, path)| {
+        (
+            method.to_owned(),
+            path.replace("{ADMIN_ID}", &server.admin_id),
+        )
+    });
     runtime.block_on(drive(
         server.addr.clone(),
         server.admin.clone(),
         protocol.to_owned(),
-        workload.body.clone(),
+        (body.clone(), rest.clone()),
         workload.headers,
         warm_up,
     ));
@@ -339,7 +430,7 @@ fn measure(
                     server.addr.clone(),
                     server.admin.clone(),
                     protocol.to_owned(),
-                    workload.body.clone(),
+                    (body.clone(), rest.clone()),
                     workload.headers,
                     until,
                 ))

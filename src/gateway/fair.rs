@@ -263,10 +263,11 @@ mod tests {
             .unwrap();
         assert!(!again_a.is_finished(), "a, holding one already, waits");
         drop(b);
-        tokio::time::timeout(Duration::from_secs(1), again_a)
+        let _slot = tokio::time::timeout(Duration::from_secs(1), again_a)
             .await
             .expect("then a")
-            .unwrap();
+            .unwrap()
+            .expect("a slot");
     }
 
     #[tokio::test]

@@ -53,6 +53,18 @@ impl Conn {
         )
     }
 
+    /// A REST request (`method` `path`, a JSON body when not empty) with this connection's
+    /// bearer, as bytes to send.
+    pub fn rest_request(&self, method: &str, path: &str, body: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            self.host,
+            self.auth,
+            body.len(),
+        )
+    }
+
     /// Sends a POST without waiting for its reply (read it with [`Conn::read_reply`]).
     pub async fn send(&mut self, body: &str, extra_headers: &str) {
         let request = self.request(body, extra_headers);
