@@ -167,7 +167,8 @@ fn check_server_flags(cli: &Cli) -> Result<(), CliError> {
 pub struct CliError {
     pub message: String,
     /// The tools' error codes (`not_found`, `scope_exceeds_parent`, …), plus `usage`,
-    /// `store` and `held` for failures only the command line has.
+    /// `store` and `held` for failures only the command line has, and with `--server`,
+    /// `unauthorized` (the server refused the token) and `unreachable` (no answer).
     pub code: Cow<'static, str>,
     pub exit_code: i32,
 }

@@ -38,6 +38,8 @@ pub struct Remote {
     base: Url,
     /// `Bearer <secret>`, marked sensitive so no debug output shows it.
     authorization: HeaderValue,
+    /// The secret itself, only to be cut out of any text the server sends back.
+    secret: String,
 }
 
 /// One REST request: what a tool call becomes.
@@ -61,7 +63,7 @@ impl Remote {
                 ))
             })?,
         };
-        let secret = secret.trim();
+        let secret = secret.trim().to_owned();
         if secret.is_empty() {
             return Err(CliError::usage(format!(
                 "the token for --server is empty: pass --token SECRET or set {TOKEN_VARIABLE} to \
@@ -88,6 +90,7 @@ impl Remote {
             http,
             base,
             authorization,
+            secret,
         })
     }
 
@@ -120,7 +123,15 @@ impl Remote {
                 (Method::GET, vec!["tokens".to_owned(), take("id")?], false)
             }
             (Some("update_token" | "scope_token"), None) => {
-                (Method::PATCH, vec!["tokens".to_owned(), take("id")?], false)
+                let path = vec!["tokens".to_owned(), take("id")?];
+                // A change of nothing is the record as it is (offline, the tool answers it and
+                // records no event); `PATCH` refuses an empty body.
+                let method = if arguments.is_empty() {
+                    Method::GET
+                } else {
+                    Method::PATCH
+                };
+                (method, path, false)
             }
             (Some("delete_token"), None) => (
                 Method::DELETE,
@@ -213,9 +224,15 @@ impl Remote {
     }
 
     /// A request that got no answer: one line naming the server and why.
+    /// Code `unreachable`, exit 1.
     fn failed(&self, e: &reqwest::Error) -> CliError {
+        let unreachable = |message: String| CliError {
+            message,
+            code: "unreachable".into(),
+            exit_code: 1,
+        };
         if e.is_timeout() {
-            return CliError::new(format!(
+            return unreachable(format!(
                 "the server at {} did not answer within {} s",
                 self.base,
                 REQUEST_TIMEOUT.as_secs()
@@ -227,10 +244,10 @@ impl Remote {
         while let Some(source) = cause.source() {
             cause = source;
         }
-        CliError::new(format!(
+        unreachable(format!(
             "cannot reach the server at {}: {}",
             self.base,
-            one_line(&cause.to_string())
+            self.one_line(&cause.to_string())
         ))
     }
 
@@ -254,7 +271,7 @@ impl Remote {
         if !code_is_plain {
             return self.unreadable(status);
         }
-        let detail = one_line(&problem.detail);
+        let detail = self.one_line(&problem.detail);
         let message = if status == reqwest::StatusCode::UNAUTHORIZED {
             format!("the server at {} refused the token: {detail}", self.base)
         } else {
@@ -266,6 +283,12 @@ impl Remote {
             code: problem.code.into(),
             exit_code,
         }
+    }
+
+    /// Text from the network as one line of an error: control characters (a newline, an
+    /// escape sequence) become `?`, and the secret, should a server ever echo it, is cut out.
+    fn one_line(&self, text: &str) -> String {
+        super::output::printable(&text.replace(&self.secret, "[the token]"))
     }
 
     fn unreadable(&self, status: reqwest::StatusCode) -> CliError {
@@ -335,12 +358,6 @@ fn base_url(text: &str) -> Result<Url, CliError> {
     let path = path.strip_suffix("/mcp").unwrap_or(path).to_owned();
     url.set_path(&format!("{path}/"));
     Ok(url)
-}
-
-/// Text from the network on one line: control characters (a newline, an escape sequence)
-/// become `?`, and anything shaped like a secret is redacted.
-fn one_line(text: &str) -> String {
-    super::output::printable(&crate::secret::redact_secrets(text))
 }
 
 /// Runs one exchange to completion from a command's synchronous code. Commands run inside the
