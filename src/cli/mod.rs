@@ -2,7 +2,9 @@
 //! `audit`, `export`, `import`). The owner's commands are thin adapters over
 //! [`crate::service::Service`], acting as [`crate::service::Caller::Owner`]: they build the
 //! same request types the MCP tools take and print the same result objects. While a server
-//! holds the database they reach it through its admin socket instead ([`owner::Owner`]).
+//! holds the database they reach it through its admin socket instead ([`owner::Owner`]);
+//! with `--server URL` they manage a remote server through its REST API, as a token
+//! ([`remote`]).
 
 pub mod admin_socket;
 pub mod audit;
@@ -10,6 +12,7 @@ pub mod backup;
 pub mod oauth;
 pub mod output;
 pub mod owner;
+pub mod remote;
 pub mod serve;
 pub mod token;
 pub mod upstreams;
@@ -40,6 +43,17 @@ pub struct Cli {
     /// object with its next_cursor); errors as {"error": {"code", "message"}} on stderr.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Manage the server at URL (e.g. http://127.0.0.1:8787, as `serve` prints it) through its
+    /// REST API instead of a local data directory, as the token in --token or
+    /// $TOKENWARDEN_TOKEN: for the token, audit and oauth commands.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// The token secret --server acts as [default: $TOKENWARDEN_TOKEN]. Prefer the variable:
+    /// other users of the machine can see a command line.
+    #[arg(long, global = true, value_name = "SECRET")]
+    pub token: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -115,6 +129,7 @@ pub fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
 
 /// Runs a parsed command line; the error is the one line to print.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    check_server_flags(&cli)?;
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args),
@@ -126,12 +141,34 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// `--token` only with `--server`, and `--server` only for the commands the REST API answers.
+fn check_server_flags(cli: &Cli) -> Result<(), CliError> {
+    if cli.server.is_none() {
+        if cli.token.is_some() {
+            return Err(CliError::usage(
+                "--token goes with --server URL: without it, the commands act as the owner of \
+                 the local data directory",
+            ));
+        }
+        return Ok(());
+    }
+    let local = match cli.command {
+        Command::Serve(_) => "serve",
+        Command::Export(_) => "export",
+        Command::Import(_) => "import",
+        Command::Upstreams(_) => "upstreams",
+        Command::Token(_) | Command::Audit(_) | Command::OAuth(_) => return Ok(()),
+    };
+    Err(remote::local_only(local))
+}
+
 /// A failure of a command: one line for stderr, a code for `--json`, and the exit code.
 #[derive(Debug)]
 pub struct CliError {
     pub message: String,
     /// The tools' error codes (`not_found`, `scope_exceeds_parent`, …), plus `usage`,
-    /// `store` and `held` for failures only the command line has.
+    /// `store` and `held` for failures only the command line has, and with `--server`,
+    /// `unauthorized` (the server refused the token) and `unreachable` (no answer).
     pub code: Cow<'static, str>,
     pub exit_code: i32,
 }

@@ -289,7 +289,7 @@ pub fn table(columns: &[(&str, &str)], rows: &[Value]) -> Vec<String> {
 }
 
 /// Control characters (a name may hold any) shown as `?` so they cannot rewrite the terminal.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

@@ -1,6 +1,7 @@
-//! Who answers an owner's command: the store, opened by the command itself, or the running
-//! server that holds it, reached through its admin socket. Both answer a
-//! [`Request`] with [`answer`], so a command prints the same thing either way.
+//! Who answers an owner's command: the store, opened by the command itself; the running
+//! server that holds it, reached through its admin socket; or, with `--server URL`, a remote
+//! server's REST API as a token ([`Remote`]). All three answer a [`Request`] (the first two
+//! with [`answer`]), so a command prints the same thing whichever answers.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +11,7 @@ use serde_json::Value;
 #[cfg(unix)]
 use super::admin_socket::client::AdminClient;
 use super::admin_socket::{Command, Request, SOCKET_FILE};
+use super::remote::Remote;
 use super::{Access, Cli, CliError, Opened};
 use crate::mcp::tools::dispatch;
 use crate::service::{Caller, Service, ServiceConfig};
@@ -20,13 +22,19 @@ pub enum Owner {
     /// A running server holds the store; it answers over its admin socket.
     #[cfg(unix)]
     Server(AdminClient),
+    /// `--server URL`: a remote server answers through its REST API, as the token given.
+    Remote(Remote),
 }
 
 impl Owner {
     /// Opens the store in the data directory `cli` names; when a running server holds it,
     /// connects to that server's admin socket instead. A socket is consulted only then, so a
-    /// dead server's leftover socket never stands in the way.
+    /// dead server's leftover socket never stands in the way. With `--server`, no data
+    /// directory is opened: the remote server answers.
     pub fn open(cli: &Cli, access: Access, config: ServiceConfig) -> Result<Owner, CliError> {
+        if cli.server.is_some() {
+            return Ok(Owner::Remote(Remote::open(cli)?));
+        }
         let dir = super::data_dir(cli).map_err(CliError::store)?;
         if access == Access::Read && !dir.exists() {
             return Err(CliError::store(format!(
@@ -50,6 +58,7 @@ impl Owner {
             Owner::Local(service) => answer(service, &request),
             #[cfg(unix)]
             Owner::Server(client) => client.request(request),
+            Owner::Remote(remote) => remote.request(&request),
         }
     }
 
@@ -59,6 +68,7 @@ impl Owner {
             Owner::Local(service) => Ok(service.export(out)?),
             #[cfg(unix)]
             Owner::Server(client) => client.export(out),
+            Owner::Remote(_) => Err(super::remote::local_only("export")),
         }
     }
 
@@ -68,7 +78,14 @@ impl Owner {
             Owner::Local(service) => super::close_service(*service),
             #[cfg(unix)]
             Owner::Server(_) => Ok(()),
+            Owner::Remote(_) => Ok(()),
         }
+    }
+
+    /// Whether the caller is a token on a remote server rather than the owner, whose
+    /// defaults differ (`token create` without `--parent`).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Owner::Remote(_))
     }
 }
 

@@ -175,7 +175,8 @@ pub struct CreateArgs {
     /// A JSON object, at most 4 KiB, e.g. '{"team":"infra"}'.
     #[arg(long, value_name = "JSON", value_parser = json_object)]
     pub metadata: Option<Value>,
-    /// The parent token id, to create a child no broader than it [default: a root token].
+    /// The parent token id, to create a child no broader than it, or 'none' for a root token
+    /// [default: a root token; with --server, a child of the --token's token].
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,
     /// Refuse a child deeper than this (a root token is depth 0); use the server's --max-depth.
@@ -371,7 +372,14 @@ fn execute(owner: &Owner, json: bool, command: &TokenCommand) -> Result<(), CliE
                 .set("max_uses", a.max_uses)
                 .set("rate_limit_per_minute", a.rate_limit_per_minute)
                 .set("metadata", a.metadata.clone())
-                .set("parent", Some(a.parent.as_deref().unwrap_or("none")));
+                // The owner's default is a root token; a token's own default (its child)
+                // applies when a token is the caller.
+                .set(
+                    "parent",
+                    a.parent
+                        .as_deref()
+                        .or((!owner.is_remote()).then_some("none")),
+                );
             show_secret(&mut out, json, "created", call("create_token", args)?)
         }
         TokenCommand::Update(a) => {
