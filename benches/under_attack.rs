@@ -17,6 +17,8 @@
 //! Run: `cargo bench --bench under_attack`. Environment: ATTACK_SECONDS per phase (5),
 //! ATTACK_BIN (the server binary), ATTACKS (comma-separated subset, all by default).
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
 #[path = "../tests/common/raw_http.rs"]
 mod raw_http;
 
@@ -138,6 +140,8 @@ struct Phase {
     calls: usize,
     failed: usize,
     peak_rss_mib: f64,
+    /// CPU the server (with its stdio upstream's process, which is another) spent per second.
+    server_cpu: f64,
 }
 
 /// The honest client for `seconds`: latencies of its calls, alternating the two upstreams.
@@ -422,7 +426,13 @@ fn main() {
             };
             // Let the attack reach full speed first.
             tokio::time::sleep(Duration::from_secs(1)).await;
+            let cpu_before = proc_stat::cpu_time(&pid.to_string());
+            let started = Instant::now();
             let (mut latencies, failed) = honest(&addr, &honest_secret, seconds).await;
+            let server_cpu = proc_stat::cpu_time(&pid.to_string())
+                .saturating_sub(cpu_before)
+                .as_secs_f64()
+                / started.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
             for task in tasks {
                 task.abort();
@@ -436,16 +446,18 @@ fn main() {
                 calls: latencies.len(),
                 failed,
                 peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+                server_cpu,
             });
             let p = phases.last().unwrap();
             println!(
-                "{:<12} honest p50 {:>8.3} ms  p99 {:>8.3} ms  calls {:>6}  failed {:>3}  peak RSS {:>6.1} MiB",
+                "{:<12} honest p50 {:>8.3} ms  p99 {:>8.3} ms  calls {:>6}  failed {:>3}  peak RSS {:>6.1} MiB  server CPU {:>4.2} cores",
                 p.name,
                 p.p50.as_secs_f64() * 1e3,
                 p.p99.as_secs_f64() * 1e3,
                 p.calls,
                 p.failed,
-                p.peak_rss_mib
+                p.peak_rss_mib,
+                p.server_cpu
             );
             // Let the attack's leftovers (held calls, queued slots) drain before the next.
             tokio::time::sleep(Duration::from_secs(3)).await;

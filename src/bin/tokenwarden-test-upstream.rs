@@ -288,6 +288,12 @@ async fn main() {
         let app = axum::Router::new().nest_service("/mcp", service);
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         println!("listening on {}", listener.local_addr().expect("addr"));
+        // As a real server should (and tokenwarden does): replies written in several pieces
+        // (an event stream) must not wait on Nagle's algorithm and the client's delayed ACK.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         // The caller's address goes into each call's log: the gateway's tests count the
         // connections its calls came over.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
