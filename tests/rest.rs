@@ -486,6 +486,22 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             vec![],
             400,
         ),
+        // Path segments that are not UTF-8: axum's own refusal is plain text, ours a problem.
+        (Method::GET, "/tokens/%FF", "application/json", vec![], 400),
+        (
+            Method::POST,
+            "/tokens/%C3%28/pause",
+            "application/json",
+            vec![],
+            400,
+        ),
+        (
+            Method::DELETE,
+            "/oauth/clients/%FF",
+            "application/json",
+            vec![],
+            400,
+        ),
         (
             Method::GET,
             "/tokens?cursor=garbage",

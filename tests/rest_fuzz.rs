@@ -124,6 +124,16 @@ async fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
                "metadata": {"team": "fuzz"}, "ttl_seconds": 86400}),
     )
     .await;
+    // OAuth clients to list (and perhaps remove).
+    for name in ["fuzz-client-1", "fuzz-client-2"] {
+        let registered = reqwest::Client::new()
+            .post(format!("http://{}/oauth/register", server.addr))
+            .json(&json!({"client_name": name, "redirect_uris": ["http://127.0.0.1:9/callback"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), 201);
+    }
     // A child that may only read a little: most operations are refused (403) for it.
     let (narrow_id, narrow) = mint(
         &server,
