@@ -5,9 +5,10 @@
 //! 5xx, and every answer must be one the document declares: its status, its content type, its
 //! headers and its body's schema. Bad input must be refused with a 4xx.
 //!
-//! The run is bounded (examples per operation, a fixed seed, deterministic generation) so that
-//! it takes well under two minutes on two cores; `REST_FUZZ_EXAMPLES` raises the bound for a
-//! longer hunt.
+//! The run is bounded (examples per operation, one worker) and deterministic (schemathesis's
+//! derandomised generation: the same cases every run, so it takes no seed), so that it takes
+//! well under two minutes on two cores; `REST_FUZZ_EXAMPLES` raises the bound for a longer
+//! hunt.
 
 mod common;
 
@@ -50,7 +51,6 @@ fn fuzz(server: &Server, token: &str, who: &str, protected: &[&str]) {
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--checks", CHECKS])
         .args(["--max-examples", &examples.to_string()])
-        .args(["--seed", "20260728"])
         .arg("--generation-deterministic")
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--workers", "1"])
@@ -73,8 +73,9 @@ fn fuzz(server: &Server, token: &str, who: &str, protected: &[&str]) {
         "schemathesis found failures as {who}:\n{stdout}\n{stderr}\nserver log:\n{}",
         server.stderr()
     );
+    // A failure the answer hid (a REST or tool call failing inside) is logged at ERROR.
     assert!(
-        !server.stderr().contains("REST request failed"),
+        !server.stderr().contains(" ERROR "),
         "the server logged a failure:\n{}",
         server.stderr()
     );

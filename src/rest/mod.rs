@@ -389,15 +389,14 @@ async fn owner_or_admin(
 ) -> Result<Value, Problem> {
     let service = Arc::clone(&rest.service);
     let (who, _) = who(caller);
-    let outcome = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         service
             .require_owner_or_admin(&who, "the OAuth clients and grants")
             .map_err(|e| Problem::from_error(&e))?;
         work(&service).map_err(|e| Problem::from_cli(&e))
     })
     .await
-    .map_err(|e| Problem::internal(&e.to_string()))?;
-    outcome
+    .map_err(|e| Problem::internal(&e.to_string()))?
 }
 
 async fn oauth_clients(
