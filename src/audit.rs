@@ -6,7 +6,7 @@ use crate::record::Actor;
 use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEvent {
     /// Monotonic; assigned by the store when the event is written.
     pub id: u64,

@@ -186,6 +186,23 @@ impl From<TokenId> for String {
     }
 }
 
+/// The id's shape as JSON Schema, for the tools' input schemas and the OpenAPI document.
+pub const ID_PATTERN: &str = "^tok_[0-9A-Za-z]{24}$";
+
+impl schemars::JsonSchema for TokenId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TokenId".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": ID_PATTERN})
+    }
+}
+
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

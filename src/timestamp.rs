@@ -126,6 +126,20 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date-time"})
+    }
+}
+
 /// Text (RFC 3339) in human-readable formats such as JSON; milliseconds in the store's compact
 /// binary encoding.
 impl Serialize for Timestamp {

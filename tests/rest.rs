@@ -486,6 +486,22 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             vec![],
             400,
         ),
+        // Path segments that are not UTF-8: axum's own refusal is plain text, ours a problem.
+        (Method::GET, "/tokens/%FF", "application/json", vec![], 400),
+        (
+            Method::POST,
+            "/tokens/%C3%28/pause",
+            "application/json",
+            vec![],
+            400,
+        ),
+        (
+            Method::DELETE,
+            "/oauth/clients/%FF",
+            "application/json",
+            vec![],
+            400,
+        ),
         (
             Method::GET,
             "/tokens?cursor=garbage",
@@ -604,4 +620,56 @@ async fn the_openapi_document_covers_every_endpoint_and_needs_no_token() {
         "{create}"
     );
     assert_eq!(create["additionalProperties"], false);
+    // ... with the bounds their checks enforce.
+    assert_eq!(create["properties"]["name"]["maxLength"], 128, "{create}");
+    // Answers are the result types' own schemas.
+    let schemas = &document["components"]["schemas"];
+    assert!(
+        schemas["TokenView"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("effective_status")),
+        "{}",
+        schemas["TokenView"]
+    );
+    // Every operation lists its problems, each as problem+json: the bearer check's 401, the
+    // in-flight bound's 429 and the server's own 500 everywhere; a revoked token's 409 where a
+    // state can forbid the change.
+    let problems = &document["components"]["responses"];
+    for (path, methods) in paths {
+        for (method, operation) in methods.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["401", "429", "500"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path}: no {status}"
+                );
+            }
+            for (status, response) in responses {
+                if status.starts_with('2') {
+                    continue;
+                }
+                let name = response["$ref"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap();
+                assert!(
+                    problems[name]["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    for path in [
+        "/v1/tokens/{id}/pause",
+        "/v1/tokens/{id}/resume",
+        "/v1/tokens/{id}/rotate",
+    ] {
+        assert!(
+            paths[path]["post"]["responses"]["409"].is_object(),
+            "{path}"
+        );
+    }
 }

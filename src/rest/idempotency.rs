@@ -19,6 +19,8 @@ const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Keys remembered at once; when full, expired keys go, then the oldest.
 const MAX_KEYS: usize = 100_000;
 const MAX_KEY_LEN: usize = 255;
+/// What [`key`] accepts, for the OpenAPI document.
+pub const KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
 enum State {
     Running,

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -78,7 +79,23 @@ pub fn routes(rest: Rest, auth: RestAuth) -> Router {
         .layer(middleware::from_fn_with_state(auth, auth::authenticate));
     Router::new()
         .route("/v1/openapi.json", get(openapi::document))
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(guarded)
+}
+
+/// axum's `Path`, whose refusal (a segment that is not UTF-8 once percent-decoded) is a
+/// problem like every other bad input, not axum's plain-text 400.
+struct PathParams<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => Ok(PathParams(params)),
+            Err(rejection) => Err(Problem::invalid(rejection.body_text())),
+        }
+    }
 }
 
 /// Who is calling, as the tools see it.
@@ -241,7 +258,7 @@ fn id_argument(id: &str) -> Map<String, Value> {
 async fn get_token(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, Problem> {
     let record = run(&rest, &caller, "get_token", id_argument(&id)).await?;
     Ok(json(StatusCode::OK, &record))
@@ -260,7 +277,7 @@ const UPDATE_FIELDS: &[&str] = &[
 async fn patch_token(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     request: Request,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
@@ -295,7 +312,7 @@ async fn patch_token(
 async fn delete_token(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, Problem> {
     let deleted = run(&rest, &caller, "delete_token", id_argument(&id)).await?;
     Ok(json(StatusCode::OK, &deleted))
@@ -304,7 +321,7 @@ async fn delete_token(
 async fn token_action(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
-    Path((id, action)): Path<(String, String)>,
+    PathParams((id, action)): PathParams<(String, String)>,
     request: Request,
 ) -> Result<Response, Problem> {
     let tool = match action.as_str() {
@@ -372,15 +389,14 @@ async fn owner_or_admin(
 ) -> Result<Value, Problem> {
     let service = Arc::clone(&rest.service);
     let (who, _) = who(caller);
-    let outcome = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         service
             .require_owner_or_admin(&who, "the OAuth clients and grants")
             .map_err(|e| Problem::from_error(&e))?;
         work(&service).map_err(|e| Problem::from_cli(&e))
     })
     .await
-    .map_err(|e| Problem::internal(&e.to_string()))?;
-    outcome
+    .map_err(|e| Problem::internal(&e.to_string()))?
 }
 
 async fn oauth_clients(
@@ -402,7 +418,7 @@ async fn oauth_grants(
 async fn remove_oauth_client(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
-    Path(client_id): Path<String>,
+    PathParams(client_id): PathParams<String>,
 ) -> Result<Response, Problem> {
     let removed = owner_or_admin(&rest, &caller, move |service| {
         crate::cli::oauth::remove_client(service, &client_id)

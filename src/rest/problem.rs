@@ -9,6 +9,22 @@ use serde_json::json;
 
 use crate::error::{Error, ErrorCode};
 
+/// Every `code` a problem may carry: the tools' error codes, and the bearer check's.
+pub const CODES: &[&str] = &[
+    "unauthorized",
+    "invalid_argument",
+    "not_found",
+    "forbidden",
+    "scope_exceeds_parent",
+    "conflict",
+    "limit_exceeded",
+    "rate_limited",
+    "internal",
+    "upstream_unavailable",
+    "upstream_timeout",
+    "upstream_result_too_large",
+];
+
 /// How long a caller refused for its rate limit should wait (the window slides).
 const RATE_LIMITED_RETRY_SECONDS: &str = "10";
 
@@ -56,14 +72,14 @@ impl Problem {
 
     /// An error of the command line's code (the OAuth endpoints reuse it).
     pub fn from_cli(error: &crate::cli::CliError) -> Problem {
-        let status = match error.code.as_ref() {
-            "invalid_argument" | "usage" => StatusCode::BAD_REQUEST,
-            "not_found" => StatusCode::NOT_FOUND,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "conflict" => StatusCode::CONFLICT,
+        let (status, code) = match error.code.as_ref() {
+            "invalid_argument" | "usage" => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            "not_found" => (StatusCode::NOT_FOUND, "not_found"),
+            "forbidden" => (StatusCode::FORBIDDEN, "forbidden"),
+            "conflict" => (StatusCode::CONFLICT, "conflict"),
             _ => return Problem::internal(&error.message),
         };
-        Problem::new(status, &error.code, &error.message)
+        Problem::new(status, code, &error.message)
     }
 }
 

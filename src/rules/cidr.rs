@@ -163,6 +163,23 @@ impl fmt::Debug for IpNet {
     }
 }
 
+impl schemars::JsonSchema for IpNet {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IpNet".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A CIDR range, e.g. 10.0.0.0/8 or 2001:db8::/32.",
+        })
+    }
+}
+
 impl Serialize for IpNet {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

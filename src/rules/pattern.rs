@@ -139,6 +139,26 @@ impl fmt::Debug for ToolPattern {
     }
 }
 
+/// [`is_tool_name`] as a JSON Schema pattern.
+pub const TOOL_NAME_PATTERN: &str = r"^[A-Za-z0-9_.\-]{1,64}$";
+
+/// An exact name, `*`, or a prefix ending in `*` ([`ToolPattern::parse`]).
+pub const TOOL_PATTERN_PATTERN: &str = r"^(\*|[A-Za-z0-9_.\-]{1,64}\*?)$";
+
+impl schemars::JsonSchema for ToolPattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ToolPattern".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": TOOL_PATTERN_PATTERN})
+    }
+}
+
 impl Serialize for ToolPattern {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -11,6 +11,9 @@ use crate::timestamp::Timestamp;
 pub const ALL: &str = "*";
 
 /// True for `*` or a bucket name matching `^[a-z0-9][a-z0-9_-]{0,62}$`.
+/// [`is_bucket_name`] as a JSON Schema pattern.
+pub const BUCKET_PATTERN: &str = r"^(\*|[a-z0-9][a-z0-9_\-]{0,62})$";
+
 pub fn is_bucket_name(name: &str) -> bool {
     if name == ALL {
         return true;

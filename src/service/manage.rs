@@ -23,7 +23,6 @@ use crate::secret::{Secret, TokenId};
 use crate::store::{Change, HashEntry};
 use crate::timestamp::Timestamp;
 
-const MAX_GRACE_SECONDS: i64 = 86_400;
 const DEFAULT_GRACE_SECONDS: i64 = 60;
 
 /// The refusal when a token caller asks for more than it holds itself (SPEC §4: no token can
@@ -780,9 +779,10 @@ impl Service {
     pub fn rotate_token(&self, caller: &Caller, req: RotateToken) -> Result<Issued> {
         let now = Timestamp::now();
         let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
-        if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        if !(0..=validate::MAX_GRACE_SECONDS).contains(&grace) {
             return Err(Error::invalid(format!(
-                "grace_seconds must be between 0 and {MAX_GRACE_SECONDS} (got {grace})"
+                "grace_seconds must be between 0 and {} (got {grace})",
+                validate::MAX_GRACE_SECONDS
             )));
         }
         let write = self.lock_writes();

@@ -64,8 +64,11 @@ impl Service {
             .transpose()
             .map_err(Error::invalid)?;
         let search = match req.search.as_deref() {
-            Some(s) if s.chars().count() > 128 => {
-                return Err(Error::invalid("search must be at most 128 characters"));
+            Some(s) if s.chars().count() > validate::MAX_SEARCH_CHARS => {
+                return Err(Error::invalid(format!(
+                    "search must be at most {} characters",
+                    validate::MAX_SEARCH_CHARS
+                )));
             }
             s => s.map(str::to_lowercase),
         };

@@ -5,10 +5,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::validate;
 use crate::audit::AuditEvent;
 use crate::record::{Actor, EffectiveStatus, Status};
 use crate::rules::cidr::IpNet;
-use crate::rules::pattern::ToolPattern;
+use crate::rules::pattern::{TOOL_NAME_PATTERN, ToolPattern};
+use crate::rules::scope::BUCKET_PATTERN;
 use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
 
@@ -35,12 +37,16 @@ pub struct ListTokens {
     /// Only tokens whose own status is this: active, paused, revoked or expired.
     pub status: Option<Status>,
     /// Only tokens that may reach this bucket.
+    #[schemars(pattern(BUCKET_PATTERN))]
     pub bucket: Option<String>,
     /// Only direct children of this token id.
+    #[schemars(with = "Option<TokenId>")]
     pub parent_id: Option<String>,
     /// Case-insensitive substring of the name or description.
+    #[schemars(length(max = validate::MAX_SEARCH_CHARS))]
     pub search: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[schemars(range(min = 1, max = validate::MAX_PAGE_LIMIT))]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -52,6 +58,7 @@ pub struct ListTokens {
 #[serde(deny_unknown_fields)]
 pub struct TokenRef {
     /// The token id, `tok_` followed by 24 letters or digits.
+    #[schemars(with = "TokenId")]
     pub id: String,
 }
 
@@ -59,6 +66,7 @@ pub struct TokenRef {
 #[serde(deny_unknown_fields)]
 pub struct RevokeToken {
     /// The token id, `tok_` followed by 24 letters or digits.
+    #[schemars(with = "TokenId")]
     pub id: String,
     /// Also revoke every token it (or anything under it) minted outside its own subtree, such
     /// as roots it created with `parent: none`, transitively, with their subtrees.
@@ -79,33 +87,43 @@ impl From<TokenRef> for RevokeToken {
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Human-readable name, 1-128 characters.
+    #[schemars(length(min = 1, max = validate::MAX_NAME_CHARS))]
     pub name: String,
     /// Optional description, up to 1024 characters.
+    #[schemars(length(max = validate::MAX_DESCRIPTION_CHARS))]
     pub description: Option<String>,
     /// Buckets the token may reach: names, or ["*"] for all. Omitted: a child inherits its
     /// parent's; a root token gets all when the owner creates it, the minting token's when a
     /// token does.
+    #[schemars(length(max = validate::MAX_LIST_ITEMS), inner(pattern(BUCKET_PATTERN)))]
     pub buckets: Option<Vec<String>>,
     /// Tool patterns the token may call: exact names, "*", or prefixes such as "list_*".
     /// Omitted: a child inherits its parent's; a root token gets all when the owner creates
     /// it, the minting token's when a token does.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub tools: Option<Vec<String>>,
     /// Tool patterns never callable, even where tools allows, e.g. ["fs__write_*"]. A token
     /// always keeps its parent's (and a token minter's) denials as well.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub deny_tools: Option<Vec<String>>,
     /// If true, only tools annotated read-only may be called.
     pub read_only: Option<bool>,
     /// If true, the token may see and manage every token. Only the owner or an admin may grant it.
     pub admin: Option<bool>,
     /// CIDR ranges the token may be used from over HTTP, e.g. ["10.0.0.0/8"]. Empty: any.
+    #[schemars(with = "Option<Vec<IpNet>>", length(max = validate::MAX_LIST_ITEMS))]
     pub allowed_ips: Option<Vec<String>>,
     /// Expiry as RFC 3339, e.g. "2026-12-31T23:59:59Z". Exclusive with ttl_seconds.
+    #[schemars(with = "Option<Timestamp>")]
     pub expires_at: Option<String>,
     /// Lifetime in seconds from now. Exclusive with expires_at.
+    #[schemars(range(min = 1, max = validate::MAX_TTL_SECONDS))]
     pub ttl_seconds: Option<i64>,
     /// Number of tool calls allowed in total. Omitted: unlimited (or the parent's limit).
+    #[schemars(range(min = 1, max = validate::MAX_USES))]
     pub max_uses: Option<i64>,
     /// Tool calls allowed per minute. Omitted: unlimited (or the parent's limit).
+    #[schemars(range(min = 1, max = validate::MAX_RATE_PER_MINUTE))]
     pub rate_limit_per_minute: Option<i64>,
     /// Free-form JSON object, at most 4 KiB serialised.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -118,26 +136,28 @@ pub struct CreateToken {
 #[serde(deny_unknown_fields)]
 pub struct UpdateToken {
     /// The token id.
+    #[schemars(with = "TokenId")]
     pub id: String,
     /// New name, 1-128 characters.
+    #[schemars(length(min = 1, max = validate::MAX_NAME_CHARS))]
     pub name: Option<String>,
     /// New description; null clears it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<String>", length(max = validate::MAX_DESCRIPTION_CHARS))]
     pub description: Option<Option<String>>,
     /// Replaces the metadata object (at most 4 KiB serialised).
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// New expiry (RFC 3339); null removes it (only within the parent's expiry).
     #[serde(default, deserialize_with = "nullable")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<Timestamp>")]
     pub expires_at: Option<Option<String>>,
     /// New total call limit; null removes it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 1, max = validate::MAX_USES))]
     pub max_uses: Option<Option<i64>>,
     /// New per-minute call limit; null removes it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 1, max = validate::MAX_RATE_PER_MINUTE))]
     pub rate_limit_per_minute: Option<Option<i64>>,
 }
 
@@ -145,27 +165,37 @@ pub struct UpdateToken {
 #[serde(deny_unknown_fields)]
 pub struct ScopeToken {
     /// The token id.
+    #[schemars(with = "TokenId")]
     pub id: String,
     /// Replaces the bucket list (["*"] for all). Exclusive with add_buckets/remove_buckets.
+    #[schemars(length(max = validate::MAX_LIST_ITEMS), inner(pattern(BUCKET_PATTERN)))]
     pub buckets: Option<Vec<String>>,
     /// Buckets to add.
+    #[schemars(length(max = validate::MAX_LIST_ITEMS), inner(pattern(BUCKET_PATTERN)))]
     pub add_buckets: Option<Vec<String>>,
     /// Buckets to remove.
+    #[schemars(length(max = validate::MAX_LIST_ITEMS), inner(pattern(BUCKET_PATTERN)))]
     pub remove_buckets: Option<Vec<String>>,
     /// Replaces the tool patterns. Exclusive with add_tools/remove_tools.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub tools: Option<Vec<String>>,
     /// Tool patterns to add.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub add_tools: Option<Vec<String>>,
     /// Tool patterns to remove (exact pattern text).
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub remove_tools: Option<Vec<String>>,
     /// Replaces the denied tool patterns (never fewer than the parent's). Exclusive with
     /// add_deny_tools.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub deny_tools: Option<Vec<String>>,
     /// Denied tool patterns to add.
+    #[schemars(with = "Option<Vec<ToolPattern>>", length(max = validate::MAX_LIST_ITEMS))]
     pub add_deny_tools: Option<Vec<String>>,
     /// Set or clear read-only.
     pub read_only: Option<bool>,
     /// Replaces the allowed CIDR ranges; [] allows any address.
+    #[schemars(with = "Option<Vec<IpNet>>", length(max = validate::MAX_LIST_ITEMS))]
     pub allowed_ips: Option<Vec<String>>,
 }
 
@@ -173,8 +203,10 @@ pub struct ScopeToken {
 #[serde(deny_unknown_fields)]
 pub struct RotateToken {
     /// The token id.
+    #[schemars(with = "TokenId")]
     pub id: String,
     /// How long the old secret keeps working, 0-86400 seconds (default 60).
+    #[schemars(range(min = 0, max = validate::MAX_GRACE_SECONDS))]
     pub grace_seconds: Option<i64>,
 }
 
@@ -184,8 +216,10 @@ pub struct VerifyToken {
     /// The secret to check (mcp_…). It is never stored or logged.
     pub token: String,
     /// A tool name to check the secret against.
+    #[schemars(pattern(TOOL_NAME_PATTERN))]
     pub tool: Option<String>,
     /// A bucket to check the secret against.
+    #[schemars(pattern(BUCKET_PATTERN))]
     pub bucket: Option<String>,
 }
 
@@ -193,20 +227,23 @@ pub struct VerifyToken {
 #[serde(deny_unknown_fields)]
 pub struct ListAuditEvents {
     /// Only events about this token id.
+    #[schemars(with = "Option<TokenId>")]
     pub token_id: Option<String>,
     /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import,
     /// prune.
     pub action: Option<String>,
     /// Only events at or after this RFC 3339 time.
+    #[schemars(with = "Option<Timestamp>")]
     pub since: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[schemars(range(min = 1, max = validate::MAX_PAGE_LIMIT))]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
 }
 
 /// A token as every tool returns it (SPEC §3).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenView {
     pub id: TokenId,
     pub name: String,
@@ -240,21 +277,21 @@ pub struct TokenView {
 }
 
 /// The result of create and rotate: the record plus the secret, shown this once.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Issued {
     #[serde(flatten)]
     pub record: TokenView,
     pub token: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TokenPage {
     pub records: Vec<TokenView>,
     pub has_more: bool,
     pub next_cursor: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Revoked {
     pub id: TokenId,
     pub revoked: bool,
@@ -264,13 +301,13 @@ pub struct Revoked {
     pub revoked_minted: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Deleted {
     pub id: TokenId,
     pub deleted: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Verification {
     pub valid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -281,7 +318,7 @@ pub struct Verification {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEvent>,
     pub has_more: bool,
@@ -289,7 +326,7 @@ pub struct AuditPage {
 }
 
 /// `whoami`: the caller's record, or `{"owner": true}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum WhoAmI {
     Owner { owner: bool },

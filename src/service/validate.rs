@@ -8,12 +8,19 @@ use crate::rules::scope::{is_bucket_name, normalise_buckets, normalise_tools};
 use crate::secret::truncate_for_message;
 use crate::timestamp::Timestamp;
 
-const MAX_LIST_ITEMS: usize = 256;
+// The bounds below are also the argument types' JSON Schemas (`requests.rs`), so the tools'
+// input schemas and the OpenAPI document say what these checks accept.
+pub const MAX_LIST_ITEMS: usize = 256;
 const MAX_METADATA_BYTES: usize = 4096;
+pub const MAX_NAME_CHARS: usize = 128;
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+pub const MAX_SEARCH_CHARS: usize = 128;
+pub const MAX_PAGE_LIMIT: u32 = 100;
 /// About a hundred years: longer lifetimes are almost certainly a unit mistake.
-const MAX_TTL_SECONDS: i64 = 100 * 366 * 24 * 3600;
-const MAX_USES: i64 = 1 << 53;
-const MAX_RATE_PER_MINUTE: i64 = 1_000_000;
+pub const MAX_TTL_SECONDS: i64 = 100 * 366 * 24 * 3600;
+pub const MAX_USES: i64 = 1 << 53;
+pub const MAX_RATE_PER_MINUTE: i64 = 1_000_000;
+pub const MAX_GRACE_SECONDS: i64 = 86_400;
 
 fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String> {
     let chars = value.chars().count();
@@ -32,11 +39,11 @@ fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String> {
 
 pub fn name(value: &str) -> Result<String> {
     let trimmed = value.trim();
-    text("name", trimmed, 1, 128)
+    text("name", trimmed, 1, MAX_NAME_CHARS)
 }
 
 pub fn description(value: &str) -> Result<String> {
-    text("description", value, 0, 1024)
+    text("description", value, 0, MAX_DESCRIPTION_CHARS)
 }
 
 pub fn metadata(
@@ -152,9 +159,9 @@ pub fn rate_limit(value: i64) -> Result<u32> {
 
 pub fn page_limit(value: Option<u32>) -> Result<usize> {
     match value.unwrap_or(20) {
-        n @ 1..=100 => Ok(n as usize),
+        n @ 1..=MAX_PAGE_LIMIT => Ok(n as usize),
         n => Err(Error::invalid(format!(
-            "limit must be between 1 and 100 (got {n})"
+            "limit must be between 1 and {MAX_PAGE_LIMIT} (got {n})"
         ))),
     }
 }

@@ -35,7 +35,7 @@ pub const SPENT_REFRESH_KEPT: usize = 32;
 pub const PREVIOUS_KEPT: usize = 4;
 
 /// A client registered through dynamic client registration (RFC 7591). Public: no secret.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OAuthClient {
     pub client_id: String,
     pub client_name: String,

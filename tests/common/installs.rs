@@ -49,6 +49,41 @@ pub fn python_with_sdk() -> PathBuf {
     python
 }
 
+/// The schemathesis version the REST fuzzer pins (tests/rest_fuzz.rs).
+pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// The `st` command of `target/py-schemathesis`, a virtual environment with schemathesis, the
+/// property-based fuzzer the REST API is run against (SPEC §12).
+pub fn schemathesis() -> PathBuf {
+    let _once = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = target_dir("py-schemathesis");
+    let st = venv.join("bin/st");
+    let version = SCHEMATHESIS.trim_start_matches("schemathesis==");
+    let installed = Command::new(&st)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(version));
+    if !installed {
+        let created = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
+        assert!(
+            created.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: is Python 3.10+ installed?"
+        );
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", SCHEMATHESIS])
+            .status();
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "pip install {SCHEMATHESIS} failed"
+        );
+    }
+    st
+}
+
 /// `target/<folder>` with the pinned npm `packages` installed, unless every file of `present`
 /// (relative to its `node_modules`) is already there.
 pub fn npm_prefix(folder: &str, packages: &[&str], present: &[&str]) -> PathBuf {
