@@ -5,7 +5,10 @@
 //! The server (`tokenwarden serve`, a separate process, `--max-connections 256`) fronts two
 //! upstreams, both `tokenwarden-test-upstream` with its hostile tools: `test` over stdio and
 //! `web` over streamable HTTP (a 2025 protocol, so calls take the direct path). The honest
-//! client alternates `test__read_note` and `web__read_note` on one kept-alive connection.
+//! client, on a thread and runtime of its own (so the attack's tasks never delay its
+//! measurements), calls in turn `whoami` (tokenwarden's own tool), `test__read_note` and
+//! `web__read_note` (the upstreams the attacks use) on one kept-alive connection; each kind
+//! gets its own p50 and p99.
 //! Attacks, each by its own root token (another lineage):
 //! - `connections`: 300 connections, each holding 30 s calls of `test__slow`, reconnecting;
 //! - `slots`: 48 concurrent 2 s calls of `web__slow` (more than the upstream's 32 slots);
@@ -15,7 +18,8 @@
 //! - `oversized`: 17 MiB answers from both upstreams, 2 at a time.
 //!
 //! Run: `cargo bench --bench under_attack`. Environment: ATTACK_SECONDS per phase (5),
-//! ATTACK_BIN (the server binary), ATTACKS (comma-separated subset, all by default).
+//! ATTACK_BIN (the server binary), ATTACK_FIXTURE (the test upstream binary), ATTACKS
+//! (comma-separated subset, all by default).
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
@@ -32,7 +36,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const FIXTURE: &str = env!("CARGO_BIN_EXE_tokenwarden-test-upstream");
+fn fixture() -> String {
+    env_or(
+        "ATTACK_FIXTURE",
+        env!("CARGO_BIN_EXE_tokenwarden-test-upstream"),
+    )
+}
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -133,29 +142,33 @@ async fn mint(addr: &str, admin: &str, name: &str) -> String {
     structured(&body)["token"].as_str().unwrap().to_owned()
 }
 
+/// The kinds of honest calls, in the order they are made.
+const KINDS: [&str; 3] = ["whoami", "test__read_note", "web__read_note"];
+
 struct Phase {
     name: &'static str,
-    p50: Duration,
-    p99: Duration,
-    calls: usize,
+    /// Per kind: p50, p99, calls.
+    kinds: Vec<(Duration, Duration, usize)>,
     failed: usize,
     peak_rss_mib: f64,
-    /// CPU the server (with its stdio upstream's process, which is another) spent per second.
+    /// CPU the server spent per second (its stdio upstream is another process).
     server_cpu: f64,
 }
 
-/// The honest client for `seconds`: latencies of its calls, alternating the two upstreams.
-async fn honest(addr: &str, secret: &str, seconds: u64) -> (Vec<Duration>, usize) {
-    let requests = [
-        call(addr, secret, "test__read_note", json!({}), false),
-        call(addr, secret, "web__read_note", json!({}), false),
-    ];
-    let mut latencies = Vec::new();
+/// The honest client for `seconds`: per kind, the latencies of its calls; and the failures.
+async fn honest(addr: &str, secret: &str, seconds: u64) -> (Vec<Vec<Duration>>, usize) {
+    let requests: Vec<Vec<u8>> = KINDS
+        .iter()
+        .map(|tool| call(addr, secret, tool, json!({}), false))
+        .collect();
+    let mut latencies = vec![Vec::new(); KINDS.len()];
     let mut failed = 0;
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
     let mut i = 0usize;
     while Instant::now() < stop {
+        let kind = i % KINDS.len();
+        i += 1;
         let started = Instant::now();
         if conn.is_none() {
             conn = TcpStream::connect(addr).await.ok().map(|s| {
@@ -168,21 +181,34 @@ async fn honest(addr: &str, secret: &str, seconds: u64) -> (Vec<Duration>, usize
             continue;
         };
         let reply = async {
-            stream.write_all(&requests[i % 2]).await.ok()?;
+            stream.write_all(&requests[kind]).await.ok()?;
             read_reply(stream, buf).await
         };
         match tokio::time::timeout(Duration::from_secs(10), reply).await {
             Ok(Some((200, body))) if !body.windows(13).any(|w| w == b"\"isError\":true") => {
-                latencies.push(started.elapsed());
+                latencies[kind].push(started.elapsed());
             }
             _ => {
                 failed += 1;
                 conn = None;
             }
         }
-        i += 1;
     }
     (latencies, failed)
+}
+
+/// [`honest`] on a thread and runtime of its own.
+fn honest_apart(addr: &str, secret: &str, seconds: u64) -> (Vec<Vec<Duration>>, usize) {
+    let (addr, secret) = (addr.to_owned(), secret.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(honest(&addr, &secret, seconds))
+    })
+    .join()
+    .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -314,7 +340,8 @@ fn main() {
     let dir = tempfile::TempDir::new().unwrap();
 
     // The HTTP upstream.
-    let mut web = Command::new(FIXTURE)
+    let fixture = fixture();
+    let mut web = Command::new(&fixture)
         .args(["--http", "127.0.0.1:0"])
         .env("FIXTURE_HOSTILE", "1")
         .env("FIXTURE_MAX_PROTOCOL", "2025-11-25")
@@ -334,7 +361,7 @@ fn main() {
     std::fs::write(
         &upstreams,
         json!({"mcpServers": {
-            "test": {"command": FIXTURE, "env": {"FIXTURE_HOSTILE": "1"}},
+            "test": {"command": fixture, "env": {"FIXTURE_HOSTILE": "1"}},
             "web": {"type": "http", "url": web_url},
         }})
         .to_string(),
@@ -385,7 +412,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (ok, failed) = honest(&addr, &honest_secret, 1).await;
-            if failed == 0 && !ok.is_empty() {
+            if failed == 0 && ok.iter().all(|k| !k.is_empty()) {
                 break;
             }
             assert!(Instant::now() < deadline, "the upstreams never connected");
@@ -428,7 +455,12 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let cpu_before = proc_stat::cpu_time(&pid.to_string());
             let started = Instant::now();
-            let (mut latencies, failed) = honest(&addr, &honest_secret, seconds).await;
+            let (latencies, failed) = {
+                let (addr, secret) = (addr.clone(), honest_secret.clone());
+                tokio::task::spawn_blocking(move || honest_apart(&addr, &secret, seconds))
+                    .await
+                    .unwrap()
+            };
             let server_cpu = proc_stat::cpu_time(&pid.to_string())
                 .saturating_sub(cpu_before)
                 .as_secs_f64()
@@ -438,23 +470,36 @@ fn main() {
                 task.abort();
             }
             let _ = sampler.join();
-            latencies.sort();
+            let kinds = latencies
+                .into_iter()
+                .map(|mut kind| {
+                    kind.sort();
+                    (percentile(&kind, 0.50), percentile(&kind, 0.99), kind.len())
+                })
+                .collect();
             phases.push(Phase {
                 name: attack,
-                p50: percentile(&latencies, 0.50),
-                p99: percentile(&latencies, 0.99),
-                calls: latencies.len(),
+                kinds,
                 failed,
                 peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
                 server_cpu,
             });
             let p = phases.last().unwrap();
+            let cells: Vec<String> = KINDS
+                .iter()
+                .zip(&p.kinds)
+                .map(|(kind, (p50, p99, n))| {
+                    format!(
+                        "{kind} p50 {:.3} / p99 {:.3} ms ({n})",
+                        p50.as_secs_f64() * 1e3,
+                        p99.as_secs_f64() * 1e3
+                    )
+                })
+                .collect();
             println!(
-                "{:<12} honest p50 {:>8.3} ms  p99 {:>8.3} ms  calls {:>6}  failed {:>3}  peak RSS {:>6.1} MiB  server CPU {:>4.2} cores",
+                "{:<12} {}  failed {}  peak RSS {:.1} MiB  server CPU {:.2} cores",
                 p.name,
-                p.p50.as_secs_f64() * 1e3,
-                p.p99.as_secs_f64() * 1e3,
-                p.calls,
+                cells.join("  "),
                 p.failed,
                 p.peak_rss_mib,
                 p.server_cpu
@@ -465,16 +510,25 @@ fn main() {
         let base = &phases[0];
         println!("\nSPEC §16: p99 within 3x unloaded, RSS within +256 MiB");
         for p in &phases[1..] {
-            let ratio = p.p99.as_secs_f64() / base.p99.as_secs_f64().max(1e-9);
             let growth = p.peak_rss_mib - base.peak_rss_mib;
-            let met = ratio <= 3.0 && growth <= 256.0 && p.failed == 0;
+            let ratios: Vec<String> = KINDS
+                .iter()
+                .zip(p.kinds.iter().zip(&base.kinds))
+                .map(|(kind, ((_, p99, _), (_, base_p99, _)))| {
+                    let ratio = p99.as_secs_f64() / base_p99.as_secs_f64().max(1e-9);
+                    format!(
+                        "{kind} {ratio:.2}x {}",
+                        if ratio <= 3.0 { "met" } else { "NOT met" }
+                    )
+                })
+                .collect();
             println!(
-                "{:<12} p99 {:>5.2}x unloaded, peak RSS {:+7.1} MiB, {} failed: {}",
+                "{:<12} p99: {}; peak RSS {:+.1} MiB {}; {} failed",
                 p.name,
-                ratio,
+                ratios.join(", "),
                 growth,
-                p.failed,
-                if met { "met" } else { "NOT met" }
+                if growth <= 256.0 { "met" } else { "NOT met" },
+                p.failed
             );
         }
         println!("peak RSS over the whole run: {:.1} MiB", rss_kib(pid, "VmHWM:") as f64 / 1024.0);
