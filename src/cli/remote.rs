@@ -78,7 +78,9 @@ impl Remote {
                 )
             })?;
         authorization.set_sensitive(true);
+        // No proxy from the environment: the bearer goes to the server named, nowhere else.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             // A redirect would carry the bearer elsewhere; a tokenwarden server never sends one.
@@ -319,10 +321,18 @@ pub fn local_only(command: &str) -> CliError {
 /// trailing `/` or the `/mcp` the server prints (a path before it, for a server behind a
 /// proxy, is kept).
 fn base_url(text: &str) -> Result<Url, CliError> {
+    // Shown without anything before an `@`: it may be a credential.
+    let shown = match text.split_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…@{after}"),
+            None => format!("…@{after}"),
+        },
+        None => text.to_owned(),
+    };
     let refuse = |why: &str| {
         CliError::usage(format!(
             "--server {}: {why}",
-            crate::secret::truncate_for_message(text)
+            crate::secret::truncate_for_message(&shown)
         ))
     };
     let mut url = Url::parse(text.trim()).map_err(|e| {

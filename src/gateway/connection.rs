@@ -425,18 +425,27 @@ impl Connection {
         let started = tokio::time::Instant::now();
         let timeout = self.upstream.timeout;
         let deadline = started + timeout;
-        let _slot = tokio::select! {
-            slot = self.share.acquire(lineage) => slot.map_err(|_| CallFailure::Busy(format!(
+        let acquired = tokio::select! {
+            slot = self.share.acquire(lineage) => slot,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(CallFailure::Timeout { after: timeout, queued: timeout });
+            }
+            _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
+        };
+        let Ok(_slot) = acquired else {
+            // A lineage retrying at its bound must not make the server spin: the refusal
+            // waits a second (the caller's request and its ticket meanwhile count).
+            tokio::select! {
+                _ = tokio::time::sleep(crate::http::REFUSAL_DELAY) => {}
+                _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
+            }
+            return Err(CallFailure::Busy(format!(
                 "this token's lineage already has {} calls running and {} waiting on upstream {}; \
                  retry when one has ended",
                 super::fair::LINEAGE_SLOTS,
                 super::fair::LINEAGE_WAITING,
                 self.upstream.bucket
-            )))?,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(CallFailure::Timeout { after: timeout, queued: timeout });
-            }
-            _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
+            )));
         };
         let queued = started.elapsed();
         let (peer, routes, direct) = self.available()?;

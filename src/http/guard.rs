@@ -315,9 +315,10 @@ async fn checked(
     .await
 }
 
-/// A 429 for a lineage with its maximum in flight; the connection closes after it, so the
-/// slot is free at once.
+/// A 429 for a lineage with its maximum in flight, after [`super::inflight::REFUSAL_DELAY`];
+/// the connection closes after it.
 async fn too_many_in_flight(request: Request, bound: usize) -> Response {
+    tokio::time::sleep(super::inflight::REFUSAL_DELAY).await;
     let mut response = (
         StatusCode::TOO_MANY_REQUESTS,
         [(header::CONTENT_TYPE, "application/json")],

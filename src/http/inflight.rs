@@ -20,6 +20,13 @@ use hyper::body::{Frame, SizeHint};
 
 use crate::secret::TokenId;
 
+/// How long a request refused for its lineage's bound waits before its 429. A lineage at its
+/// bound that retries at once (an attacker does) would otherwise make the server answer a
+/// new connection and a new 429 as fast as it can send them, taking CPU from every other
+/// token; the wait holds no ticket and no shield, so the connection can still be closed to
+/// make room, and a client that honours `Retry-After: 1` loses nothing.
+pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct InFlight {
     per_lineage: usize,
     held: Mutex<HashMap<TokenId, usize>>,

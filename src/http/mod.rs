@@ -37,7 +37,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 pub use cors::AllowedOrigin;
-pub use inflight::InFlight;
+pub use inflight::{InFlight, REFUSAL_DELAY};
 pub use listener::{ConnectionLimits, serve};
 pub use sessions::SessionLimits;
 

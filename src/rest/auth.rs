@@ -46,6 +46,8 @@ pub async fn authenticate(
         .lineage_root(&token_id)
         .unwrap_or_else(|| token_id.clone());
     let Some(ticket) = auth.inflight.enter(lineage) else {
+        // As on `/mcp`: a lineage retrying at its bound must not make the server spin.
+        tokio::time::sleep(crate::http::REFUSAL_DELAY).await;
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -230,10 +230,20 @@ async fn create_token(
         },
         None => None,
     };
-    let record = run(&rest, &caller, "create_token", arguments).await?;
-    if let (Some(claim), Some(id)) = (claim, record["id"].as_str()) {
-        claim.done(id);
-    }
+    // Detached: a client that goes away mid-create (the timeout an agent then retries) must
+    // not cancel the claim's bookkeeping while the create itself carries on and succeeds.
+    let record = tokio::spawn({
+        let (rest, caller) = (rest.clone(), caller.0.clone());
+        async move {
+            let record = run(&rest, &caller, "create_token", arguments).await?;
+            if let (Some(claim), Some(id)) = (claim, record["id"].as_str()) {
+                claim.done(id);
+            }
+            Ok::<_, Problem>(record)
+        }
+    })
+    .await
+    .map_err(|e| Problem::internal(&e.to_string()))??;
     Ok(created(StatusCode::CREATED, &record))
 }
 
@@ -380,19 +390,32 @@ async fn audit(
     Ok(json(StatusCode::OK, &page))
 }
 
-/// The OAuth endpoints are for the owner and admin tokens (SPEC §12); no tool covers them, so
-/// the caller's standing is checked, then the command line's own code answers.
+/// The OAuth endpoints are for the owner and admin tokens (SPEC §12). No MCP tool covers
+/// them, so each has a tool name of its own for the decision (`list_oauth_clients` and
+/// `list_oauth_grants` read-only, `remove_oauth_client` not): the caller's allowlist,
+/// read-only flag, uses and rate limit apply as to any tool; then the caller must be an admin,
+/// and the command line's own code answers.
 async fn owner_or_admin(
     rest: &Rest,
     caller: &Authenticated,
+    (tool, read_only): (&'static str, bool),
     work: impl FnOnce(&Service) -> Result<Value, crate::cli::CliError> + Send + 'static,
 ) -> Result<Value, Problem> {
     let service = Arc::clone(&rest.service);
-    let (who, _) = who(caller);
+    let (who, ip) = who(caller);
     tokio::task::spawn_blocking(move || {
-        service
-            .require_owner_or_admin(&who, "the OAuth clients and grants")
-            .map_err(|e| Problem::from_error(&e))?;
+        let decided = service
+            .authorize_tool_call(
+                &who,
+                crate::service::Tool {
+                    name: tool,
+                    read_only,
+                },
+                None,
+                ip,
+            )
+            .and_then(|()| service.require_owner_or_admin(&who, "the OAuth clients and grants"));
+        decided.map_err(|e| Problem::from_error(&e))?;
         work(&service).map_err(|e| Problem::from_cli(&e))
     })
     .await
@@ -403,7 +426,13 @@ async fn oauth_clients(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
 ) -> Result<Response, Problem> {
-    let clients = owner_or_admin(&rest, &caller, crate::cli::oauth::clients).await?;
+    let clients = owner_or_admin(
+        &rest,
+        &caller,
+        ("list_oauth_clients", true),
+        crate::cli::oauth::clients,
+    )
+    .await?;
     Ok(json(StatusCode::OK, &clients))
 }
 
@@ -411,7 +440,13 @@ async fn oauth_grants(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
 ) -> Result<Response, Problem> {
-    let grants = owner_or_admin(&rest, &caller, crate::cli::oauth::grants).await?;
+    let grants = owner_or_admin(
+        &rest,
+        &caller,
+        ("list_oauth_grants", true),
+        crate::cli::oauth::grants,
+    )
+    .await?;
     Ok(json(StatusCode::OK, &grants))
 }
 
@@ -420,9 +455,12 @@ async fn remove_oauth_client(
     caller: axum::Extension<Authenticated>,
     PathParams(client_id): PathParams<String>,
 ) -> Result<Response, Problem> {
-    let removed = owner_or_admin(&rest, &caller, move |service| {
-        crate::cli::oauth::remove_client(service, &client_id)
-    })
+    let removed = owner_or_admin(
+        &rest,
+        &caller,
+        ("remove_oauth_client", false),
+        move |service| crate::cli::oauth::remove_client(service, &client_id),
+    )
     .await?;
     Ok(json(StatusCode::OK, &removed))
 }
