@@ -504,3 +504,93 @@ async fn requests_nobody_counts_never_hold_the_connections_others_need() {
     }
     drop(held);
 }
+
+/// Under a flood of connections refused at the lineage's bound, the connections being refused
+/// are closed to make room first: another client's kept-alive connection, idle between its
+/// requests, is not (the under-attack benchmark saw it closed hundreds of times before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_make_room_before_a_kept_alive_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = upstreams(
+        dir.path(),
+        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--upstreams",
+            file.to_str().unwrap(),
+            "--max-connections",
+            "32",
+        ],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, "test").await;
+    let attacker = mint(&admin, "attacker").await;
+    let honest = mint(&admin, "honest").await;
+    drop(admin);
+
+    // 60 tasks holding slow calls and retrying at once when refused, for 4 s.
+    let slow = call_request(
+        &server.addr,
+        &attacker,
+        "test__slow",
+        json!({"seconds": 20}),
+        false,
+    );
+    let stop = Instant::now() + Duration::from_secs(4);
+    let attack: Vec<_> = (0..60)
+        .map(|_| {
+            let (addr, slow) = (server.addr.clone(), slow.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stop {
+                    let _ = exchange(&addr, &slow, Duration::from_secs(2)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One kept-alive connection, a call every 20 ms.
+    let read = call_request(&server.addr, &honest, "test__read_note", json!({}), false);
+    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+    let (mut ok, mut lost) = (0, 0);
+    while Instant::now() < stop {
+        let answered = async {
+            stream.write_all(&read).await.ok()?;
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                got.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())?;
+                    if got.len() >= end + 4 + length {
+                        return Some(text.starts_with("http/1.1 200"));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(3), answered).await {
+            Ok(Some(true)) => ok += 1,
+            _ => {
+                lost += 1;
+                stream = TcpStream::connect(&server.addr).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in attack {
+        task.abort();
+    }
+    println!("kept-alive client under a refused-connection flood: {ok} answered, {lost} lost");
+    assert!(ok > 20, "{ok} answered");
+    assert_eq!(lost, 0, "the kept-alive connection was closed {lost} times");
+}

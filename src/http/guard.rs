@@ -132,6 +132,9 @@ const UNAUTHENTICATED_BODY_DEADLINE: Duration = Duration::from_secs(1);
 /// otherwise meet a connection closed with its body unread: the kernel resets it, and the
 /// client loses the answer (the 401 a connector needs to start OAuth) with it.
 async fn refuse(request: Request, mut response: Response, deadline: Duration) -> Response {
+    if let Some(shield) = request.extensions().get::<super::listener::Shield>() {
+        shield.doom();
+    }
     if read_body_within(request.into_body(), MAX_BODY_BYTES, deadline)
         .await
         .is_err()
@@ -318,6 +321,9 @@ async fn checked(
 /// A 429 for a lineage with its maximum in flight, after [`super::inflight::REFUSAL_DELAY`];
 /// the connection closes after it.
 async fn too_many_in_flight(request: Request, bound: usize) -> Response {
+    if let Some(shield) = request.extensions().get::<super::listener::Shield>() {
+        shield.doom();
+    }
     tokio::time::sleep(super::inflight::REFUSAL_DELAY).await;
     let mut response = (
         StatusCode::TOO_MANY_REQUESTS,

@@ -66,17 +66,28 @@ struct Connection {
     close: CancellationToken,
     /// Set when it is closed with a request in flight: drop it at once.
     forced: AtomicBool,
+    /// Set when its request is being refused (a 401 or 429 on its way): the first to close
+    /// when room is needed, before any idle kept-alive connection of a client in good standing.
+    doomed: Arc<AtomicBool>,
 }
 
 /// Put in every request's extensions: the guard raises it for a request it counted against
-/// a lineage, which spares the connection from eviction while the request lasts.
+/// a lineage, which spares the connection from eviction while the request lasts, or marks the
+/// connection doomed when it refuses the request.
 #[derive(Clone)]
-pub(crate) struct Shield(Arc<AtomicUsize>);
+pub(crate) struct Shield(Arc<AtomicUsize>, Arc<AtomicBool>);
 
 impl Shield {
     pub(crate) fn raise(&self) -> Raised {
+        // A counted request: whatever an earlier request on the connection was, it stands.
+        self.1.store(false, Ordering::Release);
         self.0.fetch_add(1, Ordering::AcqRel);
         Raised(Arc::clone(&self.0))
+    }
+
+    /// The request is refused: its connection goes first when room is needed.
+    pub(crate) fn doom(&self) {
+        self.1.store(true, Ordering::Release);
     }
 }
 
@@ -126,6 +137,7 @@ impl Table {
             shielded: Arc::new(AtomicUsize::new(0)),
             close: CancellationToken::new(),
             forced: AtomicBool::new(false),
+            doomed: Arc::new(AtomicBool::new(false)),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -135,13 +147,20 @@ impl Table {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection that has been idle longest; false when every one is busy.
+    /// Closes the connection that has been idle longest, one that never sent a request before
+    /// any kept-alive one (a client that connects sends at once; a kept-alive client is
+    /// between its requests); false when every one is busy.
     fn evict_longest_idle(&self) -> bool {
         let open = self.lock();
         let victim = open
             .values()
             .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+            .min_by_key(|c| {
+                (
+                    c.used.load(Ordering::Relaxed),
+                    c.idle_since.load(Ordering::Relaxed),
+                )
+            });
         match victim {
             Some(c) => {
                 c.close.cancel();
@@ -169,9 +188,28 @@ impl Table {
         }
     }
 
-    /// Makes room for one more connection: the longest idle, else the longest unshielded.
+    /// Closes a connection whose request is being refused; false when there is none.
+    fn evict_doomed(&self) -> bool {
+        let open = self.lock();
+        let victim = open.values().find(|c| {
+            c.doomed.load(Ordering::Acquire)
+                && c.shielded.load(Ordering::Acquire) == 0
+                && !c.close.is_cancelled()
+        });
+        match victim {
+            Some(c) => {
+                c.forced.store(true, Ordering::Release);
+                c.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for one more connection: one being refused, else the longest idle, else
+    /// the longest-running unshielded one.
     fn make_room(&self) -> bool {
-        self.evict_longest_idle() || self.evict_unshielded()
+        self.evict_doomed() || self.evict_longest_idle() || self.evict_unshielded()
     }
 
     /// Closes connections idle past their deadline.
@@ -314,9 +352,10 @@ pub async fn serve(
                 hyper::service::service_fn(move |mut request: Request<Incoming>| {
                     let busy = Busy::new(&connection, &table);
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    request
-                        .extensions_mut()
-                        .insert(Shield(Arc::clone(&connection.shielded)));
+                    request.extensions_mut().insert(Shield(
+                        Arc::clone(&connection.shielded),
+                        Arc::clone(&connection.doomed),
+                    ));
                     let response = app.clone().oneshot(request.map(Body::new));
                     async move {
                         let response: Response<Body> = match response.await {

@@ -102,6 +102,13 @@ pub(crate) fn raise_shield(request: &axum::extract::Request) -> Option<listener:
         .map(listener::Shield::raise)
 }
 
+/// Marks the request's connection as refused: it goes first when room is needed.
+pub(crate) fn doom(request: &axum::extract::Request) {
+    if let Some(shield) = request.extensions().get::<listener::Shield>() {
+        shield.doom();
+    }
+}
+
 /// `response` with its body holding the request's ticket (and shield) until it ends.
 pub(crate) fn hold_ticket(
     response: axum::response::Response,

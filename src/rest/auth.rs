@@ -31,13 +31,17 @@ pub async fn authenticate(
     let client_ip = canonical_ip(peer.ip());
     let secret = match crate::http::bearer_of(request.headers()) {
         Ok(secret) => secret.to_owned(),
-        Err(description) => return refused(&auth, description),
+        Err(description) => {
+            crate::http::doom(&request);
+            return refused(&auth, description);
+        }
     };
     let token_id = match auth.service.authenticate(&secret, Some(client_ip)) {
         Ok(id) => id,
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused REST request: {description}");
+            crate::http::doom(&request);
             return refused(&auth, Some(&description));
         }
     };
@@ -46,7 +50,9 @@ pub async fn authenticate(
         .lineage_root(&token_id)
         .unwrap_or_else(|| token_id.clone());
     let Some(ticket) = auth.inflight.enter(lineage) else {
-        // As on `/mcp`: a lineage retrying at its bound must not make the server spin.
+        // As on `/mcp`: a lineage retrying at its bound must not make the server spin, and
+        // its connection goes first when room is needed.
+        crate::http::doom(&request);
         tokio::time::sleep(crate::http::REFUSAL_DELAY).await;
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -68,7 +74,8 @@ pub async fn authenticate(
     crate::http::hold_ticket(response, (ticket, shield))
 }
 
-/// A 401: the `/mcp` guard's RFC 6750 challenge, with a problem+json body.
+/// A 401: the `/mcp` guard's RFC 6750 challenge, with a problem+json body. (The request's
+/// connection is marked to go first when room is needed.)
 fn refused(auth: &RestAuth, description: Option<&str>) -> Response {
     let challenge = crate::http::challenge(&auth.resource_metadata, description);
     let detail = description.unwrap_or("missing bearer token: send Authorization: Bearer <token>");
