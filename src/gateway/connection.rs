@@ -63,6 +63,10 @@ pub struct ProgressSink {
     pub token: ProgressToken,
 }
 
+/// How a call reaches a connected upstream: rmcp's client, the progress routes of its
+/// calls, and the direct path (HTTP upstreams with sessions).
+type Paths = (Peer<RoleClient>, ProgressRoutes, Option<Arc<Direct>>);
+
 /// Upstream progress token (rmcp's counter) -> the call's forwarder, for calls in flight.
 type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, Arc<Progress>>>>;
 
@@ -448,13 +452,13 @@ impl Connection {
             )));
         };
         let queued = started.elapsed();
-        let (peer, routes, direct) = self.available()?;
+        let paths = self.available()?;
         let progress = progress.map(|sink| Arc::new(Progress::start(sink)));
         let answer = self
             .forward(
                 upstream_tool,
                 arguments,
-                (progress, peer, routes, direct),
+                (progress, paths),
                 cancel,
                 deadline,
             )
@@ -466,10 +470,7 @@ impl Connection {
     }
 
     /// The upstream's client and direct path, if it is connected.
-    #[allow(clippy::type_complexity)]
-    fn available(
-        &self,
-    ) -> Result<(Peer<RoleClient>, ProgressRoutes, Option<Arc<Direct>>), CallFailure> {
+    fn available(&self) -> Result<Paths, CallFailure> {
         let state = self.lock();
         match (&state.status, &state.peer) {
             (Status::Connected, Some(peer)) => Ok((
@@ -492,12 +493,7 @@ impl Connection {
         &self,
         upstream_tool: &str,
         arguments: Option<rmcp::model::JsonObject>,
-        (progress, peer, routes, direct): (
-            Option<Arc<Progress>>,
-            Peer<RoleClient>,
-            ProgressRoutes,
-            Option<Arc<Direct>>,
-        ),
+        (progress, (peer, routes, direct)): (Option<Arc<Progress>>, Paths),
         cancel: &CancellationToken,
         deadline: tokio::time::Instant,
     ) -> Result<CallToolResult, CallFailure> {
