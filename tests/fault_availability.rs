@@ -121,36 +121,43 @@ fn call_request(addr: &str, secret: &str, tool: &str, args: Value, progress: boo
     .into_bytes()
 }
 
-/// What a raw request got: its status and body; status 0 when nothing came in time, 1 when
-/// the connection was refused, reset or closed without an answer.
+/// Reads one response from `stream`: its status and body, or `None` when the connection
+/// closed (or broke) before a whole response with a `Content-Length` came.
+async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length = text[..end]
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok());
+        if length.is_some_and(|l| got.len() >= end + 4 + l) {
+            let status = text.get(9..12)?.parse().ok()?;
+            return Some((status, text[end + 4..].to_owned()));
+        }
+    }
+}
+
+/// What a raw request got on a new connection: its status and body; status 0 when nothing
+/// came in time, 1 when the connection was refused, reset or closed without an answer.
 async fn exchange(addr: &str, request: &[u8], within: Duration) -> (u16, String) {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         stream.write_all(request).await.ok()?;
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&got);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let head = text[..end].to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if length.is_some_and(|l| got.len() >= end + 4 + l) {
-                    break;
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let status = text.get(9..12)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
+        read_response(&mut stream).await
     };
     match tokio::time::timeout(within, attempt).await {
         Ok(Some(answer)) => answer,
@@ -558,25 +565,9 @@ async fn refused_connections_make_room_before_a_kept_alive_one() {
     while Instant::now() < stop {
         let answered = async {
             stream.write_all(&read).await.ok()?;
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                got.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length: usize = text[..end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())?;
-                    if got.len() >= end + 4 + length {
-                        return Some(text.starts_with("http/1.1 200"));
-                    }
-                }
-            }
+            read_response(&mut stream)
+                .await
+                .map(|(status, _)| status == 200)
         };
         match tokio::time::timeout(Duration::from_secs(3), answered).await {
             Ok(Some(true)) => ok += 1,

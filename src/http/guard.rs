@@ -262,7 +262,7 @@ pub(super) async fn guard(
         lineage,
     )
     .await;
-    response.map(|body| super::inflight::TicketBody::wrap(body, ticket))
+    response.map(|body| super::inflight::hold(body, ticket))
 }
 
 /// The guard's session checks, for an authenticated request holding its ticket.

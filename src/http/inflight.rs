@@ -11,12 +11,9 @@
 //! given back when its response body ends (a stream holds its ticket while it is open).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use axum::body::{Body, Bytes};
-use hyper::body::{Frame, SizeHint};
+use axum::body::Body;
 
 use crate::secret::TokenId;
 
@@ -87,40 +84,10 @@ impl Drop for Ticket {
     }
 }
 
-/// A response body that holds its request's ticket (and the shield of its connection) until
-/// it ends or is dropped.
-pub(crate) struct TicketBody {
-    inner: Body,
-    _ticket: (Ticket, Option<super::listener::Raised>),
-}
-
-impl TicketBody {
-    pub fn wrap(inner: Body, ticket: (Ticket, Option<super::listener::Raised>)) -> Body {
-        Body::new(TicketBody {
-            inner,
-            _ticket: ticket,
-        })
-    }
-}
-
-impl hyper::body::Body for TicketBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// `body`, holding its request's ticket (and the shield of its connection) until it ends or
+/// is dropped.
+pub(crate) fn hold(body: Body, ticket: (Ticket, Option<super::listener::Raised>)) -> Body {
+    Body::new(super::listener::HoldingBody::new(body, ticket))
 }
 
 #[cfg(test)]

@@ -259,14 +259,21 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its connection marked busy until it is finished or dropped
-/// (a response stream is work in flight, not idleness).
-struct TrackedBody {
+/// A response body that holds `T` until it is finished or dropped: the connection's busy
+/// mark here (a response stream is work in flight, not idleness), a request's in-flight
+/// ticket in `inflight`.
+pub(super) struct HoldingBody<T> {
     inner: Body,
-    _busy: Busy,
+    _held: T,
 }
 
-impl hyper::body::Body for TrackedBody {
+impl<T> HoldingBody<T> {
+    pub(super) fn new(inner: Body, held: T) -> HoldingBody<T> {
+        HoldingBody { inner, _held: held }
+    }
+}
+
+impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
@@ -362,9 +369,7 @@ pub async fn serve(
                             Ok(r) => r,
                             Err(never) => match never {},
                         };
-                        Ok::<_, Infallible>(
-                            response.map(|inner| TrackedBody { inner, _busy: busy }),
-                        )
+                        Ok::<_, Infallible>(response.map(|inner| HoldingBody::new(inner, busy)))
                     }
                 })
             };

@@ -114,7 +114,7 @@ pub(crate) fn hold_ticket(
     response: axum::response::Response,
     ticket: (inflight::Ticket, Option<listener::Raised>),
 ) -> axum::response::Response {
-    response.map(|body| inflight::TicketBody::wrap(body, ticket))
+    response.map(|body| inflight::hold(body, ticket))
 }
 
 /// The answer to a body that did not arrive in time: 408, and the connection closes.
