@@ -537,7 +537,12 @@ async fn refused_connections_make_room_before_a_kept_alive_one() {
     let honest = mint(&admin, "honest").await;
     drop(admin);
 
-    // 60 tasks holding slow calls and retrying at once when refused, for 4 s.
+    // One kept-alive connection in good standing (it has made a call), then a call every
+    // 20 ms while 60 tasks hold slow calls and retry at once when refused, for 4 s.
+    let read = call_request(&server.addr, &honest, "test__read_note", json!({}), false);
+    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+    stream.write_all(&read).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
     let slow = call_request(
         &server.addr,
         &attacker,
@@ -558,9 +563,6 @@ async fn refused_connections_make_room_before_a_kept_alive_one() {
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // One kept-alive connection, a call every 20 ms.
-    let read = call_request(&server.addr, &honest, "test__read_note", json!({}), false);
-    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
     let (mut ok, mut lost) = (0, 0);
     while Instant::now() < stop {
         let answered = async {

@@ -6,10 +6,12 @@
 //! attacker holds cheaply, hence three bounds: headers must arrive within `header_timeout`, a
 //! kept-alive connection with no request in flight closes after `idle_timeout`, and when the
 //! table is full (or the process is out of descriptors) the longest-idle connection is closed
-//! to make room. When none is idle, the connection whose request has run longest without a
-//! [`Shield`] goes: only a request the guard has counted against its token's lineage
-//! (`inflight`: authenticated, within its lineage's bound) shields its connection, so
-//! requests nobody counts (no token, a refusal, OAuth) cannot hold the slots others need.
+//! to make room, in this order: the oldest connection without standing (one that never had a
+//! request the guard counted against a token's lineage, or whose last request was refused:
+//! no token, OAuth, health checks, a 429), then the longest-idle kept-alive connection, then
+//! the longest-running request without a [`Shield`]. Only a counted request shields its
+//! connection, so nothing uncounted can hold the slots others need, nor push out a client in
+//! good standing between its requests.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -66,28 +68,29 @@ struct Connection {
     close: CancellationToken,
     /// Set when it is closed with a request in flight: drop it at once.
     forced: AtomicBool,
-    /// Set when its request is being refused (a 401 or 429 on its way): the first to close
-    /// when room is needed, before any idle kept-alive connection of a client in good standing.
-    doomed: Arc<AtomicBool>,
+    /// Set by a request the guard counted against a lineage (a client in good standing),
+    /// cleared when one of its requests is refused: a connection without it goes first when
+    /// room is needed, whether idle or busy (no token, OAuth and health requests never earn
+    /// it), before any idle kept-alive connection that has it.
+    standing: Arc<AtomicBool>,
 }
 
 /// Put in every request's extensions: the guard raises it for a request it counted against
-/// a lineage, which spares the connection from eviction while the request lasts, or marks the
-/// connection doomed when it refuses the request.
+/// a lineage, which spares the connection from eviction while the request lasts and gives it
+/// standing, or takes the standing away when it refuses the request.
 #[derive(Clone)]
 pub(crate) struct Shield(Arc<AtomicUsize>, Arc<AtomicBool>);
 
 impl Shield {
     pub(crate) fn raise(&self) -> Raised {
-        // A counted request: whatever an earlier request on the connection was, it stands.
-        self.1.store(false, Ordering::Release);
+        self.1.store(true, Ordering::Release);
         self.0.fetch_add(1, Ordering::AcqRel);
         Raised(Arc::clone(&self.0))
     }
 
-    /// The request is refused: its connection goes first when room is needed.
+    /// The request is refused: its connection loses its standing.
     pub(crate) fn doom(&self) {
-        self.1.store(true, Ordering::Release);
+        self.1.store(false, Ordering::Release);
     }
 }
 
@@ -137,7 +140,7 @@ impl Table {
             shielded: Arc::new(AtomicUsize::new(0)),
             close: CancellationToken::new(),
             forced: AtomicBool::new(false),
-            doomed: Arc::new(AtomicBool::new(false)),
+            standing: Arc::new(AtomicBool::new(false)),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -147,20 +150,13 @@ impl Table {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection that has been idle longest, one that never sent a request before
-    /// any kept-alive one (a client that connects sends at once; a kept-alive client is
-    /// between its requests); false when every one is busy.
+    /// Closes the connection that has been idle longest; false when every one is busy.
     fn evict_longest_idle(&self) -> bool {
         let open = self.lock();
         let victim = open
             .values()
             .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
-            .min_by_key(|c| {
-                (
-                    c.used.load(Ordering::Relaxed),
-                    c.idle_since.load(Ordering::Relaxed),
-                )
-            });
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         match victim {
             Some(c) => {
                 c.close.cancel();
@@ -188,14 +184,20 @@ impl Table {
         }
     }
 
-    /// Closes a connection whose request is being refused; false when there is none.
-    fn evict_doomed(&self) -> bool {
+    /// Closes the oldest connection without standing (idle or busy, never shielded): one
+    /// that has not (yet) had a counted request, or whose last request was refused; false
+    /// when there is none. Oldest first, so a client that just connected has as long as the
+    /// table takes to turn over to send its first request.
+    fn evict_without_standing(&self) -> bool {
         let open = self.lock();
-        let victim = open.values().find(|c| {
-            c.doomed.load(Ordering::Acquire)
-                && c.shielded.load(Ordering::Acquire) == 0
-                && !c.close.is_cancelled()
-        });
+        let victim = open
+            .values()
+            .filter(|c| {
+                !c.standing.load(Ordering::Acquire)
+                    && c.shielded.load(Ordering::Acquire) == 0
+                    && !c.close.is_cancelled()
+            })
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         match victim {
             Some(c) => {
                 c.forced.store(true, Ordering::Release);
@@ -206,10 +208,10 @@ impl Table {
         }
     }
 
-    /// Makes room for one more connection: one being refused, else the longest idle, else
-    /// the longest-running unshielded one.
+    /// Makes room for one more connection: the oldest without standing, else the longest
+    /// idle, else the longest-running unshielded one.
     fn make_room(&self) -> bool {
-        self.evict_doomed() || self.evict_longest_idle() || self.evict_unshielded()
+        self.evict_without_standing() || self.evict_longest_idle() || self.evict_unshielded()
     }
 
     /// Closes connections idle past their deadline.
@@ -361,7 +363,7 @@ pub async fn serve(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.extensions_mut().insert(Shield(
                         Arc::clone(&connection.shielded),
-                        Arc::clone(&connection.doomed),
+                        Arc::clone(&connection.standing),
                     ));
                     let response = app.clone().oneshot(request.map(Body::new));
                     async move {
