@@ -587,3 +587,151 @@ async fn refused_connections_make_room_before_a_kept_alive_one() {
     assert!(ok > 20, "{ok} answered");
     assert_eq!(lost, 0, "the kept-alive connection was closed {lost} times");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_flood_at_capacity_is_paced_and_new_clients_still_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = upstreams(
+        dir.path(),
+        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--upstreams",
+            file.to_str().unwrap(),
+            "--max-connections",
+            "32",
+        ],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, "test").await;
+    let attacker = mint(&admin, "attacker").await;
+    let honest = mint(&admin, "honest").await;
+    drop(admin);
+
+    // 80 tasks hold slow calls and reconnect the moment their connection ends: more than the
+    // 32 connections, so each new one closes another (or is refused), for 3 s.
+    let slow = call_request(
+        &server.addr,
+        &attacker,
+        "test__slow",
+        json!({"seconds": 20}),
+        false,
+    );
+    let seconds = 3;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let attack: Vec<_> = (0..80)
+        .map(|_| {
+            let (addr, slow) = (server.addr.clone(), slow.clone());
+            tokio::spawn(async move {
+                let mut ended = 0u64;
+                while Instant::now() < stop {
+                    let _ = exchange(&addr, &slow, Duration::from_secs(2)).await;
+                    ended += 1;
+                }
+                ended
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new client, on a new connection each time, is answered meanwhile.
+    let read = call_request(&server.addr, &honest, "test__read_note", json!({}), false);
+    let (mut ok, mut waits) = (0, Vec::new());
+    while Instant::now() + Duration::from_millis(500) < stop {
+        let started = Instant::now();
+        let (status, _) = exchange(&server.addr, &read, Duration::from_secs(5)).await;
+        if status == 200 {
+            ok += 1;
+            waits.push(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut ended = 0;
+    for task in attack {
+        ended += task.await.unwrap();
+    }
+    let per_second = ended / seconds;
+    println!(
+        "reconnect flood: {per_second} attacker connections ended per second; \
+         a new client answered {ok} times, waits {waits:?}"
+    );
+    assert!(ok >= 3, "a new client was answered only {ok} times");
+    // Paced at one connection per 2 ms at capacity: at most ~500 a second end by being
+    // closed or refused, plus the few the refusal delay answers.
+    assert!(
+        per_second < 800,
+        "{per_second} connections a second churned through a full table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_oversized_answer_its_lineage_runs_one_call_at_a_time_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = upstreams(
+        dir.path(),
+        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--upstreams", file.to_str().unwrap()],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, "test").await;
+    let attacker = mint(&admin, "attacker").await;
+    let honest = mint(&admin, "honest").await;
+    drop(admin);
+
+    // One 17 MiB answer, refused at once.
+    let big = call_request(
+        &server.addr,
+        &attacker,
+        "test__big",
+        json!({"bytes": 17 << 20}),
+        false,
+    );
+    let (_, body) = exchange(&server.addr, &big, Duration::from_secs(30)).await;
+    assert!(body.contains("upstream_result_too_large"), "{body}");
+
+    // Then four 1 s calls at once: the lineage waits a second for the slot the answer keeps,
+    // then runs them one at a time; another token's call is not held up.
+    let started = Instant::now();
+    let slow = call_request(
+        &server.addr,
+        &attacker,
+        "test__slow",
+        json!({"seconds": 1}),
+        false,
+    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, slow) = (server.addr.clone(), slow.clone());
+            tokio::spawn(async move { exchange(&addr, &slow, Duration::from_secs(20)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let read = call_request(&server.addr, &honest, "test__read_note", json!({}), false);
+    let other = Instant::now();
+    let (status, body) = exchange(&server.addr, &read, Duration::from_secs(5)).await;
+    let other = other.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("\"isError\":true"), "{body}");
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("\"isError\":true"), "{body}");
+    }
+    let took = started.elapsed();
+    println!(
+        "after an oversized answer: four 1 s calls took {took:?}; another token's call {other:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(4_500),
+        "the calls ran side by side: {took:?}"
+    );
+    assert!(
+        other < Duration::from_secs(2),
+        "another token waited {other:?}"
+    );
+}

@@ -436,7 +436,7 @@ impl Connection {
             }
             _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
         };
-        let Ok(_slot) = acquired else {
+        let Ok(slot) = acquired else {
             // A lineage retrying at its bound must not make the server spin: the refusal
             // waits a second (the caller's request and its ticket meanwhile count).
             tokio::select! {
@@ -465,6 +465,11 @@ impl Connection {
             .await;
         match answer {
             Err(CallFailure::Timeout { after, .. }) => Err(CallFailure::Timeout { after, queued }),
+            Err(CallFailure::TooLarge(why)) => {
+                // Answered at once; the lineage pays for the answer it made the upstream build.
+                slot.penalise(crate::http::REFUSAL_DELAY);
+                Err(CallFailure::TooLarge(why))
+            }
             answer => answer,
         }
     }

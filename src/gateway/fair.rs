@@ -9,9 +9,17 @@
 //! reported in its error. A lineage may have at most [`LINEAGE_WAITING`] calls waiting: a
 //! call can outlive the HTTP request that made it (rmcp's path runs it to its timeout), so
 //! without this bound one token could queue calls, with their arguments, without end.
+//!
+//! A lineage whose call came back too large ([`FairShare::penalise`]) keeps that call's slot
+//! for [`crate::http::REFUSAL_DELAY`] more and holds at most one slot of that upstream for
+//! [`OVERSIZE_PENALTY`]: an upstream made to build answers the gateway throws away (and, on
+//! stdio, to push them through the pipe every other caller's answers share) does so about
+//! once a second for that lineage, not as fast as it can.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -21,6 +29,9 @@ pub const CALL_SLOTS: usize = 32;
 pub const LINEAGE_SLOTS: usize = CALL_SLOTS / 2;
 /// Calls of one lineage waiting for a slot of one upstream; more are refused at once.
 pub const LINEAGE_WAITING: usize = LINEAGE_SLOTS;
+
+/// How long a lineage holds at most one slot after a call of its came back too large.
+pub const OVERSIZE_PENALTY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who a call counts against: the lineage root of the calling token, or the owner.
 pub type Lineage = Arc<str>;
@@ -37,6 +48,8 @@ struct State {
     total: usize,
     waiting: VecDeque<Waiter>,
     next_waiter: u64,
+    /// Lineages limited to one slot, and until when.
+    penalised: HashMap<Lineage, Instant>,
 }
 
 struct Waiter {
@@ -50,8 +63,17 @@ struct Waiter {
 pub struct QueueFull;
 
 impl State {
+    /// The slots `lineage` may hold now: one while it is penalised.
+    fn limit(&self, lineage: &Lineage, per_lineage: usize) -> usize {
+        match self.penalised.get(lineage) {
+            Some(until) if *until > Instant::now() => 1,
+            _ => per_lineage,
+        }
+    }
+
     fn may_take(&self, lineage: &Lineage, slots: usize, per_lineage: usize) -> bool {
-        self.total < slots && self.held.get(lineage).copied().unwrap_or(0) < per_lineage
+        self.total < slots
+            && self.held.get(lineage).copied().unwrap_or(0) < self.limit(lineage, per_lineage)
     }
 
     fn take(&mut self, lineage: &Lineage) {
@@ -78,7 +100,10 @@ impl State {
                 .waiting
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| self.held.get(&w.lineage).copied().unwrap_or(0) < per_lineage)
+                .filter(|(_, w)| {
+                    self.held.get(&w.lineage).copied().unwrap_or(0)
+                        < self.limit(&w.lineage, per_lineage)
+                })
                 .min_by_key(|(i, w)| (self.held.get(&w.lineage).copied().unwrap_or(0), *i))
                 .map(|(i, _)| i);
             let Some(waiter) = next.and_then(|i| self.waiting.remove(i)) else {
@@ -97,6 +122,25 @@ impl State {
 pub struct Slot {
     share: Arc<FairShare>,
     lineage: Lineage,
+}
+
+impl Slot {
+    /// The call came back too large: its lineage is limited to one slot of this upstream for
+    /// [`OVERSIZE_PENALTY`], and this slot is given back only after `held` more.
+    pub fn penalise(self, held: std::time::Duration) {
+        {
+            let mut state = self.share.lock();
+            let now = Instant::now();
+            state.penalised.retain(|_, until| *until > now);
+            state
+                .penalised
+                .insert(Arc::clone(&self.lineage), now + OVERSIZE_PENALTY);
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(held).await;
+            drop(self);
+        });
+    }
 }
 
 impl Drop for Slot {
@@ -238,6 +282,37 @@ mod tests {
         assert_eq!(share.in_flight(), 3);
         drop(held);
         assert_eq!(share.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lineage_whose_answer_was_too_large_holds_one_slot_for_a_while() {
+        let share = FairShare::with_slots(8, 4);
+        let (a, b) = (lineage("a"), lineage("b"));
+        let first = share.acquire(Arc::clone(&a)).await.unwrap();
+        first.penalise(Duration::from_secs(1));
+        // The penalised slot is still held: `a` has its one, and waits for more.
+        tokio::task::yield_now().await;
+        assert_eq!(share.in_flight(), 1);
+        assert!(soon(share.acquire(Arc::clone(&a))).await.is_none());
+        let _b = soon(share.acquire(Arc::clone(&b)))
+            .await
+            .expect("b is not penalised");
+        // A second after the answer its slot comes back; then one call at a time until the
+        // penalty ends, after which `a` has its whole share again.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(share.in_flight(), 1);
+        let one = soon(share.acquire(Arc::clone(&a))).await.expect("one slot");
+        assert!(soon(share.acquire(Arc::clone(&a))).await.is_none());
+        drop(one);
+        tokio::time::sleep(OVERSIZE_PENALTY).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(
+                soon(share.acquire(Arc::clone(&a)))
+                    .await
+                    .expect("the whole share"),
+            );
+        }
     }
 
     #[tokio::test]

@@ -297,6 +297,9 @@ impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
 
 /// Serves `app` on `listener` until `shutdown` is cancelled. Requests carry the peer's
 /// address as `ConnectInfo<SocketAddr>`, which the guard checks against `allowed_ips`.
+/// At capacity, the listener accepts at most one connection per this long (500 a second).
+const ROOM_PACE: Duration = Duration::from_millis(2);
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -342,10 +345,18 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        if table.len() >= limits.max_connections && !table.make_room() {
-            tracing::debug!(%peer, "refusing a connection: every connection is busy and counted");
-            drop(tcp);
-            continue;
+        if table.len() >= limits.max_connections {
+            let made_room = table.make_room();
+            // At capacity, each connection accepted closes another (or is refused), and a
+            // client that reconnects as soon as it is closed would turn that into a loop as
+            // fast as the server can accept. Pacing it leaves the next connections waiting in
+            // the kernel's backlog instead, and the cores to the requests already in.
+            tokio::time::sleep(ROOM_PACE).await;
+            if !made_room {
+                tracing::debug!(%peer, "refusing a connection: every connection is busy and counted");
+                drop(tcp);
+                continue;
+            }
         }
         let (id, connection) = table.insert();
         let app = app.clone();
