@@ -12,6 +12,8 @@
 //! - [`gateway`]: upstream MCP servers fronted as buckets; it asks nothing and decides
 //!   nothing itself: `mcp` asks the service before forwarding a call.
 //! - [`rest`]: the REST API under `/v1`, each endpoint one of the MCP tools.
+//! - [`observe`]: every tool call and refused request as an event for the access log and the
+//!   metrics.
 //! - [`oauth`]: the OAuth 2.1 authorization server; the tokens it issues are children of the
 //!   approving token, minted through the service like any other.
 
@@ -22,6 +24,7 @@ pub mod gateway;
 pub mod http;
 pub mod mcp;
 pub mod oauth;
+pub mod observe;
 pub mod record;
 pub mod rest;
 pub mod rules;

@@ -127,6 +127,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     config.max_depth = args.max_depth;
     config.audit_retention = args.audit_retention.retention();
     let service = Arc::new(open_service(&dir, config)?);
+    // Who hears of every tool call and refused request (SPEC §14); set once, before serving.
+    let sinks: Vec<Arc<dyn crate::observe::AccessSink>> = Vec::new();
+    service.observer().set_sinks(sinks);
 
     let stdio_caller = if args.stdio {
         Some(stdio_caller(&service)?)

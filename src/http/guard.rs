@@ -21,9 +21,10 @@ use super::{
     read_body_within,
 };
 use crate::mcp::{Authenticated, Presented};
+use crate::observe::Front;
 use crate::rules::cidr::canonical_ip;
 use crate::secret::TokenId;
-use crate::service::Service;
+use crate::service::{RefusedKnown, Service};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 /// How long a client refused for lack of session room should wait.
@@ -237,6 +238,9 @@ pub(super) async fn guard(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused request: {description}");
+            state
+                .service
+                .observe_refusal(RefusedKnown::Auth(&failure), Front::Mcp);
             let refusal = unauthorized(&state.resource_metadata, Some(&description));
             return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
@@ -247,6 +251,9 @@ pub(super) async fn guard(
     let lineage = lineage(&state, &token_id);
     let Some(ticket) = state.inflight.enter(lineage.clone()) else {
         tracing::debug!(token = %token_id, "refused request: its lineage has its maximum in flight");
+        state
+            .service
+            .observe_refusal(RefusedKnown::InFlight(&token_id), Front::Mcp);
         return too_many_in_flight(request, state.inflight.per_lineage()).await;
     };
     let shield = request

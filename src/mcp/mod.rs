@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorCode};
 use crate::gateway::{CallFailure, ExposedTool, Gateway, ProgressSink};
+use crate::observe::{Access, Front, Outcome};
 use crate::secret::{TokenId, truncate_for_message};
 use crate::service::{Caller, Service};
 
@@ -426,7 +427,10 @@ impl TokenServer {
             ));
         }
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let result = match self.run_own_tool(&name, arguments, (caller, ip)).await? {
+        let result = match self
+            .run_own_tool(&name, arguments, (caller, ip), Front::Mcp)
+            .await?
+        {
             Ok(value) => CallToolResult::structured(value),
             Err(error) => error_result(&error),
         };
@@ -437,6 +441,61 @@ impl TokenServer {
     /// caller's allowlist, counting the use), then the tool. The REST API (`rest`) calls this
     /// too, so an endpoint is its tool. The outer error is a failure to run at all.
     pub async fn run_own_tool(
+        &self,
+        name: &str,
+        arguments: Value,
+        (caller, ip): (Caller, Option<IpAddr>),
+        front: Front,
+    ) -> Result<Result<Value, Error>, ErrorData> {
+        if !self.service.observer().enabled() {
+            return self
+                .run_own_tool_unobserved(name, arguments, (caller, ip))
+                .await;
+        }
+        let started = std::time::Instant::now();
+        let who = caller.clone();
+        let outcome = self
+            .run_own_tool_unobserved(name, arguments, (caller, ip))
+            .await;
+        let ended = match &outcome {
+            Ok(Ok(_)) => Outcome::Ok,
+            Ok(Err(error)) => Outcome::Error(error.code.as_str()),
+            Err(_) => Outcome::Error(ErrorCode::Internal.as_str()),
+        };
+        self.observe(&who, (name, None), (ended, None), started, front);
+        outcome
+    }
+
+    /// Reports one call to the observer (the access log, the metrics).
+    fn observe(
+        &self,
+        caller: &Caller,
+        (tool, bucket): (&str, Option<&str>),
+        (outcome, upstream_is_error): (Outcome, Option<bool>),
+        started: std::time::Instant,
+        front: Front,
+    ) {
+        let token = match caller {
+            Caller::Token(id) => Some(id.clone()),
+            Caller::Owner => None,
+        };
+        let lineage = token
+            .as_ref()
+            .map(|id| self.service.lineage_root(id).unwrap_or_else(|| id.clone()));
+        self.service.observer().record(&Access {
+            at: crate::timestamp::Timestamp::now(),
+            token,
+            lineage,
+            tool: Some(tool.to_owned()),
+            bucket: bucket.map(str::to_owned),
+            outcome,
+            duration: started.elapsed(),
+            upstream_is_error,
+            front,
+        });
+    }
+
+    async fn run_own_tool_unobserved(
         &self,
         name: &str,
         arguments: Value,
@@ -499,6 +558,36 @@ impl TokenServer {
         request: CallToolRequestParams,
         (progress, cancel): (Option<ProgressSink>, CancellationToken),
     ) -> Result<CallToolResponse, ErrorData> {
+        let started = std::time::Instant::now();
+        let mut ended = (Outcome::Error(ErrorCode::Internal.as_str()), None);
+        let who = caller.clone();
+        let answer = self
+            .forward_gateway_tool(
+                gateway,
+                Arc::clone(&tool),
+                (caller, ip, secret),
+                request,
+                (progress, cancel),
+                &mut ended,
+            )
+            .await;
+        if self.service.observer().enabled() {
+            let names = (tool.name.as_str(), Some(tool.bucket.as_str()));
+            self.observe(&who, names, ended, started, Front::Mcp);
+        }
+        answer
+    }
+
+    /// [`Self::call_gateway_tool`]'s work; `ended` is set to how it ended.
+    async fn forward_gateway_tool(
+        &self,
+        gateway: &Arc<Gateway>,
+        tool: Arc<ExposedTool>,
+        (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
+        request: CallToolRequestParams,
+        (progress, cancel): (Option<ProgressSink>, CancellationToken),
+        ended: &mut (Outcome, Option<bool>),
+    ) -> Result<CallToolResponse, ErrorData> {
         let service = Arc::clone(&self.service);
         let decided = {
             let tool = Arc::clone(&tool);
@@ -510,6 +599,7 @@ impl TokenServer {
             .await?
         };
         if let Err(error) = decided {
+            *ended = (Outcome::Error(error.code.as_str()), None);
             tracing::debug!(code = error.code.as_str(), tool = %tool.name, "gateway call refused");
             return Ok(error_result(&error).into());
         }
@@ -568,9 +658,13 @@ impl TokenServer {
                 if result.result_type.is_none() {
                     result.result_type = Some(rmcp::model::ResultType::COMPLETE);
                 }
+                *ended = (Outcome::Ok, Some(result.is_error.unwrap_or(false)));
                 return Ok(result.into());
             }
-            Err(CallFailure::Upstream(error)) => return Err(error),
+            Err(CallFailure::Upstream(error)) => {
+                *ended = (Outcome::Error("upstream_error"), None);
+                return Err(error);
+            }
             Err(failure) => failure,
         };
         let error = match failure {
@@ -601,6 +695,7 @@ impl TokenServer {
             },
             CallFailure::Upstream(_) => unreachable!("returned above"),
         };
+        *ended = (Outcome::Error(error.code.as_str()), None);
         tracing::info!(tool = %tool.name, code = error.code.as_str(), "gateway call failed");
         Ok(error_result(&error).into())
     }

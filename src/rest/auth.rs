@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::problem::Problem;
 use crate::mcp::{Authenticated, Presented};
+use crate::observe::Front;
 use crate::rules::cidr::canonical_ip;
-use crate::service::Service;
+use crate::service::{RefusedKnown, Service};
 
 #[derive(Clone)]
 pub struct RestAuth {
@@ -41,6 +42,8 @@ pub async fn authenticate(
         Err(failure) => {
             let description = failure.to_string();
             tracing::debug!(%client_ip, "refused REST request: {description}");
+            auth.service
+                .observe_refusal(RefusedKnown::Auth(&failure), Front::Rest);
             crate::http::doom(&request);
             return refused(&auth, Some(&description));
         }
@@ -50,6 +53,8 @@ pub async fn authenticate(
         .lineage_root(&token_id)
         .unwrap_or_else(|| token_id.clone());
     let Some(ticket) = auth.inflight.enter(lineage) else {
+        auth.service
+            .observe_refusal(RefusedKnown::InFlight(&token_id), Front::Rest);
         // As on `/mcp`: a lineage retrying at its bound must not make the server spin, and
         // its connection goes first when room is needed.
         crate::http::doom(&request);

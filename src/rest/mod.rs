@@ -115,7 +115,12 @@ async fn run(
 ) -> Result<Value, Problem> {
     match rest
         .server
-        .run_own_tool(name, Value::Object(arguments), who(caller))
+        .run_own_tool(
+            name,
+            Value::Object(arguments),
+            who(caller),
+            crate::observe::Front::Rest,
+        )
         .await
     {
         Ok(Ok(value)) => Ok(value),

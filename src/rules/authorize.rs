@@ -58,6 +58,23 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The rule as a reason code (the access log and the metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Revoked => "revoked",
+            Rule::Paused => "paused",
+            Rule::Expired => "expired",
+            Rule::Environment => "wrong_environment",
+            Rule::Address => "address_not_allowed",
+            Rule::ToolAllowlist => "tool_not_allowed",
+            Rule::ToolDenied => "tool_denied",
+            Rule::BucketAllowlist => "bucket_not_allowed",
+            Rule::ReadOnly => "read_only",
+            Rule::UsesExhausted => "uses_exhausted",
+            Rule::RateLimited => "rate_limited",
+        }
+    }
+
     /// Rules that make the bearer unusable altogether (HTTP 401), as opposed to refusing one
     /// tool call.
     pub fn is_authentication(self) -> bool {

@@ -110,6 +110,14 @@ impl From<StoreError> for AuthFailure {
     }
 }
 
+/// A request of a known token refused before a tool ran.
+pub enum RefusedKnown<'a> {
+    /// Its secret did not authenticate (only `Denied` and `RotatedOut` name a token).
+    Auth(&'a AuthFailure),
+    /// Its lineage had its maximum of requests in flight.
+    InFlight(&'a TokenId),
+}
+
 /// The caller of one operation, resolved: its actor name and, for a token, its current chain.
 struct Acting {
     actor: Actor,
@@ -131,6 +139,7 @@ pub struct Service {
     config: ServiceConfig,
     write_lock: Mutex<()>,
     usage: UsageTable,
+    observer: crate::observe::Observer,
 }
 
 impl Service {
@@ -144,6 +153,7 @@ impl Service {
             config,
             write_lock: Mutex::new(()),
             usage: UsageTable::default(),
+            observer: crate::observe::Observer::default(),
         })
     }
 
@@ -364,6 +374,38 @@ impl Service {
     /// (sessions, streams, requests in flight, upstream call slots) count under. A root minted
     /// by an admin with `parent: none` is a lineage of its own: that is what an operator mints
     /// roots for, and an admin may already manage every token.
+    /// Where tool calls and refused requests are reported (the access log, the metrics).
+    pub fn observer(&self) -> &crate::observe::Observer {
+        &self.observer
+    }
+
+    /// Reports a request of a known token refused before any tool ran (`reason`: a rule's
+    /// code, `rotated_out` or `too_many_in_flight`).
+    pub fn observe_refusal(&self, failure: RefusedKnown<'_>, front: crate::observe::Front) {
+        if !self.observer.enabled() {
+            return;
+        }
+        let (token, reason) = match failure {
+            RefusedKnown::Auth(AuthFailure::Denied(denial)) => {
+                (&denial.token, denial.rule.as_str())
+            }
+            RefusedKnown::Auth(AuthFailure::RotatedOut(id)) => (id, "rotated_out"),
+            RefusedKnown::Auth(_) => return,
+            RefusedKnown::InFlight(id) => (id, "too_many_in_flight"),
+        };
+        self.observer.record(&crate::observe::Access {
+            at: Timestamp::now(),
+            token: Some(token.clone()),
+            lineage: Some(self.lineage_root(token).unwrap_or_else(|| token.clone())),
+            tool: None,
+            bucket: None,
+            outcome: crate::observe::Outcome::Error(reason),
+            duration: std::time::Duration::ZERO,
+            upstream_is_error: None,
+            front,
+        });
+    }
+
     pub fn lineage_root(&self, id: &TokenId) -> Option<TokenId> {
         let chain = self.store.chain(id).ok()??;
         chain.last().map(|root| root.id.clone())

@@ -1,0 +1,100 @@
+//! What the server observes about its use (SPEC §14): one [`Access`] per `tools/call` (its own
+//! tools, REST endpoints, forwarded gateway tools) and per refused request of a known token,
+//! handed to every [`AccessSink`] registered at start (the access log, the metrics).
+//!
+//! Recording never waits: sinks take the event and do their work elsewhere (the access log
+//! writes behind in batches). With no sink registered, recording costs one atomic load.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::secret::TokenId;
+use crate::timestamp::Timestamp;
+
+/// How a call or request ended: `ok`, or the error code it was answered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// An error code of `crate::error::ErrorCode`, or `upstream_error` (the upstream answered
+    /// with a JSON-RPC error), `unauthorized` (the token's secret no longer authenticates:
+    /// rotated out, paused, revoked, expired, wrong address) or `too_many_in_flight`.
+    Error(&'static str),
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error(code) => code,
+        }
+    }
+}
+
+/// One tools/call, or one refused request of a known token. Never arguments, results or
+/// secrets.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub at: Timestamp,
+    /// The calling token; `None` for the owner (stdio without a token, the admin socket).
+    pub token: Option<TokenId>,
+    /// The root of the calling token's chain.
+    pub lineage: Option<TokenId>,
+    /// The tool called (gateway tools by their exposed name, `bucket__tool`); `None` for a
+    /// request refused before a tool was known.
+    pub tool: Option<String>,
+    /// The gateway bucket of a forwarded call.
+    pub bucket: Option<String>,
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// For a forwarded call the upstream answered: its result's `isError`.
+    pub upstream_is_error: Option<bool>,
+    /// Where the call came in.
+    pub front: Front,
+}
+
+/// The front end a call came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    Mcp,
+    Rest,
+}
+
+impl Front {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Front::Mcp => "mcp",
+            Front::Rest => "rest",
+        }
+    }
+}
+
+/// Receives every [`Access`]; must not block.
+pub trait AccessSink: Send + Sync {
+    fn record(&self, access: &Access);
+}
+
+/// The sinks of one server, set once at start.
+#[derive(Default)]
+pub struct Observer {
+    sinks: OnceLock<Vec<Arc<dyn AccessSink>>>,
+}
+
+impl Observer {
+    /// Registers the server's sinks; only the first call counts (false for a later one).
+    pub fn set_sinks(&self, sinks: Vec<Arc<dyn AccessSink>>) -> bool {
+        self.sinks.set(sinks).is_ok()
+    }
+
+    /// Whether anything listens (callers skip building an [`Access`] otherwise).
+    pub fn enabled(&self) -> bool {
+        self.sinks.get().is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn record(&self, access: &Access) {
+        if let Some(sinks) = self.sinks.get() {
+            for sink in sinks {
+                sink.record(access);
+            }
+        }
+    }
+}
