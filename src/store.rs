@@ -14,6 +14,8 @@
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
 //! | `d` | token id | deleted_at (8 bytes, ms): a tombstone, so no import brings the token back |
+//! | `x` | time (8 bytes BE, ms) + sequence (8 bytes BE) | access log entry (postcard) |
+//! | `y` | token id + the `x` key's 16 bytes | empty: a token's access log entries (derived) |
 //! | `m` | name | the store's own bookkeeping (not exported) |
 //!
 //! `l` is derived from the records (not exported; rebuilt on import and, once, for stores
@@ -43,7 +45,9 @@ use crate::record::{Status, TokenRecord};
 use crate::secret::{ID_LEN, SecretHash, TokenId};
 use crate::timestamp::Timestamp;
 
+mod access_log;
 mod audit_log;
+pub use access_log::{AccessKey, StoredAccess};
 pub mod oauth;
 mod tombstones;
 use tombstones::upgrade_older_store;
@@ -63,6 +67,8 @@ const REMAINING: u8 = b'r';
 const TOMBSTONE: u8 = b'd';
 const META: u8 = b'm';
 const LIVE_CHILD: u8 = b'l';
+const ACCESS: u8 = b'x';
+const ACCESS_BY_TOKEN: u8 = b'y';
 /// Marks a store whose live-children index (`l`) is complete.
 const LIVE_CHILDREN_DERIVED: &[u8] = b"mlivechildren";
 /// Set once the tombstones of a store written before they existed have been derived from its
@@ -270,6 +276,10 @@ pub struct Store {
     cache: RwLock<Cache>,
     capacity: usize,
     next_audit_id: AtomicU64,
+    /// The sequence number of the next access log entry.
+    next_access_seq: AtomicU64,
+    /// How many access log entries there are; -1 until first counted.
+    access_count: AtomicI64,
     /// Whether the store is known to keep tombstones (see [`upgrade_older_store`]); the
     /// first change written to a new store records it.
     tombstones_marked: AtomicBool,
@@ -581,6 +591,7 @@ impl Store {
         restrict_permissions(dir);
         let tombstones_marked = upgrade_older_store(&db)?;
         let live_children_marked = derive_live_children(&db)?;
+        let next_access_seq = Store::newest_access_seq(&db)?;
         let next_audit_id = match db.scan_prefix([AUDIT]).next_back() {
             Some(entry) => u64_from(&entry?.0[1..])? + 1,
             None => 1,
@@ -594,6 +605,8 @@ impl Store {
             }),
             capacity: config.hot_records.max(1),
             next_audit_id: AtomicU64::new(next_audit_id),
+            next_access_seq: AtomicU64::new(next_access_seq),
+            access_count: AtomicI64::new(-1),
             tombstones_marked: AtomicBool::new(tombstones_marked),
             live_children_marked: AtomicBool::new(live_children_marked),
             flusher: Flusher::default(),
@@ -910,6 +923,7 @@ impl Store {
     /// versions they pass are current.
     pub fn apply(&self, change: Change) -> Result<Vec<AuditEvent>> {
         let mut batch = sled::Batch::default();
+        let mut access_removed = 0;
         for (old, new) in &change.records {
             let id = new.id.as_str().as_bytes();
             batch.insert(key(RECORD, &[id]), encode_record(new));
@@ -952,6 +966,7 @@ impl Store {
             batch.remove(status_key(record));
             batch.remove(key(USAGE, &[id]));
             batch.remove(key(REMAINING, &[id]));
+            access_removed += self.remove_access_of(&record.id, &mut batch)?;
             if let Some(parent) = &record.parent_id {
                 batch.remove(child_key(parent, &record.id));
             }
@@ -985,6 +1000,9 @@ impl Store {
             batch.insert(key(AUDIT, &[&event.id.to_be_bytes()]), json);
         }
         self.db.apply_batch(batch)?;
+        if access_removed > 0 {
+            self.count_access(-access_removed);
+        }
         if marking {
             self.tombstones_marked.store(true, Ordering::Relaxed);
         }
@@ -1050,6 +1068,7 @@ impl Store {
                 }
                 BackupEntry::Audit
             }
+            ACCESS => BackupEntry::Access(Store::access_entry_token(key, value)?),
             USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
             REMAINING if value.len() == 8 => BackupEntry::OfToken(id(rest)?),
             TOMBSTONE if value.len() == 8 => BackupEntry::Tombstone(id(rest)?),
@@ -1084,7 +1103,15 @@ impl Store {
                 .chain(child)
                 .chain(live)
         });
-        for (k, v) in entries.iter().cloned().chain(indexes) {
+        let mut access_index = Vec::new();
+        for (k, v) in entries {
+            if k.first() == Some(&ACCESS)
+                && let Some(index) = Store::access_index_for(k, v)?
+            {
+                access_index.push((index, Vec::new()));
+            }
+        }
+        for (k, v) in entries.iter().cloned().chain(indexes).chain(access_index) {
             if self.db.contains_key(&k)? {
                 return Err(StoreError::Corrupt(
                     "a backup entry collides with one already in the store".to_owned(),
@@ -1116,7 +1143,10 @@ impl Store {
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         self.db
             .iter()
-            .filter(|e| !matches!(e, Ok((k, _)) if matches!(k.first(), Some(&META | &LIVE_CHILD))))
+            .filter(|e| {
+                !matches!(e, Ok((k, _))
+                    if matches!(k.first(), Some(&META | &LIVE_CHILD | &ACCESS_BY_TOKEN)))
+            })
             .map(|e| {
                 e.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(StoreError::from)
@@ -1221,6 +1251,8 @@ pub enum BackupEntry {
     Index(TokenId),
     /// An audit event.
     Audit,
+    /// An access log entry, and the token it names (none for the owner).
+    Access(Option<TokenId>),
     /// A deleted token's tombstone.
     Tombstone(TokenId),
 }

@@ -6,6 +6,7 @@
 //! with `--server URL` they manage a remote server through its REST API, as a token
 //! ([`remote`]).
 
+pub mod access;
 pub mod admin_socket;
 pub mod audit;
 pub mod backup;
@@ -77,6 +78,12 @@ pub enum Command {
     /// Example: tokenwarden audit --token-id tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --limit 50
     Audit(audit::AuditArgs),
 
+    /// Show the access log: every tool call and refused request of a known token, newest
+    /// first (never arguments or results).
+    ///
+    /// Example: tokenwarden access --token-id tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --since 2026-12-06T00:00:00Z
+    Access(access::AccessArgs),
+
     /// Write a JSON-lines backup of every token (secret hashes, never secrets), usage counters
     /// and the audit log.
     ///
@@ -134,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args),
         Command::Audit(args) => audit::run(&cli, args),
+        Command::Access(args) => access::run(&cli, args),
         Command::Export(args) => backup::export(&cli, args),
         Command::Import(args) => backup::import(&cli, args),
         Command::Upstreams(args) => upstreams::run(&cli, args).await,
@@ -157,7 +165,9 @@ fn check_server_flags(cli: &Cli) -> Result<(), CliError> {
         Command::Export(_) => "export",
         Command::Import(_) => "import",
         Command::Upstreams(_) => "upstreams",
-        Command::Token(_) | Command::Audit(_) | Command::OAuth(_) => return Ok(()),
+        Command::Token(_) | Command::Audit(_) | Command::Access(_) | Command::OAuth(_) => {
+            return Ok(());
+        }
     };
     Err(remote::local_only(local))
 }

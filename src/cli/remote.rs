@@ -120,6 +120,7 @@ impl Remote {
         let (method, path, query) = match (request.tool.as_deref(), request.command) {
             (Some("list_tokens"), None) => (Method::GET, vec!["tokens".to_owned()], true),
             (Some("list_audit_events"), None) => (Method::GET, vec!["audit".to_owned()], true),
+            (Some("list_access_events"), None) => (Method::GET, vec!["access".to_owned()], true),
             (Some("create_token"), None) => (Method::POST, vec!["tokens".to_owned()], false),
             (Some("get_token"), None) => {
                 (Method::GET, vec!["tokens".to_owned(), take("id")?], false)

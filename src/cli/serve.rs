@@ -14,6 +14,7 @@ use super::admin_socket::server::AdminSocket;
 use super::{Cli, CliError, open_service};
 use crate::http::{self, ConnectionLimits, HttpConfig, SessionLimits};
 use crate::mcp::{StdioCaller, TokenServer};
+use crate::service::access::{self, AccessLog, AccessRetention};
 use crate::service::requests::{CreateToken, ListTokens};
 use crate::service::{Caller, Service};
 
@@ -62,6 +63,16 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub audit_retention: super::audit::AuditRetentionArgs,
+
+    /// Prune access log entries older than this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = AccessRetention::default().max_age_days,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub access_log_retention: u32,
+
+    /// Keep at most this many access log entries (the newest).
+    #[arg(long, value_name = "N", default_value_t = AccessRetention::default().max_events,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub access_log_max_events: u64,
 
     /// The server's URL as clients reach it, e.g. https://tw.example.com behind a TLS reverse
     /// proxy or tunnel: names the OAuth issuer and the protected resource (URL/mcp); its host
@@ -126,9 +137,15 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
     config.audit_retention = args.audit_retention.retention();
+    config.access_retention = AccessRetention {
+        max_age_days: args.access_log_retention,
+        max_events: args.access_log_max_events,
+    };
     let service = Arc::new(open_service(&dir, config)?);
     // Who hears of every tool call and refused request (SPEC §14); set once, before serving.
-    let sinks: Vec<Arc<dyn crate::observe::AccessSink>> = Vec::new();
+    let access_log = AccessLog::new();
+    let sinks: Vec<Arc<dyn crate::observe::AccessSink>> =
+        vec![Arc::clone(&access_log) as Arc<dyn crate::observe::AccessSink>];
     service.observer().set_sinks(sinks);
 
     let stdio_caller = if args.stdio {
@@ -157,6 +174,15 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     // a blank store.
     let admin_socket = listen_for_the_command_line(&dir, &service, cli, shutdown.clone());
     tokio::spawn(write_usage_behind(Arc::clone(&service), shutdown.clone()));
+    let access_writer = tokio::spawn(access::write_behind(
+        Arc::clone(&service),
+        access_log,
+        shutdown.clone(),
+    ));
+    tokio::spawn(access::prune_in_background(
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
     tokio::spawn(super::audit::prune_in_background(
         Arc::clone(&service),
         shutdown.clone(),
@@ -244,6 +270,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if let Some(task) = admin_socket {
         let _ = task.await;
     }
+    // The last second of the access log is written before the database is released.
+    let _ = access_writer.await;
     let service = Arc::clone(&service);
     tokio::task::spawn_blocking(move || service.shutdown())
         .await

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::service::requests::{
-    CreateToken, ListAuditEvents, ListTokens, RevokeToken, RotateToken, ScopeToken, TokenRef,
-    UpdateToken, VerifyToken,
+    CreateToken, ListAccessEvents, ListAuditEvents, ListTokens, RevokeToken, RotateToken,
+    ScopeToken, TokenRef, UpdateToken, VerifyToken,
 };
 use crate::service::{Caller, Service, is_read_only_tool};
 
@@ -170,6 +170,18 @@ const SPECS: &[Spec] = &[
             (RFC 3339). Returns {events, has_more, next_cursor}.",
         schema: schema::<ListAuditEvents>,
     },
+    Spec {
+        name: "list_access_events",
+        kind: Kind::ReadOnly,
+        description: "Read the access log: every tool call (tokenwarden's own, REST and \
+            forwarded gateway calls) and every refused request of a known token, newest first, \
+            with time, token_id, lineage_id, tool, bucket, outcome (ok, an error code or a \
+            refusal reason), duration_ms and the upstream's isError. Never arguments or results. \
+            The owner and admin tokens see every entry, a token those of itself and the tokens \
+            minted under it. Filters: token_id, lineage_id, tool, bucket, outcome, since, until \
+            (RFC 3339). Returns {events, has_more, next_cursor}.",
+        schema: schema::<ListAccessEvents>,
+    },
 ];
 
 /// Every tool's MCP definition, in catalogue order (built once: `tools/list` and rmcp's
@@ -246,6 +258,7 @@ pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value
         "delete_token" => json(service.delete_token(caller, args(name, arguments)?)?),
         "verify_token" => json(service.verify_token(caller, args(name, arguments)?)?),
         "list_audit_events" => json(service.list_audit_events(caller, args(name, arguments)?)?),
+        "list_access_events" => json(service.list_access_events(caller, args(name, arguments)?)?),
         // Without a gateway (the command line) there are no upstreams to list.
         "list_buckets" => Ok(serde_json::json!({ "buckets": [] })),
         other => Err(Error::not_found(format!("unknown tool {other}"))),

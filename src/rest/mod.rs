@@ -67,6 +67,7 @@ pub fn routes(rest: Rest, auth: RestAuth) -> Router {
         .route("/v1/verify", post(verify))
         .route("/v1/buckets", get(buckets))
         .route("/v1/audit", get(audit))
+        .route("/v1/access", get(access))
         .route("/v1/oauth/clients", get(oauth_clients))
         .route("/v1/oauth/grants", get(oauth_grants))
         .route(
@@ -392,6 +393,16 @@ async fn audit(
 ) -> Result<Response, Problem> {
     let arguments = query_arguments(query)?;
     let page = run(&rest, &caller, "list_audit_events", arguments).await?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+async fn access(
+    State(rest): State<Rest>,
+    caller: axum::Extension<Authenticated>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let arguments = query_arguments(query)?;
+    let page = run(&rest, &caller, "list_access_events", arguments).await?;
     Ok(json(StatusCode::OK, &page))
 }
 

@@ -13,9 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::{idempotency, problem};
 use crate::service::requests::{
-    AuditPage, CreateToken, Deleted, Issued, ListAuditEvents, ListTokens, RevokeToken, Revoked,
-    RotateToken, ScopeToken, TokenPage, TokenRef, TokenView, UpdateToken, Verification,
-    VerifyToken, WhoAmI,
+    AccessPage, AuditPage, CreateToken, Deleted, Issued, ListAccessEvents, ListAuditEvents,
+    ListTokens, RevokeToken, Revoked, RotateToken, ScopeToken, TokenPage, TokenRef, TokenView,
+    UpdateToken, Verification, VerifyToken, WhoAmI,
 };
 use crate::store::oauth::OAuthClient;
 
@@ -258,6 +258,7 @@ pub fn build() -> Value {
     let mut components = Map::new();
     let list_tokens = schema_of::<ListTokens>(&mut components);
     let audit = schema_of::<ListAuditEvents>(&mut components);
+    let access = schema_of::<ListAccessEvents>(&mut components);
     let create = schema_of::<CreateToken>(&mut components);
     let token_ref = schema_of::<TokenRef>(&mut components);
     let update = without(schema_of::<UpdateToken>(&mut components), "id");
@@ -273,6 +274,7 @@ pub fn build() -> Value {
         ("Deleted", schema_of::<Deleted>(&mut components)),
         ("Verification", schema_of::<Verification>(&mut components)),
         ("AuditPage", schema_of::<AuditPage>(&mut components)),
+        ("AccessPage", schema_of::<AccessPage>(&mut components)),
         ("WhoAmI", schema_of::<WhoAmI>(&mut components)),
         ("OAuthClient", schema_of::<OAuthClient>(&mut components)),
     ] {
@@ -416,6 +418,17 @@ pub fn build() -> Value {
                 parameters: query_parameters(&audit),
                 request: None,
                 success: ("200", ok("A page of audit events.", reference("AuditPage"))),
+                extra_problems: &[],
+            }.operation(),
+        },
+        "/v1/access": {
+            "get": Endpoint {
+                id: "listAccessEvents",
+                summary: "The access log (list_access_events): the owner and admin tokens see every entry, a token its own subtree's.",
+                sources: &[Tool, Query],
+                parameters: query_parameters(&access),
+                request: None,
+                success: ("200", ok("A page of access log entries.", reference("AccessPage"))),
                 extra_problems: &[],
             }.operation(),
         },

@@ -5,6 +5,7 @@
 //! store and flushed before the operation returns; the flush happens outside the lock, so
 //! concurrent writers share fsyncs (group commit).
 
+pub mod access;
 mod backup;
 mod manage;
 mod query;
@@ -37,6 +38,7 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "get_token",
     "verify_token",
     "list_audit_events",
+    "list_access_events",
     "list_buckets",
 ];
 
@@ -54,6 +56,8 @@ pub struct ServiceConfig {
     pub max_children: usize,
     /// How much of the audit log `prune_audit` keeps.
     pub audit_retention: AuditRetention,
+    /// How much of the access log `prune_access` keeps.
+    pub access_retention: access::AccessRetention,
     pub store: StoreConfig,
 }
 
@@ -64,6 +68,7 @@ impl Default for ServiceConfig {
             max_depth: 8,
             max_children: 1000,
             audit_retention: AuditRetention::default(),
+            access_retention: access::AccessRetention::default(),
             store: StoreConfig::default(),
         }
     }

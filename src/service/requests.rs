@@ -242,6 +242,66 @@ pub struct ListAuditEvents {
     pub cursor: Option<String>,
 }
 
+/// `list_access_events`: every filter is optional and they combine.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListAccessEvents {
+    /// Only calls by this token.
+    #[schemars(with = "Option<TokenId>")]
+    pub token_id: Option<String>,
+    /// Only calls by tokens of this lineage (the root token's id).
+    #[schemars(with = "Option<TokenId>")]
+    pub lineage_id: Option<String>,
+    /// Only calls of this tool (gateway tools as `bucket__tool`).
+    pub tool: Option<String>,
+    /// Only forwarded calls to this bucket.
+    pub bucket: Option<String>,
+    /// Only this outcome: `ok`, an error code (`forbidden`, `rate_limited`,
+    /// `upstream_timeout`, …) or a refusal reason (`revoked`, `paused`, `too_many_in_flight`, …).
+    pub outcome: Option<String>,
+    /// Only entries at or after this RFC 3339 time.
+    #[schemars(with = "Option<Timestamp>")]
+    pub since: Option<String>,
+    /// Only entries before this RFC 3339 time.
+    #[schemars(with = "Option<Timestamp>")]
+    pub until: Option<String>,
+    /// Page size, 1-100 (default 20).
+    #[schemars(range(min = 1, max = validate::MAX_PAGE_LIMIT))]
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One access log entry as `list_access_events` returns it. Never arguments, results or
+/// secrets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccessEvent {
+    pub at: Timestamp,
+    /// The calling token; absent for the owner.
+    pub token_id: Option<TokenId>,
+    /// The root of the calling token's lineage.
+    pub lineage_id: Option<TokenId>,
+    /// The tool called; absent for a request refused before a tool was named.
+    pub tool: Option<String>,
+    /// The bucket of a forwarded gateway call.
+    pub bucket: Option<String>,
+    /// `ok`, an error code, or a refusal reason.
+    pub outcome: String,
+    /// How long the call took, in milliseconds.
+    pub duration_ms: f64,
+    /// For a forwarded call the upstream answered: its result's `isError`.
+    pub upstream_is_error: Option<bool>,
+    /// `mcp` or `rest`.
+    pub via: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AccessPage {
+    pub events: Vec<AccessEvent>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
 /// A token as every tool returns it (SPEC §3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenView {

@@ -1,0 +1,293 @@
+//! The access log (SPEC §14): every tool call and every refused request of a known token,
+//! with its time, token, lineage, tool, bucket, outcome and duration — never arguments,
+//! results or secrets.
+//!
+//! Calls hand their [`Access`] to [`AccessLog`] (a sink of `observe`), which only appends it
+//! to a buffer; [`write_behind`] writes the buffer once a second in one batch and flushes, so a
+//! crash loses at most the last second. An entry of a token deleted meanwhile is dropped under
+//! the write lock (deletion takes a token's entries with it), so none outlives its token. When
+//! the writer falls behind, at most [`MAX_PENDING`] entries wait; more are counted and
+//! dropped (and said in the log) rather than held without bound. Retention (age and count)
+//! prunes the oldest in the background, as for the audit log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::requests::{AccessEvent, AccessPage, ListAccessEvents};
+use super::{Caller, Service, validate};
+use crate::error::{Error, Result};
+use crate::observe::{Access, AccessSink};
+use crate::secret::TokenId;
+use crate::store::{AccessKey, StoredAccess};
+use crate::timestamp::Timestamp;
+
+/// Entries waiting to be written; more are dropped (and counted).
+pub const MAX_PENDING: usize = 100_000;
+/// How often the buffer is written.
+const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// How often the log is pruned by retention (also once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Entries a page may examine before it returns with a cursor.
+const SCAN_BUDGET: usize = 5_000;
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// How much of the access log to keep: 30 days or a million entries, whichever is reached
+/// first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRetention {
+    pub max_age_days: u32,
+    pub max_events: u64,
+}
+
+impl Default for AccessRetention {
+    fn default() -> Self {
+        AccessRetention {
+            max_age_days: 30,
+            max_events: 1_000_000,
+        }
+    }
+}
+
+/// The access log's sink: a bounded buffer the writer empties.
+#[derive(Default)]
+pub struct AccessLog {
+    pending: Mutex<Vec<(Timestamp, StoredAccess)>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    pub fn new() -> Arc<AccessLog> {
+        Arc::new(AccessLog::default())
+    }
+
+    fn take(&self) -> Vec<(Timestamp, StoredAccess)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl AccessSink for AccessLog {
+    fn record(&self, access: &Access) {
+        let entry = StoredAccess {
+            token: access.token.clone(),
+            lineage: access.lineage.clone(),
+            tool: access.tool.clone(),
+            bucket: access.bucket.clone(),
+            outcome: access.outcome.as_str().to_owned(),
+            duration_us: access.duration.as_micros().min(u128::from(u64::MAX)) as u64,
+            upstream_is_error: access.upstream_is_error,
+            front: access.front.as_str().to_owned(),
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < MAX_PENDING {
+            pending.push((access.at, entry));
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes the access log's buffer every second until `shutdown`, then once more.
+pub async fn write_behind(service: Arc<Service>, log: Arc<AccessLog>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(WRITE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let dropped = log.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(dropped, "the access log fell behind: entries were dropped");
+        }
+        let entries = log.take();
+        if !entries.is_empty() {
+            let service = Arc::clone(&service);
+            match tokio::task::spawn_blocking(move || service.write_access(entries)).await {
+                Ok(Err(e)) => tracing::warn!("writing the access log failed: {e}"),
+                Err(e) => tracing::warn!("access log writer failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Prunes the access log at start and then every minute, until `shutdown`.
+pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || service.prune_access()).await {
+            Ok(Err(e)) => tracing::warn!("pruning the access log failed: {e}"),
+            Err(e) => tracing::warn!("access log pruner failed: {e}"),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn view((key, entry): (AccessKey, StoredAccess)) -> AccessEvent {
+    AccessEvent {
+        at: key.at,
+        token_id: entry.token,
+        lineage_id: entry.lineage,
+        tool: entry.tool,
+        bucket: entry.bucket,
+        outcome: entry.outcome,
+        duration_ms: entry.duration_us as f64 / 1000.0,
+        upstream_is_error: entry.upstream_is_error,
+        via: entry.front,
+    }
+}
+
+impl Service {
+    /// Writes entries and flushes; entries of tokens no longer stored are left out (checked
+    /// under the write lock, which deletion holds).
+    pub fn write_access(&self, mut entries: Vec<(Timestamp, StoredAccess)>) -> Result<()> {
+        {
+            let _write = self.lock_writes();
+            let mut gone: Vec<TokenId> = Vec::new();
+            let mut kept = Vec::with_capacity(entries.len());
+            for (at, entry) in entries.drain(..) {
+                if let Some(token) = &entry.token {
+                    if gone.contains(token) {
+                        continue;
+                    }
+                    if self.store.get(token)?.is_none() {
+                        gone.push(token.clone());
+                        continue;
+                    }
+                }
+                kept.push((at, entry));
+            }
+            self.store.write_access(&kept)?;
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Removes what retention no longer keeps; returns how many entries went.
+    pub fn prune_access(&self) -> Result<u64> {
+        let retention = self.config.access_retention;
+        let now = Timestamp::now();
+        let older_than =
+            Timestamp::from_millis(now.millis() - i64::from(retention.max_age_days) * MS_PER_DAY)
+                .unwrap_or(now);
+        let pruned = self
+            .store
+            .prune_access(retention.max_events.max(1), older_than)?;
+        if pruned > 0 {
+            self.store.flush()?;
+            tracing::info!(pruned, "pruned the oldest access log entries");
+        }
+        Ok(pruned)
+    }
+
+    /// `list_access_events`: newest first; the owner and admin tokens see every entry, a token
+    /// the entries of its own subtree (itself and the tokens minted under it).
+    pub fn list_access_events(&self, caller: &Caller, req: ListAccessEvents) -> Result<AccessPage> {
+        let acting = self.acting(caller)?;
+        let me = acting
+            .token()
+            .filter(|t| !t.scope.admin)
+            .map(|t| t.id.clone());
+        let my_lineage = me
+            .as_ref()
+            .map(|id| self.lineage_root(id).unwrap_or_else(|| id.clone()));
+        let limit = validate::page_limit(req.limit)?;
+        let id = |text: &Option<String>| {
+            text.as_deref()
+                .map(TokenId::parse)
+                .transpose()
+                .map_err(Error::invalid)
+        };
+        let time = |text: &Option<String>| {
+            text.as_deref()
+                .map(Timestamp::parse)
+                .transpose()
+                .map_err(Error::invalid)
+        };
+        let (token, lineage) = (id(&req.token_id)?, id(&req.lineage_id)?);
+        let (since, until) = (time(&req.since)?, time(&req.until)?);
+        let cursor = match req.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(AccessKey::parse_cursor(c).ok_or_else(|| {
+                Error::invalid("invalid cursor: pass next_cursor from a previous page unchanged")
+            })?),
+        };
+        // Entries before `until` start at its first millisecond.
+        let until_key = until.map(|at| AccessKey { at, seq: 0 });
+        let before = match (cursor, until_key) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let in_subtree = |entry: &StoredAccess| -> Result<bool> {
+            let Some(me) = &me else {
+                return Ok(true);
+            };
+            if entry.lineage.as_ref() != my_lineage.as_ref() {
+                return Ok(false);
+            }
+            let Some(token) = &entry.token else {
+                return Ok(false);
+            };
+            Ok(token == me
+                || self
+                    .store
+                    .chain(token)?
+                    .is_some_and(|chain| chain.iter().any(|r| r.id == *me)))
+        };
+        let mut events = Vec::with_capacity(limit);
+        let mut has_more = false;
+        let mut last_examined = None;
+        for (examined, item) in self.store.access_events(token.as_ref(), before).enumerate() {
+            let (key, entry) = item?;
+            if since.is_some_and(|s| key.at < s) {
+                break;
+            }
+            if examined >= SCAN_BUDGET {
+                has_more = true;
+                break;
+            }
+            let wanted = lineage
+                .as_ref()
+                .is_none_or(|l| entry.lineage.as_ref() == Some(l))
+                && req
+                    .tool
+                    .as_deref()
+                    .is_none_or(|t| entry.tool.as_deref() == Some(t))
+                && req
+                    .bucket
+                    .as_deref()
+                    .is_none_or(|b| entry.bucket.as_deref() == Some(b))
+                && req.outcome.as_deref().is_none_or(|o| entry.outcome == o)
+                && in_subtree(&entry)?;
+            if wanted && events.len() == limit {
+                has_more = true;
+                break;
+            }
+            last_examined = Some(key);
+            if wanted {
+                events.push(view((key, entry)));
+            }
+        }
+        Ok(AccessPage {
+            events,
+            has_more,
+            next_cursor: if has_more {
+                last_examined.map(AccessKey::cursor)
+            } else {
+                None
+            },
+        })
+    }
+}
