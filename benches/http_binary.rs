@@ -29,6 +29,9 @@
 //! - LOAD_NO_GUARD=1: adds, after each binary, the same binary with the bearer guard replaced
 //!   by a fixed caller (the bootstrap admin). Needs a binary built with the `bench-internals`
 //!   feature: `cargo bench --features bench-internals --bench http_binary`.
+//! - LOAD_NO_OBSERVE=1: adds, after each binary, the same binary started with
+//!   `TOKENWARDEN_BENCH_NO_OBSERVE`, which a `bench-internals` build honours by recording no
+//!   access log and no metrics (the cost of SPEC §14's observability, on vs off).
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
@@ -73,12 +76,24 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bin: &str, no_guard: bool) -> Server {
+/// What a variant of a binary turns off (only a `bench-internals` build honours either).
+#[derive(Clone, Copy, PartialEq)]
+enum Off {
+    Nothing,
+    Guard,
+    Observe,
+}
+
+fn start_server(bin: &str, off: Off) -> Server {
     let dir = tempfile::TempDir::new().unwrap();
     let mut command = Command::new(bin);
+    let no_guard = off == Off::Guard;
     if no_guard {
         // Honoured only by a binary built with the `bench-internals` feature.
         command.env("TOKENWARDEN_BENCH_NO_GUARD", "1");
+    }
+    if off == Off::Observe {
+        command.env("TOKENWARDEN_BENCH_NO_OBSERVE", "1");
     }
     let mut child = command
         .arg("--data-dir")
@@ -94,8 +109,10 @@ fn start_server(bin: &str, no_guard: bool) -> Server {
     let (mut addr, mut admin) = (None, None);
     // The banner (with the admin secret) comes before the "serving" line; with RUST_LOG=warn
     // the serving line is not printed, so read the holder file for the address instead.
+    let mut observing = true;
     while admin.is_none() {
         let line = lines.next().expect("server stderr").unwrap();
+        observing &= !line.contains("bench-internals: no access log, no metrics");
         if let Some(start) = line.find("mcp_") {
             admin = Some(line[start..start + 40].to_owned());
         }
@@ -119,10 +136,15 @@ fn start_server(bin: &str, no_guard: bool) -> Server {
     if let Ok(tools) = std::env::var("LOAD_TOKEN_TOOLS") {
         admin = restricted_child(&addr, &admin, &tools);
     }
-    let label = if no_guard {
-        format!("{bin} (no guard)")
-    } else {
-        bin.to_owned()
+    assert!(
+        off != Off::Observe || !observing,
+        "LOAD_NO_OBSERVE needs a binary built with the bench-internals feature: \
+         cargo bench --features bench-internals --bench http_binary"
+    );
+    let label = match off {
+        Off::Nothing => bin.to_owned(),
+        Off::Guard => format!("{bin} (no guard)"),
+        Off::Observe => format!("{bin} (no access log, no metrics)"),
     };
     let admin_id = admin_id(&addr, &admin);
     Server {
@@ -555,6 +577,7 @@ fn main() {
     let protocol = env_or("LOAD_PROTOCOL", "2025-11-25");
     let chosen = env_or("LOAD_WORKLOADS", "list,whoami");
     let no_guard = std::env::var("LOAD_NO_GUARD").is_ok_and(|v| v == "1");
+    let no_observe = std::env::var("LOAD_NO_OBSERVE").is_ok_and(|v| v == "1");
     let workloads: Vec<Workload> = workloads(&protocol)
         .into_iter()
         .filter(|w| chosen.split(',').any(|c| c.trim() == w.key))
@@ -562,9 +585,12 @@ fn main() {
     let servers: Vec<Server> = bins
         .split(',')
         .flat_map(|bin| {
-            let mut variants = vec![start_server(bin, false)];
+            let mut variants = vec![start_server(bin, Off::Nothing)];
             if no_guard {
-                variants.push(start_server(bin, true));
+                variants.push(start_server(bin, Off::Guard));
+            }
+            if no_observe {
+                variants.push(start_server(bin, Off::Observe));
             }
             variants
         })

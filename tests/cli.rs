@@ -641,7 +641,9 @@ async fn the_owner_s_commands_work_while_a_server_runs_and_print_what_they_print
         "\"code\":",
     );
 
-    // What the same commands print while the server runs, to compare once it has stopped.
+    // What the same commands print while the server runs, to compare once it has stopped
+    // (after the access log's write-behind, once a second, has written the refused request).
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
     let commands: Vec<Vec<&str>> = vec![
         vec!["--json", "token", "get", &id],
         vec!["token", "get", &id],

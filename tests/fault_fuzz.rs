@@ -167,7 +167,7 @@ proptest! {
     }
 
     #[test]
-    fn tool_arguments_never_panic(tool in 0usize..14, arguments in json_value()) {
+    fn tool_arguments_never_panic(tool in 0usize..15, arguments in json_value()) {
         let tools = definitions();
         let name = tools[tool % tools.len()].name.to_string();
         let arguments = match arguments {
@@ -232,7 +232,7 @@ fn field_value(field: &'static str) -> BoxedStrategy<Value> {
         "parent" => prop::sample::select(vec!["none", "self", "@id", "@id"])
             .prop_map(Value::from)
             .boxed(),
-        "id" | "token_id" | "parent_id" => Just(Value::from("@id")).boxed(),
+        "id" | "token_id" | "parent_id" | "lineage_id" => Just(Value::from("@id")).boxed(),
         "token" => Just(Value::from("@secret")).boxed(),
         "grace_seconds" => (0i64..86_400).prop_map(Value::from).boxed(),
         "tool" => prop::sample::select(vec!["whoami", "create_token", "fs__read", "list_tokens"])
@@ -252,6 +252,10 @@ fn field_value(field: &'static str) -> BoxedStrategy<Value> {
             .prop_map(Value::from)
             .boxed(),
         "since" => Just(Value::from("2000-01-01T00:00:00Z")).boxed(),
+        "until" => Just(Value::from("2100-01-01T00:00:00Z")).boxed(),
+        "outcome" => prop::sample::select(vec!["ok", "forbidden", "paused"])
+            .prop_map(Value::from)
+            .boxed(),
         other => panic!("no values for field {other}"),
     }
 }
@@ -320,6 +324,20 @@ const TOOL_FIELDS: &[(&str, &[&str], &[&str])] = &[
         "list_audit_events",
         &[],
         &["token_id", "action", "since", "limit"],
+    ),
+    (
+        "list_access_events",
+        &[],
+        &[
+            "token_id",
+            "lineage_id",
+            "tool",
+            "bucket",
+            "outcome",
+            "since",
+            "until",
+            "limit",
+        ],
     ),
     ("whoami", &[], &[]),
 ];

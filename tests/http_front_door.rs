@@ -92,7 +92,7 @@ async fn kept_alive_replies_do_not_wait_on_nagle() {
                 .as_array()
                 .unwrap()
                 .len(),
-            14
+            15
         );
     }
     latencies.sort();

@@ -9,10 +9,11 @@ use common::*;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const ALL_TOOLS: [&str; 14] = [
+const ALL_TOOLS: [&str; 15] = [
     "create_token",
     "delete_token",
     "get_token",
+    "list_access_events",
     "list_audit_events",
     "list_buckets",
     "list_tokens",

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 async fn the_owner_uses_every_tool_over_stdio() {
     let dir = TempDir::new().unwrap();
     let owner = connect_stdio(dir.path(), None).await;
-    assert_eq!(tool_names(&owner).await.len(), 14);
+    assert_eq!(tool_names(&owner).await.len(), 15);
     assert_eq!(
         ok(&owner, "whoami", json!({})).await,
         json!({"owner": true})
@@ -273,7 +273,7 @@ fn stdout_carries_only_json_rpc() {
             .unwrap()
             .starts_with("mcp_")
     );
-    assert_eq!(answers[&3]["result"]["tools"].as_array().unwrap().len(), 14);
+    assert_eq!(answers[&3]["result"]["tools"].as_array().unwrap().len(), 15);
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success());

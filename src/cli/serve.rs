@@ -146,6 +146,16 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let access_log = AccessLog::new();
     let sinks: Vec<Arc<dyn crate::observe::AccessSink>> =
         vec![Arc::clone(&access_log) as Arc<dyn crate::observe::AccessSink>];
+    // A binary built with `bench-internals` (never the product) observes nothing when
+    // TOKENWARDEN_BENCH_NO_OBSERVE is set: what `benches/http_binary.rs` measures their cost
+    // against.
+    #[cfg(feature = "bench-internals")]
+    let sinks = if std::env::var_os("TOKENWARDEN_BENCH_NO_OBSERVE").is_some() {
+        eprintln!("bench-internals: no access log, no metrics");
+        Vec::new()
+    } else {
+        sinks
+    };
     service.observer().set_sinks(sinks);
 
     let stdio_caller = if args.stdio {

@@ -38,7 +38,7 @@ def check(condition: bool, message: str) -> None:
 
 async def main(url: str, admin_token: str) -> None:
     async with connect(url, admin_token) as admin:
-        check(len(await tool_names(admin)) == 14, "the admin sees all 14 tools")
+        check(len(await tool_names(admin)) == 15, "the admin sees all 15 tools")
         failed, me = await call(admin, "whoami", {})
         check(not failed and me["admin"] is True, f"whoami as admin: {me}")
         failed, orchestrator = await call(
