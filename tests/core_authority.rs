@@ -614,3 +614,30 @@ fn minting_cost_does_not_grow_with_dead_children() {
     let (a, b) = (time(&fresh), time(&busy));
     println!("create_token: {a:.3} ms with no dead children, {b:.3} ms with 10,000 dead ones");
 }
+
+/// Work of one lineage on the blocking pool is bounded, and a permit is held by the work, not
+/// by the request: work whose request was abandoned still counts until it ends, so a token
+/// cannot pile up work (a scan under the write lock, say) by opening requests and closing them.
+#[tokio::test]
+async fn a_lineage_runs_a_bounded_number_of_operations_on_the_blocking_pool() {
+    use tokenwarden::service::LINEAGE_BLOCKING;
+    let fx = Fixture::new();
+    let s = &fx.service;
+    let root = owner_root_admin(s, "root");
+    let child = child_of(s, &root, "child");
+    let other = owner_root_admin(s, "other");
+    let soon = |caller: Caller| async move {
+        tokio::time::timeout(Duration::from_millis(100), s.blocking_permit(&caller))
+            .await
+            .ok()
+    };
+    let mut held = Vec::new();
+    for _ in 0..LINEAGE_BLOCKING {
+        held.push(soon(caller(&child)).await.expect("a permit"));
+    }
+    // The root shares its child's lineage: it waits; another lineage does not.
+    assert!(soon(caller(&root)).await.is_none(), "the lineage's bound");
+    assert!(soon(caller(&other)).await.is_some(), "another lineage");
+    held.pop();
+    assert!(soon(caller(&root)).await.is_some(), "a place freed");
+}

@@ -735,3 +735,43 @@ async fn after_an_oversized_answer_its_lineage_runs_one_call_at_a_time_there() {
         "another token waited {other:?}"
     );
 }
+
+/// Review finding: each connection could buffer ~400 KiB of a request head that never ends
+/// (hyper's default) until the 10 s deadline; a thousand of them took half a GiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_request_heads_are_bounded_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let before = rss_mib(server.pid());
+    // 300 connections, each sending 200 KiB of one header that never ends.
+    let line = format!(
+        "GET /healthz HTTP/1.1\r\nhost: {}\r\nx-padding: {}",
+        server.addr,
+        "a".repeat(200 * 1024)
+    );
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut stream) = TcpStream::connect(&server.addr).await else {
+            continue;
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_millis(200),
+            stream.write_all(line.as_bytes()),
+        )
+        .await;
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_mib(server.pid());
+    println!("300 unfinished 200 KiB heads: RSS {before:.1} -> {after:.1} MiB");
+    assert!(
+        after - before < 30.0,
+        "RSS grew {:.1} MiB for 300 unfinished heads",
+        after - before
+    );
+    // The server still answers.
+    let health = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", server.addr);
+    drop(held);
+    let (status, _) = exchange(&server.addr, health.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status, 200);
+}

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -68,29 +68,36 @@ struct Connection {
     close: CancellationToken,
     /// Set when it is closed with a request in flight: drop it at once.
     forced: AtomicBool,
-    /// Set by a request the guard counted against a lineage (a client in good standing),
-    /// cleared when one of its requests is refused: a connection without it goes first when
-    /// room is needed, whether idle or busy (no token, OAuth and health requests never earn
-    /// it), before any idle kept-alive connection that has it.
-    standing: Arc<AtomicBool>,
+    /// [`STANDING`] once a request the guard counted against a lineage came (a client in
+    /// good standing), [`REFUSED`] when one of its requests is refused: a connection without
+    /// standing goes first when room is needed, whether idle or busy (no token, OAuth and
+    /// health requests never earn it), before any idle kept-alive connection that has it.
+    standing: Arc<AtomicU8>,
 }
+
+/// A connection's standing: nothing counted on it yet.
+const UNKNOWN: u8 = 0;
+/// Its last counted request was let in.
+const STANDING: u8 = 1;
+/// Its last request was refused (401, 429).
+const REFUSED: u8 = 2;
 
 /// Put in every request's extensions: the guard raises it for a request it counted against
 /// a lineage, which spares the connection from eviction while the request lasts and gives it
 /// standing, or takes the standing away when it refuses the request.
 #[derive(Clone)]
-pub(crate) struct Shield(Arc<AtomicUsize>, Arc<AtomicBool>);
+pub(crate) struct Shield(Arc<AtomicUsize>, Arc<AtomicU8>);
 
 impl Shield {
     pub(crate) fn raise(&self) -> Raised {
-        self.1.store(true, Ordering::Release);
+        self.1.store(STANDING, Ordering::Release);
         self.0.fetch_add(1, Ordering::AcqRel);
         Raised(Arc::clone(&self.0))
     }
 
     /// The request is refused: its connection loses its standing.
     pub(crate) fn doom(&self) {
-        self.1.store(false, Ordering::Release);
+        self.1.store(REFUSED, Ordering::Release);
     }
 }
 
@@ -101,6 +108,17 @@ impl Drop for Raised {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// What making room for a connection did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Room {
+    /// Nothing could be closed.
+    None,
+    /// A connection was closed.
+    Made,
+    /// The connection closed was waiting for a refusal: a client retrying refused requests.
+    FromRefused,
 }
 
 /// Every open connection, for eviction and idle sweeps.
@@ -140,7 +158,7 @@ impl Table {
             shielded: Arc::new(AtomicUsize::new(0)),
             close: CancellationToken::new(),
             forced: AtomicBool::new(false),
-            standing: Arc::new(AtomicBool::new(false)),
+            standing: Arc::new(AtomicU8::new(UNKNOWN)),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -188,30 +206,35 @@ impl Table {
     /// that has not (yet) had a counted request, or whose last request was refused; false
     /// when there is none. Oldest first, so a client that just connected has as long as the
     /// table takes to turn over to send its first request.
-    fn evict_without_standing(&self) -> bool {
+    fn evict_without_standing(&self) -> Option<Room> {
         let open = self.lock();
         let victim = open
             .values()
             .filter(|c| {
-                !c.standing.load(Ordering::Acquire)
+                c.standing.load(Ordering::Acquire) != STANDING
                     && c.shielded.load(Ordering::Acquire) == 0
                     && !c.close.is_cancelled()
             })
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
-        match victim {
-            Some(c) => {
-                c.forced.store(true, Ordering::Release);
-                c.close.cancel();
-                true
-            }
-            None => false,
-        }
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed))?;
+        victim.forced.store(true, Ordering::Release);
+        victim.close.cancel();
+        Some(if victim.standing.load(Ordering::Acquire) == REFUSED {
+            Room::FromRefused
+        } else {
+            Room::Made
+        })
     }
 
     /// Makes room for one more connection: the oldest without standing, else the longest
     /// idle, else the longest-running unshielded one.
-    fn make_room(&self) -> bool {
-        self.evict_without_standing() || self.evict_longest_idle() || self.evict_unshielded()
+    fn make_room(&self) -> Room {
+        if let Some(room) = self.evict_without_standing() {
+            room
+        } else if self.evict_longest_idle() || self.evict_unshielded() {
+            Room::Made
+        } else {
+            Room::None
+        }
     }
 
     /// Closes connections idle past their deadline.
@@ -297,7 +320,11 @@ impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
 
 /// Serves `app` on `listener` until `shutdown` is cancelled. Requests carry the peer's
 /// address as `ConnectInfo<SocketAddr>`, which the guard checks against `allowed_ips`.
-/// At capacity, the listener accepts at most one connection per this long (500 a second).
+/// Bytes one connection may buffer while its request head arrives.
+const MAX_HEADER_BUFFER: usize = 64 * 1024;
+
+/// At capacity, a connection that closes one waiting for its refusal is accepted at most once
+/// per this long (500 a second).
 const ROOM_PACE: Duration = Duration::from_millis(2);
 
 pub async fn serve(
@@ -313,7 +340,10 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // What one connection may buffer of unfinished headers (hyper's default is ~400 KiB:
+        // a thousand connections sending headers slowly took half a GiB).
+        .max_buf_size(MAX_HEADER_BUFFER);
     let builder = Arc::new(builder);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut last_accept_error: Option<Instant> = None;
@@ -335,7 +365,7 @@ pub async fn serve(
                         tracing::warn!("accepting a connection failed: {e}");
                         last_accept_error = Some(Instant::now());
                     }
-                    let evicted = table.make_room();
+                    let evicted = table.make_room() != Room::None;
                     let pause = if evicted { 1 } else { 50 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
@@ -346,13 +376,15 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         if table.len() >= limits.max_connections {
-            let made_room = table.make_room();
-            // At capacity, each connection accepted closes another (or is refused), and a
-            // client that reconnects as soon as it is closed would turn that into a loop as
-            // fast as the server can accept. Pacing it leaves the next connections waiting in
-            // the kernel's backlog instead, and the cores to the requests already in.
-            tokio::time::sleep(ROOM_PACE).await;
-            if !made_room {
+            let room = table.make_room();
+            if room == Room::FromRefused {
+                // The connection closed was waiting for its refusal, and a client whose
+                // refused requests are closed early would retry at once: a loop as fast as
+                // the server accepts. Pacing these (and only these: closing connections that
+                // never sent anything costs little) leaves the cores to the requests in.
+                tokio::time::sleep(ROOM_PACE).await;
+            }
+            if room == Room::None {
                 tracing::debug!(%peer, "refusing a connection: every connection is busy and counted");
                 drop(tcp);
                 continue;

@@ -303,8 +303,11 @@ impl ServerHandler for TokenServer {
 /// Runs a decision and the tool's work on this task when it only reads (`inline`), else on
 /// the blocking pool: writes and flushes must stay off the async workers, and a hop to the
 /// blocking pool costs a read-only call two thread hand-offs, more than its work.
+///
+/// Work on the blocking pool first takes a place among its lineage's (`Service::blocking_permit`)
+/// and holds it until it ends, even if the request that started it is gone.
 async fn run_service<T: Send + 'static>(
-    inline: bool,
+    (inline, service, caller): (bool, &Service, &Caller),
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorData> {
     if inline {
@@ -312,9 +315,13 @@ async fn run_service<T: Send + 'static>(
         return std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
             .map_err(|_| ErrorData::internal_error("tool task failed: it panicked", None));
     }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))
+    let permit = service.blocking_permit(caller).await;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| ErrorData::internal_error(format!("tool task failed: {e}"), None))
 }
 
 /// `list_buckets` (SPEC §5): the upstreams `caller` holds (all for the owner and admin
@@ -507,7 +514,8 @@ impl TokenServer {
             // The same decision, knowing gateway tools' read-only flags and buckets.
             let service = Arc::clone(&self.service);
             let inline = !service.decision_may_flush(&caller);
-            return run_service(inline, move || {
+            let who = caller.clone();
+            return run_service((inline, &self.service, &who), move || {
                 service.authorize_call(&caller, "verify_token", None, ip)?;
                 let req = serde_json::from_value(arguments).map_err(|e| {
                     Error::invalid(format!("invalid arguments for verify_token: {e}"))
@@ -524,7 +532,8 @@ impl TokenServer {
             let service = Arc::clone(&self.service);
             let gateway = self.gateway.clone();
             // Not inline: it runs the decision for every gateway tool.
-            return run_service(false, move || {
+            let who = caller.clone();
+            return run_service((false, &self.service, &who), move || {
                 service.authorize_call(&caller, "list_buckets", None, ip)?;
                 Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
             })
@@ -533,7 +542,8 @@ impl TokenServer {
         let service = Arc::clone(&self.service);
         let name = name.to_owned();
         let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
-        let outcome = run_service(inline, move || {
+        let who = caller.clone();
+        let outcome = run_service((inline, &self.service, &who), move || {
             service.authorize_call(&caller, &name, None, ip)?;
             tools::dispatch(&service, &caller, &name, arguments)
         })
@@ -593,7 +603,8 @@ impl TokenServer {
             let tool = Arc::clone(&tool);
             let caller = caller.clone();
             let inline = !service.decision_may_flush(&caller);
-            run_service(inline, move || {
+            let who = caller.clone();
+            run_service((inline, &self.service, &who), move || {
                 service.authorize_tool_call(&caller, gateway_tool(&tool), Some(&tool.bucket), ip)
             })
             .await?

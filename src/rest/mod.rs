@@ -419,7 +419,9 @@ async fn owner_or_admin(
 ) -> Result<Value, Problem> {
     let service = Arc::clone(&rest.service);
     let (who, ip) = who(caller);
+    let permit = service.blocking_permit(&who).await;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let decided = service
             .authorize_tool_call(
                 &who,

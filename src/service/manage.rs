@@ -898,6 +898,21 @@ impl Service {
         Ok(outside)
     }
 
+    fn was_swept(&self, id: &TokenId) -> bool {
+        self.swept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn mark_swept(&self, id: &TokenId) {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.len() >= 10_000 {
+            swept.clear();
+        }
+        swept.insert(id.clone());
+    }
+
     pub fn revoke_token(&self, caller: &Caller, req: impl Into<RevokeToken>) -> Result<Revoked> {
         let req = req.into();
         let now = Timestamp::now();
@@ -908,7 +923,8 @@ impl Service {
         let mut change = Change::default();
         let revoked_descendants = self.revoke_subtree(target, &mut change, now)?;
         let mut revoked_minted = 0;
-        if req.include_minted == Some(true) {
+        let sweep = req.include_minted == Some(true) && !self.was_swept(&target.id);
+        if sweep {
             for id in self.minted_outside(&target.id)? {
                 if let Some(record) = self.store.get(&id)?
                     && record.status != Status::Revoked
@@ -926,6 +942,9 @@ impl Service {
         };
         if !change.writes_records() {
             // Already revoked, and everything it reaches: nothing to write or audit.
+            if sweep {
+                self.mark_swept(&target.id);
+            }
             return Ok(result);
         }
         let mut details = json!({ "revoked_descendants": revoked_descendants });
@@ -941,6 +960,9 @@ impl Service {
             details,
         ));
         self.commit(write, None, change)?;
+        if sweep {
+            self.mark_swept(&target.id);
+        }
         tracing::info!(actor = %acting.actor, token = %target.id, revoked_descendants, revoked_minted, "token revoked");
         Ok(result)
     }

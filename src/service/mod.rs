@@ -16,6 +16,7 @@ pub use retention::AuditRetention;
 mod usage;
 mod validate;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -145,7 +146,16 @@ pub struct Service {
     write_lock: Mutex<()>,
     usage: UsageTable,
     observer: crate::observe::Observer,
+    /// Work of each lineage on the blocking pool (see [`Service::blocking_permit`]).
+    blocking: Mutex<HashMap<Option<TokenId>, Arc<tokio::sync::Semaphore>>>,
+    /// Tokens an `include_minted` revocation has swept: they and everything they reach are
+    /// revoked, and revoked tokens mint nothing, so another sweep would find nothing (it
+    /// scans every record under the write lock). In memory, at most 10,000 (then forgotten).
+    swept: Mutex<std::collections::HashSet<TokenId>>,
 }
+
+/// Operations of one lineage running on the blocking pool at once; more wait their turn.
+pub const LINEAGE_BLOCKING: usize = 8;
 
 impl Service {
     pub fn open(
@@ -159,6 +169,8 @@ impl Service {
             write_lock: Mutex::new(()),
             usage: UsageTable::default(),
             observer: crate::observe::Observer::default(),
+            blocking: Mutex::new(HashMap::new()),
+            swept: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -379,6 +391,31 @@ impl Service {
     /// (sessions, streams, requests in flight, upstream call slots) count under. A root minted
     /// by an admin with `parent: none` is a lineage of its own: that is what an operator mints
     /// roots for, and an admin may already manage every token.
+    /// A place for one operation of `caller`'s lineage on the blocking pool, waiting while
+    /// [`LINEAGE_BLOCKING`] of them run. The permit goes into the work itself, so work whose
+    /// request was abandoned (the client closed its connection, its in-flight ticket gone)
+    /// still counts until it ends: a lineage cannot pile up work the server no longer sees.
+    pub async fn blocking_permit(&self, caller: &Caller) -> tokio::sync::OwnedSemaphorePermit {
+        let lineage = match caller {
+            Caller::Owner => None,
+            Caller::Token(id) => Some(self.lineage_root(id).unwrap_or_else(|| id.clone())),
+        };
+        let semaphore = {
+            let mut map = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= 10_000 {
+                map.retain(|_, s| s.available_permits() < LINEAGE_BLOCKING);
+            }
+            Arc::clone(
+                map.entry(lineage)
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(LINEAGE_BLOCKING))),
+            )
+        };
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// Where tool calls and refused requests are reported (the access log, the metrics).
     pub fn observer(&self) -> &crate::observe::Observer {
         &self.observer
