@@ -1,7 +1,7 @@
 //! The Prometheus metrics (SPEC §14) through the shipped binary: a real Prometheus (Debian's
 //! `prometheus` package) scrapes `serve --metrics`, and its query API answers the counts of a
 //! known sequence of allowed and refused requests, own and forwarded tool calls; `/metrics` on
-//! the main listener is for the owner and admin tokens only, and no exposition names a token
+//! the main listener is for admin tokens only, and no exposition names a token
 //! or carries a secret.
 //!
 //! Without a `prometheus` binary the first test says so and passes, unless
@@ -419,7 +419,7 @@ async fn prometheus_scrapes_the_counts_of_a_known_sequence_of_calls() {
 }
 
 #[tokio::test]
-async fn metrics_on_the_main_listener_are_for_owner_and_admin_tokens_and_name_no_token() {
+async fn metrics_on_the_main_listener_are_for_admin_tokens_and_name_no_token() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let api = rest(&server);

@@ -101,7 +101,7 @@ pub struct ServeArgs {
     pub upstreams: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, without a token: bind it to loopback
-    /// or a private network. (GET /metrics on --http needs an owner or admin token.)
+    /// or a private network. (GET /metrics on --http needs an admin token.)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 }
@@ -304,13 +304,12 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         shutdown.cancel();
         gateway.stopped().await;
     }
-    shutdown.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
     // The socket closes (and its file goes) before the database is released.
     shutdown.cancel();
     if let Some(task) = admin_socket {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     // The last second of the access log is written before the database is released.

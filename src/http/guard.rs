@@ -224,21 +224,15 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
-            let missing = Unauthenticated::Missing;
-            state
-                .service
-                .observer()
-                .unauthenticated(missing, Front::Mcp);
+            let observer = state.service.observer();
+            observer.unauthenticated(Unauthenticated::Missing, Front::Mcp);
             let refusal = unauthorized(&state.resource_metadata, None);
             return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
-            let malformed = Unauthenticated::Malformed;
-            state
-                .service
-                .observer()
-                .unauthenticated(malformed, Front::Mcp);
+            let observer = state.service.observer();
+            observer.unauthenticated(Unauthenticated::Malformed, Front::Mcp);
             let refusal = unauthorized(&state.resource_metadata, Some(description));
             return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }

@@ -7,7 +7,7 @@
 //! closed when their secret stops authenticating), then rmcp; around the guard, `reply` sends a
 //! ready POST reply in one write. The OAuth routes (`oauth`:
 //! discovery documents, registration, consent, token, revocation) are served without a token;
-//! the REST API (`rest`, with `/metrics` for owner and admin tokens) checks its own bearer.
+//! the REST API (`rest`, with `/metrics` for admin tokens) checks its own bearer.
 //! Any other path answers 404.
 
 mod cors;
@@ -155,7 +155,7 @@ pub struct HttpConfig {
     pub oauth: OAuthConfig,
     /// The listener's connection table (given to [`serve`] too), counted by the metrics.
     pub connections: Connections,
-    /// The metrics: `GET /metrics` for owner and admin tokens, and what they read of this
+    /// The metrics: `GET /metrics` for admin tokens, and what they read of this
     /// server (sessions, connections, streams).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }

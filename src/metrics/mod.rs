@@ -9,7 +9,7 @@
 //!   store's size, tokens by status, OAuth clients and grants.
 //!
 //! Served at `/metrics` on the listener of `serve --metrics ADDR` (no token: keep it on
-//! loopback or a private network) and on the main listener for the owner and admin tokens
+//! loopback or a private network) and on the main listener for admin tokens
 //! (`rest`).
 
 mod names;

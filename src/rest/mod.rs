@@ -55,7 +55,7 @@ impl Rest {
         }
     }
 
-    /// Serves `GET /metrics` (owner and admin tokens) when given the metrics.
+    /// Serves `GET /metrics` (admin tokens) when given the metrics.
     pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Rest {
         self.metrics = metrics;
         self
@@ -494,9 +494,9 @@ async fn remove_oauth_client(
     Ok(json(StatusCode::OK, &removed))
 }
 
-/// `GET /metrics` on the main listener: the Prometheus exposition, for the owner and admin
-/// tokens (`serve --metrics ADDR` serves it without a token on a listener of its own). A
-/// scrape is not a tool call: it counts no use and no rate.
+/// `GET /metrics` on the main listener: the Prometheus exposition, for admin tokens (`serve
+/// --metrics ADDR` serves it without a token on a listener of its own). A scrape is not a
+/// tool call: it spends no use and counts against no rate.
 async fn metrics(
     State(rest): State<Rest>,
     caller: axum::Extension<Authenticated>,
