@@ -14,6 +14,7 @@
 //! - [`rest`]: the REST API under `/v1`, each endpoint one of the MCP tools.
 //! - [`observe`]: every tool call and refused request as an event for the access log and the
 //!   metrics.
+//! - [`metrics`]: the Prometheus metrics, fed by those events and read at scrape time.
 //! - [`oauth`]: the OAuth 2.1 authorization server; the tokens it issues are children of the
 //!   approving token, minted through the service like any other.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
+pub mod metrics;
 pub mod oauth;
 pub mod observe;
 pub mod record;

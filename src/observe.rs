@@ -68,9 +68,41 @@ impl Front {
     }
 }
 
-/// Receives every [`Access`]; must not block.
+/// Why a request without a usable token was refused at the front door. No token id goes with
+/// it: there is none (or none worth naming).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that is not `Bearer <token>`, or a secret of the wrong shape.
+    Malformed,
+    /// A well-formed secret that no token has.
+    Unknown,
+    /// The store could not be read.
+    Unavailable,
+}
+
+impl Unauthenticated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => "missing",
+            Unauthenticated::Malformed => "malformed",
+            Unauthenticated::Unknown => "unknown",
+            Unauthenticated::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Receives every [`Access`]; must not block. The two counts have empty defaults: the access
+/// log records calls, the metrics count requests too.
 pub trait AccessSink: Send + Sync {
     fn record(&self, access: &Access);
+
+    /// A request that authenticated and was let in (the HTTP guard, the REST check).
+    fn admitted(&self, _front: Front) {}
+
+    /// A request refused for want of a usable token.
+    fn unauthenticated(&self, _reason: Unauthenticated, _front: Front) {}
 }
 
 /// The sinks of one server, set once at start.
@@ -94,6 +126,24 @@ impl Observer {
         if let Some(sinks) = self.sinks.get() {
             for sink in sinks {
                 sink.record(access);
+            }
+        }
+    }
+
+    /// Reports a request let in at the front door.
+    pub fn admitted(&self, front: Front) {
+        if let Some(sinks) = self.sinks.get() {
+            for sink in sinks {
+                sink.admitted(front);
+            }
+        }
+    }
+
+    /// Reports a request refused for want of a usable token.
+    pub fn unauthenticated(&self, reason: Unauthenticated, front: Front) {
+        if let Some(sinks) = self.sinks.get() {
+            for sink in sinks {
+                sink.unauthenticated(reason, front);
             }
         }
     }

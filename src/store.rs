@@ -628,6 +628,23 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
+    /// How many tokens hold each stored status (active, paused, revoked), counted from the
+    /// per-status index: keys only, no record is read or decoded, the hot-record cache is not
+    /// touched. Still one key per token: callers keep the answer for a while.
+    pub fn count_by_status(&self) -> Result<Vec<(Status, u64)>> {
+        STORED_STATUSES
+            .iter()
+            .map(|&status| {
+                let mut count = 0;
+                for entry in self.db.scan_prefix([STATUS, status_byte(status)]).keys() {
+                    entry?;
+                    count += 1;
+                }
+                Ok((status, count))
+            })
+            .collect()
+    }
+
     fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }

@@ -20,6 +20,8 @@ use crate::service::{Caller, Service};
 
 /// How often usage counters are written behind (SPEC §8 allows up to 5 s).
 const USAGE_WRITE_BEHIND: Duration = Duration::from_secs(2);
+/// Open connections on the `--metrics` listener (the oldest idle one makes room).
+const METRICS_CONNECTIONS: usize = 16;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -97,6 +99,11 @@ pub struct ServeArgs {
     /// .mcp.json) as buckets; SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
     pub upstreams: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, without a token: bind it to loopback
+    /// or a private network. (GET /metrics on --http needs an admin token.)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Names the running server in the data directory, so other commands can say who holds it.
@@ -142,10 +149,16 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         max_events: args.access_log_max_events,
     };
     let service = Arc::new(open_service(&dir, config)?);
+    // Kept whenever something can read them: the main listener's `/metrics` or `--metrics`.
+    let metrics = (args.http.is_some() || args.metrics.is_some())
+        .then(|| crate::metrics::Metrics::new(Arc::clone(&service)));
     // Who hears of every tool call and refused request (SPEC §14); set once, before serving.
     let access_log = AccessLog::new();
-    let sinks: Vec<Arc<dyn crate::observe::AccessSink>> =
+    let mut sinks: Vec<Arc<dyn crate::observe::AccessSink>> =
         vec![Arc::clone(&access_log) as Arc<dyn crate::observe::AccessSink>];
+    if let Some(metrics) = &metrics {
+        sinks.push(metrics.clone());
+    }
     // A binary built with `bench-internals` (never the product) observes nothing when
     // TOKENWARDEN_BENCH_NO_OBSERVE is set: what `benches/http_binary.rs` measures their cost
     // against.
@@ -171,6 +184,13 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
+    let metrics_listener =
+        match args.metrics {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CliError::new(format!("cannot listen on {addr} for the metrics: {e}"))
+            })?),
+            None => None,
+        };
     let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
     let _holder = HolderFile::write(&dir, bound);
     let mut bootstrapped = None;
@@ -204,6 +224,13 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if let Some(gateway) = &gateway {
         tokio::spawn(reload_on_sighup(Arc::clone(gateway), shutdown.clone()));
     }
+    if let (Some(metrics), Some(gateway)) = (&metrics, &gateway) {
+        metrics.watch_gateway(Arc::clone(gateway));
+    }
+    let metrics_task = metrics_listener
+        .zip(metrics.clone())
+        .map(|(listener, metrics)| serve_metrics(listener, &metrics, shutdown.clone()));
+    let connections = http::Connections::default();
 
     let http_app = match &listener {
         Some(_) => {
@@ -229,6 +256,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                         per_minute: args.oauth_registrations_per_minute,
                     },
                 },
+                connections: connections.clone(),
+                metrics: metrics.clone(),
             };
             Some(
                 http_router(&service, &config, shutdown.child_token(), bootstrapped)
@@ -247,7 +276,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             "serving MCP over HTTP at http://{}/mcp",
             bound.expect("bound")
         );
-        tokio::spawn(http::serve(listener, app, limits, stop))
+        tokio::spawn(http::serve(listener, app, (limits, connections), stop))
     });
 
     if let Some(caller) = stdio_caller {
@@ -280,6 +309,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if let Some(task) = admin_socket {
         let _ = task.await;
     }
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     // The last second of the access log is written before the database is released.
     let _ = access_writer.await;
     let service = Arc::clone(&service);
@@ -288,6 +320,36 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(format!("shutdown failed: {e}")))??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` on the `--metrics` listener until `shutdown`, with no token: the
+/// operator binds it where only Prometheus reaches it (a warning says so for any other
+/// address than loopback). A few connections are enough for a scraper.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: &Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("serving metrics at http://{addr}/metrics");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "the metrics at http://{addr}/metrics need no token: keep that address on a \
+                 private network"
+            );
+        }
+    }
+    let limits = ConnectionLimits {
+        max_connections: METRICS_CONNECTIONS,
+        ..ConnectionLimits::default()
+    };
+    let app = metrics.router();
+    tokio::spawn(async move {
+        let connections = http::Connections::default();
+        if let Err(e) = http::serve(listener, app, (limits, connections), shutdown).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    })
 }
 
 /// Serves the admin socket (`admin.sock` in the data directory) until `shutdown`, so the

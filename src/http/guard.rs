@@ -21,7 +21,7 @@ use super::{
     read_body_within,
 };
 use crate::mcp::{Authenticated, Presented};
-use crate::observe::Front;
+use crate::observe::{Front, Unauthenticated};
 use crate::rules::cidr::canonical_ip;
 use crate::secret::TokenId;
 use crate::service::{RefusedKnown, Service};
@@ -224,11 +224,15 @@ pub(super) async fn guard(
         Ok(secret) => Presented::new(secret),
         Err(NoBearer::Missing) => {
             tracing::debug!(%client_ip, "refused request: no credentials");
+            let observer = state.service.observer();
+            observer.unauthenticated(Unauthenticated::Missing, Front::Mcp);
             let refusal = unauthorized(&state.resource_metadata, None);
             return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
         Err(NoBearer::Malformed(description)) => {
             tracing::debug!(%client_ip, "refused request: {description}");
+            let observer = state.service.observer();
+            observer.unauthenticated(Unauthenticated::Malformed, Front::Mcp);
             let refusal = unauthorized(&state.resource_metadata, Some(description));
             return refuse(request, refusal, UNAUTHENTICATED_BODY_DEADLINE).await;
         }
@@ -256,6 +260,7 @@ pub(super) async fn guard(
             .observe_refusal(RefusedKnown::InFlight(&token_id), Front::Mcp);
         return too_many_in_flight(request, state.inflight.per_lineage()).await;
     };
+    state.service.observer().admitted(Front::Mcp);
     let shield = request
         .extensions()
         .get::<super::listener::Shield>()

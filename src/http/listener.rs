@@ -258,6 +258,30 @@ impl Table {
     }
 }
 
+/// The connection table of one listener, shared with whoever counts its connections (the
+/// metrics).
+#[derive(Clone)]
+pub struct Connections(Arc<Table>);
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections(Arc::new(Table::new()))
+    }
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Connections").field(&self.open()).finish()
+    }
+}
+
+impl Connections {
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Marks its connection busy from a request's arrival until its response body is dropped.
 struct Busy {
     connection: Arc<Connection>,
@@ -318,8 +342,6 @@ impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled. Requests carry the peer's
-/// address as `ConnectInfo<SocketAddr>`, which the guard checks against `allowed_ips`.
 /// Bytes one connection may buffer while its request head arrives.
 const MAX_HEADER_BUFFER: usize = 64 * 1024;
 
@@ -327,13 +349,15 @@ const MAX_HEADER_BUFFER: usize = 64 * 1024;
 /// per this long (500 a second).
 const ROOM_PACE: Duration = Duration::from_millis(2);
 
+/// Serves `app` on `listener` until `shutdown` is cancelled, within `limits`, keeping its
+/// connections in the given table (where the metrics count them). Requests carry the peer's
+/// address as `ConnectInfo<SocketAddr>`, which the guard checks against `allowed_ips`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: ConnectionLimits,
+    (limits, Connections(table)): (ConnectionLimits, Connections),
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let table = Arc::new(Table::new());
     // HTTP/1.1 only: MCP clients speak it, and HTTP/2's many streams per connection would
     // multiply what one connection can hold in flight.
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();

@@ -6,7 +6,8 @@
 //! session ownership and bounds (`sessions`), JSON-RPC errors for malformed bodies, streams
 //! closed when their secret stops authenticating), then rmcp; around the guard, `reply` sends a
 //! ready POST reply in one write. The OAuth routes (`oauth`:
-//! discovery documents, registration, consent, token, revocation) are served without a token.
+//! discovery documents, registration, consent, token, revocation) are served without a token;
+//! the REST API (`rest`, with `/metrics` for admin tokens) checks its own bearer.
 //! Any other path answers 404.
 
 mod cors;
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cors::AllowedOrigin;
 pub use inflight::{InFlight, REFUSAL_DELAY};
-pub use listener::{ConnectionLimits, serve};
+pub use listener::{ConnectionLimits, Connections, serve};
 pub use sessions::SessionLimits;
 
 use crate::mcp::TokenServer;
@@ -152,6 +153,32 @@ pub struct HttpConfig {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The OAuth authorization server: public URL, token lifetime, registration bounds.
     pub oauth: OAuthConfig,
+    /// The listener's connection table (given to [`serve`] too), counted by the metrics.
+    pub connections: Connections,
+    /// The metrics: `GET /metrics` for admin tokens, and what they read of this
+    /// server (sessions, connections, streams).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// What the metrics read of the HTTP server when scraped.
+struct OpenCounts {
+    sessions: Arc<sessions::Sessions>,
+    streams: Arc<streams::Streams>,
+    connections: Connections,
+}
+
+impl crate::metrics::OpenCounts for OpenCounts {
+    fn sessions(&self) -> usize {
+        self.sessions.live_blocking()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.open()
+    }
+
+    fn streams(&self) -> usize {
+        self.streams.count()
+    }
 }
 
 fn loopback_hosts() -> Vec<String> {
@@ -187,12 +214,20 @@ pub fn router(
         streams: Arc::new(streams::Streams::new(config.max_connections)),
         inflight: Arc::clone(&inflight),
     };
+    if let Some(metrics) = &config.metrics {
+        metrics.watch_http(Arc::new(OpenCounts {
+            sessions: Arc::clone(&state.sessions),
+            streams: Arc::clone(&state.streams),
+            connections: config.connections.clone(),
+        }));
+    }
     // The REST API: the same tools (with the gateway, for `verify` and `buckets`), the same
-    // authentication, the same bound on requests in flight.
+    // authentication, the same bound on requests in flight; `/metrics` beside it.
     let rest = crate::rest::Rest::new(
         TokenServer::for_http(Arc::clone(&service)).with_gateway(config.gateway.clone()),
         Arc::clone(&service),
-    );
+    )
+    .with_metrics(config.metrics.clone());
     let rest_auth = crate::rest::RestAuth {
         service: Arc::clone(&service),
         resource_metadata: config.oauth.resource_metadata_url().into(),

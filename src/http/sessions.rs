@@ -216,6 +216,12 @@ impl Sessions {
         }
     }
 
+    /// How many sessions rmcp holds now (the metrics). Waits for the session table's lock:
+    /// call it on a blocking thread, never on an async worker.
+    pub fn live_blocking(&self) -> usize {
+        self.manager.sessions.blocking_read().len()
+    }
+
     /// Whether rmcp still holds this session.
     pub async fn is_live(&self, session: &str) -> bool {
         self.manager.sessions.read().await.contains_key(session)

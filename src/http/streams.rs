@@ -70,6 +70,11 @@ impl Streams {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many streams are open now (the metrics).
+    pub(super) fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Closes the streams `session` has open and waits (at most [`REPLACE_WAIT`]) until they
     /// have ended: called before a new stream of the session is asked of rmcp.
     pub(super) async fn close_session(&self, session: &str) {

@@ -220,6 +220,12 @@ pub fn exists(name: &str) -> bool {
     SPECS.iter().any(|s| s.name == name)
 }
 
+/// The catalogue's own copy of a tool's name (the metrics label it without keeping the
+/// caller's string).
+pub fn static_name(name: &str) -> Option<&'static str> {
+    SPECS.iter().find(|s| s.name == name).map(|s| s.name)
+}
+
 /// Tools whose work is a few point reads (no scan, no write): with a decision that only reads,
 /// they run on the async worker that received the call.
 pub fn point_reads_only(name: &str) -> bool {

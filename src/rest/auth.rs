@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::problem::Problem;
 use crate::mcp::{Authenticated, Presented};
-use crate::observe::Front;
+use crate::observe::{Front, Unauthenticated};
 use crate::rules::cidr::canonical_ip;
 use crate::service::{RefusedKnown, Service};
 
@@ -33,6 +33,11 @@ pub async fn authenticate(
     let secret = match crate::http::bearer_of(request.headers()) {
         Ok(secret) => secret.to_owned(),
         Err(description) => {
+            let reason = match description {
+                None => Unauthenticated::Missing,
+                Some(_) => Unauthenticated::Malformed,
+            };
+            auth.service.observer().unauthenticated(reason, Front::Rest);
             crate::http::doom(&request);
             return refused(&auth, description);
         }
@@ -69,6 +74,7 @@ pub async fn authenticate(
         )
         .into_response();
     };
+    auth.service.observer().admitted(Front::Rest);
     let shield = crate::http::raise_shield(&request);
     request.extensions_mut().insert(Authenticated {
         token_id,

@@ -42,6 +42,7 @@ pub struct Rest {
     server: Arc<TokenServer>,
     service: Arc<Service>,
     idempotency: Arc<idempotency::Keys>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Rest {
@@ -50,13 +51,25 @@ impl Rest {
             server: Arc::new(server),
             service,
             idempotency: Arc::new(idempotency::Keys::default()),
+            metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` (admin tokens) when given the metrics.
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Rest {
+        self.metrics = metrics;
+        self
     }
 }
 
-/// The `/v1` routes: the OpenAPI document without a token, everything else behind `auth`.
+/// The `/v1` routes: the OpenAPI document without a token, everything else behind `auth`;
+/// `/metrics` too when the server has metrics.
 pub fn routes(rest: Rest, auth: RestAuth) -> Router {
-    let guarded = Router::new()
+    let mut guarded = Router::new();
+    if rest.metrics.is_some() {
+        guarded = guarded.route("/metrics", get(metrics));
+    }
+    let guarded = guarded
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route(
             "/v1/tokens/{id}",
@@ -481,6 +494,23 @@ async fn remove_oauth_client(
     )
     .await?;
     Ok(json(StatusCode::OK, &removed))
+}
+
+/// `GET /metrics` on the main listener: the Prometheus exposition, for admin tokens (`serve
+/// --metrics ADDR` serves it without a token on a listener of its own). A scrape is not a
+/// tool call: it spends no use and counts against no rate.
+async fn metrics(
+    State(rest): State<Rest>,
+    caller: axum::Extension<Authenticated>,
+) -> Result<Response, Problem> {
+    let Some(metrics) = &rest.metrics else {
+        return Err(unknown_endpoint_problem());
+    };
+    let (who, _) = who(&caller);
+    rest.service
+        .require_owner_or_admin(&who, "the metrics")
+        .map_err(|e| Problem::from_error(&e))?;
+    Ok(metrics.response().await)
 }
 
 fn unknown_endpoint_problem() -> Problem {

@@ -9,6 +9,7 @@ pub mod access;
 mod backup;
 mod manage;
 mod query;
+pub use query::Census;
 pub mod requests;
 pub use backup::Imported;
 mod retention;
@@ -422,8 +423,10 @@ impl Service {
     }
 
     /// Reports a request of a known token refused before any tool ran (`reason`: a rule's
-    /// code, `rotated_out` or `too_many_in_flight`).
+    /// code, `rotated_out` or `too_many_in_flight`); a secret that names no token is reported
+    /// without one (`malformed`, `unknown`, `unavailable`).
     pub fn observe_refusal(&self, failure: RefusedKnown<'_>, front: crate::observe::Front) {
+        use crate::observe::Unauthenticated;
         if !self.observer.enabled() {
             return;
         }
@@ -432,7 +435,21 @@ impl Service {
                 (&denial.token, denial.rule.as_str())
             }
             RefusedKnown::Auth(AuthFailure::RotatedOut(id)) => (id, "rotated_out"),
-            RefusedKnown::Auth(_) => return,
+            RefusedKnown::Auth(AuthFailure::Malformed(_)) => {
+                return self
+                    .observer
+                    .unauthenticated(Unauthenticated::Malformed, front);
+            }
+            RefusedKnown::Auth(AuthFailure::Unknown) => {
+                return self
+                    .observer
+                    .unauthenticated(Unauthenticated::Unknown, front);
+            }
+            RefusedKnown::Auth(AuthFailure::Unavailable(_)) => {
+                return self
+                    .observer
+                    .unauthenticated(Unauthenticated::Unavailable, front);
+            }
             RefusedKnown::InFlight(id) => (id, "too_many_in_flight"),
         };
         self.observer.record(&crate::observe::Access {

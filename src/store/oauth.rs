@@ -188,6 +188,11 @@ impl OAuthStore {
         self.tree.scan_prefix([CLIENT]).count()
     }
 
+    /// How many grants are held (keys only).
+    pub fn grant_count(&self) -> usize {
+        self.tree.scan_prefix([GRANT]).keys().count()
+    }
+
     pub fn has_grants(&self, client_id: &str) -> Result<bool> {
         let mut prefix = vec![GRANT];
         prefix.extend_from_slice(client_id.as_bytes());
