@@ -37,7 +37,8 @@ pub struct Access {
     pub at: Timestamp,
     /// The calling token; `None` for the owner (stdio without a token, the admin socket).
     pub token: Option<TokenId>,
-    /// The root of the calling token's chain.
+    /// The root of the calling token's chain, when the caller already knows it (the access
+    /// log's writer finds it otherwise).
     pub lineage: Option<TokenId>,
     /// The tool called (gateway tools by their exposed name, `bucket__tool`); `None` for a
     /// request refused before a tool was known.

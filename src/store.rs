@@ -1085,7 +1085,10 @@ impl Store {
                 }
                 BackupEntry::Audit
             }
-            ACCESS => BackupEntry::Access(Store::access_entry_token(key, value)?),
+            ACCESS => {
+                Store::check_access_entry(key, value)?;
+                BackupEntry::Access
+            }
             USAGE if value.len() == 16 => BackupEntry::OfToken(id(rest)?),
             REMAINING if value.len() == 8 => BackupEntry::OfToken(id(rest)?),
             TOMBSTONE if value.len() == 8 => BackupEntry::Tombstone(id(rest)?),
@@ -1120,15 +1123,23 @@ impl Store {
                 .chain(child)
                 .chain(live)
         });
-        let mut access_index = Vec::new();
+        // Access log batches lose entries of tokens not imported, and get their index.
+        let imported: std::collections::HashSet<&TokenId> = records.iter().map(|r| &r.id).collect();
+        let kept = |id: &TokenId| imported.contains(id);
+        let mut plain = Vec::with_capacity(entries.len());
+        let mut access = Vec::new();
         for (k, v) in entries {
-            if k.first() == Some(&ACCESS)
-                && let Some(index) = Store::access_index_for(k, v)?
-            {
-                access_index.push((index, Vec::new()));
+            if k.first() == Some(&ACCESS) {
+                access.extend(
+                    Store::access_batch_for_import(k, v, &kept)?
+                        .into_iter()
+                        .flatten(),
+                );
+            } else {
+                plain.push((k.clone(), v.clone()));
             }
         }
-        for (k, v) in entries.iter().cloned().chain(indexes).chain(access_index) {
+        for (k, v) in plain.into_iter().chain(indexes).chain(access) {
             if self.db.contains_key(&k)? {
                 return Err(StoreError::Corrupt(
                     "a backup entry collides with one already in the store".to_owned(),
@@ -1268,8 +1279,8 @@ pub enum BackupEntry {
     Index(TokenId),
     /// An audit event.
     Audit,
-    /// An access log entry, and the token it names (none for the owner).
-    Access(Option<TokenId>),
+    /// A batch of access log entries (an import drops entries of tokens it does not bring).
+    Access,
     /// A deleted token's tombstone.
     Tombstone(TokenId),
 }

@@ -486,13 +486,11 @@ impl TokenServer {
             Caller::Token(id) => Some(id.clone()),
             Caller::Owner => None,
         };
-        let lineage = token
-            .as_ref()
-            .map(|id| self.service.lineage_root(id).unwrap_or_else(|| id.clone()));
         self.service.observer().record(&Access {
             at: crate::timestamp::Timestamp::now(),
             token,
-            lineage,
+            // Found by the access log's writer, off the request path.
+            lineage: None,
             tool: Some(tool.to_owned()),
             bucket: bucket.map(str::to_owned),
             outcome,

@@ -10,6 +10,7 @@
 //! dropped (and said in the log) rather than held without bound. Retention (age and count)
 //! prunes the oldest in the background, as for the audit log.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +35,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Entries a page may examine before it returns with a cursor.
 const SCAN_BUDGET: usize = 5_000;
 const MS_PER_DAY: i64 = 86_400_000;
+/// Entries are stored in the order the writer took them, so reading newest first an entry a
+/// little older than `since` may come before newer ones: reading stops only this far past it.
+const SINCE_MARGIN_MS: i64 = 10_000;
 
 /// How much of the access log to keep: 30 days or a million entries, whichever is reached
 /// first.
@@ -52,10 +56,24 @@ impl Default for AccessRetention {
     }
 }
 
+/// An entry waiting for the writer: what the call knew, nothing looked up (the writer finds
+/// the lineage and checks the token still exists, off the request path).
+struct Pending {
+    at: Timestamp,
+    token: Option<TokenId>,
+    lineage: Option<TokenId>,
+    tool: Option<String>,
+    bucket: Option<String>,
+    outcome: &'static str,
+    duration_us: u64,
+    upstream_is_error: Option<bool>,
+    front: &'static str,
+}
+
 /// The access log's sink: a bounded buffer the writer empties.
 #[derive(Default)]
 pub struct AccessLog {
-    pending: Mutex<Vec<(Timestamp, StoredAccess)>>,
+    pending: Mutex<Vec<Pending>>,
     dropped: AtomicU64,
 }
 
@@ -64,26 +82,27 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn take(&self) -> Vec<(Timestamp, StoredAccess)> {
+    fn take(&self) -> Vec<Pending> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl AccessSink for AccessLog {
     fn record(&self, access: &Access) {
-        let entry = StoredAccess {
+        let entry = Pending {
+            at: access.at,
             token: access.token.clone(),
             lineage: access.lineage.clone(),
             tool: access.tool.clone(),
             bucket: access.bucket.clone(),
-            outcome: access.outcome.as_str().to_owned(),
+            outcome: access.outcome.as_str(),
             duration_us: access.duration.as_micros().min(u128::from(u64::MAX)) as u64,
             upstream_is_error: access.upstream_is_error,
-            front: access.front.as_str().to_owned(),
+            front: access.front.as_str(),
         };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() < MAX_PENDING {
-            pending.push((access.at, entry));
+            pending.push(entry);
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -135,9 +154,9 @@ pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationTo
     }
 }
 
-fn view((key, entry): (AccessKey, StoredAccess)) -> AccessEvent {
+fn view(entry: StoredAccess) -> AccessEvent {
     AccessEvent {
-        at: key.at,
+        at: entry.at,
         token_id: entry.token,
         lineage_id: entry.lineage,
         tool: entry.tool,
@@ -150,24 +169,47 @@ fn view((key, entry): (AccessKey, StoredAccess)) -> AccessEvent {
 }
 
 impl Service {
-    /// Writes entries and flushes; entries of tokens no longer stored are left out (checked
-    /// under the write lock, which deletion holds).
-    pub fn write_access(&self, mut entries: Vec<(Timestamp, StoredAccess)>) -> Result<()> {
+    /// Writes entries as one batch and flushes. Each token's lineage is found here, once per
+    /// token; entries of tokens no longer stored are left out (checked under the write lock,
+    /// which deletion holds).
+    fn write_access(&self, entries: Vec<Pending>) -> Result<()> {
         {
             let _write = self.lock_writes();
-            let mut gone: Vec<TokenId> = Vec::new();
+            // Per token: its lineage root, or None when it is gone.
+            let mut roots: HashMap<TokenId, Option<TokenId>> = HashMap::new();
             let mut kept = Vec::with_capacity(entries.len());
-            for (at, entry) in entries.drain(..) {
-                if let Some(token) = &entry.token {
-                    if gone.contains(token) {
-                        continue;
+            for entry in entries {
+                let lineage = match &entry.token {
+                    None => None,
+                    Some(token) => {
+                        let root = match roots.get(token) {
+                            Some(root) => root.clone(),
+                            None => {
+                                let root = self
+                                    .store
+                                    .chain(token)?
+                                    .and_then(|chain| chain.last().map(|r| r.id.clone()));
+                                roots.insert(token.clone(), root.clone());
+                                root
+                            }
+                        };
+                        match root {
+                            Some(root) => Some(entry.lineage.unwrap_or(root)),
+                            None => continue,
+                        }
                     }
-                    if self.store.get(token)?.is_none() {
-                        gone.push(token.clone());
-                        continue;
-                    }
-                }
-                kept.push((at, entry));
+                };
+                kept.push(StoredAccess {
+                    at: entry.at,
+                    token: entry.token,
+                    lineage,
+                    tool: entry.tool,
+                    bucket: entry.bucket,
+                    outcome: entry.outcome.to_owned(),
+                    duration_us: entry.duration_us,
+                    upstream_is_error: entry.upstream_is_error,
+                    front: entry.front.to_owned(),
+                });
             }
             self.store.write_access(&kept)?;
         }
@@ -224,12 +266,6 @@ impl Service {
                 Error::invalid("invalid cursor: pass next_cursor from a previous page unchanged")
             })?),
         };
-        // Entries before `until` start at its first millisecond.
-        let until_key = until.map(|at| AccessKey { at, seq: 0 });
-        let before = match (cursor, until_key) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let in_subtree = |entry: &StoredAccess| -> Result<bool> {
             let Some(me) = &me else {
                 return Ok(true);
@@ -249,18 +285,23 @@ impl Service {
         let mut events = Vec::with_capacity(limit);
         let mut has_more = false;
         let mut last_examined = None;
-        for (examined, item) in self.store.access_events(token.as_ref(), before).enumerate() {
+        let entries =
+            self.store
+                .access_events(token.as_ref(), cursor, until.map(Timestamp::millis));
+        for (examined, item) in entries.enumerate() {
             let (key, entry) = item?;
-            if since.is_some_and(|s| key.at < s) {
+            if since.is_some_and(|s| entry.at.millis() < s.millis() - SINCE_MARGIN_MS) {
                 break;
             }
             if examined >= SCAN_BUDGET {
                 has_more = true;
                 break;
             }
-            let wanted = lineage
-                .as_ref()
-                .is_none_or(|l| entry.lineage.as_ref() == Some(l))
+            let wanted = since.is_none_or(|s| entry.at >= s)
+                && until.is_none_or(|u| entry.at < u)
+                && lineage
+                    .as_ref()
+                    .is_none_or(|l| entry.lineage.as_ref() == Some(l))
                 && req
                     .tool
                     .as_deref()
@@ -277,7 +318,7 @@ impl Service {
             }
             last_examined = Some(key);
             if wanted {
-                events.push(view((key, entry)));
+                events.push(view(entry));
             }
         }
         Ok(AccessPage {

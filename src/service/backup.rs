@@ -148,7 +148,7 @@ impl Service {
                 BackupEntry::OfToken(id) | BackupEntry::Hash(_, id) => !skipped.contains(id),
                 // Indexes are rebuilt from the records; a merge keeps the store's own audit log.
                 BackupEntry::Index(_) => false,
-                BackupEntry::Audit | BackupEntry::Access(_) => !merge,
+                BackupEntry::Audit | BackupEntry::Access => !merge,
                 // A merge adds the deletions the store does not know of yet, so that an older
                 // backup merged later cannot bring those tokens back either.
                 BackupEntry::Tombstone(id) => {
@@ -369,10 +369,7 @@ fn drop_orphan_counters(entries: &mut Vec<Classified>) -> u64 {
         let records = record_ids(entries);
         entries
             .iter()
-            .map(|(_, _, entry)| match entry {
-                BackupEntry::OfToken(id) | BackupEntry::Access(Some(id)) => !records.contains(id),
-                _ => false,
-            })
+            .map(|(_, _, entry)| matches!(entry, BackupEntry::OfToken(id) if !records.contains(id)))
             .collect()
     };
     let dropped = orphans.iter().filter(|o| **o).count() as u64;
@@ -399,7 +396,7 @@ fn check_lineage(entries: &[Classified]) -> Result<()> {
                     "inconsistent backup: token {id} is both in the file and marked deleted"
                 )));
             }
-            BackupEntry::Audit | BackupEntry::Access(_) | BackupEntry::Tombstone(_) => None,
+            BackupEntry::Audit | BackupEntry::Access | BackupEntry::Tombstone(_) => None,
         };
         if let Some(id) = missing {
             return Err(Error::invalid(format!(
