@@ -14,8 +14,8 @@
 //! | `u` | token id | use_count (8) + last_used_at (8): written behind |
 //! | `r` | token id | remaining_uses (8): written before the use it counts is allowed |
 //! | `d` | token id | deleted_at (8 bytes, ms): a tombstone, so no import brings the token back |
-//! | `x` | time (8 bytes BE, ms) + sequence (8 bytes BE) | access log entry (postcard) |
-//! | `y` | token id + the `x` key's 16 bytes | empty: a token's access log entries (derived) |
+//! | `x` | first entry's time (8 bytes BE, ms) + sequence (8 bytes BE) | a batch of access log entries (postcard): one per writer pass |
+//! | `y` | token id + the `x` key's 16 bytes | empty: the batches holding a token's entries (derived) |
 //! | `m` | name | the store's own bookkeeping (not exported) |
 //!
 //! `l` is derived from the records (not exported; rebuilt on import and, once, for stores

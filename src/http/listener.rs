@@ -73,6 +73,9 @@ struct Connection {
     /// standing goes first when room is needed, whether idle or busy (no token, OAuth and
     /// health requests never earn it), before any idle kept-alive connection that has it.
     standing: Arc<AtomicU8>,
+    /// Milliseconds since the table's epoch (plus one) since which a write to the client has
+    /// been waiting for it to read; 0 while writes go through.
+    write_blocked_since: AtomicU64,
 }
 
 /// A connection's standing: nothing counted on it yet.
@@ -159,6 +162,7 @@ impl Table {
             close: CancellationToken::new(),
             forced: AtomicBool::new(false),
             standing: Arc::new(AtomicU8::new(UNKNOWN)),
+            write_blocked_since: AtomicU64::new(0),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -243,6 +247,14 @@ impl Table {
         let fresh_limit = limits.header_timeout.as_millis() as u64;
         let idle_limit = limits.idle_timeout.as_millis() as u64;
         for c in self.lock().values() {
+            // A client that reads nothing of its answer for this long gives up its connection
+            // (and the request's ticket): an answer nobody reads must not stay in memory.
+            let blocked = c.write_blocked_since.load(Ordering::Acquire);
+            if blocked != 0 && now.saturating_sub(blocked - 1) >= UNREAD_LIMIT.as_millis() as u64 {
+                c.forced.store(true, Ordering::Release);
+                c.close.cancel();
+                continue;
+            }
             if c.busy.load(Ordering::Acquire) != 0 {
                 continue;
             }
@@ -339,6 +351,78 @@ impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How long a write to a client may wait for it to read before the connection is closed.
+const UNREAD_LIMIT: Duration = Duration::from_secs(10);
+
+/// A connection's socket, noting when writes to it wait on the client (see
+/// [`UNREAD_LIMIT`]).
+struct Tracked {
+    tcp: tokio::net::TcpStream,
+    connection: Arc<Connection>,
+    table: Arc<Table>,
+}
+
+impl Tracked {
+    fn note<T>(&self, poll: Poll<T>) -> Poll<T> {
+        let blocked = &self.connection.write_blocked_since;
+        match poll {
+            Poll::Pending => {
+                if blocked.load(Ordering::Relaxed) == 0 {
+                    blocked.store(self.table.now_ms() + 1, Ordering::Release);
+                }
+            }
+            Poll::Ready(_) => {
+                if blocked.load(Ordering::Relaxed) != 0 {
+                    blocked.store(0, Ordering::Release);
+                }
+            }
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.note(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.note(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -442,7 +526,12 @@ pub async fn serve(
                     }
                 })
             };
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let io = Tracked {
+                tcp,
+                connection: Arc::clone(&connection),
+                table: Arc::clone(&table),
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => log_connection_end(result),
