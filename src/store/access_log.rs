@@ -106,6 +106,9 @@ fn tokens_of(entries: &[StoredAccess]) -> HashSet<&TokenId> {
     entries.iter().filter_map(|e| e.token.as_ref()).collect()
 }
 
+/// A sled key and value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Margin for time filters: a batch's entries are recorded within a few seconds of its key.
 const BATCH_SPAN_MS: i64 = 10_000;
 
@@ -314,7 +317,7 @@ impl Store {
         k: &[u8],
         v: &[u8],
         kept: &dyn Fn(&TokenId) -> bool,
-    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+    ) -> Result<Option<Vec<KeyValue>>> {
         let batch_key = BatchKey::from_bytes(&k[1..])?;
         let entries: Vec<StoredAccess> = decode_batch(v)?
             .into_iter()
