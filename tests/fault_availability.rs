@@ -840,3 +840,85 @@ async fn an_answer_nobody_reads_is_dropped_with_its_connection() {
         "an answer nobody read for 20 s was still sent whole: {got:?}"
     );
 }
+
+/// Review finding: one lineage whose many kept-alive connections all had standing pushed out
+/// another client's idle kept-alive connection (8–11 times in 14 calls): room was made from
+/// the longest-idle connection, whoever held it. Now it comes from the lineage holding the
+/// most connections once it holds more than half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lineage_s_kept_alive_connections_never_push_out_another_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-connections", "32"]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let greedy = mint(&admin, "greedy").await;
+    let honest = mint(&admin, "honest").await;
+    drop(admin);
+    let whoami = |secret: &str| call_request(&server.addr, secret, "whoami", json!({}), false);
+
+    // The honest client: one kept-alive connection in good standing.
+    let honest_call = whoami(&honest);
+    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+    stream.write_all(&honest_call).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+
+    // 40 kept-alive connections of one lineage, each calling every 50 ms and reopening when
+    // closed, for 6 s.
+    let stop = Instant::now() + Duration::from_secs(6);
+    let greedy_call = whoami(&greedy);
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let (addr, call) = (server.addr.clone(), greedy_call.clone());
+            tokio::spawn(async move {
+                let mut conn: Option<TcpStream> = None;
+                while Instant::now() < stop {
+                    if conn.is_none() {
+                        conn = TcpStream::connect(&addr).await.ok();
+                    }
+                    if let Some(c) = conn.as_mut() {
+                        let answered = async {
+                            c.write_all(&call).await.ok()?;
+                            read_response(c).await
+                        };
+                        if tokio::time::timeout(Duration::from_secs(2), answered)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_none()
+                        {
+                            conn = None;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut ok, mut lost) = (0, 0);
+    while Instant::now() + Duration::from_millis(500) < stop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let answered = async {
+            stream.write_all(&honest_call).await.ok()?;
+            read_response(&mut stream)
+                .await
+                .map(|(status, _)| status == 200)
+        };
+        match tokio::time::timeout(Duration::from_secs(3), answered).await {
+            Ok(Some(true)) => ok += 1,
+            _ => {
+                lost += 1;
+                stream = TcpStream::connect(&server.addr).await.unwrap();
+            }
+        }
+    }
+    for task in flood {
+        task.abort();
+    }
+    println!("kept-alive client beside one lineage's 40 connections: {ok} answered, {lost} lost");
+    assert!(ok >= 8, "{ok} answered");
+    assert_eq!(
+        lost, 0,
+        "the honest kept-alive connection was closed {lost} times"
+    );
+}

@@ -264,7 +264,7 @@ pub(super) async fn guard(
     let shield = request
         .extensions()
         .get::<super::listener::Shield>()
-        .map(super::listener::Shield::raise);
+        .map(|shield| shield.raise(&lineage));
     let ticket = (ticket, shield);
     let response = checked(
         &state,

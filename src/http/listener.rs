@@ -32,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::secret::TokenId;
+
 use super::repoll::Repoll;
 
 /// How the accept loop bounds its connections (SPEC §6 defaults).
@@ -76,6 +78,8 @@ struct Connection {
     /// Milliseconds since the table's epoch (plus one) since which a write to the client has
     /// been waiting for it to read; 0 while writes go through.
     write_blocked_since: AtomicU64,
+    /// The lineage of the last request counted on it.
+    lineage: Mutex<Option<TokenId>>,
 }
 
 /// A connection's standing: nothing counted on it yet.
@@ -89,18 +93,25 @@ const REFUSED: u8 = 2;
 /// a lineage, which spares the connection from eviction while the request lasts and gives it
 /// standing, or takes the standing away when it refuses the request.
 #[derive(Clone)]
-pub(crate) struct Shield(Arc<AtomicUsize>, Arc<AtomicU8>);
+pub(crate) struct Shield(Arc<Connection>);
 
 impl Shield {
-    pub(crate) fn raise(&self) -> Raised {
-        self.1.store(STANDING, Ordering::Release);
-        self.0.fetch_add(1, Ordering::AcqRel);
-        Raised(Arc::clone(&self.0))
+    /// The request is counted against `lineage`: its connection is spared while it runs,
+    /// has standing, and counts as `lineage`'s when room is made.
+    pub(crate) fn raise(&self, lineage: &TokenId) -> Raised {
+        let connection = &self.0;
+        connection.standing.store(STANDING, Ordering::Release);
+        connection.shielded.fetch_add(1, Ordering::AcqRel);
+        let mut held = connection.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        if held.as_ref() != Some(lineage) {
+            *held = Some(lineage.clone());
+        }
+        Raised(Arc::clone(&connection.shielded))
     }
 
     /// The request is refused: its connection loses its standing.
     pub(crate) fn doom(&self) {
-        self.1.store(REFUSED, Ordering::Release);
+        self.0.standing.store(REFUSED, Ordering::Release);
     }
 }
 
@@ -163,6 +174,7 @@ impl Table {
             forced: AtomicBool::new(false),
             standing: Arc::new(AtomicU8::new(UNKNOWN)),
             write_blocked_since: AtomicU64::new(0),
+            lineage: Mutex::new(None),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -172,13 +184,35 @@ impl Table {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection that has been idle longest; false when every one is busy.
-    fn evict_longest_idle(&self) -> bool {
+    /// Closes the connection that has been idle longest — of the lineage holding the most
+    /// connections, when it holds more than half of `max` (one lineage's many kept-alive
+    /// connections must not push out everyone else's) — false when every one is busy.
+    fn evict_longest_idle(&self, max: usize) -> bool {
         let open = self.lock();
-        let victim = open
-            .values()
-            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        let lineage_of =
+            |c: &Connection| c.lineage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut held: HashMap<TokenId, usize> = HashMap::new();
+        for c in open.values() {
+            if let Some(lineage) = lineage_of(c) {
+                *held.entry(lineage).or_default() += 1;
+            }
+        }
+        let greedy = held
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| *n > max / 2)
+            .map(|(lineage, _)| lineage);
+        let idle = || {
+            open.values()
+                .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
+        };
+        let victim = greedy
+            .and_then(|greedy| {
+                idle()
+                    .filter(|c| lineage_of(c).as_ref() == Some(&greedy))
+                    .min_by_key(|c| c.idle_since.load(Ordering::Relaxed))
+            })
+            .or_else(|| idle().min_by_key(|c| c.idle_since.load(Ordering::Relaxed)));
         match victim {
             Some(c) => {
                 c.close.cancel();
@@ -231,10 +265,10 @@ impl Table {
 
     /// Makes room for one more connection: the oldest without standing, else the longest
     /// idle, else the longest-running unshielded one.
-    fn make_room(&self) -> Room {
+    fn make_room(&self, max: usize) -> Room {
         if let Some(room) = self.evict_without_standing() {
             room
-        } else if self.evict_longest_idle() || self.evict_unshielded() {
+        } else if self.evict_longest_idle(max) || self.evict_unshielded() {
             Room::Made
         } else {
             Room::None
@@ -473,7 +507,7 @@ pub async fn serve(
                         tracing::warn!("accepting a connection failed: {e}");
                         last_accept_error = Some(Instant::now());
                     }
-                    let evicted = table.make_room() != Room::None;
+                    let evicted = table.make_room(limits.max_connections) != Room::None;
                     let pause = if evicted { 1 } else { 50 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
@@ -484,7 +518,7 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         if table.len() >= limits.max_connections {
-            let room = table.make_room();
+            let room = table.make_room(limits.max_connections);
             if room == Room::FromRefused {
                 // The connection closed was waiting for its refusal, and a client whose
                 // refused requests are closed early would retry at once: a loop as fast as
@@ -512,10 +546,9 @@ pub async fn serve(
                 hyper::service::service_fn(move |mut request: Request<Incoming>| {
                     let busy = Busy::new(&connection, &table);
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    request.extensions_mut().insert(Shield(
-                        Arc::clone(&connection.shielded),
-                        Arc::clone(&connection.standing),
-                    ));
+                    request
+                        .extensions_mut()
+                        .insert(Shield(Arc::clone(&connection)));
                     let response = app.clone().oneshot(request.map(Body::new));
                     async move {
                         let response: Response<Body> = match response.await {

@@ -96,11 +96,14 @@ pub(crate) fn challenge(
 
 /// Spares the request's connection from eviction while the returned value lives (see
 /// `listener`): for a request counted against its lineage.
-pub(crate) fn raise_shield(request: &axum::extract::Request) -> Option<listener::Raised> {
+pub(crate) fn raise_shield(
+    request: &axum::extract::Request,
+    lineage: &crate::secret::TokenId,
+) -> Option<listener::Raised> {
     request
         .extensions()
         .get::<listener::Shield>()
-        .map(listener::Shield::raise)
+        .map(|shield| shield.raise(lineage))
 }
 
 /// Marks the request's connection as refused: it goes first when room is needed.

@@ -57,7 +57,7 @@ pub async fn authenticate(
         .service
         .lineage_root(&token_id)
         .unwrap_or_else(|| token_id.clone());
-    let Some(ticket) = auth.inflight.enter(lineage) else {
+    let Some(ticket) = auth.inflight.enter(lineage.clone()) else {
         auth.service
             .observe_refusal(RefusedKnown::InFlight(&token_id), Front::Rest);
         // As on `/mcp`: a lineage retrying at its bound must not make the server spin, and
@@ -75,7 +75,7 @@ pub async fn authenticate(
         .into_response();
     };
     auth.service.observer().admitted(Front::Rest);
-    let shield = crate::http::raise_shield(&request);
+    let shield = crate::http::raise_shield(&request, &lineage);
     request.extensions_mut().insert(Authenticated {
         token_id,
         client_ip,
