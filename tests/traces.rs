@@ -127,8 +127,8 @@ fn client_span(n: u8) -> (String, String, String) {
     (trace, span, header)
 }
 
-/// The test upstream over HTTP speaking protocols up to `max` (a 2025 revision: sessions, so
-/// calls take the direct path; `None`, 2026-07-28: calls take rmcp's).
+/// The test upstream over HTTP, speaking protocols up to 2025-11-25 (sessions: calls take the
+/// direct path unless the server is told of a proxy).
 struct Upstream {
     child: std::process::Child,
     url: String,
@@ -142,17 +142,15 @@ impl Drop for Upstream {
     }
 }
 
-fn upstream(dir: &Path, name: &str, max: Option<&str>) -> Upstream {
+fn upstream(dir: &Path, name: &str) -> Upstream {
     use std::io::BufRead;
     let log = dir.join(format!("{name}.log"));
     let mut command = Command::new(FIXTURE);
     command
         .args(["--http", "127.0.0.1:0"])
         .env("FIXTURE_LOG", &log)
+        .env("FIXTURE_MAX_PROTOCOL", "2025-11-25")
         .stdout(Stdio::piped());
-    if let Some(max) = max {
-        command.env("FIXTURE_MAX_PROTOCOL", max);
-    }
     let mut child = command.spawn().unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
@@ -291,13 +289,9 @@ async fn forwarded_call_tree(
 async fn a_client_s_trace_runs_through_the_decision_and_the_upstream_call_into_the_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = receiver().await;
-    let direct = upstream(dir.path(), "direct", Some("2025-11-25"));
-    let modern = upstream(dir.path(), "modern", None);
+    let direct = upstream(dir.path(), "direct");
     let file = dir.path().join("upstreams.json");
-    let servers = json!({"mcpServers": {
-        "direct": {"type": "http", "url": direct.url},
-        "modern": {"type": "http", "url": modern.url},
-    }});
+    let servers = json!({"mcpServers": {"direct": {"type": "http", "url": direct.url}}});
     std::fs::write(&file, servers.to_string()).unwrap();
     let server = Server::start(
         &dir.path().join("data"),
@@ -309,7 +303,7 @@ async fn a_client_s_trace_runs_through_the_decision_and_the_upstream_call_into_t
         ],
     );
     let admin = connect_http(&server.url(), server.admin()).await;
-    wait_connected(&admin, &["direct", "modern"]).await;
+    wait_connected(&admin, &["direct"]).await;
     let agent = ok(&admin, "create_token", json!({"name": "agent"})).await;
     let (agent_id, agent_secret) = (
         agent["id"].as_str().unwrap(),
@@ -341,16 +335,6 @@ async fn a_client_s_trace_runs_through_the_decision_and_the_upstream_call_into_t
         meta,
     )
     .await;
-    // The express lane, rmcp's path (a 2026-07-28 upstream: `Recorder` adds the header).
-    let (t3, p3, h3) = client_span(3);
-    call(
-        &mut conn,
-        &format!("{session}{h3}"),
-        "modern__read_note",
-        json!({}),
-        None,
-    )
-    .await;
     // No header: `_meta.traceparent` (SEP-414) is the parent.
     let (t4, p4, _) = client_span(4);
     let meta = Some(json!({"traceparent": format!("00-{t4}-{p4}-01")}));
@@ -359,7 +343,6 @@ async fn a_client_s_trace_runs_through_the_decision_and_the_upstream_call_into_t
     let checks = [
         ((&t1, &p1), "direct__write_note", "direct", &direct),
         ((&t2, &p2), "direct__read_note", "direct", &direct),
-        ((&t3, &p3), "modern__read_note", "modern", &modern),
         ((&t4, &p4), "direct__read_note", "direct", &direct),
     ];
     for ((trace, parent), tool, bucket, upstream) in checks {
@@ -453,13 +436,63 @@ async fn a_client_s_trace_runs_through_the_decision_and_the_upstream_call_into_t
     assert!(!everything.contains(MARKER), "an argument in a span");
 }
 
+/// A forwarded call that goes through rmcp's client (as it does for an upstream reached
+/// through a proxy, or a session the upstream forgot): the upstream is told the trace too, as
+/// the header (`Recorder`) and as `_meta.traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_rmcp_s_path_tells_the_upstream_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = receiver().await;
+    let web = upstream(dir.path(), "web");
+    let file = dir.path().join("upstreams.json");
+    let servers = json!({"mcpServers": {"web": {"type": "http", "url": web.url}}});
+    std::fs::write(&file, servers.to_string()).unwrap();
+    // A proxy in the environment keeps calls off the direct path (which would bypass it); the
+    // loopback upstream and receiver are exempt from it.
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[
+            "--upstreams",
+            file.to_str().unwrap(),
+            "--otlp-endpoint",
+            &receiver.url,
+        ],
+        &[
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ("NO_PROXY", "127.0.0.1"),
+        ],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, &["web"]).await;
+    let agent = ok(&admin, "create_token", json!({"name": "agent"})).await;
+    let mut conn = Conn::open(&server.addr, agent["token"].as_str().unwrap()).await;
+    let session = open_session(&mut conn).await;
+    let (trace, parent, header) = client_span(3);
+    call(
+        &mut conn,
+        &format!("{session}{header}"),
+        "web__read_note",
+        json!({}),
+        None,
+    )
+    .await;
+    let names = ("web__read_note", "web", agent["id"].as_str().unwrap());
+    forwarded_call_tree(&receiver, (&trace, &parent), names, &web).await;
+    // rmcp's client numbers its requests itself; the direct path's ids are `tokenwarden-N`.
+    let log = std::fs::read_to_string(&web.log).unwrap();
+    assert!(
+        log.contains("call read_note") && !log.contains("id tokenwarden-"),
+        "{log}"
+    );
+}
+
 /// A call the decision refuses: its request and decision spans have an error status with the
 /// refusal's code, and there is no upstream span (nothing went upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_call_is_an_error_span_and_goes_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = receiver().await;
-    let direct = upstream(dir.path(), "direct", Some("2025-11-25"));
+    let direct = upstream(dir.path(), "direct");
     let file = dir.path().join("upstreams.json");
     let servers = json!({"mcpServers": {"direct": {"type": "http", "url": direct.url}}});
     std::fs::write(&file, servers.to_string()).unwrap();
