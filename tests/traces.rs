@@ -175,6 +175,7 @@ impl Upstream {
     }
 }
 
+/// Until every bucket is connected with its tools listed.
 async fn wait_connected(admin: &common::Client, buckets: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -183,7 +184,7 @@ async fn wait_connected(admin: &common::Client, buckets: &[&str]) {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|b| b["status"] == "connected")
+            .filter(|b| b["status"] == "connected" && b["tools"].as_u64() > Some(0))
             .count();
         if connected == buckets.len() {
             return;
