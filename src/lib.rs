@@ -15,6 +15,8 @@
 //! - [`observe`]: every tool call and refused request as an event for the access log and the
 //!   metrics.
 //! - [`metrics`]: the Prometheus metrics, fed by those events and read at scrape time.
+//! - [`trace`]: spans of every tool call (request, decision, upstream call) for an OTLP/HTTP
+//!   collector, when `serve --otlp-endpoint` asks for them; W3C `traceparent` in and out.
 //! - [`oauth`]: the OAuth 2.1 authorization server; the tokens it issues are children of the
 //!   approving token, minted through the service like any other.
 
@@ -34,3 +36,4 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod timestamp;
+pub mod trace;

@@ -4,12 +4,16 @@
 //!
 //! Recording never waits: sinks take the event and do their work elsewhere (the access log
 //! writes behind in batches). With no sink registered, recording costs one atomic load.
+//!
+//! The observer also holds the [`Tracer`] when `serve --otlp-endpoint` turns traces on
+//! (`crate::trace`); with none, no span is ever built.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
+use crate::trace::Tracer;
 
 /// How a call or request ended: `ok`, or the error code it was answered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +114,8 @@ pub trait AccessSink: Send + Sync {
 #[derive(Default)]
 pub struct Observer {
     sinks: OnceLock<Vec<Arc<dyn AccessSink>>>,
+    /// Where spans go when traces are on (`serve --otlp-endpoint`).
+    tracer: OnceLock<Arc<Tracer>>,
 }
 
 impl Observer {
@@ -121,6 +127,16 @@ impl Observer {
     /// Whether anything listens (callers skip building an [`Access`] otherwise).
     pub fn enabled(&self) -> bool {
         self.sinks.get().is_some_and(|s| !s.is_empty())
+    }
+
+    /// Turns traces on; only the first call counts (false for a later one).
+    pub fn set_tracer(&self, tracer: Arc<Tracer>) -> bool {
+        self.tracer.set(tracer).is_ok()
+    }
+
+    /// The tracer when traces are on: callers build no span otherwise.
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.get()
     }
 
     pub fn record(&self, access: &Access) {

@@ -16,8 +16,9 @@
 //! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
 //!
 //! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `id ID` (the call's
-//! JSON-RPC id), `cancelled NAME`, `header NAME: VALUE`, and over HTTP `peer ADDR`, the address
-//! the call came from) so tests can see what reached the upstream. `$FIXTURE_MAX_PROTOCOL`
+//! JSON-RPC id), `meta traceparent: VALUE` (the call's `_meta.traceparent`), `cancelled NAME`,
+//! `header NAME: VALUE`, and over HTTP `peer ADDR`, the address the call came from) so tests
+//! can see what reached the upstream. `$FIXTURE_MAX_PROTOCOL`
 //! caps the protocol revisions it speaks.
 
 use std::io::Write;
@@ -181,6 +182,9 @@ impl ServerHandler for Fixture {
         let args = request.arguments.unwrap_or_default();
         log(&format!("call {name}"));
         log(&format!("id {}", context.id));
+        if let Some(traceparent) = context.meta.get_traceparent() {
+            log(&format!("meta traceparent: {traceparent}"));
+        }
         if let Some(parts) = context.extensions.get::<axum::http::request::Parts>() {
             if let Some(axum::extract::ConnectInfo(peer)) =
                 parts

@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// or a private network. (GET /metrics on --http needs an admin token.)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Send a span of every tool call (request, decision, upstream call) to the OTLP/HTTP
+    /// collector at URL, e.g. http://127.0.0.1:4318 (spans go to URL/v1/traces) [default: off]
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Names the running server in the data directory, so other commands can say who holds it.
@@ -140,6 +145,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         Some(path) => Some(crate::gateway::config::load(path).map_err(CliError::new)?),
         None => None,
     };
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(crate::trace::export::endpoint(url).map_err(CliError::usage)?),
+        None => None,
+    };
     let dir = super::data_dir(cli).map_err(CliError::new)?;
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
@@ -170,6 +179,13 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         sinks
     };
     service.observer().set_sinks(sinks);
+    // Traces (SPEC §14), when asked for: set before serving, or no span is ever built.
+    let tracer = otlp_endpoint.map(|url| {
+        let tracer = crate::trace::Tracer::new();
+        service.observer().set_tracer(Arc::clone(&tracer));
+        tracing::info!("sending spans to {url}");
+        (tracer, url)
+    });
 
     let stdio_caller = if args.stdio {
         Some(stdio_caller(&service)?)
@@ -218,6 +234,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         shutdown.clone(),
     ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let span_exporter = tracer.map(|(tracer, url)| {
+        tokio::spawn(crate::trace::export::run(tracer, url, shutdown.clone()))
+    });
     let gateway = upstreams.map(|upstreams| {
         crate::gateway::Gateway::start(upstreams, args.upstreams.clone(), shutdown.child_token())
     });
@@ -314,6 +333,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     }
     // The last second of the access log is written before the database is released.
     let _ = access_writer.await;
+    // And the last spans are sent (or given up on within two seconds).
+    if let Some(exporter) = span_exporter {
+        let _ = exporter.await;
+    }
     let service = Arc::clone(&service);
     tokio::task::spawn_blocking(move || service.shutdown())
         .await

@@ -416,13 +416,15 @@ impl Connection {
     /// Forwards one `tools/call`: the upstream's own tool name and the arguments unchanged.
     /// Waits for one of the upstream's call slots, shared fairly among lineages (`fair`); ends
     /// early, cancelling the upstream call, on timeout (waiting included) or when `cancel`
-    /// fires.
+    /// fires. `trace`, the call's span, goes upstream as `_meta.traceparent` (SEP-414) and,
+    /// over HTTP, as the `traceparent` header.
     pub async fn call(
         &self,
         upstream_tool: &str,
         arguments: Option<rmcp::model::JsonObject>,
         (progress, lineage): (Option<ProgressSink>, Lineage),
         cancel: &CancellationToken,
+        trace: Option<crate::trace::SpanContext>,
     ) -> Result<CallToolResult, CallFailure> {
         self.available()?;
         // One deadline for the call, waiting for a slot included, whichever path it takes.
@@ -460,7 +462,7 @@ impl Connection {
                 arguments,
                 (progress, paths),
                 cancel,
-                deadline,
+                (deadline, trace.map(|t| t.traceparent())),
             )
             .await;
         match answer {
@@ -500,7 +502,7 @@ impl Connection {
         arguments: Option<rmcp::model::JsonObject>,
         (progress, (peer, routes, direct)): (Option<Arc<Progress>>, Paths),
         cancel: &CancellationToken,
-        deadline: tokio::time::Instant,
+        (deadline, traceparent): (tokio::time::Instant, Option<String>),
     ) -> Result<CallToolResult, CallFailure> {
         let timeout = self.upstream.timeout;
         if let Some(direct) = direct {
@@ -508,7 +510,7 @@ impl Connection {
                 .call(
                     upstream_tool,
                     arguments.clone(),
-                    progress.as_deref(),
+                    (progress.as_deref(), traceparent.as_deref()),
                     cancel,
                     (deadline, timeout),
                 )
@@ -520,8 +522,15 @@ impl Connection {
         let mut params = CallToolRequestParams::new(upstream_tool.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let mut options = PeerRequestOptions::no_options();
+        if let Some(traceparent) = traceparent {
+            // SEP-414; over HTTP, `Recorder` also sends it as the header.
+            let mut meta = rmcp::model::RequestMetaObject::new();
+            meta.set_traceparent(traceparent);
+            options.meta = Some(meta);
+        }
         let mut handle = peer
-            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .send_request_with_option(request, options)
             .await
             .map_err(|e| self.broke(format!("cannot send the call: {e}")))?;
         let route = progress.map(|forwarder| {

@@ -11,7 +11,9 @@
 //! the session gone (404) is not sent again here: it goes the rmcp way, which opens a new one.
 //!
 //! [`Recorder`] is the HTTP client rmcp's transport uses for the session: it delegates every
-//! request to reqwest and notes the session id and protocol version the transport sends.
+//! request to reqwest and notes the session id and protocol version the transport sends, and
+//! sends a request's `_meta.traceparent` (a traced call on rmcp's path) as the `traceparent`
+//! header too. Calls sent here carry both as well.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -167,6 +169,7 @@ impl StreamableHttpClient for Recorder {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.note(&uri, &session_id, &auth_header, &custom_headers);
+        let custom_headers = with_traceparent(&message, custom_headers);
         self.inner
             .post_message(uri, message, session_id, auth_header, custom_headers)
             .await
@@ -182,6 +185,7 @@ impl StreamableHttpClient for Recorder {
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.note(&uri, &session_id, &auth_header, &custom_headers);
+        let custom_headers = with_traceparent(&message, custom_headers);
         let request_id = match &message {
             ClientJsonRpcMessage::Request(request) => serde_json::to_string(&request.id).ok(),
             _ => None,
@@ -271,6 +275,26 @@ impl StreamableHttpClient for Recorder {
     }
 }
 
+/// `headers` with a `traceparent` header when `message` is a request carrying
+/// `_meta.traceparent` (a traced call going rmcp's way), so that HTTP upstreams that read only
+/// the header see the call's span too. Added after `note`, so never replayed on other calls.
+fn with_traceparent(
+    message: &ClientJsonRpcMessage,
+    mut headers: HashMap<HeaderName, HeaderValue>,
+) -> HashMap<HeaderName, HeaderValue> {
+    use rmcp::model::GetMeta;
+    if let ClientJsonRpcMessage::Request(request) = message
+        && let Some(value) = request.request.get_meta().get_traceparent()
+        && let Ok(value) = HeaderValue::from_str(value)
+    {
+        headers.insert(HeaderName::from_static(TRACEPARENT), value);
+    }
+    headers
+}
+
+/// The W3C Trace Context header.
+const TRACEPARENT: &str = "traceparent";
+
 /// Sends `tools/call` on the session rmcp's client opened.
 pub struct Direct {
     refresh: Arc<Notify>,
@@ -358,11 +382,12 @@ impl Drop for Unanswered<'_> {
 impl Direct {
     /// Forwards one call; ends early, telling the upstream, at `deadline` (the call's
     /// `timeout` from its start) or when `cancel` fires (or when this future is dropped).
+    /// `traceparent` (a traced call's upstream span) goes as the header and `_meta.traceparent`.
     pub async fn call(
         &self,
         tool: &str,
         arguments: Option<rmcp::model::JsonObject>,
-        progress: Option<&Progress>,
+        (progress, traceparent): (Option<&Progress>, Option<&str>),
         cancel: &CancellationToken,
         (deadline, timeout): (tokio::time::Instant, Duration),
     ) -> Sent {
@@ -378,6 +403,9 @@ impl Direct {
         if progress.is_some() {
             params["_meta"] = json!({ "progressToken": id });
         }
+        if let Some(traceparent) = traceparent {
+            params["_meta"][TRACEPARENT] = json!(traceparent);
+        }
         let request =
             json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
         let sent = AtomicBool::new(false);
@@ -388,7 +416,8 @@ impl Direct {
             reason: "the client went away",
             sent: &sent,
         };
-        let exchange = self.exchange(&route, &request, (&id, &sent), progress);
+        let traceparent = traceparent.and_then(|t| HeaderValue::from_str(t).ok());
+        let exchange = self.exchange(&route, &request, (&id, &sent), (progress, traceparent));
         let outcome = tokio::select! {
             exchange = exchange => Some(exchange),
             _ = tokio::time::sleep_until(deadline) => None,
@@ -442,7 +471,7 @@ impl Direct {
         route: &Route,
         request: &Value,
         (id, sent): (&str, &AtomicBool),
-        progress: Option<&Progress>,
+        (progress, traceparent): (Option<&Progress>, Option<HeaderValue>),
     ) -> Exchange {
         // The caller holds one of the upstream's call slots (`fair`).
         // A failure on one connection is this call's, not the upstream session's: rmcp's own
@@ -455,7 +484,11 @@ impl Direct {
                 Err(e) => return Exchange::Failed(format!("cannot send the call: {e}")),
             };
             sent.store(true, Ordering::Relaxed);
-            match conn.send(upstream_post(route, body.clone())).await {
+            let mut post = upstream_post(route, body.clone());
+            if let Some(traceparent) = &traceparent {
+                post.headers_mut().insert(TRACEPARENT, traceparent.clone());
+            }
+            match conn.send(post).await {
                 Ok(sent) => break sent,
                 // Nothing went out (a kept-alive connection the server had closed): another
                 // connection may carry it.

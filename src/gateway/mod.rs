@@ -158,13 +158,15 @@ impl Gateway {
     }
 
     /// Forwards a call of `tool` (already authorised by the caller of this function); it
-    /// counts against `lineage`'s fair share of the upstream's call slots.
+    /// counts against `lineage`'s fair share of the upstream's call slots. `trace` is the
+    /// upstream call's span, sent as its `traceparent` (when traces are on).
     pub async fn call(
         &self,
         tool: &ExposedTool,
         arguments: Option<rmcp::model::JsonObject>,
         (progress, lineage): (Option<ProgressSink>, Lineage),
         cancel: &CancellationToken,
+        trace: Option<crate::trace::SpanContext>,
     ) -> Result<rmcp::model::CallToolResult, CallFailure> {
         let connection = self.lock().get(&tool.bucket).cloned();
         let Some(connection) = connection else {
@@ -174,7 +176,13 @@ impl Gateway {
             )));
         };
         connection
-            .call(&tool.upstream_name, arguments, (progress, lineage), cancel)
+            .call(
+                &tool.upstream_name,
+                arguments,
+                (progress, lineage),
+                cancel,
+                trace,
+            )
             .await
     }
 

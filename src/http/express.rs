@@ -272,10 +272,10 @@ pub(super) async fn express(
         express.end_session(&session);
         return next.run(request).await;
     }
-    let who = request
-        .extensions()
-        .get::<Authenticated>()
-        .map(TokenServer::http_caller);
+    let authenticated = request.extensions().get::<Authenticated>();
+    // The trace context the guard read (only when traces are on).
+    let incoming = authenticated.and_then(|a| a.trace.clone());
+    let who = authenticated.map(TokenServer::http_caller);
     let Some(who) = who.filter(|_| request.method() == Method::POST) else {
         return next.run(request).await;
     };
@@ -337,7 +337,7 @@ pub(super) async fn express(
                     // client's (notifications/cancelled), the session's end or shutdown.
                     let answer = lane
                         .server
-                        .call_tool_as(request, who, None, cancel.child_token())
+                        .call_tool_as(request, who, None, cancel.child_token(), incoming.as_ref())
                         .await;
                     // As rmcp does, a request the client cancelled gets no response.
                     (!cancel.is_cancelled()).then(|| event(id, answer.map(ServerResult::from)))
@@ -346,7 +346,13 @@ pub(super) async fn express(
             }
             let answer = express
                 .server
-                .call_tool_as(request, who, None, CancellationToken::new())
+                .call_tool_as(
+                    request,
+                    who,
+                    None,
+                    CancellationToken::new(),
+                    incoming.as_ref(),
+                )
                 .await;
             (id, answer.map(ServerResult::from))
         }
@@ -490,6 +496,7 @@ mod tests {
             token_id: issued.record.id.clone(),
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             secret: None,
+            trace: None,
         };
         let app = Router::new()
             .route("/mcp", axum::routing::any(rmcp_stub))

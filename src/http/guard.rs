@@ -429,10 +429,17 @@ async fn guarded(
                 .next()
                 .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
         });
+    // Read only when traces are on: otherwise no span is built, so nothing needs it.
+    let trace = state
+        .service
+        .observer()
+        .tracer()
+        .map(|_| crate::trace::Incoming::from_headers(request.headers()));
     request.extensions_mut().insert(Authenticated {
         token_id: token_id.clone(),
         client_ip,
         secret: Some(secret.clone()),
+        trace,
     });
     let mut response = next.run(request).await;
     if method == Method::POST

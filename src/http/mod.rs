@@ -267,6 +267,7 @@ pub fn unguarded_router(
         token_id: as_token,
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         secret: None,
+        trace: None,
     };
     let manager = Arc::new(session_manager());
     let express = express_lane(&service, &manager, config, &shutdown);

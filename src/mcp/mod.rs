@@ -25,6 +25,7 @@ use crate::gateway::{CallFailure, ExposedTool, Gateway, ProgressSink};
 use crate::observe::{Access, Front, Outcome};
 use crate::secret::{TokenId, truncate_for_message};
 use crate::service::{Caller, Service};
+use crate::trace::{Handle, Incoming, Kind, Span, SpanContext};
 
 /// How often a session's tools/list_changed forwarder checks that the session still lives.
 const SESSION_POLL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -37,6 +38,8 @@ pub struct Authenticated {
     /// The secret the request presented, so that work outliving the request (a stream, a long
     /// gateway call) keeps belonging to that secret; `None` only in the guard benchmark.
     pub secret: Option<Presented>,
+    /// The request's trace context (its `traceparent`, when it came), only when traces are on.
+    pub trace: Option<crate::trace::Incoming>,
 }
 
 /// A bearer secret as a client presented it, kept in memory to re-authenticate long-running
@@ -172,6 +175,89 @@ impl TokenServer {
             )),
         }
     }
+
+    /// A request's trace context when traces are on: the guard's (from the HTTP
+    /// `traceparent`), else the request's `_meta.traceparent` (SEP-414: the only way a stdio
+    /// client has), else none (a new trace).
+    fn incoming(&self, ctx: &RequestContext<RoleServer>) -> Option<Incoming> {
+        self.service.observer().tracer()?;
+        let mut incoming = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Authenticated>())
+            .and_then(|a| a.trace.clone())
+            .unwrap_or_else(Incoming::now);
+        if incoming.parent.is_none() {
+            incoming.parent = ctx
+                .meta
+                .get_traceparent()
+                .and_then(SpanContext::from_traceparent);
+        }
+        Some(incoming)
+    }
+
+    /// The span of one call of `tool` when traces are on (`tools/call <tool>`, or a REST
+    /// call's `<METHOD> <route>`), a child of the client's span when it sent one.
+    fn request_span(
+        &self,
+        front: Front,
+        tool: &str,
+        caller: &Caller,
+        incoming: Option<&Incoming>,
+    ) -> Option<Span> {
+        let tracer = self.service.observer().tracer()?;
+        let route = incoming.and_then(|i| i.route.as_ref());
+        let name = match (front, route) {
+            (Front::Rest, Some((method, route))) => format!("{method} {route}"),
+            _ => format!("tools/call {tool}"),
+        };
+        let mut span = match incoming {
+            Some(incoming) => tracer.start_request(name, incoming),
+            None => tracer.start_request(name, &Incoming::now()),
+        };
+        match (front, route) {
+            (Front::Rest, Some((method, route))) => {
+                span.set("http.request.method", method.as_str());
+                span.set("http.route", &**route);
+            }
+            _ => {
+                span.set("rpc.system", "jsonrpc");
+                span.set("rpc.method", "tools/call");
+                span.set("mcp.method.name", "tools/call");
+                span.set("gen_ai.tool.name", tool);
+            }
+        }
+        span.set("tokenwarden.via", front.as_str());
+        span.set("tokenwarden.tool", tool);
+        match caller {
+            Caller::Token(id) => span.set("tokenwarden.token_id", id.as_str()),
+            Caller::Owner => span.set("tokenwarden.caller", "owner"),
+        }
+        Some(span)
+    }
+}
+
+/// Runs the decision under a `decision` span when traced: allowed, or refused with its code.
+fn decide<T>(
+    trace: Option<&Handle>,
+    decision: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let Some(trace) = trace else {
+        return decision();
+    };
+    let mut span = trace.child("decision", Kind::Internal);
+    let verdict = decision();
+    match &verdict {
+        Ok(_) => {
+            span.set("tokenwarden.decision", "allowed");
+            span.outcome(Outcome::Ok);
+        }
+        Err(error) => {
+            span.set("tokenwarden.decision", "refused");
+            span.outcome(Outcome::Error(error.code.as_str()));
+        }
+    }
+    verdict
 }
 
 /// The gateway tools `caller` may call now (§4 with B = the upstream's bucket).
@@ -243,12 +329,19 @@ impl ServerHandler for TokenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let who = self.caller(&context)?;
+        let incoming = self.incoming(&context);
         let progress = context.meta.get_progress_token().map(|token| ProgressSink {
             peer: context.peer.clone(),
             token,
         });
-        self.call_tool_as(request, who, progress, context.ct.child_token())
-            .await
+        self.call_tool_as(
+            request,
+            who,
+            progress,
+            context.ct.child_token(),
+            incoming.as_ref(),
+        )
+        .await
     }
 
     /// Tells this client session whenever the gateway's catalogue changes, until it ends.
@@ -408,12 +501,14 @@ impl TokenServer {
 
     /// `tools/call` for `who`: tokenwarden's own tools, or a gateway tool forwarded with
     /// `progress` and ended early when `cancel` fires.
+    /// `incoming` is the request's trace context (when traces are on).
     pub async fn call_tool_as(
         &self,
         request: CallToolRequestParams,
         (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
         progress: Option<ProgressSink>,
         cancel: CancellationToken,
+        incoming: Option<&Incoming>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         if let Some((gateway, tool)) = self.upstream_tool(&name) {
@@ -423,7 +518,7 @@ impl TokenServer {
                     tool,
                     (caller, ip, secret),
                     request,
-                    (progress, cancel),
+                    (progress, cancel, incoming),
                 )
                 .await;
         }
@@ -435,7 +530,7 @@ impl TokenServer {
         }
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         let result = match self
-            .run_own_tool(&name, arguments, (caller, ip), Front::Mcp)
+            .run_own_tool(&name, arguments, (caller, ip), Front::Mcp, incoming)
             .await?
         {
             Ok(value) => CallToolResult::structured(value),
@@ -446,30 +541,44 @@ impl TokenServer {
 
     /// One of tokenwarden's own tools for `caller`: the decision (the tool's name against the
     /// caller's allowlist, counting the use), then the tool. The REST API (`rest`) calls this
-    /// too, so an endpoint is its tool. The outer error is a failure to run at all.
+    /// too, so an endpoint is its tool. The outer error is a failure to run at all. `incoming`
+    /// is the request's trace context (when traces are on).
     pub async fn run_own_tool(
         &self,
         name: &str,
         arguments: Value,
         (caller, ip): (Caller, Option<IpAddr>),
         front: Front,
+        incoming: Option<&Incoming>,
     ) -> Result<Result<Value, Error>, ErrorData> {
-        if !self.service.observer().enabled() {
+        let span = self.request_span(front, name, &caller, incoming);
+        let observed = self.service.observer().enabled();
+        if !observed && span.is_none() {
             return self
-                .run_own_tool_unobserved(name, arguments, (caller, ip))
+                .run_own_tool_unobserved(name, arguments, (caller, ip), None)
                 .await;
         }
         let started = std::time::Instant::now();
         let who = caller.clone();
         let outcome = self
-            .run_own_tool_unobserved(name, arguments, (caller, ip))
+            .run_own_tool_unobserved(
+                name,
+                arguments,
+                (caller, ip),
+                span.as_ref().map(Span::handle),
+            )
             .await;
         let ended = match &outcome {
             Ok(Ok(_)) => Outcome::Ok,
             Ok(Err(error)) => Outcome::Error(error.code.as_str()),
             Err(_) => Outcome::Error(ErrorCode::Internal.as_str()),
         };
-        self.observe(&who, (name, None), (ended, None), started, front);
+        if observed {
+            self.observe(&who, (name, None), (ended, None), started, front);
+        }
+        if let Some(mut span) = span {
+            span.outcome(ended);
+        }
         outcome
     }
 
@@ -500,11 +609,13 @@ impl TokenServer {
         });
     }
 
+    /// `trace` starts the `decision` span, when traced.
     async fn run_own_tool_unobserved(
         &self,
         name: &str,
         arguments: Value,
         (caller, ip): (Caller, Option<IpAddr>),
+        trace: Option<Handle>,
     ) -> Result<Result<Value, Error>, ErrorData> {
         if name == "verify_token"
             && let Some(gateway) = self.gateway.clone()
@@ -514,7 +625,9 @@ impl TokenServer {
             let inline = !service.decision_may_flush(&caller);
             let who = caller.clone();
             return run_service((inline, &self.service, &who), move || {
-                service.authorize_call(&caller, "verify_token", None, ip)?;
+                decide(trace.as_ref(), || {
+                    service.authorize_call(&caller, "verify_token", None, ip)
+                })?;
                 let req = serde_json::from_value(arguments).map_err(|e| {
                     Error::invalid(format!("invalid arguments for verify_token: {e}"))
                 })?;
@@ -532,7 +645,9 @@ impl TokenServer {
             // Not inline: it runs the decision for every gateway tool.
             let who = caller.clone();
             return run_service((false, &self.service, &who), move || {
-                service.authorize_call(&caller, "list_buckets", None, ip)?;
+                decide(trace.as_ref(), || {
+                    service.authorize_call(&caller, "list_buckets", None, ip)
+                })?;
                 Ok::<_, Error>(list_buckets(&service, gateway.as_deref(), &caller, ip))
             })
             .await;
@@ -542,7 +657,9 @@ impl TokenServer {
         let inline = tools::point_reads_only(&name) && !service.decision_may_flush(&caller);
         let who = caller.clone();
         let outcome = run_service((inline, &self.service, &who), move || {
-            service.authorize_call(&caller, &name, None, ip)?;
+            decide(trace.as_ref(), || {
+                service.authorize_call(&caller, &name, None, ip)
+            })?;
             tools::dispatch(&service, &caller, &name, arguments)
         })
         .await?;
@@ -564,18 +681,19 @@ impl TokenServer {
         tool: Arc<ExposedTool>,
         (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
         request: CallToolRequestParams,
-        (progress, cancel): (Option<ProgressSink>, CancellationToken),
+        (progress, cancel, incoming): (Option<ProgressSink>, CancellationToken, Option<&Incoming>),
     ) -> Result<CallToolResponse, ErrorData> {
         let started = std::time::Instant::now();
         let mut ended = (Outcome::Error(ErrorCode::Internal.as_str()), None);
         let who = caller.clone();
+        let mut span = self.request_span(Front::Mcp, &tool.name, &who, incoming);
         let answer = self
             .forward_gateway_tool(
                 gateway,
                 Arc::clone(&tool),
                 (caller, ip, secret),
                 request,
-                (progress, cancel),
+                (progress, cancel, span.as_ref().map(Span::handle)),
                 &mut ended,
             )
             .await;
@@ -583,17 +701,22 @@ impl TokenServer {
             let names = (tool.name.as_str(), Some(tool.bucket.as_str()));
             self.observe(&who, names, ended, started, Front::Mcp);
         }
+        if let Some(span) = &mut span {
+            span.set("tokenwarden.bucket", tool.bucket.as_str());
+            upstream_ended(span, ended);
+        }
         answer
     }
 
-    /// [`Self::call_gateway_tool`]'s work; `ended` is set to how it ended.
+    /// [`Self::call_gateway_tool`]'s work; `ended` is set to how it ended. `trace` starts the
+    /// `decision` and `upstream` spans, when traced.
     async fn forward_gateway_tool(
         &self,
         gateway: &Arc<Gateway>,
         tool: Arc<ExposedTool>,
         (caller, ip, secret): (Caller, Option<IpAddr>, Option<Presented>),
         request: CallToolRequestParams,
-        (progress, cancel): (Option<ProgressSink>, CancellationToken),
+        (progress, cancel, trace): (Option<ProgressSink>, CancellationToken, Option<Handle>),
         ended: &mut (Outcome, Option<bool>),
     ) -> Result<CallToolResponse, ErrorData> {
         let service = Arc::clone(&self.service);
@@ -602,8 +725,12 @@ impl TokenServer {
             let caller = caller.clone();
             let inline = !service.decision_may_flush(&caller);
             let who = caller.clone();
+            let trace = trace.clone();
             run_service((inline, &self.service, &who), move || {
-                service.authorize_tool_call(&caller, gateway_tool(&tool), Some(&tool.bucket), ip)
+                decide(trace.as_ref(), || {
+                    let asked = gateway_tool(&tool);
+                    service.authorize_tool_call(&caller, asked, Some(&tool.bucket), ip)
+                })
             })
             .await?
         };
@@ -647,7 +774,22 @@ impl TokenServer {
             }
             _ => Arc::from("owner"),
         };
-        let call = gateway.call(&tool, request.arguments, (progress, lineage), &cancel);
+        // The upstream call's span; the upstream is told its context (`traceparent`).
+        let mut upstream = trace.map(|trace| {
+            let mut span = trace.child(format!("upstream {}", tool.bucket), Kind::Client);
+            span.set("mcp.method.name", "tools/call");
+            span.set("tokenwarden.bucket", tool.bucket.as_str());
+            span.set("tokenwarden.upstream.tool", tool.upstream_name.as_str());
+            span
+        });
+        let context = upstream.as_ref().map(Span::context);
+        let call = gateway.call(
+            &tool,
+            request.arguments,
+            (progress, lineage),
+            &cancel,
+            context,
+        );
         tokio::pin!(call, standing);
         let mut lost_standing = None;
         let outcome = tokio::select! {
@@ -659,53 +801,78 @@ impl TokenServer {
                 call.await
             }
         };
-        let failure = match outcome {
-            Ok(mut result) => {
-                // `resultType` belongs to the protocol this session speaks, not to the
-                // upstream's answer: an upstream on an older revision leaves it out, and
-                // clients of the newer ones refuse a result without it.
-                if result.result_type.is_none() {
-                    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
-                }
-                *ended = (Outcome::Ok, Some(result.is_error.unwrap_or(false)));
-                return Ok(result.into());
-            }
-            Err(CallFailure::Upstream(error)) => {
-                *ended = (Outcome::Error("upstream_error"), None);
-                return Err(error);
-            }
-            Err(failure) => failure,
-        };
-        let error = match failure {
-            CallFailure::Unavailable(message) => {
-                Error::new(ErrorCode::UpstreamUnavailable, message)
-            }
-            CallFailure::Timeout { after, queued } => Error::new(
-                ErrorCode::UpstreamTimeout,
-                format!(
-                    "{} did not answer within {}s ({:.1}s of it waiting for a free call slot \
-                     on the upstream); the upstream call was cancelled",
-                    tool.name,
-                    after.as_secs_f64(),
-                    queued.as_secs_f64()
-                ),
-            ),
-            CallFailure::Busy(message) => Error::new(ErrorCode::RateLimited, message),
-            CallFailure::TooLarge(message) => Error::new(
-                ErrorCode::UpstreamResultTooLarge,
-                format!("{}: {message}", tool.name),
-            ),
-            CallFailure::Cancelled => match lost_standing {
-                Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
-                None => Error::new(
-                    ErrorCode::Internal,
-                    format!("{} was cancelled by the client", tool.name),
-                ),
-            },
-            CallFailure::Upstream(_) => unreachable!("returned above"),
-        };
-        *ended = (Outcome::Error(error.code.as_str()), None);
-        tracing::info!(tool = %tool.name, code = error.code.as_str(), "gateway call failed");
-        Ok(error_result(&error).into())
+        let (answer, end) = answer_of(&tool, outcome, lost_standing);
+        if let Some(span) = &mut upstream {
+            upstream_ended(span, end);
+        }
+        *ended = end;
+        answer
     }
+}
+
+/// How a forwarded call ended, on its span: `tokenwarden.outcome`, and for an answered call the
+/// upstream's `isError` (an error status, `error.type` `tool_error`, as OpenTelemetry's MCP
+/// conventions have it; the outcome stays `ok`, as in the access log).
+fn upstream_ended(span: &mut Span, (outcome, is_error): (Outcome, Option<bool>)) {
+    span.outcome(outcome);
+    if let Some(is_error) = is_error {
+        span.set("tokenwarden.upstream.is_error", is_error);
+        if is_error {
+            span.fail("tool_error");
+        }
+    }
+}
+
+/// A forwarded call's answer to the client, and how it ended (the outcome and the upstream's
+/// `isError`).
+fn answer_of(
+    tool: &ExposedTool,
+    outcome: Result<CallToolResult, CallFailure>,
+    lost_standing: Option<String>,
+) -> (Result<CallToolResponse, ErrorData>, (Outcome, Option<bool>)) {
+    let failure = match outcome {
+        Ok(mut result) => {
+            // `resultType` belongs to the protocol this session speaks, not to the
+            // upstream's answer: an upstream on an older revision leaves it out, and
+            // clients of the newer ones refuse a result without it.
+            if result.result_type.is_none() {
+                result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+            }
+            let is_error = result.is_error.unwrap_or(false);
+            return (Ok(result.into()), (Outcome::Ok, Some(is_error)));
+        }
+        Err(CallFailure::Upstream(error)) => {
+            return (Err(error), (Outcome::Error("upstream_error"), None));
+        }
+        Err(failure) => failure,
+    };
+    let error = match failure {
+        CallFailure::Unavailable(message) => Error::new(ErrorCode::UpstreamUnavailable, message),
+        CallFailure::Timeout { after, queued } => Error::new(
+            ErrorCode::UpstreamTimeout,
+            format!(
+                "{} did not answer within {}s ({:.1}s of it waiting for a free call slot \
+                     on the upstream); the upstream call was cancelled",
+                tool.name,
+                after.as_secs_f64(),
+                queued.as_secs_f64()
+            ),
+        ),
+        CallFailure::Busy(message) => Error::new(ErrorCode::RateLimited, message),
+        CallFailure::TooLarge(message) => Error::new(
+            ErrorCode::UpstreamResultTooLarge,
+            format!("{}: {message}", tool.name),
+        ),
+        CallFailure::Cancelled => match lost_standing {
+            Some(why) => Error::forbidden(format!("{} was cancelled: {why}", tool.name)),
+            None => Error::new(
+                ErrorCode::Internal,
+                format!("{} was cancelled by the client", tool.name),
+            ),
+        },
+        CallFailure::Upstream(_) => unreachable!("returned above"),
+    };
+    tracing::info!(tool = %tool.name, code = error.code.as_str(), "gateway call failed");
+    let ended = (Outcome::Error(error.code.as_str()), None);
+    (Ok(error_result(&error).into()), ended)
 }

@@ -76,10 +76,19 @@ pub async fn authenticate(
     };
     auth.service.observer().admitted(Front::Rest);
     let shield = crate::http::raise_shield(&request, &lineage);
+    // Read only when traces are on: a call's span is named by its method and route.
+    let trace = auth.service.observer().tracer().map(|_| {
+        let mut incoming = crate::trace::Incoming::from_headers(request.headers());
+        if let Some(route) = request.extensions().get::<axum::extract::MatchedPath>() {
+            incoming.route = Some((request.method().clone(), Arc::from(route.as_str())));
+        }
+        incoming
+    });
     request.extensions_mut().insert(Authenticated {
         token_id,
         client_ip,
         secret: Some(Presented::new(&secret)),
+        trace,
     });
     let response = next.run(request).await;
     crate::http::hold_ticket(response, (ticket, shield))

@@ -134,6 +134,7 @@ async fn run(
             Value::Object(arguments),
             who(caller),
             crate::observe::Front::Rest,
+            caller.trace.as_ref(),
         )
         .await
     {
