@@ -983,7 +983,6 @@ impl Store {
             batch.remove(status_key(record));
             batch.remove(key(USAGE, &[id]));
             batch.remove(key(REMAINING, &[id]));
-            access_removed += self.remove_access_of(&record.id, &mut batch)?;
             if let Some(parent) = &record.parent_id {
                 batch.remove(child_key(parent, &record.id));
             }
@@ -994,6 +993,10 @@ impl Store {
                 batch.remove(key(HASH, &[&hash.0]));
                 removed_hashes.push(*hash);
             }
+        }
+        if !change.removed.is_empty() {
+            let gone: Vec<&TokenId> = change.removed.iter().map(|r| &r.id).collect();
+            access_removed = self.remove_access_of(&gone, &mut batch)?;
         }
         for (id, remaining) in &change.remaining {
             let k = key(REMAINING, &[id.as_str().as_bytes()]);

@@ -188,6 +188,13 @@ async fn every_call_and_refusal_is_logged_without_arguments_and_outlives_a_resta
         tokens.iter().all(|t| *t == agent_id || *t == child_id),
         "{seen}"
     );
+    // Another token's id or lineage cannot be probed through the filters.
+    for filter in [
+        json!({"token_id": other_id}),
+        json!({"lineage_id": other_id}),
+    ] {
+        common::err(&client, "list_access_events", filter, "not_found").await;
+    }
     let by_lineage = common::ok(
         &admin,
         "list_access_events",
@@ -260,12 +267,20 @@ async fn a_deleted_token_takes_its_entries_and_retention_prunes_the_oldest() {
     let admin = connect_http(&server.url(), &admin_secret).await;
     let (gone_id, gone) = create(&admin, json!({"name": "gone", "parent": "none"})).await;
     let (kept_id, kept) = create(&admin, json!({"name": "kept", "parent": "none"})).await;
-    for secret in [&gone, &kept] {
-        let client = connect_http(&server.url(), secret).await;
-        for _ in 0..3 {
-            common::ok(&client, "whoami", json!({})).await;
+    let (gone_child_id, gone_child) =
+        create(&admin, json!({"name": "gone child", "parent": gone_id})).await;
+    // Entries of the deleted token, its child and another token, in the same writer batch.
+    let clients = [
+        connect_http(&server.url(), &gone).await,
+        connect_http(&server.url(), &gone_child).await,
+        connect_http(&server.url(), &kept).await,
+    ];
+    for _ in 0..3 {
+        for client in &clients {
+            common::ok(client, "whoami", json!({})).await;
         }
     }
+    drop(clients);
     wait_for(&admin, json!({"token_id": kept_id}), 3).await;
     assert_eq!(
         wait_for(&admin, json!({"token_id": gone_id}), 3).await["events"]
@@ -278,8 +293,16 @@ async fn a_deleted_token_takes_its_entries_and_retention_prunes_the_oldest() {
     common::ok(&admin, "delete_token", json!({"id": gone_id})).await;
     let left = common::ok(&admin, "list_access_events", json!({"limit": 100})).await;
     assert!(
-        !left.to_string().contains(&gone_id),
-        "entries of a deleted token remain: {left}"
+        !left.to_string().contains(&gone_id) && !left.to_string().contains(&gone_child_id),
+        "entries of a deleted token or its child remain: {left}"
+    );
+    assert_eq!(
+        common::ok(&admin, "list_access_events", json!({"token_id": kept_id})).await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "another token's entries in the same batch stay"
     );
     drop(admin);
     server.stop();

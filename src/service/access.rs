@@ -259,6 +259,27 @@ impl Service {
                 .map_err(Error::invalid)
         };
         let (token, lineage) = (id(&req.token_id)?, id(&req.lineage_id)?);
+        // A token may name only tokens in its reach (its subtree) and its own lineage: others
+        // are `not_found`, as everywhere, so ids cannot be probed through the filters.
+        if let Some(me) = &me {
+            if let Some(t) = &token {
+                let reached = t == me
+                    || self
+                        .store
+                        .chain(t)?
+                        .is_some_and(|chain| chain.iter().any(|r| r.id == *me));
+                if !reached {
+                    return Err(Error::not_found(format!("no token {t} within your reach")));
+                }
+            }
+            if let Some(l) = &lineage
+                && Some(l) != my_lineage.as_ref()
+            {
+                return Err(Error::not_found(format!(
+                    "no lineage {l} within your reach"
+                )));
+            }
+        }
         let (since, until) = (time(&req.since)?, time(&req.until)?);
         let cursor = match req.cursor.as_deref() {
             None => None,

@@ -281,26 +281,33 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Adds to `batch` the removal of every entry of `token` (it is being deleted); returns
-    /// how many.
-    pub(super) fn remove_access_of(&self, token: &TokenId, batch: &mut sled::Batch) -> Result<i64> {
+    /// Adds to `batch` the removal of every entry of the `gone` tokens (being deleted,
+    /// together: a batch holding entries of several of them is rewritten once, without all
+    /// of them); returns how many entries go.
+    pub(super) fn remove_access_of(
+        &self,
+        gone: &[&TokenId],
+        batch: &mut sled::Batch,
+    ) -> Result<i64> {
+        let mut batches = std::collections::BTreeSet::new();
+        for token in gone {
+            for entry in self
+                .db
+                .scan_prefix(key(ACCESS_BY_TOKEN, &[token.as_str().as_bytes()]))
+            {
+                let (k, _) = entry?;
+                batches.insert(BatchKey::from_bytes(&k[1 + ID_LEN..])?);
+                batch.remove(k);
+            }
+        }
+        let is_gone = |e: &StoredAccess| e.token.as_ref().is_some_and(|t| gone.contains(&t));
         let mut removed = 0;
-        for entry in self
-            .db
-            .scan_prefix(key(ACCESS_BY_TOKEN, &[token.as_str().as_bytes()]))
-        {
-            let (k, _) = entry?;
-            let batch_key = BatchKey::from_bytes(&k[1 + ID_LEN..])?;
-            batch.remove(k);
+        for batch_key in batches {
             let Some(v) = self.db.get(batch_key.sled_key())? else {
                 continue;
             };
             let entries = decode_batch(&v)?;
-            let kept: Vec<StoredAccess> = entries
-                .iter()
-                .filter(|e| e.token.as_ref() != Some(token))
-                .cloned()
-                .collect();
+            let kept: Vec<StoredAccess> = entries.iter().filter(|e| !is_gone(e)).cloned().collect();
             removed += (entries.len() - kept.len()) as i64;
             if kept.is_empty() {
                 batch.remove(batch_key.sled_key());
