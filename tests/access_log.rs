@@ -325,3 +325,51 @@ async fn a_deleted_token_takes_its_entries_and_retention_prunes_the_oldest() {
     let out = tw_json(&data, &["access", "--all"]);
     assert!(out["events"].as_array().unwrap().len() <= 2, "{out}");
 }
+
+/// Review finding: a refused token retrying as fast as it could wrote one entry per refusal
+/// (~10,000 a second), enough to push everyone's history out of a million-entry log in
+/// minutes. Its refusals at the door are now logged up to 10 per writer pass (a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_retrying_cannot_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (id, secret) = create(&admin, json!({"name": "flood", "parent": "none"})).await;
+    common::ok(&admin, "revoke_token", json!({"id": id})).await;
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/whoami", server.url().trim_end_matches("/mcp"));
+    let started = Instant::now();
+    for _ in 0..300 {
+        let status = http
+            .get(&url)
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut logged = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = json!({"token_id": id, "limit": 100});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let page = common::ok(&admin, "list_access_events", args).await;
+        logged += page["events"].as_array().unwrap().len() as u64;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    println!("300 refusals in {:?}: {logged} logged", started.elapsed());
+    assert!(logged >= 1, "refusals are logged");
+    assert!(
+        logged <= 10 * seconds,
+        "{logged} refusals logged in about {seconds} s"
+    );
+}

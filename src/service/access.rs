@@ -28,6 +28,8 @@ use crate::timestamp::Timestamp;
 
 /// Entries waiting to be written; more are dropped (and counted).
 pub const MAX_PENDING: usize = 100_000;
+/// Refusals at the door logged per token per writer pass (a second); more are counted only.
+pub const REFUSALS_PER_PASS: u32 = 10;
 /// How often the buffer is written.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 /// How often the log is pruned by retention (also once at start).
@@ -73,8 +75,17 @@ struct Pending {
 /// The access log's sink: a bounded buffer the writer empties.
 #[derive(Default)]
 pub struct AccessLog {
-    pending: Mutex<Vec<Pending>>,
+    pending: Mutex<Buffer>,
     dropped: AtomicU64,
+    /// Refusals at the door beyond [`REFUSALS_PER_PASS`] for one token in one writer pass.
+    folded: AtomicU64,
+}
+
+#[derive(Default)]
+struct Buffer {
+    entries: Vec<Pending>,
+    /// Refusals at the door recorded this pass, per token.
+    refusals: HashMap<TokenId, u32>,
 }
 
 impl AccessLog {
@@ -83,7 +94,9 @@ impl AccessLog {
     }
 
     fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.refusals.clear();
+        std::mem::take(&mut buffer.entries)
     }
 }
 
@@ -101,8 +114,18 @@ impl AccessSink for AccessLog {
             front: access.front.as_str(),
         };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() < MAX_PENDING {
-            pending.push(entry);
+        // A refused token retrying as fast as it can must not push everyone's history out
+        // of the log: its refusals at the door are kept up to a few per second.
+        if let (None, Some(token)) = (&entry.tool, &entry.token) {
+            let seen = pending.refusals.entry(token.clone()).or_default();
+            *seen += 1;
+            if *seen > REFUSALS_PER_PASS {
+                self.folded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if pending.entries.len() < MAX_PENDING {
+            pending.entries.push(entry);
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -121,6 +144,13 @@ pub async fn write_behind(service: Arc<Service>, log: Arc<AccessLog>, shutdown: 
         let dropped = log.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(dropped, "the access log fell behind: entries were dropped");
+        }
+        let folded = log.folded.swap(0, Ordering::Relaxed);
+        if folded > 0 {
+            tracing::info!(
+                folded,
+                "refusals of a token beyond {REFUSALS_PER_PASS} a second were not logged"
+            );
         }
         let entries = log.take();
         if !entries.is_empty() {
