@@ -173,7 +173,16 @@ async fn every_call_and_refusal_is_logged_without_arguments_and_outlives_a_resta
         1,
     )
     .await;
-    assert_eq!(calls(&refused), [("-".to_owned(), "paused".to_owned())]);
+    // The client may try more than once (an SDK retries its first request); each is a
+    // refusal at the door, with no tool.
+    let refusals = calls(&refused);
+    assert!(
+        !refusals.is_empty()
+            && refusals
+                .iter()
+                .all(|c| *c == ("-".to_owned(), "paused".to_owned())),
+        "{refusals:?}"
+    );
 
     // A token sees its own subtree: the agent sees its child's call, not the other token's.
     let seen = common::ok(&client, "list_access_events", json!({"limit": 100})).await;
