@@ -3,9 +3,8 @@
 
 use clap::Args;
 
-use super::output::{self, Out};
-use super::owner::Owner;
-use super::token::{Arguments, more_hint, paginate};
+use super::audit::{ALL_PAGE, print_log};
+use super::token::Arguments;
 use super::{Cli, CliError};
 
 #[derive(Debug, Args)]
@@ -54,9 +53,7 @@ const COLUMNS: [(&str, &str); 7] = [
 ];
 
 pub fn run(cli: &Cli, args: &AccessArgs) -> Result<(), CliError> {
-    const ALL_PAGE: u32 = 100;
-    let owner = Owner::open(cli, super::Access::Read, super::service_config(cli))?;
-    let mut request = Arguments::default()
+    let request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("lineage_id", args.lineage_id.as_deref())
         .set("tool", args.tool.as_deref())
@@ -65,25 +62,7 @@ pub fn run(cli: &Cli, args: &AccessArgs) -> Result<(), CliError> {
         .set("since", args.since.as_deref())
         .set("until", args.until.as_deref())
         .set("limit", args.limit.or(args.all.then_some(ALL_PAGE)))
-        .set("cursor", args.cursor.as_deref())
-        .into_value();
-    let events = paginate(
-        &owner,
-        "list_access_events",
-        "events",
-        args.all,
-        &mut request,
-    );
-    owner.close()?;
-    let events = events?;
-    let mut out = Out::new();
-    if cli.json {
-        return out.json(&events.into_page("events"));
-    }
-    if events.rows.is_empty() {
-        out.line("no access log entries")?;
-    } else {
-        out.lines(&output::table(&COLUMNS, &events.rows))?;
-    }
-    more_hint(&mut out, events.next_cursor)
+        .set("cursor", args.cursor.as_deref());
+    let log = ("list_access_events", &COLUMNS[..], "no access log entries");
+    print_log(cli, log, request, args.all)
 }

@@ -37,23 +37,35 @@ pub struct AuditArgs {
     pub all: bool,
 }
 
+/// Page size when following every page (`--all`).
+pub(super) const ALL_PAGE: u32 = 100;
+
 pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
-    const ALL_PAGE: u32 = 100;
-    let owner = Owner::open(cli, super::Access::Read, super::service_config(cli))?;
-    let mut request = Arguments::default()
+    let request = Arguments::default()
         .set("token_id", args.token_id.as_deref())
         .set("action", args.action.as_deref())
         .set("since", args.since.as_deref())
         .set("limit", args.limit.or(args.all.then_some(ALL_PAGE)))
-        .set("cursor", args.cursor.as_deref())
-        .into_value();
-    let events = paginate(
-        &owner,
+        .set("cursor", args.cursor.as_deref());
+    let log = (
         "list_audit_events",
-        "events",
-        args.all,
-        &mut request,
+        &output::AUDIT_COLUMNS[..],
+        "no audit events",
     );
+    print_log(cli, log, request, args.all)
+}
+
+/// Reads a log through its tool (`list_audit_events`, `list_access_events`) as the owner —
+/// one page, or every page with `all` — and prints it as JSON or as a table of `columns`.
+pub(super) fn print_log(
+    cli: &Cli,
+    (tool, columns, none): (&str, &[(&str, &str)], &str),
+    request: Arguments,
+    all: bool,
+) -> Result<(), CliError> {
+    let owner = Owner::open(cli, super::Access::Read, super::service_config(cli))?;
+    let mut request = request.into_value();
+    let events = paginate(&owner, tool, "events", all, &mut request);
     owner.close()?;
     let events = events?;
     let mut out = Out::new();
@@ -61,9 +73,9 @@ pub fn run(cli: &Cli, args: &AuditArgs) -> Result<(), CliError> {
         return out.json(&events.into_page("events"));
     }
     if events.rows.is_empty() {
-        out.line("no audit events")?;
+        out.line(none)?;
     } else {
-        out.lines(&output::table(&output::AUDIT_COLUMNS, &events.rows))?;
+        out.lines(&output::table(columns, &events.rows))?;
     }
     more_hint(&mut out, events.next_cursor)
 }
@@ -103,7 +115,8 @@ impl AuditRetentionArgs {
     }
 }
 
-/// Prunes the audit log at start and then every minute, until `shutdown`.
+/// Prunes the audit log and the access log by their retention at start and then every
+/// minute, until `shutdown`.
 pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
@@ -112,10 +125,19 @@ pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
         }
         let service = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || service.prune_audit()).await {
-            Ok(Err(e)) => tracing::warn!("pruning the audit log failed: {e}"),
-            Err(e) => tracing::warn!("audit pruner failed: {e}"),
-            Ok(Ok(_)) => {}
+        let pruned =
+            tokio::task::spawn_blocking(move || (service.prune_audit(), service.prune_access()))
+                .await;
+        match pruned {
+            Ok((audit, access)) => {
+                if let Err(e) = audit {
+                    tracing::warn!("pruning the audit log failed: {e}");
+                }
+                if let Err(e) = access {
+                    tracing::warn!("pruning the access log failed: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("log pruner failed: {e}"),
         }
     }
 }

@@ -225,10 +225,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         access_log,
         shutdown.clone(),
     ));
-    tokio::spawn(access::prune_in_background(
-        Arc::clone(&service),
-        shutdown.clone(),
-    ));
+
     tokio::spawn(super::audit::prune_in_background(
         Arc::clone(&service),
         shutdown.clone(),

@@ -32,8 +32,6 @@ pub const MAX_PENDING: usize = 100_000;
 pub const REFUSALS_PER_PASS: u32 = 10;
 /// How often the buffer is written.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
-/// How often the log is pruned by retention (also once at start).
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Entries a page may examine before it returns with a cursor.
 const SCAN_BUDGET: usize = 5_000;
 const MS_PER_DAY: i64 = 86_400_000;
@@ -163,23 +161,6 @@ pub async fn write_behind(service: Arc<Service>, log: Arc<AccessLog>, shutdown: 
         }
         if stopping {
             return;
-        }
-    }
-}
-
-/// Prunes the access log at start and then every minute, until `shutdown`.
-pub async fn prune_in_background(service: Arc<Service>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let service = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || service.prune_access()).await {
-            Ok(Err(e)) => tracing::warn!("pruning the access log failed: {e}"),
-            Err(e) => tracing::warn!("access log pruner failed: {e}"),
-            Ok(Ok(_)) => {}
         }
     }
 }
