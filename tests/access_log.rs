@@ -290,7 +290,26 @@ async fn a_deleted_token_takes_its_entries_and_retention_prunes_the_oldest() {
         }
     }
     drop(clients);
-    wait_for(&admin, json!({"token_id": kept_id}), 3).await;
+    // A plain request, as the SDKs send it (no `_meta`): the express lane answers it, and it
+    // is logged the same way.
+    let auth = common::bearer(&kept);
+    let init = common::raw_initialize(&server.url(), &[("authorization", &auth)]).await;
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    common::raw_post(&server.url(), &headers, initialized.to_string()).await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}});
+    let reply = common::raw_post(&server.url(), &headers, call.to_string()).await;
+    assert_eq!(reply.status(), 200);
+    wait_for(&admin, json!({"token_id": kept_id}), 4).await;
     assert_eq!(
         wait_for(&admin, json!({"token_id": gone_id}), 3).await["events"]
             .as_array()
@@ -310,8 +329,8 @@ async fn a_deleted_token_takes_its_entries_and_retention_prunes_the_oldest() {
             .as_array()
             .unwrap()
             .len(),
-        3,
-        "another token's entries in the same batch stay"
+        4,
+        "another token's entries (three over rmcp's path, one plain) stay"
     );
     drop(admin);
     server.stop();
