@@ -272,24 +272,15 @@ impl Service {
         let (token, lineage) = (id(&req.token_id)?, id(&req.lineage_id)?);
         // A token may name only tokens in its reach (its subtree) and its own lineage: others
         // are `not_found`, as everywhere, so ids cannot be probed through the filters.
-        if let Some(me) = &me {
-            if let Some(t) = &token {
-                let reached = t == me
-                    || self
-                        .store
-                        .chain(t)?
-                        .is_some_and(|chain| chain.iter().any(|r| r.id == *me));
-                if !reached {
-                    return Err(Error::not_found(format!("no token {t} within your reach")));
-                }
-            }
-            if let Some(l) = &lineage
-                && Some(l) != my_lineage.as_ref()
-            {
-                return Err(Error::not_found(format!(
-                    "no lineage {l} within your reach"
-                )));
-            }
+        if let Some(t) = &token {
+            self.load_in_reach(&acting, t.as_str())?;
+        }
+        if let (Some(_), Some(l)) = (&me, &lineage)
+            && Some(l) != my_lineage.as_ref()
+        {
+            return Err(Error::not_found(format!(
+                "no lineage {l} within your reach"
+            )));
         }
         let (since, until) = (time(&req.since)?, time(&req.until)?);
         let cursor = match req.cursor.as_deref() {
@@ -299,20 +290,20 @@ impl Service {
             })?),
         };
         let in_subtree = |entry: &StoredAccess| -> Result<bool> {
-            let Some(me) = &me else {
+            if me.is_none() {
                 return Ok(true);
-            };
+            }
+            // Another lineage's entry is outside the subtree without a lookup.
             if entry.lineage.as_ref() != my_lineage.as_ref() {
                 return Ok(false);
             }
             let Some(token) = &entry.token else {
                 return Ok(false);
             };
-            Ok(token == me
-                || self
-                    .store
-                    .chain(token)?
-                    .is_some_and(|chain| chain.iter().any(|r| r.id == *me)))
+            Ok(self
+                .store
+                .chain(token)?
+                .is_some_and(|chain| self.in_reach(&acting, &chain)))
         };
         let mut events = Vec::with_capacity(limit);
         let mut has_more = false;
