@@ -429,7 +429,8 @@ pub fn build() -> Value {
                 parameters: query_parameters(&access),
                 request: None,
                 success: ("200", ok("A page of access log entries.", reference("AccessPage"))),
-                extra_problems: &[],
+                // A token_id or lineage_id filter outside the caller's reach.
+                extra_problems: &["404"],
             }.operation(),
         },
         "/v1/oauth/clients": {
