@@ -8,8 +8,10 @@
 //! `cargo bench --bench gateway`; `GW_CLIENTS` (default `1,4`), `GW_SECONDS` per round (5),
 //! `GW_ROUNDS` per variant (3), `GW_BIN` (another build of tokenwarden to measure, e.g. an
 //! older commit's), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
-//! own client negotiates with server-everything, so both legs speak the same one). Needs node and npm (installs the pinned server-everything into
-//! `target/npm` if missing, like the tests).
+//! own client negotiates with server-everything, so both legs speak the same one),
+//! `GW_NO_OBSERVE=1` (a binary built with `--features bench-internals` started without the
+//! access log and the metrics, to measure their cost by alternating runs). Needs node and npm
+//! (installs the pinned server-everything into `target/npm` if missing, like the tests).
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
@@ -303,7 +305,16 @@ fn main() {
         .args(["--log-level", "warn,tokenwarden=info,upstream=info"])
         .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
         .arg(&upstreams);
+    let no_observe = std::env::var("GW_NO_OBSERVE").is_ok_and(|v| v == "1");
+    if no_observe {
+        tw.env("TOKENWARDEN_BENCH_NO_OBSERVE", "1");
+    }
     let (_tokenwarden, log) = start(tw, "serving MCP over HTTP at http://");
+    assert!(
+        !no_observe || log.contains("bench-internals: no access log, no metrics"),
+        "GW_NO_OBSERVE needs a binary built with the bench-internals feature: \
+         cargo bench --features bench-internals --bench gateway"
+    );
     let addr = log
         .split("serving MCP over HTTP at http://")
         .nth(1)
@@ -342,7 +353,8 @@ fn main() {
         }
         println!(
             "tools/call echo over streamable HTTP, kept-alive connections: {seconds} s rounds, \
-             {rounds} rounds per variant, alternating"
+             {rounds} rounds per variant, alternating{}",
+            if no_observe { "; tokenwarden without access log and metrics" } else { "" }
         );
         for &clients in &client_counts {
             let mut direct = Vec::new();

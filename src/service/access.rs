@@ -82,6 +82,9 @@ pub struct AccessLog {
 #[derive(Default)]
 struct Buffer {
     entries: Vec<Pending>,
+    /// The previous pass's buffer, emptied by the writer and handed back with its capacity:
+    /// the buffer then never grows (and copies itself) on the request path once warm.
+    spare: Vec<Pending>,
     /// Refusals at the door recorded this pass, per token.
     refusals: HashMap<TokenId, u32>,
 }
@@ -94,7 +97,17 @@ impl AccessLog {
     fn take(&self) -> Vec<Pending> {
         let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         buffer.refusals.clear();
-        std::mem::take(&mut buffer.entries)
+        let spare = std::mem::take(&mut buffer.spare);
+        std::mem::replace(&mut buffer.entries, spare)
+    }
+
+    /// Takes back a written buffer (emptied) for a later pass.
+    fn give_back(&self, mut entries: Vec<Pending>) {
+        entries.clear();
+        let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.capacity() > buffer.spare.capacity() {
+            buffer.spare = entries;
+        }
     }
 }
 
@@ -150,13 +163,18 @@ pub async fn write_behind(service: Arc<Service>, log: Arc<AccessLog>, shutdown: 
                 "refusals of a token beyond {REFUSALS_PER_PASS} a second were not logged"
             );
         }
-        let entries = log.take();
+        let mut entries = log.take();
         if !entries.is_empty() {
             let service = Arc::clone(&service);
-            match tokio::task::spawn_blocking(move || service.write_access(entries)).await {
-                Ok(Err(e)) => tracing::warn!("writing the access log failed: {e}"),
+            let written = tokio::task::spawn_blocking(move || {
+                let written = service.write_access(&mut entries);
+                (written, entries)
+            })
+            .await;
+            match written {
+                Ok((Err(e), _)) => tracing::warn!("writing the access log failed: {e}"),
                 Err(e) => tracing::warn!("access log writer failed: {e}"),
-                Ok(Ok(())) => {}
+                Ok((Ok(()), entries)) => log.give_back(entries),
             }
         }
         if stopping {
@@ -183,13 +201,13 @@ impl Service {
     /// Writes entries as one batch and flushes. Each token's lineage is found here, once per
     /// token; entries of tokens no longer stored are left out (checked under the write lock,
     /// which deletion holds).
-    fn write_access(&self, entries: Vec<Pending>) -> Result<()> {
+    fn write_access(&self, entries: &mut Vec<Pending>) -> Result<()> {
         {
             let _write = self.lock_writes();
             // Per token: its lineage root, or None when it is gone.
             let mut roots: HashMap<TokenId, Option<TokenId>> = HashMap::new();
             let mut kept = Vec::with_capacity(entries.len());
-            for entry in entries {
+            for entry in entries.drain(..) {
                 let lineage = match &entry.token {
                     None => None,
                     Some(token) => {

@@ -91,8 +91,15 @@ fn decode_batch(v: &[u8]) -> Result<Vec<StoredAccess>> {
     postcard::from_bytes(v).map_err(|e| StoreError::Corrupt(format!("access log batch: {e}")))
 }
 
+/// Entries per stored batch at most: a writer pass of many thousand calls is stored as several
+/// batches of at most this many, so no sled value grows past ~100 KiB (sled copies a node's
+/// values whenever it rewrites the node).
+const MAX_BATCH: usize = 1_000;
+
 fn encode_batch(entries: &[StoredAccess]) -> Vec<u8> {
-    postcard::to_stdvec(entries).expect("access entries always serialise")
+    // Sized once: an entry takes ~70 bytes (two token ids and a tool name).
+    let out = Vec::with_capacity(entries.len() * 96 + 8);
+    postcard::to_extend(entries, out).expect("access entries always serialise")
 }
 
 fn by_token_key(token: &TokenId, batch: BatchKey) -> Vec<u8> {
@@ -121,20 +128,20 @@ impl Store {
         }
     }
 
-    /// Writes entries as one batch (no flush: the writer flushes). The caller holds the write
-    /// lock and has left out entries of tokens no longer stored.
+    /// Writes entries in batches of at most [`MAX_BATCH`], in one sled write (no flush: the
+    /// writer flushes). The caller holds the write lock and has left out entries of tokens no
+    /// longer stored.
     pub fn write_access(&self, entries: &[StoredAccess]) -> Result<()> {
-        let Some(first) = entries.first() else {
-            return Ok(());
-        };
-        let batch_key = BatchKey {
-            at: first.at.millis(),
-            seq: self.next_access_seq.fetch_add(1, Ordering::Relaxed),
-        };
         let mut batch = sled::Batch::default();
-        batch.insert(batch_key.sled_key(), encode_batch(entries));
-        for token in tokens_of(entries) {
-            batch.insert(by_token_key(token, batch_key), &[][..]);
+        for chunk in entries.chunks(MAX_BATCH) {
+            let batch_key = BatchKey {
+                at: chunk[0].at.millis(),
+                seq: self.next_access_seq.fetch_add(1, Ordering::Relaxed),
+            };
+            batch.insert(batch_key.sled_key(), encode_batch(chunk));
+            for token in tokens_of(chunk) {
+                batch.insert(by_token_key(token, batch_key), &[][..]);
+            }
         }
         self.db.apply_batch(batch)?;
         self.count_access(entries.len() as i64);
@@ -346,5 +353,74 @@ impl Store {
             return Err("access log key".to_owned());
         }
         decode_batch(v).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn entry(at: i64, token: &TokenId, n: usize) -> StoredAccess {
+        StoredAccess {
+            at: Timestamp::from_millis(at).unwrap(),
+            token: Some(token.clone()),
+            lineage: Some(token.clone()),
+            tool: Some(format!("tool{n}")),
+            bucket: None,
+            outcome: "ok".to_owned(),
+            duration_us: 1,
+            upstream_is_error: None,
+            front: "mcp".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_large_pass_is_stored_in_bounded_batches_and_reads_back_whole_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (TokenId::generate(), TokenId::generate());
+        let now = Timestamp::now().millis();
+        let n = 2 * MAX_BATCH + 500;
+        let entries: Vec<StoredAccess> = (0..n)
+            .map(|i| entry(now + i as i64, if i % 3 == 0 { &a } else { &b }, i))
+            .collect();
+        store.write_access(&entries).unwrap();
+
+        let biggest = store
+            .db
+            .scan_prefix([ACCESS])
+            .map(|kv| decode_batch(&kv.unwrap().1).unwrap().len())
+            .collect::<Vec<_>>();
+        assert_eq!(biggest.len(), 3, "three batches: {biggest:?}");
+        assert!(biggest.iter().all(|&len| len <= MAX_BATCH));
+        assert_eq!(store.access_len().unwrap(), n as u64);
+
+        // Newest first, every entry once, across the batches.
+        let read: Vec<StoredAccess> = store
+            .access_events(None, None, None)
+            .map(|r| r.unwrap().1)
+            .collect();
+        let expected: Vec<StoredAccess> = entries.iter().rev().cloned().collect();
+        assert_eq!(read, expected);
+
+        // A token's filter reads its own entries in every batch; a cursor carries on.
+        let of_a: Vec<(AccessKey, StoredAccess)> = store
+            .access_events(Some(&a), None, None)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(of_a.len(), n.div_ceil(3));
+        let after = of_a[500].0;
+        let rest = store.access_events(Some(&a), Some(after), None).count();
+        assert_eq!(rest, of_a.len() - 501);
+
+        // Pruning by count removes the oldest, batch by batch.
+        let pruned = store.prune_access(100, Timestamp::from_millis(0).unwrap());
+        assert_eq!(pruned.unwrap(), (n - 100) as u64);
+        let left: Vec<StoredAccess> = store
+            .access_events(None, None, None)
+            .map(|r| r.unwrap().1)
+            .collect();
+        assert_eq!(left, expected[..100].to_vec());
     }
 }
