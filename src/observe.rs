@@ -35,20 +35,20 @@ impl Outcome {
 }
 
 /// One tools/call, or one refused request of a known token. Never arguments, results or
-/// secrets.
-#[derive(Clone, Debug)]
-pub struct Access {
+/// secrets. It borrows what the call already holds: recording one allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Access<'a> {
     pub at: Timestamp,
     /// The calling token; `None` for the owner (stdio without a token, the admin socket).
-    pub token: Option<TokenId>,
+    pub token: Option<&'a TokenId>,
     /// The root of the calling token's chain, when the caller already knows it (the access
     /// log's writer finds it otherwise).
-    pub lineage: Option<TokenId>,
+    pub lineage: Option<&'a TokenId>,
     /// The tool called (gateway tools by their exposed name, `bucket__tool`); `None` for a
     /// request refused before a tool was known.
-    pub tool: Option<String>,
+    pub tool: Option<&'a str>,
     /// The gateway bucket of a forwarded call.
-    pub bucket: Option<String>,
+    pub bucket: Option<&'a str>,
     pub outcome: Outcome,
     pub duration: Duration,
     /// For a forwarded call the upstream answered: its result's `isError`.
@@ -101,7 +101,7 @@ impl Unauthenticated {
 /// Receives every [`Access`]; must not block. The two counts have empty defaults: the access
 /// log records calls, the metrics count requests too.
 pub trait AccessSink: Send + Sync {
-    fn record(&self, access: &Access);
+    fn record(&self, access: &Access<'_>);
 
     /// A request that authenticated and was let in (the HTTP guard, the REST check).
     fn admitted(&self, _front: Front) {}
@@ -139,7 +139,7 @@ impl Observer {
         self.tracer.get()
     }
 
-    pub fn record(&self, access: &Access) {
+    pub fn record(&self, access: &Access<'_>) {
         if let Some(sinks) = self.sinks.get() {
             for sink in sinks {
                 sink.record(access);

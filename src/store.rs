@@ -47,7 +47,7 @@ use crate::timestamp::Timestamp;
 
 mod access_log;
 mod audit_log;
-pub use access_log::{AccessKey, StoredAccess};
+pub use access_log::{AccessEntry, AccessKey, StoredAccess};
 pub mod oauth;
 mod tombstones;
 use tombstones::upgrade_older_store;

@@ -592,7 +592,7 @@ impl TokenServer {
         front: Front,
     ) {
         let token = match caller {
-            Caller::Token(id) => Some(id.clone()),
+            Caller::Token(id) => Some(id),
             Caller::Owner => None,
         };
         self.service.observer().record(&Access {
@@ -600,8 +600,8 @@ impl TokenServer {
             token,
             // Found by the access log's writer, off the request path.
             lineage: None,
-            tool: Some(tool.to_owned()),
-            bucket: bucket.map(str::to_owned),
+            tool: Some(tool),
+            bucket,
             outcome,
             duration: started.elapsed(),
             upstream_is_error,

@@ -206,9 +206,9 @@ impl Metrics {
             })
     }
 
-    fn tool_call(&self, access: &Access, tool: &str) {
+    fn tool_call(&self, access: &Access<'_>, tool: &str) {
         let outcome = access.outcome.as_str();
-        let Some(bucket) = access.bucket.as_deref() else {
+        let Some(bucket) = access.bucket else {
             let labels = ToolCallLabels {
                 bucket: Name::Fixed(""),
                 tool: Names::own_tool(tool),
@@ -246,7 +246,7 @@ impl Metrics {
 /// What became of a forwarded call upstream, or `None` for a call that never got there
 /// (refused by the decision, its lineage's share of the upstream taken) or was cancelled (by
 /// the client, or when its token lost standing).
-fn upstream_status(access: &Access) -> Option<&'static str> {
+fn upstream_status(access: &Access<'_>) -> Option<&'static str> {
     match access.outcome {
         Outcome::Ok if access.upstream_is_error == Some(true) => Some("is_error"),
         Outcome::Ok => Some("ok"),
@@ -261,8 +261,8 @@ fn upstream_status(access: &Access) -> Option<&'static str> {
 }
 
 impl AccessSink for Metrics {
-    fn record(&self, access: &Access) {
-        match &access.tool {
+    fn record(&self, access: &Access<'_>) {
+        match access.tool {
             Some(tool) => self.tool_call(access, tool),
             None => {
                 let labels = RequestLabels {

@@ -7,13 +7,17 @@ use crate::service::requests::CreateToken;
 use crate::service::{Caller, ServiceConfig};
 use crate::timestamp::Timestamp;
 
-fn call(token: &TokenId, (tool, bucket): (Option<&str>, Option<&str>), outcome: Outcome) -> Access {
+fn call<'a>(
+    token: &'a TokenId,
+    (tool, bucket): (Option<&'a str>, Option<&'a str>),
+    outcome: Outcome,
+) -> Access<'a> {
     Access {
         at: Timestamp::now(),
-        token: Some(token.clone()),
-        lineage: Some(token.clone()),
-        tool: tool.map(str::to_owned),
-        bucket: bucket.map(str::to_owned),
+        token: Some(token),
+        lineage: Some(token),
+        tool,
+        bucket,
         outcome,
         duration: Duration::from_millis(30),
         upstream_is_error: bucket.is_some().then_some(false),

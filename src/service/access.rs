@@ -23,7 +23,7 @@ use super::{Caller, Service, validate};
 use crate::error::{Error, Result};
 use crate::observe::{Access, AccessSink};
 use crate::secret::TokenId;
-use crate::store::{AccessKey, StoredAccess};
+use crate::store::{AccessEntry, AccessKey, StoredAccess};
 use crate::timestamp::Timestamp;
 
 /// Entries waiting to be written; more are dropped (and counted).
@@ -57,17 +57,84 @@ impl Default for AccessRetention {
 }
 
 /// An entry waiting for the writer: what the call knew, nothing looked up (the writer finds
-/// the lineage and checks the token still exists, off the request path).
+/// the lineage and checks the token still exists, off the request path). Token ids and names
+/// are indexes into its pass's tables ([`NONE`] for none), so recording allocates nothing
+/// once a pass has seen them.
 struct Pending {
     at: Timestamp,
-    token: Option<TokenId>,
-    lineage: Option<TokenId>,
-    tool: Option<String>,
-    bucket: Option<String>,
+    token: u32,
+    lineage: u32,
+    tool: u32,
+    bucket: u32,
     outcome: &'static str,
     duration_us: u64,
     upstream_is_error: Option<bool>,
     front: &'static str,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Distinct values of one pass, each stored once.
+struct Interned<T> {
+    values: Vec<T>,
+    index: HashMap<T, u32>,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            values: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Interned<T> {
+    fn of<Q>(&mut self, value: Option<&Q>) -> u32
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: ToOwned<Owned = T> + Eq + std::hash::Hash + ?Sized,
+    {
+        let Some(value) = value else {
+            return NONE;
+        };
+        if let Some(&i) = self.index.get(value) {
+            return i;
+        }
+        let i = self.values.len() as u32;
+        let owned = value.to_owned();
+        self.values.push(owned.clone());
+        self.index.insert(owned, i);
+        i
+    }
+
+    fn get(&self, i: u32) -> Option<&T> {
+        self.values.get(i as usize)
+    }
+
+    fn clear(&mut self) {
+        self.values.clear();
+        self.index.clear();
+    }
+}
+
+/// What one writer pass takes: the entries and the tables they index.
+#[derive(Default)]
+struct Pass {
+    entries: Vec<Pending>,
+    tokens: Interned<TokenId>,
+    names: Interned<String>,
+    /// Refusals at the door recorded this pass, per token (by index).
+    refusals: HashMap<u32, u32>,
+}
+
+impl Pass {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.tokens.clear();
+        self.names.clear();
+        self.refusals.clear();
+    }
 }
 
 /// The access log's sink: a bounded buffer the writer empties.
@@ -81,12 +148,10 @@ pub struct AccessLog {
 
 #[derive(Default)]
 struct Buffer {
-    entries: Vec<Pending>,
-    /// The previous pass's buffer, emptied by the writer and handed back with its capacity:
-    /// the buffer then never grows (and copies itself) on the request path once warm.
-    spare: Vec<Pending>,
-    /// Refusals at the door recorded this pass, per token.
-    refusals: HashMap<TokenId, u32>,
+    current: Pass,
+    /// The previous pass, emptied by the writer and handed back with its capacity: once warm,
+    /// recording never grows (and copies) the buffer on the request path.
+    spare: Pass,
 }
 
 impl AccessLog {
@@ -94,52 +159,51 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn take(&self) -> Vec<Pending> {
+    fn take(&self) -> Pass {
         let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        buffer.refusals.clear();
         let spare = std::mem::take(&mut buffer.spare);
-        std::mem::replace(&mut buffer.entries, spare)
+        std::mem::replace(&mut buffer.current, spare)
     }
 
-    /// Takes back a written buffer (emptied) for a later pass.
-    fn give_back(&self, mut entries: Vec<Pending>) {
-        entries.clear();
+    /// Takes back a written pass (emptied) for a later one.
+    fn give_back(&self, mut pass: Pass) {
+        pass.clear();
         let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.capacity() > buffer.spare.capacity() {
-            buffer.spare = entries;
-        }
+        buffer.spare = pass;
     }
 }
 
 impl AccessSink for AccessLog {
-    fn record(&self, access: &Access) {
-        let entry = Pending {
-            at: access.at,
-            token: access.token.clone(),
-            lineage: access.lineage.clone(),
-            tool: access.tool.clone(),
-            bucket: access.bucket.clone(),
-            outcome: access.outcome.as_str(),
-            duration_us: access.duration.as_micros().min(u128::from(u64::MAX)) as u64,
-            upstream_is_error: access.upstream_is_error,
-            front: access.front.as_str(),
-        };
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+    fn record(&self, access: &Access<'_>) {
+        let mut buffer = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let pass = &mut buffer.current;
+        if pass.entries.len() >= MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let token = pass.tokens.of(access.token);
         // A refused token retrying as fast as it can must not push everyone's history out
         // of the log: its refusals at the door are kept up to a few per second.
-        if let (None, Some(token)) = (&entry.tool, &entry.token) {
-            let seen = pending.refusals.entry(token.clone()).or_default();
+        if access.tool.is_none() && token != NONE {
+            let seen = pass.refusals.entry(token).or_default();
             *seen += 1;
             if *seen > REFUSALS_PER_PASS {
                 self.folded.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
-        if pending.entries.len() < MAX_PENDING {
-            pending.entries.push(entry);
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let entry = Pending {
+            at: access.at,
+            token,
+            lineage: pass.tokens.of(access.lineage),
+            tool: pass.names.of(access.tool),
+            bucket: pass.names.of(access.bucket),
+            outcome: access.outcome.as_str(),
+            duration_us: access.duration.as_micros().min(u128::from(u64::MAX)) as u64,
+            upstream_is_error: access.upstream_is_error,
+            front: access.front.as_str(),
+        };
+        pass.entries.push(entry);
     }
 }
 
@@ -163,19 +227,21 @@ pub async fn write_behind(service: Arc<Service>, log: Arc<AccessLog>, shutdown: 
                 "refusals of a token beyond {REFUSALS_PER_PASS} a second were not logged"
             );
         }
-        let mut entries = log.take();
-        if !entries.is_empty() {
+        let pass = log.take();
+        if !pass.entries.is_empty() {
             let service = Arc::clone(&service);
             let written = tokio::task::spawn_blocking(move || {
-                let written = service.write_access(&mut entries);
-                (written, entries)
+                let written = service.write_access(&pass);
+                (written, pass)
             })
             .await;
             match written {
                 Ok((Err(e), _)) => tracing::warn!("writing the access log failed: {e}"),
                 Err(e) => tracing::warn!("access log writer failed: {e}"),
-                Ok((Ok(()), entries)) => log.give_back(entries),
+                Ok((Ok(()), pass)) => log.give_back(pass),
             }
+        } else {
+            log.give_back(pass);
         }
         if stopping {
             return;
@@ -198,46 +264,39 @@ fn view(entry: StoredAccess) -> AccessEvent {
 }
 
 impl Service {
-    /// Writes entries as one batch and flushes. Each token's lineage is found here, once per
+    /// Writes a pass's entries and flushes. Each token's lineage is found here, once per
     /// token; entries of tokens no longer stored are left out (checked under the write lock,
     /// which deletion holds).
-    fn write_access(&self, entries: &mut Vec<Pending>) -> Result<()> {
+    fn write_access(&self, pass: &Pass) -> Result<()> {
         {
             let _write = self.lock_writes();
-            // Per token: its lineage root, or None when it is gone.
-            let mut roots: HashMap<TokenId, Option<TokenId>> = HashMap::new();
-            let mut kept = Vec::with_capacity(entries.len());
-            for entry in entries.drain(..) {
-                let lineage = match &entry.token {
+            // Per token of the pass: its lineage root, or None when it is gone.
+            let mut roots: Vec<Option<TokenId>> = Vec::with_capacity(pass.tokens.values.len());
+            for token in &pass.tokens.values {
+                let chain = self.store.chain(token)?;
+                roots.push(chain.and_then(|chain| chain.last().map(|r| r.id.clone())));
+            }
+            let name = |i: u32| pass.names.get(i).map(String::as_str);
+            let mut kept = Vec::with_capacity(pass.entries.len());
+            for entry in &pass.entries {
+                let token = pass.tokens.get(entry.token);
+                let lineage = match token {
                     None => None,
-                    Some(token) => {
-                        let root = match roots.get(token) {
-                            Some(root) => root.clone(),
-                            None => {
-                                let root = self
-                                    .store
-                                    .chain(token)?
-                                    .and_then(|chain| chain.last().map(|r| r.id.clone()));
-                                roots.insert(token.clone(), root.clone());
-                                root
-                            }
-                        };
-                        match root {
-                            Some(root) => Some(entry.lineage.unwrap_or(root)),
-                            None => continue,
-                        }
-                    }
+                    Some(_) => match &roots[entry.token as usize] {
+                        Some(root) => Some(pass.tokens.get(entry.lineage).unwrap_or(root)),
+                        None => continue,
+                    },
                 };
-                kept.push(StoredAccess {
+                kept.push(AccessEntry {
                     at: entry.at,
-                    token: entry.token,
+                    token,
                     lineage,
-                    tool: entry.tool,
-                    bucket: entry.bucket,
-                    outcome: entry.outcome.to_owned(),
+                    tool: name(entry.tool),
+                    bucket: name(entry.bucket),
+                    outcome: entry.outcome,
                     duration_us: entry.duration_us,
                     upstream_is_error: entry.upstream_is_error,
-                    front: entry.front.to_owned(),
+                    front: entry.front,
                 });
             }
             self.store.write_access(&kept)?;

@@ -452,10 +452,11 @@ impl Service {
             }
             RefusedKnown::InFlight(id) => (id, "too_many_in_flight"),
         };
+        let lineage = self.lineage_root(token);
         self.observer.record(&crate::observe::Access {
             at: Timestamp::now(),
-            token: Some(token.clone()),
-            lineage: Some(self.lineage_root(token).unwrap_or_else(|| token.clone())),
+            token: Some(token),
+            lineage: Some(lineage.as_ref().unwrap_or(token)),
             tool: None,
             bucket: None,
             outcome: crate::observe::Outcome::Error(reason),

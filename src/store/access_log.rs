@@ -31,6 +31,37 @@ pub struct StoredAccess {
     pub front: String,
 }
 
+/// An entry as the writer stores it: [`StoredAccess`] borrowed (the same encoding), so a
+/// batch is written without copying its strings.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AccessEntry<'a> {
+    pub at: Timestamp,
+    pub token: Option<&'a TokenId>,
+    pub lineage: Option<&'a TokenId>,
+    pub tool: Option<&'a str>,
+    pub bucket: Option<&'a str>,
+    pub outcome: &'a str,
+    pub duration_us: u64,
+    pub upstream_is_error: Option<bool>,
+    pub front: &'a str,
+}
+
+impl StoredAccess {
+    pub fn entry(&self) -> AccessEntry<'_> {
+        AccessEntry {
+            at: self.at,
+            token: self.token.as_ref(),
+            lineage: self.lineage.as_ref(),
+            tool: self.tool.as_deref(),
+            bucket: self.bucket.as_deref(),
+            outcome: &self.outcome,
+            duration_us: self.duration_us,
+            upstream_is_error: self.upstream_is_error,
+            front: &self.front,
+        }
+    }
+}
+
 /// A batch's key: its first entry's time and a sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct BatchKey {
@@ -96,7 +127,7 @@ fn decode_batch(v: &[u8]) -> Result<Vec<StoredAccess>> {
 /// values whenever it rewrites the node).
 const MAX_BATCH: usize = 1_000;
 
-fn encode_batch(entries: &[StoredAccess]) -> Vec<u8> {
+fn encode_batch<T: Serialize>(entries: &[T]) -> Vec<u8> {
     // Sized once: an entry takes ~70 bytes (two token ids and a tool name).
     let out = Vec::with_capacity(entries.len() * 96 + 8);
     postcard::to_extend(entries, out).expect("access entries always serialise")
@@ -131,7 +162,7 @@ impl Store {
     /// Writes entries in batches of at most [`MAX_BATCH`], in one sled write (no flush: the
     /// writer flushes). The caller holds the write lock and has left out entries of tokens no
     /// longer stored.
-    pub fn write_access(&self, entries: &[StoredAccess]) -> Result<()> {
+    pub fn write_access(&self, entries: &[AccessEntry<'_>]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for chunk in entries.chunks(MAX_BATCH) {
             let batch_key = BatchKey {
@@ -139,7 +170,8 @@ impl Store {
                 seq: self.next_access_seq.fetch_add(1, Ordering::Relaxed),
             };
             batch.insert(batch_key.sled_key(), encode_batch(chunk));
-            for token in tokens_of(chunk) {
+            let tokens: HashSet<&TokenId> = chunk.iter().filter_map(|e| e.token).collect();
+            for token in tokens {
                 batch.insert(by_token_key(token, batch_key), &[][..]);
             }
         }
@@ -385,7 +417,8 @@ mod tests {
         let entries: Vec<StoredAccess> = (0..n)
             .map(|i| entry(now + i as i64, if i % 3 == 0 { &a } else { &b }, i))
             .collect();
-        store.write_access(&entries).unwrap();
+        let written: Vec<AccessEntry<'_>> = entries.iter().map(StoredAccess::entry).collect();
+        store.write_access(&written).unwrap();
 
         let biggest = store
             .db
