@@ -9,8 +9,9 @@
 //! `GW_ROUNDS` per variant (3), `GW_BIN` (another build of tokenwarden to measure, e.g. an
 //! older commit's), `GW_PROTOCOL` (default 2025-11-25, the revision the gateway's
 //! own client negotiates with server-everything, so both legs speak the same one),
-//! `GW_NO_OBSERVE=1` (a binary built with `--features bench-internals` started without the
-//! access log and the metrics, to measure their cost by alternating runs). Needs node and npm
+//! `GW_NO_OBSERVE=1` (a binary built with `--features bench-internals`: a second gateway
+//! without the access log and the metrics, "quiet", measured in every round after the first,
+//! to show their cost). Needs node and npm
 //! (installs the pinned server-everything into `target/npm` if missing, like the tests).
 
 #[path = "support/proc_stat.rs"]
@@ -299,34 +300,40 @@ fn main() {
     )
     .unwrap();
     let binary = env("GW_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
-    let mut tw = Command::new(&binary);
-    tw.arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--log-level", "warn,tokenwarden=info,upstream=info"])
-        .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
-        .arg(&upstreams);
     let no_observe = std::env::var("GW_NO_OBSERVE").is_ok_and(|v| v == "1");
-    if no_observe {
-        tw.env("TOKENWARDEN_BENCH_NO_OBSERVE", "1");
-    }
-    let (_tokenwarden, log) = start(tw, "serving MCP over HTTP at http://");
-    assert!(
-        !no_observe || log.contains("bench-internals: no access log, no metrics"),
-        "GW_NO_OBSERVE needs a binary built with the bench-internals feature: \
-         cargo bench --features bench-internals --bench gateway"
-    );
-    let addr = log
-        .split("serving MCP over HTTP at http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let gateway_url = format!("http://{addr}");
-    let start_at = log.find("mcp_").expect("admin secret in the banner");
-    let admin: String = log[start_at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
+    // A gateway: the process, its URL and its admin secret; `quiet` without the access log
+    // and the metrics (a `bench-internals` build only).
+    let gateway = |data: &str, quiet: bool| {
+        let mut tw = Command::new(&binary);
+        tw.arg("--data-dir")
+            .arg(dir.path().join(data))
+            .args(["--log-level", "warn,tokenwarden=info,upstream=info"])
+            .args(["serve", "--http", "127.0.0.1:0", "--upstreams"])
+            .arg(&upstreams);
+        if quiet {
+            tw.env("TOKENWARDEN_BENCH_NO_OBSERVE", "1");
+        }
+        let (process, log) = start(tw, "serving MCP over HTTP at http://");
+        assert!(
+            !quiet || log.contains("bench-internals: no access log, no metrics"),
+            "GW_NO_OBSERVE needs a binary built with the bench-internals feature: \
+             cargo bench --features bench-internals --bench gateway"
+        );
+        let addr = log
+            .split("serving MCP over HTTP at http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        let start_at = log.find("mcp_").expect("admin secret in the banner");
+        let admin: String = log[start_at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        (process, format!("http://{addr}"), admin)
+    };
+    let (_tokenwarden, gateway_url, admin) = gateway("data", false);
+    let quiet = no_observe.then(|| gateway("data-quiet", true));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -334,11 +341,15 @@ fn main() {
         .build()
         .unwrap();
     let pids = (_everything.0.id(), _tokenwarden.0.id());
+    let quiet_pids = quiet.as_ref().map(|q| (_everything.0.id(), q.0.0.id()));
     runtime.block_on(async {
-        // Wait until the gateway has connected to the upstream.
+        // Wait until the gateways have connected to the upstream.
+        let mut gateways = vec![(gateway_url.clone(), admin.clone())];
+        gateways.extend(quiet.iter().map(|q| (q.1.clone(), q.2.clone())));
+        for (gateway_url, admin) in &gateways {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = Session::open(&gateway_url, Some(&admin)).await;
+            let s = Session::open(gateway_url, Some(admin)).await;
             let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "everything__echo", "arguments": {"message": "ping"}}});
             let text = s.request(&body).send().await.unwrap().text().await.unwrap();
@@ -351,16 +362,23 @@ fn main() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        }
         println!(
             "tools/call echo over streamable HTTP, kept-alive connections: {seconds} s rounds, \
              {rounds} rounds per variant, alternating{}",
-            if no_observe { "; tokenwarden without access log and metrics" } else { "" }
+            if no_observe {
+                "; and a second gateway without access log and metrics (\"quiet\")"
+            } else {
+                ""
+            }
         );
         for &clients in &client_counts {
             let mut direct = Vec::new();
             let mut through = Vec::new();
             let (mut direct_calls, mut direct_secs, mut gw_calls, mut gw_secs) = (0, 0.0, 0, 0.0);
             let (mut direct_cost, mut gw_cost) = (Cost::default(), Cost::default());
+            let (mut quiet_calls, mut quiet_secs, mut quiet_cost) = (0, 0.0, Cost::default());
+            let mut quiet_latencies = Vec::new();
             for _ in 0..rounds {
                 let before = Cost::snapshot(pids);
                 let d = round(&direct_url, None, "echo", clients, seconds).await;
@@ -381,6 +399,14 @@ fn main() {
                 gw_calls += g.latencies.len();
                 gw_secs += g.seconds;
                 through.extend(g.latencies);
+                if let (Some((_, url, secret)), Some(qp)) = (&quiet, quiet_pids) {
+                    let before = Cost::snapshot(qp);
+                    let q = round(url, Some(secret), "everything__echo", clients, seconds).await;
+                    quiet_cost.add(qp, before, q.latencies.len());
+                    quiet_calls += q.latencies.len();
+                    quiet_secs += q.seconds;
+                    quiet_latencies.extend(q.latencies);
+                }
             }
             direct.sort();
             through.sort();
@@ -421,6 +447,19 @@ fn main() {
             println!("{clients} client(s): direct  {}", direct_cost.show());
             println!("{clients} client(s): gateway {}", gw_cost.show());
             println!("{clients} client(s): whoami  {}", own_cost.show());
+            if quiet.is_some() {
+                quiet_latencies.sort();
+                let q_rate = quiet_calls as f64 / quiet_secs;
+                println!(
+                    "{clients} client(s): quiet     p50 {:>7.3} ms  p99 {:>7.3} ms  {:>7.0} calls/s; \
+                     with access log and metrics {:.1}% of its throughput; quiet {}",
+                    percentile(&quiet_latencies, 0.5).as_secs_f64() * 1e3,
+                    percentile(&quiet_latencies, 0.99).as_secs_f64() * 1e3,
+                    q_rate,
+                    100.0 * g_rate / q_rate,
+                    quiet_cost.show()
+                );
+            }
         }
         // Paired: one client alternating a direct call and a gateway call, so that both meet
         // the same moment of the host (round-to-round drift, which moves the direct p50 by

@@ -16,7 +16,9 @@
 //! - `progress`: `test__flood_progress` (50,000 notifications) asked for by clients that never
 //!   read their connection, 4 at a time;
 //! - `consent`: `GET /oauth/authorize` as fast as one connection can (no token needed);
-//! - `oversized`: 17 MiB answers from both upstreams, 2 at a time.
+//! - `oversized`: 17 MiB answers from both upstreams, 2 at a time;
+//! - `pipelined`: `whoami` (tokenwarden's own, cheap) over 24 kept-alive connections, 16
+//!   requests sent at a time on each.
 //!
 //! The attacker is a process of its own (this binary again), started under `nice -n
 //! ATTACK_NICE` (19 by default): on a real deployment the attacker's own CPU is on its own
@@ -321,6 +323,33 @@ fn launch(
                 }
             }));
         }
+        "pipelined" => {
+            // 24 kept-alive connections, each sending 16 `whoami` at a time and reading the
+            // 16 answers, as fast as they come: cheap requests, but many queued at once.
+            let burst = call(addr, secret, "whoami", json!({}), false).repeat(16);
+            for _ in 0..24 {
+                let (addr, stop, burst) = (addr.to_owned(), Arc::clone(stop), burst.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut stream) = TcpStream::connect(&addr).await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let mut buf = Vec::new();
+                        'kept: while !stop.load(Ordering::Relaxed) {
+                            if stream.write_all(&burst).await.is_err() {
+                                break;
+                            }
+                            for _ in 0..16 {
+                                if read_reply(&mut stream, &mut buf).await.is_none() {
+                                    break 'kept;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+        }
         "oversized" => {
             for bucket in ["test", "web"] {
                 tasks.extend(spawn_loop(
@@ -607,7 +636,10 @@ fn main() {
     }
     let bin = env_or("ATTACK_BIN", env!("CARGO_BIN_EXE_tokenwarden"));
     let seconds: u64 = env_or("ATTACK_SECONDS", "5").parse().unwrap();
-    let chosen = env_or("ATTACKS", "connections,slots,progress,consent,oversized");
+    let chosen = env_or(
+        "ATTACKS",
+        "connections,slots,progress,consent,oversized,pipelined",
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -922,3 +922,121 @@ async fn one_lineage_s_kept_alive_connections_never_push_out_another_s() {
         "the honest kept-alive connection was closed {lost} times"
     );
 }
+
+/// The p-th quantile of sorted latencies.
+fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// `count` `whoami` calls in a row on one kept-alive connection, `pause` apart; their
+/// latencies, sorted.
+async fn honest_latencies(
+    conn: &mut common::raw_http::Conn,
+    call: &[u8],
+    count: usize,
+    pause: Duration,
+) -> Vec<Duration> {
+    let mut seen = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        conn.send_raw(call).await;
+        let reply = conn.read_reply().await;
+        assert_eq!(reply.status, 200);
+        seen.push(started.elapsed());
+        tokio::time::sleep(pause).await;
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lineage_flooding_pipelined_requests_leaves_others_their_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let greedy = mint(&admin, "greedy").await;
+    let honest = mint(&admin, "honest").await;
+    drop(admin);
+    let whoami = |secret: &str| call_request(&server.addr, secret, "whoami", json!({}), false);
+
+    let honest_call = whoami(&honest);
+    let mut conn = common::raw_http::Conn::open(&server.addr, &honest).await;
+    let pause = Duration::from_millis(2);
+    honest_latencies(&mut conn, &honest_call, 50, pause).await;
+    let unloaded = honest_latencies(&mut conn, &honest_call, 300, pause).await;
+
+    // One lineage: 24 kept-alive connections, each sending 16 requests at a time and reading
+    // the 16 answers, as fast as they come.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let burst: Vec<u8> = whoami(&greedy).repeat(16);
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let (addr, burst) = (server.addr.clone(), burst.clone());
+            let (stop, served) = (stop.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(&addr).await.unwrap();
+                let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 * 1024]);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if stream.write_all(&burst).await.is_err() {
+                        return;
+                    }
+                    let mut answers = 0;
+                    while answers < 16 {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        // Each answer ends with its JSON body; count the heads.
+                        while let Some(at) = common::raw_http::find(&buf, b"HTTP/1.1 ") {
+                            let Some(end) = common::raw_http::find(&buf[at..], b"\r\n\r\n") else {
+                                break;
+                            };
+                            let head =
+                                String::from_utf8_lossy(&buf[at..at + end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() < at + end + 4 + length {
+                                break;
+                            }
+                            buf.drain(..at + end + 4 + length);
+                            answers += 1;
+                        }
+                    }
+                    served.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = served.load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let loaded = honest_latencies(&mut conn, &honest_call, 300, pause).await;
+    let rate = (served.load(std::sync::atomic::Ordering::Relaxed) - before) as f64
+        / started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in flood {
+        let _ = task.await;
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "honest whoami unloaded p50 {:.2} ms p99 {:.2} ms; beside one lineage's pipelined \
+         flood ({rate:.0} requests/s served to it): p50 {:.2} ms p99 {:.2} ms",
+        ms(quantile(&unloaded, 0.5)),
+        ms(quantile(&unloaded, 0.99)),
+        ms(quantile(&loaded, 0.5)),
+        ms(quantile(&loaded, 0.99)),
+    );
+    assert!(rate > 100.0, "the flood ran ({rate:.0}/s)");
+    // Without turns the honest calls waited behind the flood's queued requests: p50 25× its
+    // unloaded value on a busy two-core host (7× with them).
+    assert!(
+        quantile(&loaded, 0.5) < 10 * quantile(&unloaded, 0.5),
+        "the honest token's p50 went from {:.2} to {:.2} ms",
+        ms(quantile(&unloaded, 0.5)),
+        ms(quantile(&loaded, 0.5)),
+    );
+}

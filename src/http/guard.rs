@@ -265,15 +265,17 @@ pub(super) async fn guard(
         .extensions()
         .get::<super::listener::Shield>()
         .map(|shield| shield.raise(&lineage));
-    let ticket = (ticket, shield);
-    let response = checked(
+    // A lineage with many requests in flight runs them a few at a time (`inflight`).
+    let turn = ticket.turn().await;
+    let work = checked(
         &state,
         request,
         next,
         (token_id, client_ip, secret),
         lineage,
-    )
-    .await;
+    );
+    let response = super::inflight::turned(work, turn).await;
+    let ticket = (ticket, shield);
     response.map(|body| super::inflight::hold(body, ticket))
 }
 

@@ -9,11 +9,26 @@
 //!
 //! A [`Ticket`] is taken once the request is authenticated, before its body is read, and
 //! given back when its response body ends (a stream holds its ticket while it is open).
+//!
+//! The bound keeps a lineage from holding the connections; [`Ticket::turn`] keeps it from
+//! holding the CPU. The runtime runs ready tasks in turn, and a connection whose client
+//! pipelines requests serves many of them each time its task runs: one token flooding cheap
+//! requests over a few dozen connections put every other token's request behind hundreds of
+//! its own (another token's p99 11–26× its unloaded value on two cores). So a lineage with
+//! more than [`Turns`] requests in flight starts each further request only with one of its
+//! [`Turns`] turns, and after taking it goes to the back of the run queue once; the turn is
+//! given back as soon as the request first waits or ends. At most that many of its requests
+//! are then ready to run at any moment, whatever its number of connections, and everyone
+//! else's requests wait behind at most those. A lineage with no more than that in flight
+//! (every ordinary client) never waits for a turn.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 
 use axum::body::Body;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::secret::TokenId;
 
@@ -26,7 +41,22 @@ pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1)
 
 pub struct InFlight {
     per_lineage: usize,
-    held: Mutex<HashMap<TokenId, usize>>,
+    /// Requests of one lineage that run at once when it has more in flight.
+    turns: usize,
+    held: Mutex<HashMap<TokenId, Lineage>>,
+}
+
+/// One lineage's requests in flight, and its turns.
+struct Lineage {
+    count: usize,
+    turns: Arc<Semaphore>,
+}
+
+/// How many requests of one lineage may be ready to run at once when it has more in flight:
+/// twice the worker threads, at least 4.
+pub fn turns_per_lineage() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (2 * cores).max(4)
 }
 
 impl InFlight {
@@ -34,6 +64,7 @@ impl InFlight {
     pub fn new(per_token: usize, max_connections: usize) -> InFlight {
         InFlight {
             per_lineage: per_token.min(max_connections / 2).max(1),
+            turns: turns_per_lineage(),
             held: Mutex::new(HashMap::new()),
         }
     }
@@ -42,27 +73,33 @@ impl InFlight {
         self.per_lineage
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenId, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenId, Lineage>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A ticket for one more request of `lineage`, or `None` when it has its maximum in flight.
     pub fn enter(self: &Arc<Self>, lineage: TokenId) -> Option<Ticket> {
         let mut held = self.lock();
-        let count = held.entry(lineage.clone()).or_default();
-        if *count >= self.per_lineage {
+        let entry = held.entry(lineage.clone()).or_insert_with(|| Lineage {
+            count: 0,
+            turns: Arc::new(Semaphore::new(self.turns)),
+        });
+        if entry.count >= self.per_lineage {
             return None;
         }
-        *count += 1;
+        entry.count += 1;
+        // Past its turns, the request waits for one of them.
+        let turns = (entry.count > self.turns).then(|| Arc::clone(&entry.turns));
         Some(Ticket {
             table: Arc::clone(self),
             lineage,
+            turns,
         })
     }
 
     #[cfg(test)]
     fn held(&self, lineage: &TokenId) -> usize {
-        self.lock().get(lineage).copied().unwrap_or(0)
+        self.lock().get(lineage).map_or(0, |l| l.count)
     }
 }
 
@@ -70,18 +107,49 @@ impl InFlight {
 pub struct Ticket {
     table: Arc<InFlight>,
     lineage: TokenId,
+    /// Its lineage's turns, when it had more than that many requests in flight as this one
+    /// came in.
+    turns: Option<Arc<Semaphore>>,
+}
+
+impl Ticket {
+    /// Waits for a turn of its lineage when the lineage is busy (see the module's
+    /// documentation), then once more behind every task ready to run; `None` at once
+    /// otherwise. Run the request with [`turned`].
+    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        let turns = Arc::clone(self.turns.as_ref()?);
+        let permit = turns.acquire_owned().await.ok()?;
+        tokio::task::yield_now().await;
+        Some(permit)
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut held = self.table.lock();
-        if let Some(count) = held.get_mut(&self.lineage) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = held.get_mut(&self.lineage) {
+            entry.count -= 1;
+            if entry.count == 0 {
                 held.remove(&self.lineage);
             }
         }
     }
+}
+
+/// Runs a request's `future`, holding its lineage's `turn` (when it waited for one) until the
+/// future first waits or ends.
+pub async fn turned<F: Future>(future: F, turn: Option<OwnedSemaphorePermit>) -> F::Output {
+    let Some(turn) = turn else {
+        return future.await;
+    };
+    let mut future = std::pin::pin!(future);
+    let mut turn = Some(turn);
+    std::future::poll_fn(move |cx: &mut Context<'_>| {
+        let poll = future.as_mut().poll(cx);
+        drop(turn.take());
+        poll
+    })
+    .await
 }
 
 /// `body`, holding its request's ticket (and the shield of its connection) until it ends or

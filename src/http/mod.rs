@@ -38,7 +38,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 pub use cors::AllowedOrigin;
-pub use inflight::{InFlight, REFUSAL_DELAY};
+pub use inflight::{InFlight, REFUSAL_DELAY, turned};
 pub use listener::{ConnectionLimits, Connections, serve};
 pub use sessions::SessionLimits;
 

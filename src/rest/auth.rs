@@ -90,7 +90,9 @@ pub async fn authenticate(
         secret: Some(Presented::new(&secret)),
         trace,
     });
-    let response = next.run(request).await;
+    // A lineage with many requests in flight runs them a few at a time (`http::inflight`).
+    let turn = ticket.turn().await;
+    let response = crate::http::turned(next.run(request), turn).await;
     crate::http::hold_ticket(response, (ticket, shield))
 }
 
