@@ -160,6 +160,8 @@ pub(crate) fn hold(body: Body, ticket: (Ticket, Option<super::listener::Raised>)
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn id(n: u8) -> TokenId {
@@ -177,5 +179,56 @@ mod tests {
         assert_eq!(table.held(&id(0)), 0);
         assert!(table.enter(id(0)).is_some());
         assert_eq!(Arc::new(InFlight::new(3, 1024)).per_lineage(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_busy_lineage_runs_its_further_requests_a_few_at_a_time() {
+        let table = Arc::new(InFlight::new(64, 1024));
+        let turns = turns_per_lineage();
+        let quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        for ticket in &quiet {
+            assert!(ticket.turn().await.is_none(), "within its turns: no wait");
+        }
+        // Past them, each request takes a turn; with every turn taken, the next one waits.
+        let busy: Vec<Ticket> = (0..turns + 1).map(|_| table.enter(id(0)).unwrap()).collect();
+        let mut held = Vec::new();
+        for ticket in &busy[..turns] {
+            held.push(ticket.turn().await.expect("a turn"));
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), busy[turns].turn());
+        assert!(waiting.await.is_err(), "no turn left");
+        // Another lineage never waits for this one's turns.
+        let other = table.enter(id(1)).unwrap();
+        assert!(other.turn().await.is_none());
+        // A turn given back (its request waited or ended) lets the next one start.
+        held.pop();
+        let next = tokio::time::timeout(Duration::from_millis(500), busy[turns].turn());
+        assert!(next.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_held_only_until_the_request_first_waits() {
+        let table = Arc::new(InFlight::new(64, 1024));
+        let turns = turns_per_lineage();
+        let _quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        let busy: Vec<Ticket> = (0..turns + 1).map(|_| table.enter(id(0)).unwrap()).collect();
+        // Every turn goes to a request that then waits for something else (an upstream).
+        let (release, wait) = tokio::sync::watch::channel(false);
+        let mut running = Vec::new();
+        for ticket in &busy[..turns] {
+            let turn = ticket.turn().await;
+            let mut wait = wait.clone();
+            running.push(tokio::spawn(turned(
+                async move { wait.wait_for(|go| *go).await.map(|_| ()) },
+                turn,
+            )));
+        }
+        // They all wait: their turns are free again.
+        let next = tokio::time::timeout(Duration::from_millis(500), busy[turns].turn());
+        assert!(next.await.unwrap().is_some());
+        release.send(true).unwrap();
+        for task in running {
+            task.await.unwrap().unwrap();
+        }
     }
 }
