@@ -1040,3 +1040,61 @@ async fn a_lineage_flooding_pipelined_requests_leaves_others_their_latency() {
         ms(quantile(&loaded, 0.5)),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = upstreams(
+        dir.path(),
+        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--upstreams", file.to_str().unwrap()],
+    );
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, "test").await;
+    let greedy = mint(&admin, "greedy").await;
+    drop(admin);
+
+    // Three 12 MiB answers, each under the size limit, 36 MiB in all.
+    let big = call_request(
+        &server.addr,
+        &greedy,
+        "test__big",
+        json!({"bytes": 12 << 20}),
+        false,
+    );
+    for _ in 0..3 {
+        let (status, body) = exchange(&server.addr, &big, Duration::from_secs(30)).await;
+        assert_eq!(status, 200);
+        assert!(!body.contains("upstream_result_too_large"));
+    }
+
+    // Then four 1 s calls at once run one at a time on that upstream.
+    let started = Instant::now();
+    let slow = call_request(
+        &server.addr,
+        &greedy,
+        "test__slow",
+        json!({"seconds": 1}),
+        false,
+    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, slow) = (server.addr.clone(), slow.clone());
+            tokio::spawn(async move { exchange(&addr, &slow, Duration::from_secs(20)).await })
+        })
+        .collect();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("\"isError\":true"), "{body}");
+    }
+    let took = started.elapsed();
+    println!("after 36 MiB of answers: four 1 s calls took {took:?}");
+    assert!(
+        took >= Duration::from_millis(3_500),
+        "the calls ran side by side: {took:?}"
+    );
+}

@@ -14,7 +14,10 @@
 //! for [`crate::http::REFUSAL_DELAY`] more and holds at most one slot of that upstream for
 //! [`OVERSIZE_PENALTY`]: an upstream made to build answers the gateway throws away (and, on
 //! stdio, to push them through the pipe every other caller's answers share) does so about
-//! once a second for that lineage, not as fast as it can.
+//! once a second for that lineage, not as fast as it can. Answers under the limit count too
+//! ([`Slot::charge`]): a lineage that takes more than [`ANSWER_BUDGET`] of answers from one
+//! upstream within [`ANSWER_WINDOW`] holds one slot of it for [`OVERSIZE_PENALTY`], so its
+//! big answers go through a shared stdio pipe one at a time, between everyone else's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +36,11 @@ pub const LINEAGE_WAITING: usize = LINEAGE_SLOTS;
 /// How long a lineage holds at most one slot after a call of its came back too large.
 pub const OVERSIZE_PENALTY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Bytes of answers one lineage may take from one upstream within [`ANSWER_WINDOW`] before it
+/// holds one slot of it for [`OVERSIZE_PENALTY`].
+pub const ANSWER_BUDGET: u64 = 32 << 20;
+pub const ANSWER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who a call counts against: the lineage root of the calling token, or the owner.
 pub type Lineage = Arc<str>;
 
@@ -50,6 +58,8 @@ struct State {
     next_waiter: u64,
     /// Lineages limited to one slot, and until when.
     penalised: HashMap<Lineage, Instant>,
+    /// Bytes of answers per lineage since the start of its window.
+    answered: HashMap<Lineage, (Instant, u64)>,
 }
 
 struct Waiter {
@@ -124,22 +134,48 @@ pub struct Slot {
     lineage: Lineage,
 }
 
+impl State {
+    fn penalise(&mut self, lineage: &Lineage) {
+        let now = Instant::now();
+        self.penalised.retain(|_, until| *until > now);
+        self.penalised
+            .insert(Arc::clone(lineage), now + OVERSIZE_PENALTY);
+    }
+}
+
 impl Slot {
     /// The call came back too large: its lineage is limited to one slot of this upstream for
     /// [`OVERSIZE_PENALTY`], and this slot is given back only after `held` more.
     pub fn penalise(self, held: std::time::Duration) {
-        {
-            let mut state = self.share.lock();
-            let now = Instant::now();
-            state.penalised.retain(|_, until| *until > now);
-            state
-                .penalised
-                .insert(Arc::clone(&self.lineage), now + OVERSIZE_PENALTY);
-        }
+        self.share.lock().penalise(&self.lineage);
         tokio::spawn(async move {
             tokio::time::sleep(held).await;
             drop(self);
         });
+    }
+
+    /// Counts an answer of `bytes` against the lineage: past [`ANSWER_BUDGET`] within
+    /// [`ANSWER_WINDOW`], it holds one slot of this upstream for [`OVERSIZE_PENALTY`].
+    pub fn charge(&self, bytes: u64) {
+        let mut state = self.share.lock();
+        let now = Instant::now();
+        if state.answered.len() > 64 {
+            state
+                .answered
+                .retain(|_, (since, _)| now.duration_since(*since) < ANSWER_WINDOW);
+        }
+        let window = state
+            .answered
+            .entry(Arc::clone(&self.lineage))
+            .or_insert((now, 0));
+        if now.duration_since(window.0) >= ANSWER_WINDOW {
+            *window = (now, 0);
+        }
+        window.1 += bytes;
+        if window.1 > ANSWER_BUDGET {
+            *window = (now, 0);
+            state.penalise(&self.lineage);
+        }
     }
 }
 
@@ -383,5 +419,43 @@ mod tests {
             .await
             .expect("the slot is free");
         assert_eq!(share.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lineage_taking_many_big_answers_holds_one_slot_for_a_while() {
+        let share = FairShare::with_slots(8, 4);
+        let (a, b) = (lineage("a"), lineage("b"));
+        // Answers within the budget, spread over more than a window, cost nothing.
+        for _ in 0..3 {
+            let slot = share.acquire(Arc::clone(&a)).await.unwrap();
+            slot.charge(ANSWER_BUDGET / 2);
+            drop(slot);
+            tokio::time::advance(ANSWER_WINDOW).await;
+        }
+        let two = (
+            share.acquire(Arc::clone(&a)).await.unwrap(),
+            share.acquire(Arc::clone(&a)).await.unwrap(),
+        );
+        drop(two);
+        // Past the budget within one window: one slot at a time, for the penalty.
+        let first = share.acquire(Arc::clone(&a)).await.unwrap();
+        first.charge(ANSWER_BUDGET / 2);
+        first.charge(ANSWER_BUDGET / 2 + 1);
+        assert!(
+            soon(share.acquire(Arc::clone(&a))).await.is_none(),
+            "a second slot waits"
+        );
+        assert!(
+            soon(share.acquire(b)).await.is_some(),
+            "another lineage is not limited"
+        );
+        drop(first);
+        tokio::time::advance(OVERSIZE_PENALTY).await;
+        let one = share.acquire(Arc::clone(&a)).await.unwrap();
+        assert!(
+            soon(share.acquire(Arc::clone(&a))).await.is_some(),
+            "the penalty ends"
+        );
+        drop(one);
     }
 }

@@ -190,7 +190,9 @@ mod tests {
             assert!(ticket.turn().await.is_none(), "within its turns: no wait");
         }
         // Past them, each request takes a turn; with every turn taken, the next one waits.
-        let busy: Vec<Ticket> = (0..turns + 1).map(|_| table.enter(id(0)).unwrap()).collect();
+        let busy: Vec<Ticket> = (0..turns + 1)
+            .map(|_| table.enter(id(0)).unwrap())
+            .collect();
         let mut held = Vec::new();
         for ticket in &busy[..turns] {
             held.push(ticket.turn().await.expect("a turn"));
@@ -211,7 +213,9 @@ mod tests {
         let table = Arc::new(InFlight::new(64, 1024));
         let turns = turns_per_lineage();
         let _quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
-        let busy: Vec<Ticket> = (0..turns + 1).map(|_| table.enter(id(0)).unwrap()).collect();
+        let busy: Vec<Ticket> = (0..turns + 1)
+            .map(|_| table.enter(id(0)).unwrap())
+            .collect();
         // Every turn goes to a request that then waits for something else (an upstream).
         let (release, wait) = tokio::sync::watch::channel(false);
         let mut running = Vec::new();
