@@ -379,13 +379,28 @@ fn main() {
             let (mut direct_cost, mut gw_cost) = (Cost::default(), Cost::default());
             let (mut quiet_calls, mut quiet_secs, mut quiet_cost) = (0, 0.0, Cost::default());
             let mut quiet_latencies = Vec::new();
-            for _ in 0..rounds {
+            for r in 0..rounds {
                 let before = Cost::snapshot(pids);
                 let d = round(&direct_url, None, "echo", clients, seconds).await;
                 direct_cost.add(pids, before, d.latencies.len());
                 direct_calls += d.latencies.len();
                 direct_secs += d.seconds;
                 direct.extend(d.latencies);
+                // The quiet gateway goes before the other every second round, so that neither
+                // always follows the direct round.
+                let mut quiet_round = async || {
+                    if let (Some((_, url, secret)), Some(qp)) = (&quiet, quiet_pids) {
+                        let before = Cost::snapshot(qp);
+                        let q = round(url, Some(secret), "everything__echo", clients, seconds).await;
+                        quiet_cost.add(qp, before, q.latencies.len());
+                        quiet_calls += q.latencies.len();
+                        quiet_secs += q.seconds;
+                        quiet_latencies.extend(q.latencies);
+                    }
+                };
+                if r % 2 == 1 {
+                    quiet_round().await;
+                }
                 let before = Cost::snapshot(pids);
                 let g = round(
                     &gateway_url,
@@ -399,13 +414,8 @@ fn main() {
                 gw_calls += g.latencies.len();
                 gw_secs += g.seconds;
                 through.extend(g.latencies);
-                if let (Some((_, url, secret)), Some(qp)) = (&quiet, quiet_pids) {
-                    let before = Cost::snapshot(qp);
-                    let q = round(url, Some(secret), "everything__echo", clients, seconds).await;
-                    quiet_cost.add(qp, before, q.latencies.len());
-                    quiet_calls += q.latencies.len();
-                    quiet_secs += q.seconds;
-                    quiet_latencies.extend(q.latencies);
+                if r % 2 == 0 {
+                    quiet_round().await;
                 }
             }
             direct.sort();
