@@ -23,7 +23,8 @@
 //!   at its peak, and another token's `whoami` p50 on one connection before and after;
 //! - LOAD_BIN: the binary to measure, or several separated by commas (e.g. an older build
 //!   first): every round runs every binary in turn, so they share the machine's conditions;
-//! - LOAD_ROUNDS (1): rounds; with more than one variant a summary compares their medians;
+//! - LOAD_ROUNDS (1): rounds (the variants take turns going first); with more than one variant a
+//!   summary compares their medians, and the median of their per-round ratios to [0];
 //! - LOAD_TOKEN_TOOLS: the requests use a child of the bootstrap admin that may call only these
 //!   tools (comma-separated patterns, e.g. `whoami,list_*`), so that `tools/list` filters;
 //! - LOAD_NO_GUARD=1: adds, after each binary, the same binary with the bearer guard replaced
@@ -616,7 +617,10 @@ fn main() {
         .collect();
     for round in 0..rounds {
         for (w, workload) in workloads.iter().enumerate() {
-            for (s, server) in servers.iter().enumerate() {
+            // The order turns each round, so that no variant always runs first.
+            let order = (0..servers.len()).map(|i| (i + round) % servers.len());
+            for s in order {
+                let server = &servers[s];
                 let stop = || match requests {
                     Some(n) => Until::Count(n.div_ceil(connections)),
                     None => Until::Deadline(Instant::now() + Duration::from_secs(seconds)),
@@ -657,8 +661,17 @@ fn main() {
                 );
                 let server_us = median(&mut ms.iter().map(|m| m.server_us).collect::<Vec<_>>());
                 let client_us = median(&mut ms.iter().map(|m| m.client_us).collect::<Vec<_>>());
+                // Each round's rate against [0]'s in the same round, then their median: the
+                // host's drift between rounds cancels out of each ratio.
+                let paired = median(
+                    &mut ms
+                        .iter()
+                        .zip(&results[0][w])
+                        .map(|(m, b)| 100.0 * m.rate / b.rate)
+                        .collect::<Vec<_>>(),
+                );
                 println!(
-                    "[{s}] {:<18} {:>8.0} requests/s ({:>5.1} % of [0])   p50 {:>6.3} ms   server {:>4.0} µs, load generator {:>4.0} µs per request",
+                    "[{s}] {:<18} {:>8.0} requests/s ({:>5.1} % of [0]; by round {paired:>5.1} %)   p50 {:>6.3} ms   server {:>4.0} µs, load generator {:>4.0} µs per request",
                     workload.name,
                     rate,
                     100.0 * rate / base,

@@ -64,9 +64,6 @@ fn capped(metadata: &tracing::Metadata<'_>) -> bool {
         })
 }
 
-/// Task polls between two looks for I/O and timer events on a busy worker.
-const EVENT_INTERVAL: u32 = 8;
-
 fn main() -> ExitCode {
     // Every file this process creates — sled's log, snapshots and blobs, server.json, backups —
     // is readable by its owner only, whatever umask it was started with (SPEC §6). Set first,
@@ -137,15 +134,7 @@ fn main() -> ExitCode {
         )
         .init();
 
-    // Under full load the workers look for ready connections only every `event_interval` task
-    // polls (tokio's default is 61): a request that arrives meanwhile waits behind that many.
-    // Looking every 8 keeps one client's flood from queueing everyone else's requests for
-    // milliseconds, for an extra non-blocking epoll call per 8 polls.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .build()
-    {
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
