@@ -64,6 +64,15 @@ fn capped(metadata: &tracing::Metadata<'_>) -> bool {
         })
 }
 
+/// Library events dropped whatever the filter: rmcp's client worker logs every failed connect
+/// to an HTTP upstream at ERROR, with reqwest's `Debug` and rmcp's type names; the gateway logs
+/// the same failure itself, once per attempt, in one line of the user's words.
+const QUIETED_TARGETS: &[&str] = &["rmcp::transport::worker"];
+
+fn quieted(metadata: &tracing::Metadata<'_>) -> bool {
+    QUIETED_TARGETS.contains(&metadata.target())
+}
+
 fn main() -> ExitCode {
     // Every file this process creates — sled's log, snapshots and blobs, server.json, backups —
     // is readable by its owner only, whatever umask it was started with (SPEC §6). Set first,
@@ -130,7 +139,9 @@ fn main() -> ExitCode {
                 .with_writer(|| RedactingStderr)
                 .with_ansi(false)
                 .with_filter(filter)
-                .with_filter(filter_fn(|metadata| !capped(metadata))),
+                .with_filter(filter_fn(|metadata| {
+                    !capped(metadata) && !quieted(metadata)
+                })),
         )
         .init();
 

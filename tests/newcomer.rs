@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use serde_json::json;
+use rmcp::ServiceExt;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 fn tw(dir: &Path, args: &[&str]) -> Output {
@@ -162,4 +163,217 @@ fn read_only_commands_never_create_a_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(typo.is_dir());
+}
+
+/// The fenced blocks (language, text with the list item's indentation removed) of `text`.
+fn fenced_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, usize, String)> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        match &mut open {
+            None if trimmed.starts_with("```") => {
+                open = Some((trimmed[3..].trim().to_owned(), indent, String::new()));
+            }
+            None => {}
+            Some(_) if trimmed.starts_with("```") => {
+                let (lang, _, body) = open.take().unwrap();
+                blocks.push((lang, body));
+            }
+            Some((_, cut, body)) => {
+                body.push_str(line.get(*cut..).unwrap_or(line.trim_start()));
+                body.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+/// The README's section that starts with `heading`, up to the next heading of its level.
+fn readme_section(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has {heading:?}"));
+    let level = heading.split(' ').next().unwrap();
+    let rest = &readme[start + heading.len()..];
+    let end = rest
+        .match_indices(&format!("\n{level} "))
+        .map(|(i, _)| i)
+        .next()
+        .unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+/// The README's gateway example exactly as printed: its upstreams file (with a `search` entry
+/// whose `${SEARCH_API_KEY}` is not set and whose server does not run), step 1's check, step 2's
+/// `token create`, and step 3's Claude Desktop entry, started as a desktop client would start
+/// it (the researcher's secret pasted into `env`) and driven by rmcp's client. The only
+/// substitutions are the ones a reader makes: `/home/me` is their home (a temporary one here),
+/// `tokenwarden` is on `PATH`, and `npx` finds the pinned filesystem server installed in
+/// `target/npm` (offline) rather than downloading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_gateway_example_works_as_written() {
+    let npm = common::installs::npm_prefix(
+        "npm",
+        &["@modelcontextprotocol/server-filesystem@2026.8.31"],
+        &["@modelcontextprotocol/server-filesystem/dist/index.js"],
+    );
+    let gateway = readme_section("## The gateway: your own MCP servers behind tokens");
+    let upstreams = fenced_blocks(&gateway)
+        .into_iter()
+        .find(|(lang, _)| lang == "json")
+        .expect("the upstreams file")
+        .1;
+    let worked = readme_section("### Worked example: a read-only research agent");
+    let blocks = fenced_blocks(&worked);
+    let create = blocks
+        .iter()
+        .find(|(lang, body)| lang == "sh" && body.contains("token create"))
+        .expect("step 2's command")
+        .1
+        .replace("\\\n", " ");
+    let entry: Value = serde_json::from_str(
+        &blocks
+            .iter()
+            .find(|(lang, body)| lang == "json" && body.contains("--stdio"))
+            .expect("step 3's stdio entry")
+            .1,
+    )
+    .unwrap();
+    let step1 = worked
+        .lines()
+        .find_map(|l| {
+            let start = l.find("`tokenwarden upstreams")?;
+            let rest = &l[start + 1..];
+            Some(rest[..rest.find('`')?].to_owned())
+        })
+        .expect("step 1's check");
+
+    let tmp = TempDir::new().unwrap();
+    let home = tmp.path().join("me");
+    std::fs::create_dir_all(home.join("projects")).unwrap();
+    std::fs::write(home.join("projects/notes.txt"), "read me\n").unwrap();
+    let config = home.join(".config/tokenwarden");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("upstreams.json"), &upstreams).unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("tokenwarden")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let shell = |command: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&npm)
+            .env("HOME", &home)
+            .env("PATH", &path)
+            .env("npm_config_offline", "true")
+            .env("npm_config_update_notifier", "false")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("TOKENWARDEN_DATA_DIR")
+            .env_remove("TOKENWARDEN_TOKEN")
+            .env_remove("TOKENWARDEN_UPSTREAMS")
+            .env_remove("SEARCH_API_KEY")
+            .output()
+            .unwrap()
+    };
+
+    // Step 1: the check shows fs with its tools, and search unavailable, saying why in words.
+    let checked = shell(&step1);
+    let out = String::from_utf8_lossy(&checked.stdout);
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{out}{said}");
+    assert!(out.contains("fs  connected (stdio"), "{out}{said}");
+    assert!(out.contains("fs__read_text_file"), "{out}");
+    assert!(
+        out.contains("search  unavailable (http): environment variable SEARCH_API_KEY is not set"),
+        "{out}"
+    );
+    assert!(
+        said.contains("1 of 2 upstreams unavailable: search"),
+        "{said}"
+    );
+
+    // Step 2: the researcher's token, in the default data directory.
+    let created = shell(&create);
+    let out = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        created.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .and_then(common::find_secret)
+        .expect("the secret, shown once");
+
+    // Step 3: the Claude Desktop entry, started as the desktop client starts it.
+    let entry = &entry["mcpServers"]["researcher"];
+    let me = home.display().to_string();
+    let mut cmd = tokio::process::Command::new(
+        entry["command"]
+            .as_str()
+            .unwrap()
+            .replace("/home/me/.cargo/bin/tokenwarden", BIN),
+    );
+    for arg in entry["args"].as_array().unwrap() {
+        cmd.arg(arg.as_str().unwrap().replace("/home/me", &me));
+    }
+    for (name, value) in entry["env"].as_object().unwrap() {
+        let value = value.as_str().unwrap();
+        let value = if name == "TOKENWARDEN_TOKEN" {
+            secret.clone()
+        } else {
+            value.replace("/home/me", &me)
+        };
+        cmd.env(name, value);
+    }
+    cmd.current_dir(&npm)
+        .env("HOME", &home)
+        .env("PATH", &path)
+        .env("npm_config_offline", "true")
+        .env("npm_config_update_notifier", "false")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("TOKENWARDEN_DATA_DIR")
+        .env_remove("TOKENWARDEN_UPSTREAMS")
+        .env_remove("SEARCH_API_KEY")
+        .stderr(std::process::Stdio::null());
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let client = rmcp::model::ClientConfig::default()
+        .serve(transport)
+        .await
+        .expect("the entry starts");
+
+    // Step 4: the client's first tools/list, at once, as desktop clients do at start, already
+    // shows the fs tools the token may call (it waited for the upstream to connect).
+    let names = tool_names(&client).await;
+    for name in ["whoami", "fs__read_text_file", "fs__list_directory"] {
+        assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+    }
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("search__") && n != "fs__write_file"),
+        "{names:?}"
+    );
+    let path_arg = home.join("projects/notes.txt").display().to_string();
+    let read = ok(&client, "fs__read_text_file", json!({"path": path_arg})).await;
+    assert!(read.to_string().contains("read me"), "{read}");
+    let refused = err(
+        &client,
+        "fs__write_file",
+        json!({"path": path_arg, "content": "x"}),
+        "forbidden",
+    )
+    .await;
+    assert!(refused.contains("may not call fs__write_file"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(home.join("projects/notes.txt")).unwrap(),
+        "read me\n"
+    );
+    client.cancel().await.unwrap();
 }
