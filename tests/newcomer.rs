@@ -6,9 +6,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 use rmcp::ServiceExt;
+use rmcp::service::ClientServiceExt;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -340,9 +342,11 @@ async fn the_readme_gateway_example_works_as_written() {
         .env_remove("XDG_DATA_HOME")
         .env_remove("TOKENWARDEN_DATA_DIR")
         .env_remove("TOKENWARDEN_UPSTREAMS")
-        .env_remove("SEARCH_API_KEY")
-        .stderr(std::process::Stdio::null());
-    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+        .env_remove("SEARCH_API_KEY");
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let client = rmcp::model::ClientConfig::default()
         .serve(transport)
         .await
@@ -376,4 +380,191 @@ async fn the_readme_gateway_example_works_as_written() {
         "read me\n"
     );
     client.cancel().await.unwrap();
+}
+
+/// A free loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Upstreams that cannot be used take only their own buckets down, each saying why in one line
+/// of the user's words (in `list_buckets` and in the log, never rmcp's type names), while the
+/// server serves the rest; and a 2026-07-28 client, which has no session to be told in, hears
+/// of a changed catalogue on `subscriptions/listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_upstreams_say_why_in_words_and_a_2026_client_hears_of_changes() {
+    let tmp = TempDir::new().unwrap();
+    let port = closed_port();
+    let file = tmp.path().join("upstreams.json");
+    let servers = json!({"mcpServers": {
+        "down": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp")},
+        "nocmd": {"command": "tokenwarden-no-such-command"},
+        "keyless": {"command": "x", "env": {"KEY": "${TOKENWARDEN_TEST_UNSET_KEY}"}},
+        "test": {"command": env!("CARGO_BIN_EXE_tokenwarden-test-upstream")},
+    }});
+    std::fs::write(&file, servers.to_string()).unwrap();
+    let log = tmp.path().join("stderr.log");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["serve", "--stdio", "--upstreams"])
+        .arg(&file)
+        .env_remove("TOKENWARDEN_TOKEN")
+        .env_remove("TOKENWARDEN_TEST_UNSET_KEY")
+        .env_remove("RUST_LOG");
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let client = rmcp::model::ClientConfig::default()
+        .serve_with_lifecycle(
+            transport,
+            rmcp::service::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("a 2026-07-28 client starts");
+
+    // The first tools/list waited for the test upstream; the others are unavailable.
+    let names = tool_names(&client).await;
+    assert!(names.contains(&"test__add_tool".to_owned()), "{names:?}");
+    let buckets = ok(&client, "list_buckets", json!({})).await;
+    let error = |name: &str| {
+        let bucket = buckets["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {buckets}"));
+        assert_eq!(bucket["status"], "unavailable", "{bucket}");
+        bucket["error"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        error("down"),
+        format!("cannot connect to http://127.0.0.1:{port}/mcp: connection refused")
+    );
+    assert!(
+        error("nocmd").starts_with("command not found: tokenwarden-no-such-command"),
+        "{}",
+        error("nocmd")
+    );
+    assert_eq!(
+        error("keyless"),
+        "environment variable TOKENWARDEN_TEST_UNSET_KEY is not set"
+    );
+
+    // A change of the catalogue reaches the client on its subscription.
+    let mut subscription = client
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen is accepted");
+    ok(&client, "test__add_tool", json!({})).await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the subscription stays open");
+    assert!(
+        matches!(
+            heard,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{heard:?}"
+    );
+    assert!(
+        tool_names(&client)
+            .await
+            .contains(&"test__extra_1".to_owned())
+    );
+    drop(subscription);
+    client.cancel().await.unwrap();
+
+    // The log says the same, once each, and never in rmcp's type names.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("connection refused"), "{logged}");
+    for internal in [
+        "WorkerTransport",
+        "rmcp::",
+        "reqwest::",
+        "os error",
+        "Transport [",
+    ] {
+        assert!(
+            !logged.contains(internal),
+            "{internal} in the log: {logged}"
+        );
+    }
+}
+
+/// A stdio start whose TOKENWARDEN_TOKEN cannot authenticate because the store is not where
+/// the client looked says where it looked, and leaves nothing behind; against the right store
+/// an unknown token names that store.
+#[test]
+fn a_stdio_token_without_its_store_names_the_directory_and_creates_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let store = tmp.path().join("store");
+    let out = tw(&store, &["token", "create", "--name", "agent"]);
+    let secret = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: ").map(str::to_owned))
+        .expect("a secret");
+    let stdio = |dir: &Path, secret: &str| {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["serve", "--stdio"])
+            .env("TOKENWARDEN_TOKEN", secret)
+            .env_remove("TOKENWARDEN_DATA_DIR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The directory a client defaulted to: nothing there.
+    let elsewhere = tmp.path().join("default-data");
+    let out = stdio(&elsewhere, &secret);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(
+        said.contains("TOKENWARDEN_TOKEN does not authenticate: there is no tokenwarden store in")
+            && said.contains(&elsewhere.display().to_string())
+            && said.contains("TOKENWARDEN_DATA_DIR"),
+        "{said}"
+    );
+    assert!(!elsewhere.exists(), "an empty store was left behind");
+    // An existing empty directory stays empty.
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = stdio(&elsewhere, &secret);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // The right store, a token it never issued: the message names the store.
+    let other = tw(
+        &tmp.path().join("other"),
+        &["token", "create", "--name", "x"],
+    );
+    let stranger = String::from_utf8_lossy(&other.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: ").map(str::to_owned))
+        .expect("a secret");
+    let out = stdio(&store, &stranger);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("does not authenticate against the store in")
+            && said.contains(&store.display().to_string()),
+        "{said}"
+    );
+    // And the right one authenticates (its stdin is closed at once, so the session ends).
+    let out = stdio(&store, &secret);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("does not authenticate"), "{said}");
 }
