@@ -568,3 +568,50 @@ fn a_stdio_token_without_its_store_names_the_directory_and_creates_nothing() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("does not authenticate"), "{said}");
 }
+
+/// The README's test command is the one CI runs, `.ci/run`: it installs everything the README
+/// lists (the pinned versions the tests install themselves included) before `cargo test`.
+#[test]
+fn the_readme_test_command_is_the_one_ci_runs_and_installs_what_the_readme_lists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let section = readme_section("## Running the tests");
+    let (lang, command) = fenced_blocks(&section)
+        .into_iter()
+        .next()
+        .expect("a command");
+    assert_eq!((lang.as_str(), command.trim()), ("sh", ".ci/run"));
+    let script = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(format!("{root}/.ci/run"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, ".ci/run is executable");
+    assert!(
+        script.trim_end().ends_with("cargo test \"$@\""),
+        ".ci/run ends by running the tests"
+    );
+    for installed in [
+        common::installs::PYTHON_SDK,
+        common::installs::SCHEMATHESIS,
+        "@modelcontextprotocol/server-filesystem@2026.8.31",
+        "apt-get install",
+        "chromium",
+        "prometheus",
+        "TOKENWARDEN_REQUIRE_PROMETHEUS=1",
+    ] {
+        assert!(script.contains(installed), ".ci/run installs {installed}");
+    }
+    for prerequisite in [
+        "Rust 1.88",
+        "Python 3.10",
+        "Node 20",
+        "`chromium`",
+        "`prometheus`",
+    ] {
+        assert!(
+            section.contains(prerequisite),
+            "the README lists {prerequisite}"
+        );
+    }
+}
