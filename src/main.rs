@@ -99,12 +99,23 @@ fn main() -> ExitCode {
         Err(e) => {
             // Usage errors in one line, like every other error.
             let rendered = e.render().to_string();
+            // The error, and clap's suggestions for a typo ("tip: a similar argument exists:
+            // '--http'"), which follow it after a blank line; not the usage block.
             let message: Vec<&str> = rendered
                 .lines()
-                .take_while(|line| !line.trim().is_empty())
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
                 .map(str::trim)
+                .filter(|line| !line.is_empty())
                 .collect();
-            let message = message.join(" ");
+            let message = message
+                .iter()
+                .enumerate()
+                .map(|(i, line)| match i {
+                    0 => line.to_string(),
+                    _ if line.starts_with("tip:") => format!("; {line}"),
+                    _ => format!(" {line}"),
+                })
+                .collect::<String>();
             let message = message.strip_prefix("error: ").unwrap_or(&message);
             let message = tokenwarden::secret::redact_secrets(message);
             let error = cli::CliError::usage(format!("{message} (see --help)"));
