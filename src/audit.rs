@@ -38,3 +38,23 @@ impl AuditEvent {
         }
     }
 }
+
+/// Every action the audit log records: the management tools', `import` and `prune`, and the
+/// OAuth server's (client registered, consent approved, code exchanged, refreshed, revoked).
+pub const ACTIONS: &[&str] = &[
+    "create",
+    "update",
+    "scope",
+    "pause",
+    "resume",
+    "rotate",
+    "revoke",
+    "delete",
+    "import",
+    "prune",
+    "oauth_register",
+    "oauth_approve",
+    "oauth_token",
+    "oauth_refresh",
+    "oauth_revoke",
+];

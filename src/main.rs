@@ -64,6 +64,15 @@ fn capped(metadata: &tracing::Metadata<'_>) -> bool {
         })
 }
 
+/// Library events dropped whatever the filter: rmcp's client worker logs every failed connect
+/// to an HTTP upstream at ERROR, with reqwest's `Debug` and rmcp's type names; the gateway logs
+/// the same failure itself, once per attempt, in one line of the user's words.
+const QUIETED_TARGETS: &[&str] = &["rmcp::transport::worker"];
+
+fn quieted(metadata: &tracing::Metadata<'_>) -> bool {
+    QUIETED_TARGETS.contains(&metadata.target())
+}
+
 fn main() -> ExitCode {
     // Every file this process creates — sled's log, snapshots and blobs, server.json, backups —
     // is readable by its owner only, whatever umask it was started with (SPEC §6). Set first,
@@ -90,12 +99,23 @@ fn main() -> ExitCode {
         Err(e) => {
             // Usage errors in one line, like every other error.
             let rendered = e.render().to_string();
+            // The error, and clap's suggestions for a typo ("tip: a similar argument exists:
+            // '--http'"), which follow it after a blank line; not the usage block.
             let message: Vec<&str> = rendered
                 .lines()
-                .take_while(|line| !line.trim().is_empty())
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
                 .map(str::trim)
+                .filter(|line| !line.is_empty())
                 .collect();
-            let message = message.join(" ");
+            let message = message
+                .iter()
+                .enumerate()
+                .map(|(i, line)| match i {
+                    0 => line.to_string(),
+                    _ if line.starts_with("tip:") => format!("; {line}"),
+                    _ => format!(" {line}"),
+                })
+                .collect::<String>();
             let message = message.strip_prefix("error: ").unwrap_or(&message);
             let message = tokenwarden::secret::redact_secrets(message);
             let error = cli::CliError::usage(format!("{message} (see --help)"));
@@ -130,7 +150,9 @@ fn main() -> ExitCode {
                 .with_writer(|| RedactingStderr)
                 .with_ansi(false)
                 .with_filter(filter)
-                .with_filter(filter_fn(|metadata| !capped(metadata))),
+                .with_filter(filter_fn(|metadata| {
+                    !capped(metadata) && !quieted(metadata)
+                })),
         )
         .init();
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{BIN, Server, bearer, raw_initialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 /// Runs `tokenwarden --data-dir DIR ARGS…`.
@@ -72,7 +72,9 @@ fn fails(dir: &Path, args: &[&str], code: i32, needle: &str) -> String {
 /// Runs a command that must fail with the tool error `code`: plain, one line that never names
 /// the code or a tool; with `--json`, the object `{"error": {"code", "message"}}` on stderr.
 fn fails_with(dir: &Path, args: &[&str], code: &str) -> String {
-    let err = fails(dir, args, 1, "error: ");
+    // A malformed value exits 2 (a usage error), whoever finds it; other refusals exit 1.
+    let exit = if code == "invalid_argument" { 2 } else { 1 };
+    let err = fails(dir, args, exit, "error: ");
     one_line(&err);
     assert!(
         !err.contains(code) || code == "scope_exceeds_parent" && err.contains("exceeds"),
@@ -83,7 +85,7 @@ fn fails_with(dir: &Path, args: &[&str], code: &str) -> String {
         "{err}"
     );
     let out = tw(dir, &[&["--json"], args].concat());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(exit));
     assert_eq!(stdout(&out), "");
     let json: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
     assert_eq!(json["error"]["code"], code, "{json}");
@@ -305,7 +307,7 @@ fn every_token_command_works_as_the_owner() {
         ok_json(dir, &["token", "get", &child])["buckets"],
         serde_json::json!(["docs"])
     );
-    let read_only = ok_json(dir, &["token", "scope", &child, "--read-only", "true"]);
+    let read_only = ok_json(dir, &["token", "scope", &child, "--read-only"]);
     assert_eq!(read_only["read_only"], true);
 
     // pause / resume: descendants follow in effect.
@@ -630,14 +632,14 @@ async fn the_owner_s_commands_work_while_a_server_runs_and_print_what_they_print
     let errors = fails(
         dir,
         &["token", "get", "tok_0000000000000000000000000"],
-        1,
+        2,
         "error: ",
     );
     one_line(&errors);
     let json_error = fails(
         dir,
         &["--json", "token", "get", "tok_0000000000000000000000000"],
-        1,
+        2,
         "\"code\":",
     );
 
@@ -688,7 +690,7 @@ async fn the_owner_s_commands_work_while_a_server_runs_and_print_what_they_print
         fails(
             dir,
             &["token", "get", "tok_0000000000000000000000000"],
-            1,
+            2,
             "error: "
         ),
         errors
@@ -697,7 +699,7 @@ async fn the_owner_s_commands_work_while_a_server_runs_and_print_what_they_print
         fails(
             dir,
             &["--json", "token", "get", "tok_0000000000000000000000000"],
-            1,
+            2,
             "\"code\":"
         ),
         json_error
@@ -1093,4 +1095,110 @@ fn import_refuses_bad_files_and_non_empty_stores_without_writing() {
     );
     assert_eq!(merged["entries_written"], 0, "{merged}");
     assert_eq!(ok(&fourth, &["token", "list"]), "no tokens\n");
+}
+
+/// Issue 31's command line: `audit --action` takes only the actions the log records (the OAuth
+/// ones included), `--read-only` has one shape on `create` and `scope`, every malformed value
+/// exits 2 whether clap or the tool's validation finds it, and typos get clap's suggestion,
+/// all in one line that changes nothing.
+#[test]
+fn malformed_values_exit_2_with_suggestions_and_flags_have_one_shape() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let missing = dir.join("never-created");
+    for (args, needle) in [
+        (
+            &["audit", "--action", "revokee"][..],
+            "tip: a similar value exists: 'revoke'",
+        ),
+        (
+            &["serve", "--htp", "127.0.0.1:0"],
+            "tip: a similar argument exists: '--http'",
+        ),
+        (
+            &["token", "create", "--name", "x", "--ttl", "5"],
+            "'--ttl-seconds'",
+        ),
+        (
+            &["token", "create", "--name", "x", "--ttl-seconds", "abc"],
+            "invalid value 'abc'",
+        ),
+        (
+            &["token", "scope", "tok_x", "--read-only", "true"],
+            "unexpected argument 'true'",
+        ),
+        (
+            &["token", "scope", "tok_x", "--read-only", "--no-read-only"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = tw(&missing, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        one_line(&err);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the data directory");
+    }
+    let out = tw(&missing, &["audit", "--help"]);
+    for action in [
+        "oauth_register",
+        "oauth_approve",
+        "oauth_token",
+        "oauth_refresh",
+        "oauth_revoke",
+    ] {
+        assert!(stdout(&out).contains(action), "--help names {action}");
+    }
+
+    // Values the tool's own validation refuses exit 2 as well, and change nothing.
+    let root = ok_json(dir, &["token", "create", "--name", "root"]);
+    for (args, needle) in [
+        (
+            &["token", "create", "--name", "x", "--ttl-seconds", "-5"][..],
+            "ttl_seconds must be",
+        ),
+        (&["audit", "--since", "yesterday"], "invalid timestamp"),
+        (&["token", "get", "tok_nope"], "invalid token id"),
+    ] {
+        let out = tw(dir, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        one_line(&err);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(
+        ok_json(dir, &["token", "list"])["records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // An OAuth action is a valid filter; the same switch sets read-only on create and scope.
+    let id = root["id"].as_str().unwrap();
+    assert_eq!(
+        ok_json(dir, &["audit", "--action", "oauth_revoke"])["events"],
+        json!([])
+    );
+    let child = ok_json(
+        dir,
+        &[
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--parent",
+            id,
+            "--read-only",
+        ],
+    );
+    assert_eq!(child["read_only"], true);
+    assert_eq!(
+        ok_json(dir, &["token", "scope", id, "--read-only"])["read_only"],
+        true
+    );
+    assert_eq!(
+        ok_json(dir, &["token", "scope", id, "--no-read-only"])["read_only"],
+        false
+    );
 }

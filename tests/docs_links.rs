@@ -700,3 +700,183 @@ open file:///etc/hosts
 <a href=\"https://elsewhere.io\">x</a>
 Nothing wrong here.
 ";
+
+/// The invariants of ARCHITECTURE.md, numbered `N. **…**` under `## Invariants`, each with its
+/// text (up to the next invariant or section).
+fn invariants(text: &str) -> Vec<(String, usize, String)> {
+    let start = text
+        .find("\n## Invariants")
+        .expect("ARCHITECTURE.md has ## Invariants");
+    let section = &text[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    let first_line = text[..start + 1].lines().count();
+    let mut found: Vec<(String, usize, String)> = Vec::new();
+    for (index, line) in section[..end].lines().enumerate() {
+        let number: String = line.chars().take_while(char::is_ascii_digit).collect();
+        if !number.is_empty() && line[number.len()..].starts_with(". **") {
+            found.push((number, first_line + index + 1, String::new()));
+        }
+        if let Some((_, _, body)) = found.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    found
+}
+
+/// The tests an invariant's text names: `tests/a.rs::f`, `src/b.rs::module::f`, `::f` (in the
+/// file named last), or a whole file (`src/gateway/fair.rs`). Each is (file, function).
+fn named_tests(body: &str) -> Vec<(String, Option<String>)> {
+    let mut named = Vec::new();
+    let mut file: Option<String> = None;
+    for span in body.split('`').skip(1).step_by(2) {
+        let (path, rest) = match span.split_once("::") {
+            Some((path, rest)) => (path, Some(rest)),
+            None => (span, None),
+        };
+        let is_file = (path.starts_with("tests/") || path.starts_with("src/"))
+            && path.ends_with(".rs")
+            && !path.contains(' ');
+        if is_file {
+            file = Some(path.to_owned());
+        } else if !(path.is_empty() && rest.is_some()) {
+            continue; // some other code span: a type, a flag
+        }
+        let Some(file) = &file else { continue };
+        let function = rest.map(|r| {
+            let last = r.rsplit("::").next().unwrap_or(r);
+            last.trim_end_matches("()").to_owned()
+        });
+        let function = function
+            .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        if is_file && rest.is_some() && function.is_none() {
+            continue; // `src/x.rs::Type::method`-like prose, not a test
+        }
+        named.push((file.clone(), function));
+    }
+    named
+}
+
+/// Problems with the invariants in `text`, files and functions looked up under `root`.
+fn check_invariants(root: &Path, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let list = invariants(text);
+    if list.is_empty() {
+        problems.push("ARCHITECTURE.md: no invariants found under ## Invariants".to_owned());
+    }
+    for (number, line, body) in list {
+        let named = named_tests(&body);
+        if named.is_empty() {
+            problems.push(format!(
+                "ARCHITECTURE.md:{line}: invariant {number} names no test"
+            ));
+        }
+        for (file, function) in named {
+            if let Some((prefix, suffix)) = file.split_once('*') {
+                // A glob (`tests/fault_*.rs`): some file must match it.
+                let (folder, prefix) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+                let matches = fs::read_dir(root.join(folder))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|entry| {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        name.starts_with(prefix) && name.ends_with(suffix)
+                    });
+                if !matches {
+                    problems.push(format!(
+                        "ARCHITECTURE.md:{line}: invariant {number} names {file}, which matches no file"
+                    ));
+                }
+                continue;
+            }
+            let Ok(source) = fs::read_to_string(root.join(&file)) else {
+                problems.push(format!(
+                    "ARCHITECTURE.md:{line}: invariant {number} names {file}, which does not exist"
+                ));
+                continue;
+            };
+            if let Some(function) = function
+                && !source.contains(&format!("fn {function}("))
+                && !source.contains(&format!("fn {function}<"))
+            {
+                problems.push(format!(
+                    "ARCHITECTURE.md:{line}: invariant {number} names {file}::{function}, \
+                     which is not a function there"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_invariant_names_tests_that_exist() {
+    let root = repository();
+    let text = fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let problems = check_invariants(&root, &text);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_invariant_checker_finds_an_invariant_without_a_test_and_a_missing_test() {
+    let root = repository();
+    let text = "# A\n\n## Invariants\n\n\
+        1. **Named.** Tests: `tests/docs_links.rs::every_invariant_names_tests_that_exist`.\n\
+        2. **Unproven.** Nothing names a test here.\n\
+        3. **Stale.** Tests: `tests/docs_links.rs::a_test_that_was_renamed`,\n   \
+        `::every_invariant_names_tests_that_exist`, `tests/gone.rs`.\n\n## Next\n";
+    let problems = check_invariants(&root, text);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].contains("invariant 2 names no test"),
+        "{problems:#?}"
+    );
+    assert!(problems[1].contains("tests/docs_links.rs::a_test_that_was_renamed"));
+    assert!(problems[2].contains("tests/gone.rs, which does not exist"));
+}
+
+/// The README's documentation table lists every page under `docs/`, and docs/cli.md's table
+/// of commands lists every command `tokenwarden --help` shows.
+#[test]
+fn the_documentation_tables_are_complete() {
+    let root = repository();
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let table: String = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("## Documentation"))
+        .take_while(|l| !l.starts_with("## Install"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for entry in fs::read_dir(root.join("docs")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") && name != "README.md" {
+            assert!(
+                table.contains(&format!("](docs/{name})")),
+                "README's documentation table lists docs/{name}"
+            );
+        }
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let cli = fs::read_to_string(root.join("docs/cli.md")).unwrap();
+    let commands = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help");
+    let mut seen = 0;
+    for command in commands {
+        seen += 1;
+        assert!(
+            cli.contains(&format!("| [`{command}")) || cli.contains(&format!("[`{command}`]")),
+            "docs/cli.md's table of commands lists {command}"
+        );
+    }
+    assert!(seen >= 8, "commands found in --help: {help}");
+}

@@ -801,9 +801,11 @@ fn bad_upstreams_files_refuse_to_start_in_one_line() {
             json!({"web": {"type": "sse", "url": "http://x"}}),
             "unknown type",
         ),
+        // (An unset variable is not a mistake in the file: only its bucket is unavailable,
+        // tests/newcomer.rs. A malformed one is.)
         (
-            json!({"fs": {"command": "x", "args": ["${TW_TEST_UNSET_VAR}"]}}),
-            "TW_TEST_UNSET_VAR",
+            json!({"fs": {"command": "x", "args": ["${TW_TEST_UNSET_VAR"]}}),
+            "unterminated ${",
         ),
     ];
     for (servers, needle) in cases {

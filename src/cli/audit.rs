@@ -19,9 +19,8 @@ pub struct AuditArgs {
     /// Only events about this token id.
     #[arg(long, value_name = "ID")]
     pub token_id: Option<String>,
-    /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import,
-    /// prune.
-    #[arg(long)]
+    /// Only this action.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::audit::ACTIONS))]
     pub action: Option<String>,
     /// Only events at or after this RFC 3339 time.
     #[arg(long, value_name = "TIME")]

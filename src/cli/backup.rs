@@ -121,7 +121,11 @@ pub fn import(cli: &Cli, args: &ImportArgs) -> Result<(), CliError> {
     };
     let imported = service.import(&mut input, args.merge);
     super::close_service(service)?;
-    let imported = imported?;
+    // A refused file is a failed command (exit 1), not a malformed flag value.
+    let imported = imported.map_err(|e| CliError {
+        exit_code: 1,
+        ..CliError::from(e)
+    })?;
     let mut out = Out::new();
     if cli.json {
         out.json(&json!(imported))

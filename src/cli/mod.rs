@@ -227,11 +227,18 @@ impl CliError {
 }
 
 impl From<crate::error::Error> for CliError {
+    /// A malformed value (the tools' `invalid_argument`) is a usage error, exit 2, whether
+    /// clap or the tool's own validation found it; every other refusal exits 1.
     fn from(e: crate::error::Error) -> CliError {
+        let exit_code = if e.code == crate::error::ErrorCode::InvalidArgument {
+            2
+        } else {
+            1
+        };
         CliError {
             message: e.message.clone(),
             code: Cow::Borrowed(e.code.as_str()),
-            exit_code: 1,
+            exit_code,
         }
     }
 }

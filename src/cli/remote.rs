@@ -280,7 +280,11 @@ impl Remote {
         } else {
             detail
         };
-        let exit_code = if problem.code == "usage" { 2 } else { 1 };
+        let exit_code = if matches!(problem.code.as_str(), "usage" | "invalid_argument") {
+            2
+        } else {
+            1
+        };
         CliError {
             message,
             code: problem.code.into(),

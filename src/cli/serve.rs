@@ -100,6 +100,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
     pub upstreams: Option<PathBuf>,
 
+    /// On stdio, how long tools/list waits, at most, for upstreams still connecting at start
+    /// (each until it is connected or unavailable), so a client that lists tools once sees
+    /// them; later changes reach clients as notifications/tools/list_changed. 0: never wait.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub upstreams_wait: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics, without a token: bind it to loopback
     /// or a private network. (GET /metrics on --http needs an admin token.)
     #[arg(long, value_name = "ADDR")]
@@ -150,6 +157,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         None => None,
     };
     let dir = super::data_dir(cli).map_err(CliError::new)?;
+    let stdio_secret = if args.stdio {
+        stdio_secret(&dir)?
+    } else {
+        None
+    };
     let mut config = super::service_config(cli);
     config.max_depth = args.max_depth;
     config.audit_retention = args.audit_retention.retention();
@@ -188,7 +200,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     });
 
     let stdio_caller = if args.stdio {
-        Some(stdio_caller(&service)?)
+        Some(stdio_caller(&service, stdio_secret, &dir)?)
     } else {
         None
     };
@@ -234,6 +246,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let span_exporter = tracer.map(|(tracer, url)| {
         tokio::spawn(crate::trace::export::run(tracer, url, shutdown.clone()))
     });
+    let upstreams_deadline = tokio::time::Instant::now() + Duration::from_secs(args.upstreams_wait);
     let gateway = upstreams.map(|upstreams| {
         crate::gateway::Gateway::start(upstreams, args.upstreams.clone(), shutdown.child_token())
     });
@@ -298,6 +311,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     if let Some(caller) = stdio_caller {
         let server =
             TokenServer::for_stdio(Arc::clone(&service), caller).with_gateway(gateway.clone());
+        let server = server.waiting_for_upstreams_until(upstreams_deadline);
         let running = server
             .serve(rmcp::transport::stdio())
             .await
@@ -415,27 +429,57 @@ fn http_router(
     http::router(Arc::clone(service), config, shutdown)
 }
 
-/// The owner, or the secret in `TOKENWARDEN_TOKEN`, checked like an HTTP bearer now (so a
-/// bad secret stops the start) and again on every call of the session. Only an absent variable
-/// means the owner: one that is set but empty or blank (an unset `${VAR}` in a client's
-/// configuration) fails closed.
-fn stdio_caller(service: &Service) -> Result<StdioCaller, CliError> {
-    match std::env::var_os("TOKENWARDEN_TOKEN") {
-        None => Ok(StdioCaller::Owner),
-        Some(value) => {
-            let secret = value.to_str().map(str::trim).unwrap_or_default();
-            if secret.is_empty() {
-                return Err(CliError::new(
-                    "TOKENWARDEN_TOKEN is set but empty: set it to a token secret, or remove it \
-                     to serve as the owner",
-                ));
-            }
-            service.authenticate(secret, None).map_err(|e| {
-                CliError::new(format!("TOKENWARDEN_TOKEN does not authenticate: {e}"))
-            })?;
-            Ok(StdioCaller::Secret(secret.to_owned()))
-        }
+/// Who a stdio session acts as, read before the store is opened: the owner (no
+/// `TOKENWARDEN_TOKEN`), or that secret. Only an absent variable means the owner: one that is
+/// set but empty or blank (an unset `${VAR}` in a client's configuration) fails closed. A
+/// secret needs the store that issued it: where there is none, the start says so naming the
+/// directory and creates nothing (no empty store left behind by a wrong or missing
+/// `TOKENWARDEN_DATA_DIR`).
+fn stdio_secret(dir: &Path) -> Result<Option<String>, CliError> {
+    let Some(value) = std::env::var_os("TOKENWARDEN_TOKEN") else {
+        return Ok(None);
+    };
+    let secret = value.to_str().map(str::trim).unwrap_or_default();
+    if secret.is_empty() {
+        return Err(CliError::new(
+            "TOKENWARDEN_TOKEN is set but empty: set it to a token secret, or remove it to serve \
+             as the owner",
+        ));
     }
+    if let Err(e) = crate::secret::Secret::parse(secret) {
+        // Wrong whatever the store: said before looking for one.
+        return Err(CliError::new(format!(
+            "TOKENWARDEN_TOKEN does not authenticate: {e}"
+        )));
+    }
+    if !dir.join("db").exists() {
+        return Err(CliError::store(format!(
+            "TOKENWARDEN_TOKEN does not authenticate: there is no tokenwarden store in {}; point \
+             TOKENWARDEN_DATA_DIR (or --data-dir) at the store that issued the token",
+            dir.display()
+        )));
+    }
+    Ok(Some(secret.to_owned()))
+}
+
+/// The stdio session's caller: the secret is checked like an HTTP bearer now (so a bad secret
+/// stops the start) and again on every call of the session.
+fn stdio_caller(
+    service: &Service,
+    secret: Option<String>,
+    dir: &Path,
+) -> Result<StdioCaller, CliError> {
+    let Some(secret) = secret else {
+        return Ok(StdioCaller::Owner);
+    };
+    service.authenticate(&secret, None).map_err(|e| {
+        CliError::new(format!(
+            "TOKENWARDEN_TOKEN does not authenticate against the store in {}: {e}; point \
+             TOKENWARDEN_DATA_DIR (or --data-dir) at the store that issued it",
+            dir.display()
+        ))
+    })?;
+    Ok(StdioCaller::Secret(secret))
 }
 
 /// On the first start of a store that has never held anything (no token, no audit event, no

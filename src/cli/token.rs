@@ -38,7 +38,7 @@ pub enum TokenCommand {
     Update(UpdateArgs),
     /// Change what a token may reach: buckets, tools, read-only, allowed addresses.
     ///
-    /// Example: tokenwarden token scope tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --remove-tools delete_token --read-only true
+    /// Example: tokenwarden token scope tok_0Vx3k9QbT2mZ8LwYp5RsNa4c --remove-tools delete_token --read-only
     Scope(ScopeArgs),
     /// Pause a token (and, in effect, its descendants) until resumed.
     ///
@@ -239,9 +239,12 @@ pub struct ScopeArgs {
     /// Denied tool patterns to add, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub add_deny_tools: Option<Vec<String>>,
-    /// Set (true) or clear (false) read-only.
-    #[arg(long, value_name = "true|false")]
-    pub read_only: Option<bool>,
+    /// Only read-only tools may be called (as on `token create`).
+    #[arg(long, conflicts_with = "no_read_only")]
+    pub read_only: bool,
+    /// Clear read-only (a token under a read-only ancestor stays read-only).
+    #[arg(long)]
+    pub no_read_only: bool,
     /// Replace the allowed CIDR ranges, comma-separated; '' allows any address.
     #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
     pub allowed_ips: Option<Vec<String>>,
@@ -406,7 +409,10 @@ fn execute(owner: &Owner, json: bool, command: &TokenCommand) -> Result<(), CliE
                 .list("remove_tools", &a.remove_tools)
                 .list("deny_tools", &a.deny_tools)
                 .list("add_deny_tools", &a.add_deny_tools)
-                .set("read_only", a.read_only)
+                .set(
+                    "read_only",
+                    (a.read_only || a.no_read_only).then_some(a.read_only),
+                )
                 .list("allowed_ips", &a.allowed_ips);
             changed(&mut out, json, "scoped", call("scope_token", args)?)
         }

@@ -1,6 +1,9 @@
 //! The upstreams file: the `mcpServers` object of `claude_desktop_config.json` / `.mcp.json`
 //! (SPEC §10). Each key is a bucket; each entry is a stdio command or a streamable-HTTP URL.
-//! Every mistake is refused with one line naming the entry, before anything connects.
+//! Every mistake in the file is refused with one line naming the entry, before anything
+//! connects. What the file cannot control is not a mistake in it: an entry whose `${VAR}` is
+//! not set in this environment is kept, unavailable with that reason ([`Upstream::unavailable`]),
+//! so that one missing variable takes down only its own bucket.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,9 @@ pub struct Upstream {
     /// annotations (which are the upstream's claims). `None`: trust `readOnlyHint`.
     pub read_only_tools: Option<Vec<String>>,
     pub timeout: Duration,
+    /// Why this entry cannot be used in this environment (a `${VAR}` that is not set): its
+    /// bucket is unavailable with this reason and nothing is started or connected.
+    pub unavailable: Option<String>,
 }
 
 /// Every enabled upstream, by bucket.
@@ -86,8 +92,31 @@ pub fn parse(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Upstrea
                  (exposed tool names are <bucket>__<tool>)"
             ));
         }
-        let upstream = parse_entry(key, entry, var).map_err(|e| format!("entry {shown:?}: {e}"))?;
-        if let Some(upstream) = upstream {
+        // A variable that is not set is the environment's doing, not the file's: the entry is
+        // checked as if it were set to "" and kept, unavailable, naming every missing one.
+        let missing = std::cell::RefCell::new(Vec::<String>::new());
+        let lookup = |name: &str| {
+            let value = var(name);
+            if value.is_none() && !missing.borrow().iter().any(|m| m == name) {
+                missing.borrow_mut().push(name.to_owned());
+            }
+            Some(value.unwrap_or_default())
+        };
+        let upstream = parse_entry(key, entry, &lookup, &missing)
+            .map_err(|e| format!("entry {shown:?}: {e}"))?;
+        if let Some(mut upstream) = upstream {
+            let missing = missing.into_inner();
+            if !missing.is_empty() {
+                let (noun, verb) = if missing.len() == 1 {
+                    ("variable", "is")
+                } else {
+                    ("variables", "are")
+                };
+                upstream.unavailable = Some(format!(
+                    "environment {noun} {} {verb} not set",
+                    missing.join(", ")
+                ));
+            }
             upstreams.insert(key.clone(), upstream);
         }
     }
@@ -95,10 +124,12 @@ pub fn parse(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Upstrea
 }
 
 /// `Ok(None)` for a disabled entry (still checked, so a typo is found before it is enabled).
+/// `unset` collects the variables `var` did not find (it then answers "").
 fn parse_entry(
     bucket: &str,
     entry: &Value,
     var: &dyn Fn(&str) -> Option<String>,
+    unset: &std::cell::RefCell<Vec<String>>,
 ) -> Result<Option<Upstream>, String> {
     let entry = entry.as_object().ok_or("expected an object")?;
     // Other clients' keys (e.g. "description", "autoApprove") are tolerated, as Claude's are.
@@ -110,8 +141,11 @@ fn parse_entry(
     let transport = match (kind, entry.get("url"), entry.get("command")) {
         (Some("http" | "streamable-http" | "streamableHttp"), _, _) | (None, Some(_), None) => {
             let url = string(entry, "url")?.ok_or("an http entry needs \"url\"")?;
+            let unset_before = unset.borrow().len();
             let url = expand(&url, var)?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            // With a variable unset the URL cannot be judged; its bucket is unavailable anyway.
+            let judged = unset.borrow().len() == unset_before;
+            if judged && !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
                     "\"url\" must start with http:// or https://, not {:?}",
                     crate::secret::truncate_for_message(&url)
@@ -188,6 +222,7 @@ fn parse_entry(
         transport,
         read_only_tools,
         timeout,
+        unavailable: None,
     }))
 }
 
@@ -298,8 +333,8 @@ mod tests {
                 "unknown type",
             ),
             (
-                r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#,
-                "NOPE is not set",
+                r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE"]}}}"#,
+                "unterminated",
             ),
             (
                 r#"{"mcpServers": {"a": {"type": "http"}}}"#,
@@ -335,10 +370,45 @@ mod tests {
             assert!(!error.contains('\n'), "{error}");
         }
         let error = parse(
-            r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"]}}}"#,
+            r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE"]}}}"#,
             &env,
         )
         .unwrap_err();
         assert!(error.starts_with("entry \"a\""), "{error}");
+    }
+
+    #[test]
+    fn an_unset_variable_makes_only_its_entry_unavailable() {
+        let text = r#"{"mcpServers": {
+            "fs": {"command": "npx", "args": ["${HOME_DIR}/docs"]},
+            "search": {"type": "http", "url": "http://127.0.0.1:3001/mcp",
+                       "headers": {"X-Api-Key": "${SEARCH_API_KEY}", "X-Other": "${NOPE}"}},
+            "remote": {"url": "${REMOTE_URL}"},
+            "tool": {"command": "x", "env": {"A": "${NOPE}", "B": "${NOPE}"}}
+        }}"#;
+        let config = parse(text, &env).unwrap();
+        assert_eq!(config.upstreams["fs"].unavailable, None);
+        assert_eq!(
+            config.upstreams["search"].unavailable.as_deref(),
+            Some("environment variables SEARCH_API_KEY, NOPE are not set")
+        );
+        assert_eq!(
+            config.upstreams["remote"].unavailable.as_deref(),
+            Some("environment variable REMOTE_URL is not set")
+        );
+        assert_eq!(
+            config.upstreams["tool"].unavailable.as_deref(),
+            Some("environment variable NOPE is not set")
+        );
+        // Still a mistake in the file, whatever the environment: a set variable whose URL is
+        // not http, and a bad entry next to an unset variable.
+        let error = parse(r#"{"mcpServers": {"a": {"url": "${HOME_DIR}"}}}"#, &env).unwrap_err();
+        assert!(error.contains("http://"), "{error}");
+        let error = parse(
+            r#"{"mcpServers": {"a": {"command": "x", "args": ["${NOPE}"], "timeoutSeconds": 0}}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert!(error.contains("timeoutSeconds"), "{error}");
     }
 }

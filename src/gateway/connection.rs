@@ -136,6 +136,9 @@ impl Connection {
 
     /// Connects once and lists tools, for `tokenwarden upstreams`: the tools, or why not.
     pub async fn probe(upstream: &Upstream) -> Result<Vec<Tool>, String> {
+        if let Some(reason) = &upstream.unavailable {
+            return Err(reason.clone());
+        }
         let probe = Connection {
             upstream: upstream.clone(),
             state: Mutex::new(State {
@@ -207,6 +210,15 @@ impl Connection {
 
     async fn run(self: Arc<Self>, on_change: OnChange) {
         let bucket = self.upstream.bucket.clone();
+        if let Some(reason) = &self.upstream.unavailable {
+            // Nothing to retry: this process's environment will not change. A reload with
+            // the entry changed (or the server restarted with the variable set) tries again.
+            tracing::warn!(target: "upstream", bucket = %bucket, "unavailable: {reason}");
+            self.set(Status::Unavailable(reason.clone()), None, None);
+            on_change();
+            self.stop.cancelled().await;
+            return;
+        }
         let mut backoff = FIRST_BACKOFF;
         loop {
             let (handler, refresh) = self.handler();
@@ -258,8 +270,14 @@ impl Connection {
 
     fn fail(&self, bucket: &str, error: String, backoff: Duration, on_change: &OnChange) {
         let error = scrub(&self.upstream.transport, &error);
-        tracing::warn!(target: "upstream", bucket = %bucket,
-            "unavailable: {error}; retrying in {}s", backoff.as_secs());
+        // Said once at WARN; the same reason again on a retry only at DEBUG.
+        if self.status() == Status::Unavailable(error.clone()) {
+            tracing::debug!(target: "upstream", bucket = %bucket,
+                "still unavailable: {error}; retrying in {}s", backoff.as_secs());
+        } else {
+            tracing::warn!(target: "upstream", bucket = %bucket,
+                "unavailable: {error}; retrying with backoff (1s doubling to 60s)");
+        }
         self.set(Status::Unavailable(error), None, None);
         on_change();
     }
@@ -314,7 +332,7 @@ impl Connection {
         .await;
         match answer {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(format!("ping failed: {e}")),
+            Ok(Err(e)) => Some(format!("ping failed: {}", plain_error(&e))),
             Err(_) => Some("ping got no answer".to_owned()),
         }
     }
@@ -342,9 +360,7 @@ impl Connection {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .kill_on_drop(true);
-                let mut child = cmd
-                    .spawn()
-                    .map_err(|e| format!("cannot start {command}: {e}"))?;
+                let mut child = cmd.spawn().map_err(|e| cannot_start(command, &e))?;
                 let group = child.id();
                 let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                     kill_group(group).await;
@@ -368,7 +384,7 @@ impl Connection {
                     Ok(Ok(running)) => Ok(Session::new(running, group, None)),
                     Ok(Err(e)) => {
                         kill_group(group).await;
-                        Err(format!("initialize failed: {e}"))
+                        Err(format!("initialize failed: {}", plain_error(&e)))
                     }
                     Err(_) => {
                         kill_group(group).await;
@@ -402,7 +418,11 @@ impl Connection {
                 let transport = StreamableHttpClientTransport::with_client(client, config);
                 match tokio::time::timeout(timeout, handler.serve(transport)).await {
                     Ok(Ok(running)) => Ok(Session::new(running, None, Some(direct))),
-                    Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact_url(url))),
+                    Ok(Err(e)) => Err(format!(
+                        "cannot connect to {}: {}",
+                        redact_url(url),
+                        plain_error(&e)
+                    )),
                     Err(_) => Err(format!(
                         "no answer to initialize from {} within {}s",
                         redact_url(url),
@@ -537,7 +557,7 @@ impl Connection {
         let mut handle = peer
             .send_request_with_option(request, options)
             .await
-            .map_err(|e| self.broke(format!("cannot send the call: {e}")))?;
+            .map_err(|e| self.broke(format!("cannot send the call: {}", plain_error(&e))))?;
         let route = progress.map(|forwarder| {
             let key = handle.progress_token.clone();
             lock_routes(&routes).insert(key.clone(), forwarder);
@@ -561,7 +581,7 @@ impl Connection {
             Some(Ok(Err(rmcp::service::ServiceError::McpError(error)))) => {
                 Err(super::oversize::failure(error))
             }
-            Some(Ok(Err(e))) => Err(self.broke(format!("the call failed: {e}"))),
+            Some(Ok(Err(e))) => Err(self.broke(format!("the call failed: {}", plain_error(&e)))),
             Some(Err(_)) => Err(self.broke("the connection closed during the call".to_owned())),
             None => {
                 let reason = if cancel.is_cancelled() {
@@ -640,8 +660,12 @@ impl Session {
         let sink = Arc::clone(&reason);
         tokio::spawn(async move {
             let why = match running.waiting().await {
-                Ok(quit) => format!("session ended ({quit:?})"),
-                Err(e) => format!("session task failed: {e}"),
+                Ok(rmcp::service::QuitReason::Cancelled) => "stopped".to_owned(),
+                Ok(rmcp::service::QuitReason::Closed) => {
+                    "the upstream closed the connection".to_owned()
+                }
+                Ok(_) => "the session ended".to_owned(),
+                Err(e) => format!("the session ended: {}", plain_error(&e)),
             };
             *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             let _ = tx.send(true);
@@ -661,8 +685,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .unwrap_or_else(|| "session ended".to_owned())
-            .replace("Closed", "the upstream closed the connection")
+            .unwrap_or_else(|| "the session ended".to_owned())
     }
 
     /// Ends the session and, for stdio, the child's whole process group.
@@ -782,7 +805,160 @@ pub fn scrub(transport: &Transport, text: &str) -> String {
     for secret in secrets {
         out = out.replace(secret, "[redacted]");
     }
-    crate::secret::redact_secrets(&redact_urls(&out))
+    crate::secret::redact_secrets(&redact_urls(&without_type_names(&out)))
+}
+
+/// Why a command could not be started, in the user's words: "command not found: npx" rather
+/// than "No such file or directory (os error 2)".
+fn cannot_start(command: &str, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "command not found: {command} (install it, or give its full path in \"command\")"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot start {command}: permission denied")
+        }
+        _ => format!("cannot start {command}: {}", io_words(error)),
+    }
+}
+
+/// An error from rmcp (or reqwest, hyper, the OS beneath it) in one line of the user's words:
+/// the root cause (an OS error by its kind, "connection refused"), never rmcp's wrapper types
+/// (`Send message error Transport [rmcp::transport::worker::WorkerTransport<…>] …`).
+pub fn plain_error(error: &(dyn std::error::Error + 'static)) -> String {
+    // rmcp's transport errors keep their cause in a field `source()` does not return.
+    if let Some(rmcp::service::ClientInitializeError::TransportError { error, .. }) =
+        error.downcast_ref::<rmcp::service::ClientInitializeError>()
+    {
+        return plain_error(&*error.error);
+    }
+    if let Some(rmcp::ServiceError::TransportSend(error)) =
+        error.downcast_ref::<rmcp::ServiceError>()
+    {
+        return plain_error(&*error.error);
+    }
+    if let Some(rmcp::ServiceError::McpError(error)) = error.downcast_ref::<rmcp::ServiceError>() {
+        return format!("the upstream answered with an error: {}", error.message);
+    }
+    // Nor does its HTTP client's error variant.
+    type HttpError = rmcp::transport::streamable_http_client::StreamableHttpError<reqwest::Error>;
+    if let Some(HttpError::Client(error)) = error.downcast_ref::<HttpError>() {
+        return plain_error(error);
+    }
+    let mut deepest = error;
+    let mut io = None;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+        }
+        deepest = e;
+        current = e.source();
+    }
+    let text = match io {
+        Some(io) => io_words(io),
+        None => deepest.to_string(),
+    };
+    let text = without_type_names(text.lines().next().unwrap_or_default());
+    if text.trim().is_empty() {
+        "unknown error".to_owned()
+    } else {
+        text
+    }
+}
+
+/// An OS error by its kind ("connection refused"), else its message without "(os error N)".
+fn io_words(error: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotFound
+        | PermissionDenied | BrokenPipe | AddrNotAvailable | HostUnreachable
+        | NetworkUnreachable => error.kind().to_string(),
+        _ => {
+            let text = error.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_owned(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// `text` without Rust type paths (`a::b::C<…>`), and without the bracket rmcp prints one in
+/// (`Transport [rmcp::…]`): a last net under [`plain_error`] for every message a client or
+/// the log is shown.
+pub fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = find_type_path(rest) {
+        let (start, end) = at;
+        let mut before = &rest[..start];
+        let mut after = &rest[end..];
+        // "Transport [path] error" -> "Transport error"
+        if before.ends_with('[') && after.starts_with(']') {
+            before = before[..before.len() - 1].trim_end();
+            after = &after[1..];
+        }
+        out.push_str(before);
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the first Rust type path in `text` is: an identifier, then at least two more
+/// `::identifier` (so `fe80::1` and `std::io` in prose are left alone), then any generic
+/// arguments, balanced.
+fn find_type_path(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        if ident(bytes[i]) && (i == 0 || !ident(bytes[i - 1])) && bytes[i].is_ascii_alphabetic() {
+            let start = i;
+            let mut j = i;
+            let mut segments = 0;
+            loop {
+                while j < bytes.len() && ident(bytes[j]) {
+                    j += 1;
+                }
+                if text[j..].starts_with("::")
+                    && bytes
+                        .get(j + 2)
+                        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+                {
+                    segments += 1;
+                    j += 2;
+                } else {
+                    break;
+                }
+            }
+            if segments >= 2 {
+                if bytes.get(j) == Some(&b'<') {
+                    let mut depth = 0;
+                    while j < bytes.len() {
+                        match bytes[j] {
+                            b'<' => depth += 1,
+                            b'>' => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    j += 1;
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                        j += 1;
+                    }
+                }
+                return Some((start, j));
+            }
+            i = j.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    None
 }
 
 /// Every `http://` or `https://` URL in `text` cut down by [`redact_url`]: for errors and log
@@ -865,7 +1041,7 @@ async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<To
         let answer = tokio::time::timeout(timeout, peer.send_request(request))
             .await
             .map_err(|_| format!("tools/list got no answer within {}s", timeout.as_secs_f64()))?
-            .map_err(|e| format!("tools/list failed: {e}"))?;
+            .map_err(|e| format!("tools/list failed: {}", plain_error(&e)))?;
         let ServerResult::ListToolsResult(page) = answer else {
             return Err("tools/list answered with something other than a tool list".to_owned());
         };

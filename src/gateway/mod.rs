@@ -44,6 +44,9 @@ pub struct Gateway {
     /// Bumped whenever the catalogue changes; each client session watches it to send
     /// `notifications/tools/list_changed`.
     changes: watch::Sender<u64>,
+    /// Bumped whenever any upstream's status or tools change (what [`Gateway::settled`]
+    /// waits on).
+    statuses: watch::Sender<u64>,
     shutdown: CancellationToken,
     /// The file to re-read on SIGHUP, if any.
     pub source: Option<PathBuf>,
@@ -69,6 +72,7 @@ impl Gateway {
             connections: Mutex::new(BTreeMap::new()),
             catalogue: RwLock::new(Arc::new(Catalogue::default())),
             changes: watch::channel(0).0,
+            statuses: watch::channel(0).0,
             shutdown,
             source,
         });
@@ -111,6 +115,7 @@ impl Gateway {
 
     /// Re-merges every connection's tools and tells the client sessions if anything changed.
     fn rebuild(&self) {
+        self.statuses.send_modify(|n| *n += 1);
         let connections: Vec<Arc<Connection>> = self.lock().values().cloned().collect();
         let lists: Vec<Arc<Vec<rmcp::model::Tool>>> =
             connections.iter().map(|c| c.tools()).collect();
@@ -139,6 +144,30 @@ impl Gateway {
     /// The merged catalogue as it is now.
     pub fn catalogue(&self) -> Arc<Catalogue> {
         Arc::clone(&self.catalogue.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Returns once no upstream is on its first attempt to connect any more (each is
+    /// connected or unavailable), or at `deadline`: so that a client's first `tools/list`
+    /// can show the upstreams' tools rather than only tokenwarden's own.
+    pub async fn settled(&self, deadline: tokio::time::Instant) {
+        let mut statuses = self.statuses.subscribe();
+        loop {
+            let connecting = self
+                .lock()
+                .values()
+                .any(|c| c.status() == Status::Connecting);
+            if !connecting {
+                return;
+            }
+            tokio::select! {
+                changed = statuses.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Fires whenever the catalogue changes.

@@ -88,6 +88,9 @@ pub struct TokenServer {
     stdio_caller: Option<StdioCaller>,
     /// The upstream MCP servers fronted as buckets, when `--upstreams` is given.
     gateway: Option<Arc<Gateway>>,
+    /// Until when a stdio `tools/list` waits for upstreams still connecting
+    /// (`serve --upstreams-wait`).
+    upstreams_wait: Option<tokio::time::Instant>,
 }
 
 /// How often a running gateway call re-checks its caller's standing (revoked, paused,
@@ -105,6 +108,7 @@ impl TokenServer {
             service,
             stdio_caller: None,
             gateway: None,
+            upstreams_wait: None,
         }
     }
 
@@ -113,12 +117,21 @@ impl TokenServer {
             service,
             stdio_caller: Some(caller),
             gateway: None,
+            upstreams_wait: None,
         }
     }
 
     /// Fronts the gateway's upstream tools too.
     pub fn with_gateway(mut self, gateway: Option<Arc<Gateway>>) -> TokenServer {
         self.gateway = gateway;
+        self
+    }
+
+    /// Until `deadline`, `tools/list` first waits for upstreams still connecting (each until it
+    /// is connected or unavailable): a client that lists tools once, at its start, as desktop
+    /// clients do, then sees the upstreams' tools. Used on stdio.
+    pub fn waiting_for_upstreams_until(mut self, deadline: tokio::time::Instant) -> TokenServer {
+        self.upstreams_wait = Some(deadline);
         self
     }
 
@@ -319,6 +332,9 @@ impl ServerHandler for TokenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let has_cursor = request.is_some_and(|r| r.cursor.is_some());
+        if let (Some(gateway), Some(deadline)) = (&self.gateway, self.upstreams_wait) {
+            gateway.settled(deadline).await;
+        }
         let (caller, ip, _) = self.caller(&context)?;
         self.list_tools_as(has_cursor, &caller, ip)
     }
@@ -372,6 +388,42 @@ impl ServerHandler for TokenServer {
                 }
             }
         });
+    }
+
+    /// 2026-07-28 clients have no session to be told in (no `initialize`, so no
+    /// `on_initialized`): they open `subscriptions/listen`, and get
+    /// `notifications/tools/list_changed` on it whenever the gateway's catalogue changes.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let Some(gateway) = &self.gateway else {
+            context.cancelled().await;
+            return Ok(());
+        };
+        let mut changes = gateway.subscribe();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    let notification = rmcp::model::ServerNotification::ToolListChangedNotification(
+                        Default::default(),
+                    );
+                    if changed.is_err() || context.sink().send(notification).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     /// Accepted so clients may set it; the server logs to stderr under its own filter and

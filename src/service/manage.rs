@@ -32,6 +32,21 @@ fn exceeds_bounds(
     caller: Option<(&TokenId, &[&str])>,
 ) -> Error {
     let mut parts = Vec::new();
+    // The caller is the parent (an agent minting its own child): one bound, said once.
+    if let (Some((parent_id, parent_fields)), Some((caller_id, caller_fields))) = (parent, caller)
+        && parent_id == caller_id
+    {
+        let mut fields: Vec<&str> = parent_fields.to_vec();
+        fields.extend(caller_fields.iter().filter(|f| !parent_fields.contains(f)));
+        return Error::new(
+            ErrorCode::ScopeExceedsParent,
+            format!(
+                "requested scope exceeds parent {parent_id}, the calling token (no token can \
+                 grant what it does not hold), in: {}",
+                fields.join(", ")
+            ),
+        );
+    }
     if let Some((id, fields)) = parent.filter(|(_, f)| !f.is_empty()) {
         parts.push(format!("parent {id} in: {}", fields.join(", ")));
     }
@@ -996,5 +1011,35 @@ impl Service {
             id: target.id.clone(),
             deleted: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn an_escalation_by_the_parent_itself_names_it_once() {
+        let me = TokenId::parse("tok_0000000000000000000000AA").unwrap();
+        let other = TokenId::parse("tok_0000000000000000000000BB").unwrap();
+        let same = exceeds_bounds(
+            Some((&me, &["buckets", "tools"])),
+            Some((&me, &["tools", "admin"])),
+        );
+        assert_eq!(
+            same.message,
+            "requested scope exceeds parent tok_0000000000000000000000AA, the calling token \
+             (no token can grant what it does not hold), in: buckets, tools, admin"
+        );
+        assert_eq!(same.message.matches("tok_").count(), 1);
+        let two = exceeds_bounds(Some((&other, &["tools"])), Some((&me, &["admin"])));
+        assert!(
+            two.message
+                .contains("parent tok_0000000000000000000000BB in: tools")
+        );
+        assert!(
+            two.message
+                .contains("calling token tok_0000000000000000000000AA")
+        );
     }
 }
