@@ -691,6 +691,7 @@ async fn live_calls_timeout_pause_rotation_and_crash_in_the_lane() {
 /// upstream runs it, does `end` with the token's id, and returns the call's outcome and how
 /// long after `end` it came; checks that the upstream call was cancelled.
 async fn slow_call_ended_by<F: std::future::Future<Output = ()>>(
+    what: &str,
     path: Via,
     setup: &Setup,
     server: &Server,
@@ -719,11 +720,11 @@ async fn slow_call_ended_by<F: std::future::Future<Output = ()>>(
     let ended_at = Instant::now();
     let (outcome, answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
         .await
-        .expect("the ended call was answered")
+        .unwrap_or_else(|_| panic!("{path:?}: the call {what} was not answered within 5 s"))
         .unwrap();
     eventually(
         || setup.log("test.log").matches("cancelled slow").count() > before,
-        "the ended call was cancelled upstream",
+        &format!("{path:?}: the call {what} was cancelled upstream"),
     )
     .await;
     (outcome, answered_at.duration_since(ended_at))
@@ -757,13 +758,14 @@ async fn calls_end_as_they_should(path: Via, setup: &Setup, server: &Server) {
     .await;
 
     // A token paused mid-call: cancelled upstream and answered within a second.
-    let ((is_error, value), after) = slow_call_ended_by(path, setup, server, &admin, |id| {
-        let admin = &admin;
-        async move {
-            ok(admin, "pause_token", json!({"id": id})).await;
-        }
-    })
-    .await;
+    let ((is_error, value), after) =
+        slow_call_ended_by("paused", path, setup, server, &admin, |id| {
+            let admin = &admin;
+            async move {
+                ok(admin, "pause_token", json!({"id": id})).await;
+            }
+        })
+        .await;
     assert!(is_error, "{value}");
     assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
     assert!(
@@ -780,13 +782,14 @@ async fn calls_end_as_they_should(path: Via, setup: &Setup, server: &Server) {
 
     // A call belongs to the secret that made it: rotating that secret out (grace 0) ends the
     // call within a second, though the token itself stays active.
-    let ((is_error, value), after) = slow_call_ended_by(path, setup, server, &admin, |id| {
-        let admin = &admin;
-        async move {
-            ok(admin, "rotate_token", json!({"id": id, "grace_seconds": 0})).await;
-        }
-    })
-    .await;
+    let ((is_error, value), after) =
+        slow_call_ended_by("rotated out", path, setup, server, &admin, |id| {
+            let admin = &admin;
+            async move {
+                ok(admin, "rotate_token", json!({"id": id, "grace_seconds": 0})).await;
+            }
+        })
+        .await;
     assert!(is_error, "{value}");
     assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
     assert!(
