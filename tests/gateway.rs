@@ -1863,6 +1863,16 @@ async fn a_plain_call_is_cancelled_by_the_clients_notification() {
         "the upstream call was cancelled",
     )
     .await;
+    // The cancelled call's id is free again: the lane answers a new call with it.
+    let again = r#"{"jsonrpc":"2.0","id":"slow-1","method":"tools/call","params":{"name":"test__read_note","arguments":{}}}"#;
+    let reply = conn.post(again, &headers).await;
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 200);
+    assert!(
+        body.starts_with("data: {") && !body.contains("\nid:"),
+        "not the lane's reply (the call's id is still taken): {body}"
+    );
+    assert!(body.contains(r#""id":"slow-1","result""#), "{body}");
 }
 
 /// `DELETE /mcp` of a session ends the calls the express lane runs for it: the running call's
