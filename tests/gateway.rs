@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, call, connect_http, err, ok, tool_names, try_call};
+use common::{Server, Tools, Via, call, connect, connect_http, err, ok, tool_names, try_call};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
     Implementation, ProtocolVersion,
@@ -118,15 +118,10 @@ fn start(setup: &Setup, servers: Value) -> Server {
 }
 
 /// Polls `list_buckets` until every named bucket has `status`.
-async fn wait_for<S: rmcp::Service<RoleClient>>(
-    client: &RunningService<RoleClient, S>,
-    buckets: &[&str],
-    status: &str,
-) -> Value {
+async fn wait_for(client: &impl Tools, buckets: &[&str], status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let listed = client
-            .call_tool(CallToolRequestParams::new("list_buckets"))
+        let listed = try_call(client, "list_buckets", json!({}))
             .await
             .expect("list_buckets")
             .structured_content
@@ -155,9 +150,23 @@ fn text_of(result: &rmcp::model::CallToolResult) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
+    read_only_fs_token(Via::Rmcp).await;
+}
+
+/// The same restricted tokens in plain requests, as the official SDKs send them: the
+/// express lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory_in_the_lane() {
+    read_only_fs_token(Via::Lane).await;
+}
+
+/// A read-only token for bucket fs (bucket allowlist, read-only), its children narrowed by a
+/// tool allowlist and by `deny_tools`, the parent's revocation, uses of gateway calls: each
+/// refused call never reaches the upstream.
+async fn read_only_fs_token(path: Via) {
     let setup = Setup::new();
     let mut server = start(&setup, setup.standard());
-    let admin = connect_http(&server.url(), server.admin()).await;
+    let admin = connect(path, &server.url(), server.admin()).await;
     wait_for(&admin, &["fs", "mem", "test"], "connected").await;
     let all = tool_names(&admin).await;
     for name in [
@@ -177,7 +186,7 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     )
     .await;
     let reader_secret = reader["token"].as_str().unwrap().to_owned();
-    let r = connect_http(&server.url(), &reader_secret).await;
+    let r = connect(path, &server.url(), &reader_secret).await;
     let names = tool_names(&r).await;
     assert!(
         names.contains(&"fs__read_text_file".to_owned()),
@@ -253,7 +262,7 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     )
     .await;
     assert_eq!(lister["read_only"], json!(true), "inherited");
-    let c = connect_http(&server.url(), lister["token"].as_str().unwrap()).await;
+    let c = connect(path, &server.url(), lister["token"].as_str().unwrap()).await;
     let child_names = tool_names(&c).await;
     assert!(!child_names.is_empty());
     assert!(
@@ -280,7 +289,7 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
     )
     .await;
     assert_eq!(no_media["deny_tools"], json!(["fs__read_media_file"]));
-    let d = connect_http(&server.url(), no_media["token"].as_str().unwrap()).await;
+    let d = connect(path, &server.url(), no_media["token"].as_str().unwrap()).await;
     let d_names = tool_names(&d).await;
     assert!(!d_names.contains(&"fs__read_media_file".to_owned()));
     assert!(d_names.contains(&"fs__read_text_file".to_owned()));
@@ -317,7 +326,7 @@ async fn http_read_only_fs_token_reads_cannot_write_and_never_sees_memory() {
         json!({"name": "two", "buckets": ["test"], "max_uses": 2, "parent": "none"}),
     )
     .await;
-    let l = connect_http(&server.url(), limited["token"].as_str().unwrap()).await;
+    let l = connect(path, &server.url(), limited["token"].as_str().unwrap()).await;
     for _ in 0..2 {
         let (is_error, _) = call(&l, "test__read_note", json!({})).await;
         assert!(!is_error);
@@ -582,17 +591,19 @@ async fn slow_call_reports_progress_then_answers(server: &Server, tool: &str, to
     );
 }
 
+/// Live calls on rmcp's path (rmcp's client): progress under the client's token, the client's
+/// cancellation, list changes reaching other sessions; then the calls every path must end
+/// the same way ([`calls_end_as_they_should`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() {
     let setup = Setup::new();
     let servers = json!({
-        "fs": npm_entry("server-filesystem", &[&setup.files()], json!({})),
         "test": fixture_entry(&setup.path("test.log"), json!({})),
         "quick": fixture_entry(&setup.path("quick.log"), json!({"timeoutSeconds": 1})),
     });
     let mut server = start(&setup, servers);
     let admin = connect_http(&server.url(), server.admin()).await;
-    wait_for(&admin, &["fs", "test", "quick"], "connected").await;
+    wait_for(&admin, &["test", "quick"], "connected").await;
     // A second session that records the notifications it is sent.
     let recorder = Recorder::default();
     let config = StreamableHttpClientTransportConfig::with_uri(server.url())
@@ -605,27 +616,6 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
 
     // Progress reaches the client under its own token.
     slow_call_reports_progress_then_answers(&server, "test__slow", "client-token-42").await;
-
-    // Timeout: answered with upstream_timeout, and the upstream call is cancelled.
-    let started = Instant::now();
-    let message = err(
-        &admin,
-        "quick__slow",
-        json!({"seconds": 5}),
-        "upstream_timeout",
-    )
-    .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(message.contains("quick__slow"), "{message}");
-    eventually(
-        || setup.log("quick.log").contains("cancelled slow"),
-        "timed-out call cancelled upstream",
-    )
-    .await;
 
     // Client cancellation reaches the upstream call.
     let mut params = CallToolRequestParams::new("test__slow");
@@ -644,79 +634,6 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         "client cancel forwarded",
     )
     .await;
-
-    // A token paused mid-call: cancelled upstream and answered within a second.
-    let worker = ok(
-        &admin,
-        "create_token",
-        json!({"name": "worker", "buckets": ["test"], "parent": "none"}),
-    )
-    .await;
-    let w = connect_http(&server.url(), worker["token"].as_str().unwrap()).await;
-    let before = setup.log("test.log").matches("cancelled slow").count();
-    let running = tokio::spawn(async move {
-        let outcome = call(&w, "test__slow", json!({"seconds": 20})).await;
-        (outcome, Instant::now())
-    });
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    ok(&admin, "pause_token", json!({"id": worker["id"]})).await;
-    let paused_at = Instant::now();
-    let ((is_error, value), answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("the paused call was answered")
-        .unwrap();
-    assert!(is_error, "{value}");
-    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
-    assert!(
-        value["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("paused"),
-        "{value}"
-    );
-    assert!(
-        answered_at.duration_since(paused_at) < Duration::from_millis(1000),
-        "answered {:?} after the pause",
-        answered_at.duration_since(paused_at)
-    );
-    eventually(
-        || setup.log("test.log").matches("cancelled slow").count() > before,
-        "paused call cancelled upstream",
-    )
-    .await;
-
-    // A call belongs to the secret that made it: rotating that secret out (grace 0) ends the
-    // call within a second, though the token itself stays active.
-    let rotor = ok(
-        &admin,
-        "create_token",
-        json!({"name": "rotor", "buckets": ["test"], "parent": "none"}),
-    )
-    .await;
-    let r = connect_http(&server.url(), rotor["token"].as_str().unwrap()).await;
-    let running = tokio::spawn(async move {
-        let outcome = call(&r, "test__slow", json!({"seconds": 20})).await;
-        (outcome, Instant::now())
-    });
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    ok(
-        &admin,
-        "rotate_token",
-        json!({"id": rotor["id"], "grace_seconds": 0}),
-    )
-    .await;
-    let rotated_at = Instant::now();
-    let ((is_error, value), answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("the call of a rotated-out secret was answered")
-        .unwrap();
-    assert!(is_error, "{value}");
-    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
-    assert!(
-        answered_at.duration_since(rotated_at) < Duration::from_millis(1000),
-        "answered {:?} after the rotation",
-        answered_at.duration_since(rotated_at)
-    );
 
     // Tool list changes reach connected clients.
     let seen = recorder.list_changed.load(Ordering::SeqCst);
@@ -738,12 +655,150 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         .collect();
     assert!(names.contains(&"test__extra_1".to_owned()), "{names:?}");
     watcher.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+
+    calls_end_as_they_should(Via::Rmcp, &setup, &server).await;
+    server.stop();
+    let secret_lines = server.stderr().matches(server.admin()).count();
+    assert_eq!(
+        secret_lines, 1,
+        "a secret reached the log beyond the first-start banner"
+    );
+}
+
+/// The same live calls in plain requests, as the official SDKs send them: the express lane
+/// answers them on the request's own task, and must end them as rmcp's path does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_calls_timeout_pause_rotation_and_crash_in_the_lane() {
+    let setup = Setup::new();
+    let servers = json!({
+        "test": fixture_entry(&setup.path("test.log"), json!({})),
+        "quick": fixture_entry(&setup.path("quick.log"), json!({"timeoutSeconds": 1})),
+    });
+    let mut server = start(&setup, servers);
+    let admin = connect(Via::Lane, &server.url(), server.admin()).await;
+    wait_for(&admin, &["test", "quick"], "connected").await;
+    calls_end_as_they_should(Via::Lane, &setup, &server).await;
+    server.stop();
+    let secret_lines = server.stderr().matches(server.admin()).count();
+    assert_eq!(
+        secret_lines, 1,
+        "a secret reached the log beyond the first-start banner"
+    );
+}
+
+/// Starts `test__slow` (20 s) as a new token of bucket `test` through `path`, waits until the
+/// upstream runs it, does `end` with the token's id, and returns the call's outcome and how
+/// long after `end` it came; checks that the upstream call was cancelled.
+async fn slow_call_ended_by<F: std::future::Future<Output = ()>>(
+    what: &str,
+    path: Via,
+    setup: &Setup,
+    server: &Server,
+    admin: &impl Tools,
+    end: impl FnOnce(Value) -> F,
+) -> ((bool, Value), Duration) {
+    let issued = ok(
+        admin,
+        "create_token",
+        json!({"name": "worker", "buckets": ["test"], "parent": "none"}),
+    )
+    .await;
+    let client = connect(path, &server.url(), issued["token"].as_str().unwrap()).await;
+    let before = setup.log("test.log").matches("cancelled slow").count();
+    let calls = setup.log("test.log").matches("call slow").count();
+    let running = tokio::spawn(async move {
+        let outcome = call(&client, "test__slow", json!({"seconds": 20})).await;
+        (outcome, Instant::now())
+    });
+    eventually(
+        || setup.log("test.log").matches("call slow").count() > calls,
+        "the slow call reached the upstream",
+    )
+    .await;
+    end(issued["id"].clone()).await;
+    let ended_at = Instant::now();
+    let (outcome, answered_at) = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap_or_else(|_| panic!("{path:?}: the call {what} was not answered within 5 s"))
+        .unwrap();
+    eventually(
+        || setup.log("test.log").matches("cancelled slow").count() > before,
+        &format!("{path:?}: the call {what} was cancelled upstream"),
+    )
+    .await;
+    (outcome, answered_at.duration_since(ended_at))
+}
+
+/// Live calls through `path` (the server has the test upstreams `test` and `quick`, whose
+/// timeout is 1 s): a timeout, a token paused mid-call and a secret rotated out mid-call
+/// (each answered within a second and cancelled upstream), an upstream's own error result,
+/// an upstream killed mid-call.
+async fn calls_end_as_they_should(path: Via, setup: &Setup, server: &Server) {
+    let admin = connect(path, &server.url(), server.admin()).await;
+    // Timeout: answered with upstream_timeout, and the upstream call is cancelled.
+    let started = Instant::now();
+    let message = err(
+        &admin,
+        "quick__slow",
+        json!({"seconds": 5}),
+        "upstream_timeout",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(message.contains("quick__slow"), "{message}");
+    eventually(
+        || setup.log("quick.log").contains("cancelled slow"),
+        "timed-out call cancelled upstream",
+    )
+    .await;
+
+    // A token paused mid-call: cancelled upstream and answered within a second.
+    let ((is_error, value), after) =
+        slow_call_ended_by("paused", path, setup, server, &admin, |id| {
+            let admin = &admin;
+            async move {
+                ok(admin, "pause_token", json!({"id": id})).await;
+            }
+        })
+        .await;
+    assert!(is_error, "{value}");
+    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("paused"),
+        "{value}"
+    );
+    assert!(
+        after < Duration::from_millis(1000),
+        "answered {after:?} after the pause"
+    );
+
+    // A call belongs to the secret that made it: rotating that secret out (grace 0) ends the
+    // call within a second, though the token itself stays active.
+    let ((is_error, value), after) =
+        slow_call_ended_by("rotated out", path, setup, server, &admin, |id| {
+            let admin = &admin;
+            async move {
+                ok(admin, "rotate_token", json!({"id": id, "grace_seconds": 0})).await;
+            }
+        })
+        .await;
+    assert!(is_error, "{value}");
+    assert_eq!(value["error"]["code"], json!("forbidden"), "{value}");
+    assert!(
+        after < Duration::from_millis(1000),
+        "answered {after:?} after the rotation"
+    );
 
     // An upstream's own error result passes through unchanged.
-    let failed = admin
-        .call_tool(CallToolRequestParams::new("test__fail"))
-        .await
-        .unwrap();
+    let failed = try_call(&admin, "test__fail", Value::Null).await.unwrap();
     assert_eq!(failed.is_error, Some(true));
     assert_eq!(
         failed.structured_content,
@@ -757,10 +812,10 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         json!("upstream_unavailable"),
         "{crashed:?}"
     );
-    let listed = try_call(&admin, "fs__list_directory", json!({"path": setup.files()}))
+    let note = try_call(&admin, "quick__read_note", json!({}))
         .await
         .unwrap();
-    assert!(text_of(&listed).contains("a.txt"));
+    assert_ne!(note.is_error, Some(true), "{note:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (is_error, value) = call(&admin, "test__read_note", json!({})).await;
@@ -775,13 +830,7 @@ async fn live_calls_progress_cancel_timeout_revocation_crash_and_list_changes() 
         assert!(Instant::now() < deadline, "test upstream did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    admin.cancel().await.unwrap();
-    server.stop();
-    let secret_lines = server.stderr().matches(server.admin()).count();
-    assert_eq!(
-        secret_lines, 1,
-        "a secret reached the log beyond the first-start banner"
-    );
+    admin.close().await;
 }
 
 async fn eventually(check: impl Fn() -> bool, what: &str) {
@@ -1079,6 +1128,71 @@ fn upstreams_command_lists_exposed_tools_and_fails_on_an_unavailable_one() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gone"), "{stderr}");
+}
+
+/// An upstream tool without a `readOnlyHint` (here without any annotation) is not read-only:
+/// `tokenwarden upstreams` shows it so, and a read-only token is refused it on both paths
+/// without the call reaching the upstream, while a token that may write calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unannotated_upstream_tool_is_not_read_only() {
+    let setup = Setup::new();
+    let mut entry = fixture_entry(&setup.path("t.log"), json!({}));
+    entry["env"]["FIXTURE_UNANNOTATED"] = json!("1");
+    let servers = json!({"test": entry});
+    let file = setup.write_upstreams(servers.clone());
+    let (out, lines) = upstreams_json(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tools = &lines[0]["tools"];
+    let flag = |name: &str| {
+        tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == json!(name))
+            .map(|t| t["read_only"].clone())
+    };
+    assert_eq!(flag("test__unannotated"), Some(json!(false)), "{tools}");
+    assert_eq!(flag("test__read_note"), Some(json!(true)), "{tools}");
+
+    let server = start(&setup, servers);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_for(&admin, &["test"], "connected").await;
+    let reader = ok(
+        &admin,
+        "create_token",
+        json!({"name": "reader", "buckets": ["test"], "read_only": true, "parent": "none"}),
+    )
+    .await;
+    let secret = reader["token"].as_str().unwrap();
+    let verdict = ok(
+        &admin,
+        "verify_token",
+        json!({"token": secret, "tool": "test__unannotated"}),
+    )
+    .await;
+    assert_eq!(verdict["allowed"], json!(false), "{verdict}");
+    for path in [Via::Rmcp, Via::Lane] {
+        let r = connect(path, &server.url(), secret).await;
+        let names = tool_names(&r).await;
+        assert!(names.contains(&"test__read_note".to_owned()), "{names:?}");
+        assert!(
+            !names.contains(&"test__unannotated".to_owned()),
+            "{names:?}"
+        );
+        let message = err(&r, "test__unannotated", json!({}), "forbidden").await;
+        assert!(message.contains("read-only"), "{path:?}: {message}");
+        ok(&r, "test__read_note", json!({})).await;
+    }
+    assert!(
+        !setup.log("t.log").contains("call unannotated"),
+        "a refused call reached the upstream"
+    );
+    ok(&admin, "test__unannotated", json!({})).await;
+    assert!(setup.log("t.log").contains("call unannotated"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1745,6 +1859,56 @@ async fn a_plain_call_is_cancelled_by_the_clients_notification() {
     assert!(
         !body.contains("\"result\"") && !body.contains("\"error\""),
         "{body}"
+    );
+    eventually(
+        || setup.log("test.log").contains("cancelled slow"),
+        "the upstream call was cancelled",
+    )
+    .await;
+    // The cancelled call's id is free again: the lane answers a new call with it.
+    let again = r#"{"jsonrpc":"2.0","id":"slow-1","method":"tools/call","params":{"name":"test__read_note","arguments":{}}}"#;
+    let reply = conn.post(again, &headers).await;
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 200);
+    assert!(
+        body.starts_with("data: {") && !body.contains("\nid:"),
+        "not the lane's reply (the call's id is still taken): {body}"
+    );
+    assert!(body.contains(r#""id":"slow-1","result""#), "{body}");
+}
+
+/// `DELETE /mcp` of a session ends the calls the express lane runs for it: the running call's
+/// reply ends at once without a response, and the upstream call is cancelled (rmcp's own
+/// session teardown knows nothing of the lane's calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_session_cancels_its_running_lane_call() {
+    use common::PlainClient;
+    let setup = Setup::new();
+    let servers = json!({"test": fixture_entry(&setup.path("test.log"), json!({}))});
+    let server = start(&setup, servers);
+    let plain = PlainClient::connect(&server.addr, server.admin()).await;
+    wait_for(&plain, &["test"], "connected").await;
+
+    let mut conn = plain.open_conn().await;
+    let id = plain.next_id();
+    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "test__slow", "arguments": {"seconds": 20}}});
+    conn.send(&call.to_string(), plain.headers()).await;
+    eventually(
+        || setup.log("test.log").contains("call slow"),
+        "the call reached the upstream",
+    )
+    .await;
+    let mut other = plain.open_conn().await;
+    let delete = other.delete_request(plain.headers());
+    other.send_raw(delete.as_bytes()).await;
+    assert_eq!(other.read_reply().await.status, 204);
+    let reply = tokio::time::timeout(Duration::from_secs(5), conn.read_reply())
+        .await
+        .expect("the call of the deleted session was answered at once");
+    assert_eq!(
+        common::plain::answer_of(&reply, id),
+        Err("no response".to_owned())
     );
     eventually(
         || setup.log("test.log").contains("cancelled slow"),

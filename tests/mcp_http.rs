@@ -1,5 +1,7 @@
 //! The MCP server over streamable HTTP, driven by rmcp's client and by raw HTTP requests,
-//! against the real binary and a sled database in a temporary directory.
+//! against the real binary and a sled database in a temporary directory. The flows that decide
+//! a request run through both paths a request takes ([`Via`]): rmcp's client (rmcp's session
+//! machinery answers it) and plain requests as the official SDKs send them (the express lane).
 
 mod common;
 
@@ -27,7 +29,7 @@ const ALL_TOOLS: [&str; 15] = [
     "whoami",
 ];
 
-async fn create(admin: &Client, args: Value) -> (String, String) {
+async fn create(admin: &impl Tools, args: Value) -> (String, String) {
     let issued = ok(admin, "create_token", args).await;
     (
         issued["id"].as_str().unwrap().to_owned(),
@@ -500,15 +502,16 @@ async fn a_session_stays_bound_to_its_token() {
 }
 
 /// Revoking a token from a third session makes the next request of both its sessions fail at
-/// once, with 401: no cache serves a stale "allowed".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_bites_on_the_next_request_of_every_session() {
+/// once, with 401: no cache serves a stale "allowed". Pausing bites the same way, and so does
+/// a token's expiry reached while its session is open.
+async fn revocation_pausing_and_expiry_bite_on_the_next_request(path: Via) {
     let dir = TempDir::new().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let admin = connect_http(&server.url(), server.admin()).await;
+    let url = server.url();
+    let admin = connect(path, &url, server.admin()).await;
     let (id, secret) = create(&admin, json!({"name": "shared", "parent": "none"})).await;
-    let first = connect_http(&server.url(), &secret).await;
-    let second = connect_http(&server.url(), &secret).await;
+    let first = connect(path, &url, &secret).await;
+    let second = connect(path, &url, &secret).await;
     ok(&first, "whoami", json!({})).await;
     ok(&second, "whoami", json!({})).await;
 
@@ -516,27 +519,62 @@ async fn revocation_bites_on_the_next_request_of_every_session() {
     for session in [&first, &second] {
         let outcome = try_call(session, "whoami", json!({})).await;
         let message = outcome.expect_err("a revoked token's session must be refused");
-        // rmcp's client reports an HTTP 401 as "Auth required".
-        assert!(message.contains("Auth required"), "{message}");
+        assert!(is_unauthorized(&message), "{message}");
     }
-    assert_eq!(status_of(&server.url(), &secret).await.0, 401);
+    assert_eq!(status_of(&url, &secret).await.0, 401);
 
     // Pausing bites the same way, and resuming restores access.
     let (id, secret) = create(&admin, json!({"name": "pausable", "parent": "none"})).await;
-    let session = connect_http(&server.url(), &secret).await;
+    let session = connect(path, &url, &secret).await;
+    ok(&session, "whoami", json!({})).await;
     ok(&admin, "pause_token", json!({"id": id})).await;
     let message = try_call(&session, "whoami", json!({}))
         .await
         .expect_err("a paused token's session must be refused");
-    assert!(message.contains("Auth required"), "{message}");
-    let (status, challenge, _) = status_of(&server.url(), &secret).await;
+    assert!(is_unauthorized(&message), "{message}");
+    let (status, challenge, _) = status_of(&url, &secret).await;
     assert_eq!(status, 401);
     assert!(
         challenge.contains(&format!("token {id} is paused\"")),
         "{challenge}"
     );
     ok(&admin, "resume_token", json!({"id": id})).await;
-    assert_eq!(status_of(&server.url(), &secret).await.0, 200);
+    assert_eq!(status_of(&url, &secret).await.0, 200);
+    ok(&session, "whoami", json!({})).await;
+
+    // Expiry reached while the session is open and its admission remembered: the next
+    // request after it is refused.
+    let (id, secret) = create(
+        &admin,
+        json!({"name": "brief", "parent": "none", "ttl_seconds": 2}),
+    )
+    .await;
+    let session = connect(path, &url, &secret).await;
+    ok(&session, "whoami", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        match try_call(&session, "whoami", json!({})).await {
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "{id} never expired");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(message) => break message,
+        }
+    };
+    assert!(is_unauthorized(&message), "{message}");
+    let (status, challenge, _) = status_of(&url, &secret).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("has expired"), "{challenge}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_bites_on_the_next_request_of_every_session() {
+    revocation_pausing_and_expiry_bite_on_the_next_request(Via::Rmcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_bites_on_the_next_request_of_every_session_in_the_lane() {
+    revocation_pausing_and_expiry_bite_on_the_next_request(Via::Lane).await;
 }
 
 /// An open response stream (SSE) of a token that is revoked closes within a second.
@@ -599,9 +637,19 @@ async fn open_streams_close_when_their_token_is_revoked() {
 /// escalate, and revoking the orchestrator cuts the child off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_mints_uses_and_loses_a_child_token() {
+    agent_flow(Via::Rmcp).await;
+}
+
+/// The same flow in plain requests, as the official SDKs send them: the express lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_mints_uses_and_loses_a_child_token_in_the_lane() {
+    agent_flow(Via::Lane).await;
+}
+
+async fn agent_flow(path: Via) {
     let dir = TempDir::new().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let admin = connect_http(&server.url(), server.admin()).await;
+    let admin = connect(path, &server.url(), server.admin()).await;
     let (orchestrator_id, orchestrator_secret) = create(
         &admin,
         json!({
@@ -613,7 +661,7 @@ async fn agent_mints_uses_and_loses_a_child_token() {
         }),
     )
     .await;
-    let orchestrator = connect_http(&server.url(), &orchestrator_secret).await;
+    let orchestrator = connect(path, &server.url(), &orchestrator_secret).await;
     assert_eq!(
         tool_names(&orchestrator).await,
         ["create_token", "list_tokens", "revoke_token", "whoami"]
@@ -629,7 +677,7 @@ async fn agent_mints_uses_and_loses_a_child_token() {
     assert_eq!(child["depth"], 1);
     assert_eq!(child["created_by"], json!(orchestrator_id));
     let child_secret = child["token"].as_str().unwrap();
-    let sub_agent = connect_http(&server.url(), child_secret).await;
+    let sub_agent = connect(path, &server.url(), child_secret).await;
     assert_eq!(tool_names(&sub_agent).await, ["whoami"]);
     assert_eq!(
         ok(&sub_agent, "whoami", json!({})).await["buckets"],
@@ -686,7 +734,7 @@ async fn agent_mints_uses_and_loses_a_child_token() {
     let message = try_call(&sub_agent, "whoami", json!({}))
         .await
         .expect_err("the child's session must be refused");
-    assert!(message.contains("Auth required"), "{message}");
+    assert!(is_unauthorized(&message), "{message}");
     let (status, challenge, _) = status_of(&server.url(), child_secret).await;
     assert_eq!(status, 401);
     assert!(challenge.contains("is revoked"), "{challenge}");
@@ -720,7 +768,7 @@ async fn within_one_minute(margin: u64) {
 
 /// `get_token` of `id` by the admin, polled until `field` reads `expected` (use counts are
 /// written behind, and may lag) or a generous deadline passes; returns the last record.
-async fn poll_until(admin: &Client, id: &str, field: &str, expected: Value) -> Value {
+async fn poll_until(admin: &impl Tools, id: &str, field: &str, expected: Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let record = ok(admin, "get_token", json!({"id": id})).await;
@@ -737,10 +785,19 @@ async fn poll_until(admin: &Client, id: &str, field: &str, expected: Value) -> V
 /// admitted calls only (ARCHITECTURE invariant 8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_call_counts_uses_and_rate_limits_over_http() {
+    uses_and_rate_limits(Via::Rmcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_call_counts_uses_and_rate_limits_in_the_lane() {
+    uses_and_rate_limits(Via::Lane).await;
+}
+
+async fn uses_and_rate_limits(path: Via) {
     let dir = TempDir::new().unwrap();
     let server = Server::start(dir.path(), &[]);
     let url = server.url();
-    let admin = connect_http(&url, server.admin()).await;
+    let admin = connect(path, &url, server.admin()).await;
 
     // max_uses: exactly that many calls, each reporting what is left, then limit_exceeded.
     let (id, secret) = create(
@@ -748,7 +805,7 @@ async fn tools_call_counts_uses_and_rate_limits_over_http() {
         json!({"name": "three", "parent": "none", "max_uses": 3}),
     )
     .await;
-    let agent = connect_http(&url, &secret).await;
+    let agent = connect(path, &url, &secret).await;
     for left in [2, 1, 0] {
         let me = ok(&agent, "whoami", json!({})).await;
         assert_eq!(me["remaining_uses"], left, "{me}");
@@ -778,14 +835,14 @@ async fn tools_call_counts_uses_and_rate_limits_over_http() {
         json!({"name": "child", "parent": parent_id, "max_uses": 4}),
     )
     .await;
-    let child = connect_http(&url, &child_secret).await;
+    let child = connect(path, &url, &child_secret).await;
     for left in [3, 2] {
         assert_eq!(
             ok(&child, "whoami", json!({})).await["remaining_uses"],
             left
         );
     }
-    let parent = connect_http(&url, &parent_secret).await;
+    let parent = connect(path, &url, &parent_secret).await;
     for left in [1, 0] {
         assert_eq!(
             ok(&parent, "whoami", json!({})).await["remaining_uses"],
@@ -812,7 +869,7 @@ async fn tools_call_counts_uses_and_rate_limits_over_http() {
         json!({"name": "rated", "parent": "none", "rate_limit_per_minute": 2}),
     )
     .await;
-    let rated = connect_http(&url, &rated_secret).await;
+    let rated = connect(path, &url, &rated_secret).await;
     within_one_minute(10).await;
     ok(&rated, "whoami", json!({})).await;
     ok(&rated, "list_tokens", json!({})).await;
@@ -829,13 +886,13 @@ async fn tools_call_counts_uses_and_rate_limits_over_http() {
 
     // A token without limits counts its uses as well.
     let (free_id, free_secret) = create(&admin, json!({"name": "free", "parent": "none"})).await;
-    let free = connect_http(&url, &free_secret).await;
+    let free = connect(path, &url, &free_secret).await;
     for _ in 0..5 {
         ok(&free, "whoami", json!({})).await;
     }
     let record = poll_until(&admin, &free_id, "use_count", json!(5)).await;
     assert_eq!(record["use_count"], 5, "{record}");
     for client in [agent, child, parent, rated, free, admin] {
-        client.cancel().await.unwrap();
+        client.close().await;
     }
 }

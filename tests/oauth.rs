@@ -836,6 +836,15 @@ async fn bad_token_requests_are_refused_and_mint_nothing() {
             vec![("redirect_uri", "http://127.0.0.1:9/other".into())],
             "invalid_grant",
         ),
+        // The registered URI extended (a prefix match would take these): exact match only.
+        (
+            vec![("redirect_uri", format!("{REDIRECT}/extra"))],
+            "invalid_grant",
+        ),
+        (
+            vec![("redirect_uri", format!("{REDIRECT}?extra=1"))],
+            "invalid_grant",
+        ),
         (
             vec![("resource", "https://other.example/mcp".into())],
             "invalid_target",

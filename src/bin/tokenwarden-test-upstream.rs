@@ -13,6 +13,9 @@
 //! - `flood_progress`: sends `count` progress notifications as fast as it can, then answers;
 //! - `big`: answers with a text of `bytes` bytes.
 //!
+//! With `$FIXTURE_UNANNOTATED` set, one more: `unannotated`, a tool without annotations (no
+//! `readOnlyHint`), which a read-only token must not be able to call.
+//!
 //! `--noisy-stderr` first writes invalid UTF-8 and a 100 KB line without newline to stderr.
 //!
 //! With `$FIXTURE_LOG` set, appends one line per event (`call NAME`, `id ID` (the call's
@@ -115,6 +118,13 @@ impl Fixture {
                 )
                 .with_annotations(ro()),
             );
+        }
+        if std::env::var_os("FIXTURE_UNANNOTATED").is_some() {
+            tools.push(Tool::new(
+                "unannotated",
+                "A tool that says nothing about its effects.",
+                schema(json!({})),
+            ));
         }
         for n in 1..=*self.extra.lock().unwrap() {
             tools.push(

@@ -587,6 +587,76 @@ mod tests {
         assert!(body.is_empty());
     }
 
+    /// The table of sessions rmcp has seen is bounded: when full, a new session sweeps out
+    /// the entries older than [`RMCP_SEEN_WITHIN`] (at most once a second) and is remembered
+    /// only if that made room; a table full of fresh sessions remembers no more.
+    #[tokio::test]
+    async fn the_table_of_seen_sessions_is_bounded_and_swept_at_most_once_a_second() {
+        let lane = lane_in_front_of_a_stub().await;
+        let express = &lane.express;
+        let now = Instant::now();
+        let stale = now
+            .checked_sub(RMCP_SEEN_WITHIN + Duration::from_secs(1))
+            .unwrap();
+        let fill = |prefix: &str, count: usize, at: Instant| {
+            let mut guard = lock(&express.seen);
+            for n in 0..count {
+                guard.0.insert(Arc::from(format!("{prefix}-{n}")), at);
+            }
+        };
+        let len = || lock(&express.seen).0.len();
+        fill("stale", SEEN_CAPACITY - 1, stale);
+        fill("fresh", 1, now);
+        assert_eq!(len(), SEEN_CAPACITY);
+        // Full: the sweep drops the stale entries, keeps the fresh one, and makes room.
+        express.rmcp_sees("new-1");
+        assert!(express.seen_recently("new-1"));
+        assert!(express.seen_recently("fresh-0"));
+        assert_eq!(len(), 2);
+        // Full again within the second: no sweep, the new session is not remembered.
+        fill("stale-again", SEEN_CAPACITY - 2, stale);
+        lock(&express.seen).1 = Some(Instant::now());
+        express.rmcp_sees("new-2");
+        assert!(!express.seen_recently("new-2"));
+        assert_eq!(len(), SEEN_CAPACITY);
+        // A second later, a table full of fresh sessions: swept, but nothing to drop.
+        {
+            let mut guard = lock(&express.seen);
+            guard.0.clear();
+            guard.1 = now.checked_sub(Duration::from_secs(2));
+        }
+        fill("fresh", SEEN_CAPACITY, Instant::now());
+        express.rmcp_sees("new-3");
+        assert!(!express.seen_recently("new-3"));
+        assert_eq!(len(), SEEN_CAPACITY);
+        // A session already remembered is only refreshed.
+        express.rmcp_sees("fresh-7");
+        assert_eq!(len(), SEEN_CAPACITY);
+    }
+
+    /// A forwarded call's open reply carries a keep-alive comment every 15 s until its
+    /// answer (time paused: the 40 s call takes no time).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_forwarded_call_sends_a_keep_alive_comment_every_fifteen_seconds() {
+        let slow: Call = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            Some(b"data: slow\n\n".to_vec())
+        });
+        let mut stream = forwarded(slow).await.into_body().into_data_stream();
+        let mut chunks = Vec::new();
+        while chunks.len() < 6 {
+            let next = std::future::poll_fn(|cx| {
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+            })
+            .await;
+            match next {
+                Some(Ok(bytes)) => chunks.push(String::from_utf8(bytes.to_vec()).unwrap()),
+                _ => break,
+            }
+        }
+        assert_eq!(chunks, [":\n\n", ":\n\n", "data: slow\n\n"]);
+    }
+
     const WHOAMI: &str = r#"{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
 
     /// The lane answers a plain request of a live session only once rmcp has seen the
@@ -617,9 +687,22 @@ mod tests {
 
         // Unusual headers: rmcp's.
         type Edit = fn(&mut HeaderMap);
-        let edits: [Edit; 6] = [
+        let edits: [Edit; 8] = [
             |h| {
                 h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            },
+            // Quality values and quoted parameters are rmcp's to weigh.
+            |h| {
+                h.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static("application/json, text/event-stream;q=0"),
+                );
+            },
+            |h| {
+                h.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static(r#"application/json;x="y", text/event-stream"#),
+                );
             },
             |h| {
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -1,5 +1,8 @@
 //! Test harness: runs the real `tokenwarden` binary against a sled database in a temporary
-//! directory, and connects real MCP clients (rmcp's) over stdio and streamable HTTP.
+//! directory, and connects real MCP clients over stdio and streamable HTTP: rmcp's (whose
+//! requests all carry `_meta.progressToken`, so rmcp's own session machinery answers them) and
+//! a plain-request client (`plain.rs`, requests as the official SDKs send them, which the
+//! server's express lane answers). [`Via`] and [`connect`] run one scenario through either.
 
 #![allow(dead_code)]
 
@@ -20,7 +23,10 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 
 pub mod installs;
+pub mod plain;
 pub mod raw_http;
+
+pub use plain::PlainClient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
 
@@ -202,8 +208,153 @@ pub async fn connect_stdio(data_dir: &Path, token: Option<&str>) -> Client {
         .expect("MCP client connects over stdio")
 }
 
+/// The two ways a request over HTTP is answered: rmcp's client (every request carries
+/// `_meta.progressToken`, so rmcp's session machinery answers it) and plain requests as the
+/// official SDKs send them (the express lane answers them, `src/http/express.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Rmcp,
+    Lane,
+}
+
+/// A client of either [`Via`].
+pub enum McpClient {
+    Rmcp(Client),
+    Lane(PlainClient),
+}
+
+/// A session over HTTP as `token` (`url` is the server's `/mcp`) through `path`.
+pub async fn connect(path: Via, url: &str, token: &str) -> McpClient {
+    match path {
+        Via::Rmcp => McpClient::Rmcp(connect_http(url, token).await),
+        Via::Lane => McpClient::Lane(PlainClient::connect(&addr_of(url), token).await),
+    }
+}
+
+/// `host:port` of a server's `http://host:port/mcp`.
+pub fn addr_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned()
+}
+
+/// Whether a failed request's error says the server answered 401 (rmcp's client says
+/// "Auth required"; the plain client names the status).
+pub fn is_unauthorized(message: &str) -> bool {
+    message.contains("Auth required") || message.starts_with("HTTP 401")
+}
+
+impl McpClient {
+    pub fn path(&self) -> Via {
+        match self {
+            McpClient::Rmcp(_) => Via::Rmcp,
+            McpClient::Lane(_) => Via::Lane,
+        }
+    }
+
+    /// Ends the session (rmcp's client cancels its service; the plain client sends nothing).
+    pub async fn close(self) {
+        if let McpClient::Rmcp(client) = self {
+            client.cancel().await.unwrap();
+        }
+    }
+}
+
+/// What the tests need of a client: `tools/call` and the whole `tools/list`.
+#[allow(async_fn_in_trait)]
+pub trait Tools {
+    async fn call_tool_params(
+        &self,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, String>;
+    async fn all_tools(&self) -> Result<Vec<rmcp::model::Tool>, String>;
+}
+
+impl<T: Tools> Tools for &T {
+    async fn call_tool_params(
+        &self,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, String> {
+        (**self).call_tool_params(tool, arguments).await
+    }
+
+    async fn all_tools(&self) -> Result<Vec<rmcp::model::Tool>, String> {
+        (**self).all_tools().await
+    }
+}
+
+impl<S: rmcp::Service<RoleClient>> Tools for RunningService<RoleClient, S> {
+    async fn call_tool_params(
+        &self,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, String> {
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        params.arguments = arguments;
+        self.call_tool(params).await.map_err(|e| e.to_string())
+    }
+
+    async fn all_tools(&self) -> Result<Vec<rmcp::model::Tool>, String> {
+        self.list_all_tools().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Tools for PlainClient {
+    async fn call_tool_params(
+        &self,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, String> {
+        let mut params = json!({"name": tool});
+        if let Some(arguments) = arguments {
+            params["arguments"] = Value::Object(arguments);
+        }
+        let result = self.request("tools/call", Some(params)).await?;
+        serde_json::from_value(result.clone())
+            .map_err(|e| format!("not a tools/call result ({e}): {result}"))
+    }
+
+    async fn all_tools(&self) -> Result<Vec<rmcp::model::Tool>, String> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let params = cursor.take().map(|c| json!({"cursor": c}));
+            let page: rmcp::model::ListToolsResult =
+                serde_json::from_value(self.request("tools/list", params).await?)
+                    .map_err(|e| e.to_string())?;
+            tools.extend(page.tools);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(tools),
+            }
+        }
+    }
+}
+
+impl Tools for McpClient {
+    async fn call_tool_params(
+        &self,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, String> {
+        match self {
+            McpClient::Rmcp(c) => c.call_tool_params(tool, arguments).await,
+            McpClient::Lane(c) => c.call_tool_params(tool, arguments).await,
+        }
+    }
+
+    async fn all_tools(&self) -> Result<Vec<rmcp::model::Tool>, String> {
+        match self {
+            McpClient::Rmcp(c) => c.all_tools().await,
+            McpClient::Lane(c) => c.all_tools().await,
+        }
+    }
+}
+
 /// Calls a tool and returns (is_error, structured content).
-pub async fn call(client: &Client, tool: &str, args: Value) -> (bool, Value) {
+pub async fn call(client: &impl Tools, tool: &str, args: Value) -> (bool, Value) {
     let result = try_call(client, tool, args)
         .await
         .expect("tools/call succeeds at the protocol level");
@@ -213,26 +364,28 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> (bool, Value) {
     )
 }
 
-pub async fn try_call(client: &Client, tool: &str, args: Value) -> Result<CallToolResult, String> {
+pub async fn try_call(
+    client: &impl Tools,
+    tool: &str,
+    args: Value,
+) -> Result<CallToolResult, String> {
     let arguments: Option<Map<String, Value>> = match args {
         Value::Object(map) => Some(map),
         Value::Null => None,
         other => panic!("arguments must be an object, got {other}"),
     };
-    let mut params = CallToolRequestParams::new(tool.to_owned());
-    params.arguments = arguments;
-    client.call_tool(params).await.map_err(|e| e.to_string())
+    client.call_tool_params(tool, arguments).await
 }
 
 /// Calls a tool that must succeed and returns its structured result.
-pub async fn ok(client: &Client, tool: &str, args: Value) -> Value {
+pub async fn ok(client: &impl Tools, tool: &str, args: Value) -> Value {
     let (is_error, value) = call(client, tool, args.clone()).await;
     assert!(!is_error, "{tool}({args}) failed: {value}");
     value
 }
 
 /// Calls a tool that must fail with `code`, and returns the error message.
-pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> String {
+pub async fn err(client: &impl Tools, tool: &str, args: Value, code: &str) -> String {
     let (is_error, value) = call(client, tool, args.clone()).await;
     assert!(
         is_error,
@@ -249,9 +402,9 @@ pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> String
         .to_owned()
 }
 
-pub async fn tool_names(client: &Client) -> Vec<String> {
+pub async fn tool_names(client: &impl Tools) -> Vec<String> {
     let mut names: Vec<String> = client
-        .list_all_tools()
+        .all_tools()
         .await
         .expect("tools/list")
         .into_iter()

@@ -65,6 +65,15 @@ impl Conn {
         )
     }
 
+    /// A `DELETE /mcp` with this connection's bearer and `extra_headers` (each ending in
+    /// CRLF), as bytes to send.
+    pub fn delete_request(&self, extra_headers: &str) -> String {
+        format!(
+            "DELETE /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-length: 0\r\n{}\r\n",
+            self.host, self.auth, extra_headers
+        )
+    }
+
     /// Sends a POST without waiting for its reply (read it with [`Conn::read_reply`]).
     pub async fn send(&mut self, body: &str, extra_headers: &str) {
         let request = self.request(body, extra_headers);
