@@ -1510,9 +1510,10 @@ mod group_commit_tests {
         };
         wait_for_tickets(&flusher, 2);
         release.send(()).unwrap();
-        let (_, durable, outcome) = first.join().unwrap();
+        // The first writer hears of its failure. (Whether its change reads as durable by the
+        // time it looks depends on how soon the second writer's flush runs: not asserted.)
+        let (_, _, outcome) = first.join().unwrap();
         assert_eq!(outcome, Err("disk full".to_owned()));
-        assert!(!durable);
         let (_, durable, outcome) = second.join().unwrap();
         assert_eq!(outcome, Ok(()));
         assert!(
