@@ -406,6 +406,7 @@ async fn a_progress_flood_costs_neither_memory_nor_other_callers() {
 /// keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_answers_fail_at_once_on_both_transports() {
+    let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (_upstream, url) = http_fixture(&dir.path().join("web.log"));
     let (_modern, modern_url) = http_fixture_up_to(&dir.path().join("new.log"), "2026-07-28");
@@ -668,6 +669,7 @@ async fn a_reconnect_flood_at_capacity_is_paced_and_new_clients_still_get_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_oversized_answer_its_lineage_runs_one_call_at_a_time_there() {
+    let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let file = upstreams(
         dir.path(),
@@ -923,6 +925,10 @@ async fn one_lineage_s_kept_alive_connections_never_push_out_another_s() {
     );
 }
 
+/// Held by the tests whose upstreams build answers of many MiB: run side by side on two
+/// cores, each slowed the other's answers past what its timing asserts.
+static BIG_ANSWERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The p-th quantile of sorted latencies.
 fn quantile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -1043,6 +1049,7 @@ async fn a_lineage_flooding_pipelined_requests_leaves_others_their_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
+    let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let file = upstreams(
         dir.path(),
@@ -1057,7 +1064,8 @@ async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
     let greedy = mint(&admin, "greedy").await;
     drop(admin);
 
-    // Three 12 MiB answers, each under the size limit, 36 MiB in all.
+    // Three 12 MiB answers at once, each under the size limit, 36 MiB in all (at once, so
+    // that they end within the budget's 10 s window however slow the host).
     let big = call_request(
         &server.addr,
         &greedy,
@@ -1065,14 +1073,21 @@ async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
         json!({"bytes": 12 << 20}),
         false,
     );
-    for _ in 0..3 {
-        let (status, body) = exchange(&server.addr, &big, Duration::from_secs(30)).await;
+    let bigs: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, big) = (server.addr.clone(), big.clone());
+            tokio::spawn(async move { exchange(&addr, &big, Duration::from_secs(60)).await })
+        })
+        .collect();
+    for big in bigs {
+        let (status, body) = big.await.unwrap();
         assert_eq!(status, 200);
         assert!(!body.contains("upstream_result_too_large"));
     }
 
-    // Then four 1 s calls at once run one at a time on that upstream.
-    let started = Instant::now();
+    // Then four 1 s calls at once: they run one at a time on that upstream, so one of them
+    // waits at least a second for another (the penalty's 10 s, counted from the answers,
+    // may end before the last ones on a slow host).
     let slow = call_request(
         &server.addr,
         &greedy,
@@ -1083,18 +1098,23 @@ async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
     let calls: Vec<_> = (0..4)
         .map(|_| {
             let (addr, slow) = (server.addr.clone(), slow.clone());
-            tokio::spawn(async move { exchange(&addr, &slow, Duration::from_secs(20)).await })
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = exchange(&addr, &slow, Duration::from_secs(20)).await;
+                (answer, started.elapsed())
+            })
         })
         .collect();
+    let mut longest = Duration::ZERO;
     for call in calls {
-        let (status, body) = call.await.unwrap();
+        let ((status, body), took) = call.await.unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(!body.contains("\"isError\":true"), "{body}");
+        longest = longest.max(took);
     }
-    let took = started.elapsed();
-    println!("after 36 MiB of answers: four 1 s calls took {took:?}");
+    println!("after 36 MiB of answers: the longest of four 1 s calls took {longest:?}");
     assert!(
-        took >= Duration::from_millis(3_500),
-        "the calls ran side by side: {took:?}"
+        longest >= Duration::from_millis(1_900),
+        "the calls ran side by side: the longest took {longest:?}"
     );
 }
