@@ -233,7 +233,11 @@ impl Connection {
                         Ok(tools) => {
                             tracing::info!(target: "upstream", bucket = %bucket,
                                 tools = tools.len(), "connected");
-                            self.set(Status::Connected, Some(&session), Some(tools));
+                            // The tools go into the catalogue before the bucket shows as
+                            // connected: a client that waits for `connected` then finds them.
+                            self.lock().tools = Arc::new(tools);
+                            on_change();
+                            self.set(Status::Connected, Some(&session), None);
                             on_change();
                             backoff = FIRST_BACKOFF;
                             let ended = self.serve(&session, &refresh, &on_change).await;

@@ -115,6 +115,11 @@ impl Gateway {
 
     /// Re-merges every connection's tools and tells the client sessions if anything changed.
     fn rebuild(&self) {
+        // Under the catalogue's write lock from the first read of the connections' tools to the
+        // write: two rebuilds at once (two upstreams connecting together) could otherwise
+        // finish in the other order, the one that read before an upstream's tools were set
+        // writing last and dropping them until the next change.
+        let mut current = self.catalogue.write().unwrap_or_else(|p| p.into_inner());
         self.statuses.send_modify(|n| *n += 1);
         let connections: Vec<Arc<Connection>> = self.lock().values().cloned().collect();
         let lists: Vec<Arc<Vec<rmcp::model::Tool>>> =
@@ -129,7 +134,6 @@ impl Gateway {
             })
             .collect();
         let merged = Catalogue::build(&inputs);
-        let mut current = self.catalogue.write().unwrap_or_else(|p| p.into_inner());
         let same = current.len() == merged.len()
             && current.iter().zip(merged.iter()).all(|(a, b)| {
                 a.name == b.name && a.read_only == b.read_only && a.definition == b.definition
