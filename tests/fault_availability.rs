@@ -65,6 +65,15 @@ fn http_fixture_up_to(log: &Path, max: &str) -> (Killed, String) {
     (Killed(child), format!("http://{addr}/mcp"))
 }
 
+/// A server fronting the test upstream over stdio as bucket `test`, connected; and its admin.
+async fn stdio_gateway(dir: &Path) -> (Server, common::Client) {
+    let file = upstreams(dir, json!({"test": stdio_fixture(&dir.join("test.log"))}));
+    let server = Server::start(&dir.join("data"), &["--upstreams", file.to_str().unwrap()]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    wait_connected(&admin, "test").await;
+    (server, admin)
+}
+
 /// Mints a root token (admin's child by default: a lineage of its own).
 async fn mint(admin: &common::Client, name: &str) -> String {
     let issued = ok(
@@ -671,16 +680,7 @@ async fn a_reconnect_flood_at_capacity_is_paced_and_new_clients_still_get_in() {
 async fn after_an_oversized_answer_its_lineage_runs_one_call_at_a_time_there() {
     let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = upstreams(
-        dir.path(),
-        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
-    );
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--upstreams", file.to_str().unwrap()],
-    );
-    let admin = connect_http(&server.url(), server.admin()).await;
-    wait_connected(&admin, "test").await;
+    let (server, admin) = stdio_gateway(dir.path()).await;
     let attacker = mint(&admin, "attacker").await;
     let honest = mint(&admin, "honest").await;
     drop(admin);
@@ -784,16 +784,7 @@ async fn unfinished_request_heads_are_bounded_per_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_nobody_reads_is_dropped_with_its_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let file = upstreams(
-        dir.path(),
-        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
-    );
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--upstreams", file.to_str().unwrap()],
-    );
-    let admin = connect_http(&server.url(), server.admin()).await;
-    wait_connected(&admin, "test").await;
+    let (server, admin) = stdio_gateway(dir.path()).await;
     let attacker = mint(&admin, "attacker").await;
     drop(admin);
     let before = rss_mib(server.pid());
@@ -981,36 +972,11 @@ async fn a_lineage_flooding_pipelined_requests_leaves_others_their_latency() {
             let (addr, burst) = (server.addr.clone(), burst.clone());
             let (stop, served) = (stop.clone(), served.clone());
             tokio::spawn(async move {
-                let mut stream = TcpStream::connect(&addr).await.unwrap();
-                let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 * 1024]);
+                let mut conn = common::raw_http::Conn::open(&addr, "").await;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if stream.write_all(&burst).await.is_err() {
-                        return;
-                    }
-                    let mut answers = 0;
-                    while answers < 16 {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        // Each answer ends with its JSON body; count the heads.
-                        while let Some(at) = common::raw_http::find(&buf, b"HTTP/1.1 ") {
-                            let Some(end) = common::raw_http::find(&buf[at..], b"\r\n\r\n") else {
-                                break;
-                            };
-                            let head =
-                                String::from_utf8_lossy(&buf[at..at + end]).to_ascii_lowercase();
-                            let length: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if buf.len() < at + end + 4 + length {
-                                break;
-                            }
-                            buf.drain(..at + end + 4 + length);
-                            answers += 1;
-                        }
+                    conn.send_raw(&burst).await;
+                    for _ in 0..16 {
+                        conn.read_reply().await;
                     }
                     served.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -1051,16 +1017,7 @@ async fn a_lineage_flooding_pipelined_requests_leaves_others_their_latency() {
 async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
     let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = upstreams(
-        dir.path(),
-        json!({"test": stdio_fixture(&dir.path().join("test.log"))}),
-    );
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--upstreams", file.to_str().unwrap()],
-    );
-    let admin = connect_http(&server.url(), server.admin()).await;
-    wait_connected(&admin, "test").await;
+    let (server, admin) = stdio_gateway(dir.path()).await;
     let greedy = mint(&admin, "greedy").await;
     drop(admin);
 

@@ -1107,36 +1107,21 @@ impl ClientHandler for UpstreamHandler {
     }
 }
 
-/// About how many bytes an answer took: its contents' text and data, and its structured
-/// content as JSON (counted, not kept).
+/// About how many bytes an answer took: its contents' text and data. (Structured content is
+/// not counted: it usually mirrors the text, and counting it would serialise every answer once
+/// more on the request path.)
 fn answer_bytes(result: &CallToolResult) -> u64 {
     use rmcp::model::{ContentBlock, ResourceContents};
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    for content in &result.content {
-        count.0 += match content {
-            ContentBlock::Text(text) => text.text.len(),
-            ContentBlock::Image(image) => image.data.len(),
-            ContentBlock::Audio(audio) => audio.data.len(),
-            ContentBlock::Resource(resource) => match &resource.resource {
-                ResourceContents::TextResourceContents { text, .. } => text.len(),
-                ResourceContents::BlobResourceContents { blob, .. } => blob.len(),
-                _ => 0,
-            },
+    let bytes = |content: &ContentBlock| match content {
+        ContentBlock::Text(text) => text.text.len(),
+        ContentBlock::Image(image) => image.data.len(),
+        ContentBlock::Audio(audio) => audio.data.len(),
+        ContentBlock::Resource(resource) => match &resource.resource {
+            ResourceContents::TextResourceContents { text, .. } => text.len(),
+            ResourceContents::BlobResourceContents { blob, .. } => blob.len(),
             _ => 0,
-        } as u64;
-    }
-    if let Some(structured) = &result.structured_content {
-        let _ = serde_json::to_writer(&mut count, structured);
-    }
-    count.0
+        },
+        _ => 0,
+    };
+    result.content.iter().map(|c| bytes(c) as u64).sum()
 }
