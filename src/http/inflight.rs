@@ -21,11 +21,20 @@
 //! are then ready to run at any moment, whatever its number of connections, and everyone
 //! else's requests wait behind at most those. A lineage with no more than that in flight
 //! (every ordinary client) never waits for a turn.
+//!
+//! While another lineage has had a request in flight within the last [`CONTENDED_FOR`], a
+//! busy lineage's request takes [`Turns`]' worth of several turns, so that lineage runs only
+//! half as many requests at once as there are worker threads (at least one): the rest of the
+//! cores stay free for the others, whose requests then start without waiting behind the flood
+//! (another token's p99 under a pipelined flood on two cores: see BENCHMARKS.md, "Pipelined
+//! flood"). Alone, a busy lineage keeps every core.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Context;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,13 +46,23 @@ use crate::secret::TokenId;
 /// new connection and a new 429 as fast as it can send them, taking CPU from every other
 /// token; the wait holds no ticket and no shield, so the connection can still be closed to
 /// make room, and a client that honours `Retry-After: 1` loses nothing.
-pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
+/// How long after two lineages last had requests in flight together a busy lineage still
+/// leaves cores to the others.
+pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
 
 pub struct InFlight {
     per_lineage: usize,
     /// Requests of one lineage that run at once when it has more in flight.
     turns: usize,
+    /// Turns one request of a busy lineage takes while others are active.
+    contended_weight: u32,
     held: Mutex<HashMap<TokenId, Lineage>>,
+    /// When a request last came in while another lineage had requests in flight, in
+    /// milliseconds since `epoch` (0: never).
+    together_at: AtomicU64,
+    epoch: Instant,
 }
 
 /// One lineage's requests in flight, and its turns.
@@ -55,17 +74,31 @@ struct Lineage {
 /// How many requests of one lineage may be ready to run at once when it has more in flight:
 /// twice the worker threads, at least 4.
 pub fn turns_per_lineage() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    (2 * cores).max(4)
+    (2 * cores()).max(4)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// How many turns one request of a busy lineage takes while another lineage is active, so
+/// that it runs at most half the worker threads' worth of requests at once (at least one).
+fn contended_weight(turns: usize) -> u32 {
+    let at_once = (cores() / 2).max(1);
+    u32::try_from(turns.div_ceil(at_once)).unwrap_or(u32::MAX)
 }
 
 impl InFlight {
     /// At most `per_token` requests per lineage, and at most half of `max_connections`.
     pub fn new(per_token: usize, max_connections: usize) -> InFlight {
+        let turns = turns_per_lineage();
         InFlight {
             per_lineage: per_token.min(max_connections / 2).max(1),
-            turns: turns_per_lineage(),
+            turns,
+            contended_weight: contended_weight(turns),
             held: Mutex::new(HashMap::new()),
+            together_at: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -88,13 +121,27 @@ impl InFlight {
             return None;
         }
         entry.count += 1;
-        // Past its turns, the request waits for one of them.
-        let turns = (entry.count > self.turns).then(|| Arc::clone(&entry.turns));
+        let busy = entry.count > self.turns;
+        let turns = busy.then(|| Arc::clone(&entry.turns));
+        let now = self.since_epoch();
+        if held.len() > 1 {
+            self.together_at.store(now, Ordering::Relaxed);
+        }
+        // Past its turns, the request waits for one of them; for several while others are
+        // active.
+        let together = self.together_at.load(Ordering::Relaxed);
+        let contended = together != 0 && now.saturating_sub(together) < millis(CONTENDED_FOR);
         Some(Ticket {
             table: Arc::clone(self),
             lineage,
             turns,
+            weight: if contended { self.contended_weight } else { 1 },
         })
+    }
+
+    /// Milliseconds since this table was made, at least 1.
+    fn since_epoch(&self) -> u64 {
+        millis(self.epoch.elapsed()).max(1)
     }
 
     #[cfg(test)]
@@ -110,6 +157,12 @@ pub struct Ticket {
     /// Its lineage's turns, when it had more than that many requests in flight as this one
     /// came in.
     turns: Option<Arc<Semaphore>>,
+    /// How many of those turns it takes.
+    weight: u32,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Ticket {
@@ -118,7 +171,7 @@ impl Ticket {
     /// otherwise. Run the request with [`turned`].
     pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
         let turns = Arc::clone(self.turns.as_ref()?);
-        let permit = turns.acquire_owned().await.ok()?;
+        let permit = turns.acquire_many_owned(self.weight).await.ok()?;
         tokio::task::yield_now().await;
         Some(permit)
     }
@@ -205,6 +258,28 @@ mod tests {
         // A turn given back (its request waited or ended) lets the next one start.
         held.pop();
         let next = tokio::time::timeout(Duration::from_millis(500), busy[turns].turn());
+        assert!(next.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_busy_lineage_leaves_cores_to_another_active_lineage() {
+        let table = Arc::new(InFlight::new(64, 1024));
+        let turns = turns_per_lineage();
+        let at_once = (cores() / 2).max(1);
+        let _quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        // Another lineage has a request in flight: lineage 0 runs `at_once` requests at a time.
+        let _other = table.enter(id(1)).unwrap();
+        let busy: Vec<Ticket> = (0..at_once + 1)
+            .map(|_| table.enter(id(0)).unwrap())
+            .collect();
+        let mut held = Vec::new();
+        for ticket in &busy[..at_once] {
+            held.push(ticket.turn().await.expect("a turn"));
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), busy[at_once].turn());
+        assert!(waiting.await.is_err(), "half the cores' worth, no more");
+        held.pop();
+        let next = tokio::time::timeout(Duration::from_millis(500), busy[at_once].turn());
         assert!(next.await.unwrap().is_some());
     }
 
