@@ -1092,6 +1092,18 @@ fn only_admins_create_roots_verify_and_read_the_audit_log() {
             .iter()
             .any(|e| e.action == "create" && e.target.as_ref() == Some(&new_root.record.id))
     );
+    // An action the log never records is a mistake, not an empty page.
+    let e = expect_code(
+        s.list_audit_events(
+            &ac,
+            ListAuditEvents {
+                action: Some("craete".into()),
+                ..ListAuditEvents::default()
+            },
+        ),
+        ErrorCode::InvalidArgument,
+    );
+    assert!(e.to_string().contains("one of create, update"), "{e}");
     // An admin reaches every token, including other roots.
     s.get_token(&ac, token_ref(&plain.record.id)).unwrap();
     s.pause_token(&ac, token_ref(&plain.record.id)).unwrap();

@@ -318,6 +318,14 @@ impl Service {
             .map(TokenId::parse)
             .transpose()
             .map_err(Error::invalid)?;
+        if let Some(action) = req.action.as_deref()
+            && !crate::audit::ACTIONS.contains(&action)
+        {
+            return Err(Error::invalid(format!(
+                "unknown action {action:?}: one of {}",
+                crate::audit::ACTIONS.join(", ")
+            )));
+        }
         let since = req
             .since
             .as_deref()

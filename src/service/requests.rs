@@ -230,7 +230,7 @@ pub struct ListAuditEvents {
     #[schemars(with = "Option<TokenId>")]
     pub token_id: Option<String>,
     /// Only this action: create, update, scope, pause, resume, rotate, revoke, delete, import,
-    /// prune.
+    /// prune, oauth_register, oauth_approve, oauth_token, oauth_refresh, oauth_revoke.
     pub action: Option<String>,
     /// Only events at or after this RFC 3339 time.
     #[schemars(with = "Option<Timestamp>")]
