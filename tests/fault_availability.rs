@@ -1075,3 +1075,45 @@ async fn a_lineage_taking_many_big_answers_runs_one_call_at_a_time_there() {
         "the calls ran side by side: the longest took {longest:?}"
     );
 }
+
+/// An agent the admin minted (a child: the same lineage) holding every request it may in
+/// flight leaves the admin half the lineage's share: the admin can still act, e.g. revoke it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_agent_never_locks_out_the_token_that_minted_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-inflight-per-token", "8"]);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let issued = ok(&admin, "create_token", json!({"name": "agent"})).await;
+    let agent = issued["token"].as_str().unwrap().to_owned();
+    drop(admin);
+
+    // The agent's requests announce a body that never comes: each holds its ticket until
+    // the body deadline.
+    let addr = &server.addr;
+    let stall = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {agent}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    );
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(stall.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Its own further request is refused: the stalls hold what the agent may hold.
+    let whoami = |secret: &str| call_request(addr, secret, "whoami", json!({}), false);
+    let (status, body) = exchange(addr, &whoami(&agent), Duration::from_secs(5)).await;
+    assert_eq!(status, 429, "{body}");
+    // The admin that minted it is served at once.
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let (status, body) = exchange(addr, &whoami(server.admin()), Duration::from_secs(5)).await;
+        assert_eq!(status, 200, "attempt {attempt}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "attempt {attempt}"
+        );
+    }
+    drop(held);
+}

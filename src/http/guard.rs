@@ -252,8 +252,9 @@ pub(super) async fn guard(
 
     // Counted from here, before the session is checked or the body read, until the response
     // body ends; a counted request shields its connection from eviction (`listener`).
-    let lineage = lineage(&state, &token_id);
-    let Some(ticket) = state.inflight.enter(lineage.clone()) else {
+    let chain = state.service.lineage_chain(&token_id);
+    let lineage = chain[0].clone();
+    let Some(ticket) = state.inflight.enter(chain) else {
         tracing::debug!(token = %token_id, "refused request: its lineage has its maximum in flight");
         state
             .service
@@ -345,7 +346,8 @@ async fn too_many_in_flight(request: Request, bound: usize) -> Response {
         serde_json::json!({
             "error": "too_many_requests",
             "error_description": format!(
-                "this token's lineage already has {bound} requests in flight; retry when one has ended"
+                "this token's lineage already has its maximum of requests in flight ({bound}, of which \
+                 the tokens minted under any one token hold at most half); retry when one has ended"
             ),
         })
         .to_string(),
@@ -492,14 +494,6 @@ async fn guarded(
     } else {
         response
     }
-}
-
-/// The root of the token's lineage (the token itself if it has gone meanwhile).
-fn lineage(state: &GuardState, token: &TokenId) -> TokenId {
-    state
-        .service
-        .lineage_root(token)
-        .unwrap_or_else(|| token.clone())
 }
 
 /// Forwards a response stream until it ends, the secret that opened it stops authenticating

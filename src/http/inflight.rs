@@ -58,11 +58,20 @@ pub struct InFlight {
     turns: usize,
     /// Turns one request of a busy lineage takes while others are active.
     contended_weight: u32,
-    held: Mutex<HashMap<TokenId, Lineage>>,
-    /// When a request last came in while another lineage had requests in flight, in
-    /// milliseconds since `epoch` (0: never).
+    held: Mutex<Held>,
+    /// When a request last came in right after another lineage's (within [`CONTENDED_FOR`]),
+    /// in milliseconds since `epoch` (0: never).
     together_at: AtomicU64,
     epoch: Instant,
+}
+
+#[derive(Default)]
+struct Held {
+    lineages: HashMap<TokenId, Lineage>,
+    /// For each token with descendants in flight: how many of their requests are.
+    below: HashMap<TokenId, usize>,
+    /// The lineage whose request came in last, and when (ms since `epoch`).
+    last: Option<(TokenId, u64)>,
 }
 
 /// One lineage's requests in flight, and its turns.
@@ -96,7 +105,7 @@ impl InFlight {
             per_lineage: per_token.min(max_connections / 2).max(1),
             turns,
             contended_weight: contended_weight(turns),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
             together_at: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -106,26 +115,61 @@ impl InFlight {
         self.per_lineage
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenId, Lineage>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A ticket for one more request of `lineage`, or `None` when it has its maximum in flight.
-    pub fn enter(self: &Arc<Self>, lineage: TokenId) -> Option<Ticket> {
+    /// What the descendants of the `i`th token of a chain (0: the root) may hold together:
+    /// half of what that token's own subtree may, so a token always keeps half its share
+    /// whatever its descendants do (the root: half the lineage's bound).
+    fn below_bound(&self, i: usize) -> usize {
+        let shift = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        self.per_lineage.checked_shr(shift).unwrap_or(0).max(1)
+    }
+
+    /// A ticket for one more request of the token whose `chain` this is (root first, the
+    /// token last), or `None` when its lineage has its maximum in flight, or the descendants
+    /// of one of its ancestors have theirs.
+    pub fn enter(self: &Arc<Self>, mut chain: Vec<TokenId>) -> Option<Ticket> {
+        let token = chain.pop()?;
+        let lineage = chain.first().cloned().unwrap_or_else(|| token.clone());
         let mut held = self.lock();
-        let entry = held.entry(lineage.clone()).or_insert_with(|| Lineage {
-            count: 0,
-            turns: Arc::new(Semaphore::new(self.turns)),
-        });
+        let held = &mut *held;
+        let entry = held
+            .lineages
+            .entry(lineage.clone())
+            .or_insert_with(|| Lineage {
+                count: 0,
+                turns: Arc::new(Semaphore::new(self.turns)),
+            });
         if entry.count >= self.per_lineage {
             return None;
         }
+        for (i, ancestor) in chain.iter().enumerate() {
+            if held.below.get(ancestor).copied().unwrap_or(0) >= self.below_bound(i) {
+                if entry.count == 0 {
+                    held.lineages.remove(&lineage);
+                }
+                return None;
+            }
+        }
         entry.count += 1;
+        for ancestor in &chain {
+            *held.below.entry(ancestor.clone()).or_insert(0) += 1;
+        }
         let busy = entry.count > self.turns;
         let turns = busy.then(|| Arc::clone(&entry.turns));
+        // Two lineages take turns at coming in: each leaves cores to the other.
         let now = self.since_epoch();
-        if held.len() > 1 {
+        if let Some((last, at)) = &held.last
+            && *last != lineage
+            && now.saturating_sub(*at) < millis(CONTENDED_FOR)
+        {
             self.together_at.store(now, Ordering::Relaxed);
+        }
+        match &mut held.last {
+            Some((last, at)) if *last == lineage => *at = now,
+            last => *last = Some((lineage.clone(), now)),
         }
         // Past its turns, the request waits for one of them; for several while others are
         // active.
@@ -134,6 +178,7 @@ impl InFlight {
         Some(Ticket {
             table: Arc::clone(self),
             lineage,
+            ancestors: chain,
             turns,
             weight: if contended { self.contended_weight } else { 1 },
         })
@@ -146,7 +191,7 @@ impl InFlight {
 
     #[cfg(test)]
     fn held(&self, lineage: &TokenId) -> usize {
-        self.lock().get(lineage).map_or(0, |l| l.count)
+        self.lock().lineages.get(lineage).map_or(0, |l| l.count)
     }
 }
 
@@ -154,6 +199,8 @@ impl InFlight {
 pub struct Ticket {
     table: Arc<InFlight>,
     lineage: TokenId,
+    /// The strict ancestors of its token, root first: their `below` counts include it.
+    ancestors: Vec<TokenId>,
     /// Its lineage's turns, when it had more than that many requests in flight as this one
     /// came in.
     turns: Option<Arc<Semaphore>>,
@@ -180,10 +227,18 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut held = self.table.lock();
-        if let Some(entry) = held.get_mut(&self.lineage) {
+        if let Some(entry) = held.lineages.get_mut(&self.lineage) {
             entry.count -= 1;
             if entry.count == 0 {
-                held.remove(&self.lineage);
+                held.lineages.remove(&self.lineage);
+            }
+        }
+        for ancestor in &self.ancestors {
+            if let Some(count) = held.below.get_mut(ancestor) {
+                *count -= 1;
+                if *count == 0 {
+                    held.below.remove(ancestor);
+                }
             }
         }
     }
@@ -225,26 +280,77 @@ mod tests {
     fn a_lineage_holds_at_most_its_bound_and_half_the_connections() {
         let table = Arc::new(InFlight::new(64, 10));
         assert_eq!(table.per_lineage(), 5);
-        let tickets: Vec<Ticket> = (0..5).map(|_| table.enter(id(0)).unwrap()).collect();
-        assert!(table.enter(id(0)).is_none(), "the sixth waits");
-        assert!(table.enter(id(1)).is_some(), "another lineage is served");
+        let tickets: Vec<Ticket> = (0..5).map(|_| table.enter(vec![id(0)]).unwrap()).collect();
+        assert!(table.enter(vec![id(0)]).is_none(), "the sixth waits");
+        assert!(
+            table.enter(vec![id(1)]).is_some(),
+            "another lineage is served"
+        );
         drop(tickets);
         assert_eq!(table.held(&id(0)), 0);
-        assert!(table.enter(id(0)).is_some());
+        assert!(table.enter(vec![id(0)]).is_some());
         assert_eq!(Arc::new(InFlight::new(3, 1024)).per_lineage(), 3);
+    }
+
+    #[test]
+    fn a_token_s_descendants_hold_at_most_half_its_share() {
+        let table = Arc::new(InFlight::new(64, 1024));
+        let (root, agent, sub) = (id(0), id(1), id(2));
+        // A child of the root: its subtree holds at most half the lineage's 64.
+        let agents: Vec<Ticket> = (0..32)
+            .map(|_| table.enter(vec![root.clone(), agent.clone()]).unwrap())
+            .collect();
+        assert!(table.enter(vec![root.clone(), agent.clone()]).is_none());
+        assert!(
+            table.enter(vec![root.clone(), id(3)]).is_none(),
+            "a sibling shares the root's descendants' half"
+        );
+        let roots: Vec<Ticket> = (0..32)
+            .map(|_| table.enter(vec![root.clone()]).unwrap())
+            .collect();
+        assert!(
+            table.enter(vec![root.clone()]).is_none(),
+            "the lineage's 64"
+        );
+        drop((agents, roots));
+        // A grandchild's subtree: half of its parent's half, so the child keeps 16.
+        let subs: Vec<Ticket> = (0..16)
+            .map(|_| {
+                table
+                    .enter(vec![root.clone(), agent.clone(), sub.clone()])
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            table
+                .enter(vec![root.clone(), agent.clone(), sub.clone()])
+                .is_none()
+        );
+        let own: Vec<Ticket> = (0..16)
+            .map(|_| table.enter(vec![root.clone(), agent.clone()]).unwrap())
+            .collect();
+        assert!(table.enter(vec![root.clone(), agent.clone()]).is_none());
+        drop((subs, own));
+        assert!(table.lock().below.is_empty(), "every count given back");
+        assert_eq!(table.held(&root), 0);
+        // A chain deeper than the bound has bits: one request each, no overflow.
+        let deep: Vec<TokenId> = (0..100).map(|n| id(n % 10)).collect();
+        assert!(table.enter(deep).is_some());
     }
 
     #[tokio::test]
     async fn a_busy_lineage_runs_its_further_requests_a_few_at_a_time() {
         let table = Arc::new(InFlight::new(64, 1024));
         let turns = turns_per_lineage();
-        let quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        let quiet: Vec<Ticket> = (0..turns)
+            .map(|_| table.enter(vec![id(0)]).unwrap())
+            .collect();
         for ticket in &quiet {
             assert!(ticket.turn().await.is_none(), "within its turns: no wait");
         }
         // Past them, each request takes a turn; with every turn taken, the next one waits.
         let busy: Vec<Ticket> = (0..turns + 1)
-            .map(|_| table.enter(id(0)).unwrap())
+            .map(|_| table.enter(vec![id(0)]).unwrap())
             .collect();
         let mut held = Vec::new();
         for ticket in &busy[..turns] {
@@ -253,7 +359,7 @@ mod tests {
         let waiting = tokio::time::timeout(Duration::from_millis(50), busy[turns].turn());
         assert!(waiting.await.is_err(), "no turn left");
         // Another lineage never waits for this one's turns.
-        let other = table.enter(id(1)).unwrap();
+        let other = table.enter(vec![id(1)]).unwrap();
         assert!(other.turn().await.is_none());
         // A turn given back (its request waited or ended) lets the next one start.
         held.pop();
@@ -266,11 +372,13 @@ mod tests {
         let table = Arc::new(InFlight::new(64, 1024));
         let turns = turns_per_lineage();
         let at_once = (cores() / 2).max(1);
-        let _quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        let _quiet: Vec<Ticket> = (0..turns)
+            .map(|_| table.enter(vec![id(0)]).unwrap())
+            .collect();
         // Another lineage has a request in flight: lineage 0 runs `at_once` requests at a time.
-        let _other = table.enter(id(1)).unwrap();
+        let _other = table.enter(vec![id(1)]).unwrap();
         let busy: Vec<Ticket> = (0..at_once + 1)
-            .map(|_| table.enter(id(0)).unwrap())
+            .map(|_| table.enter(vec![id(0)]).unwrap())
             .collect();
         let mut held = Vec::new();
         for ticket in &busy[..at_once] {
@@ -287,9 +395,11 @@ mod tests {
     async fn a_turn_is_held_only_until_the_request_first_waits() {
         let table = Arc::new(InFlight::new(64, 1024));
         let turns = turns_per_lineage();
-        let _quiet: Vec<Ticket> = (0..turns).map(|_| table.enter(id(0)).unwrap()).collect();
+        let _quiet: Vec<Ticket> = (0..turns)
+            .map(|_| table.enter(vec![id(0)]).unwrap())
+            .collect();
         let busy: Vec<Ticket> = (0..turns + 1)
-            .map(|_| table.enter(id(0)).unwrap())
+            .map(|_| table.enter(vec![id(0)]).unwrap())
             .collect();
         // Every turn goes to a request that then waits for something else (an upstream).
         let (release, wait) = tokio::sync::watch::channel(false);

@@ -53,26 +53,31 @@ pub async fn authenticate(
             return refused(&auth, Some(&description));
         }
     };
-    let lineage = auth
-        .service
-        .lineage_root(&token_id)
-        .unwrap_or_else(|| token_id.clone());
-    let Some(ticket) = auth.inflight.enter(lineage.clone()) else {
+    let chain = auth.service.lineage_chain(&token_id);
+    let lineage = chain[0].clone();
+    let Some(ticket) = auth.inflight.enter(chain) else {
         auth.service
             .observe_refusal(RefusedKnown::InFlight(&token_id), Front::Rest);
         // As on `/mcp`: a lineage retrying at its bound must not make the server spin, and
         // its connection goes first when room is needed.
         crate::http::doom(&request);
         tokio::time::sleep(crate::http::REFUSAL_DELAY).await;
-        return Problem::new(
+        let mut response = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
-                "this token's lineage already has {} requests in flight; retry when one has ended",
+                "this token's lineage already has its maximum of requests in flight ({}, of which \
+                 the tokens minted under any one token hold at most half); retry when one has ended",
                 auth.inflight.per_lineage()
             ),
         )
         .into_response();
+        // As on `/mcp`: a request in flight ends within moments, not the rate limit's window.
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return response;
     };
     auth.service.observer().admitted(Front::Rest);
     let shield = crate::http::raise_shield(&request, &lineage);

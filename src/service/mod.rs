@@ -471,6 +471,15 @@ impl Service {
         chain.last().map(|root| root.id.clone())
     }
 
+    /// The ids from the lineage's root down to `id` (just `id` if it has gone meanwhile):
+    /// what the bound on requests in flight counts against (`http::inflight`).
+    pub fn lineage_chain(&self, id: &TokenId) -> Vec<TokenId> {
+        match self.store.chain(id) {
+            Ok(Some(chain)) => chain.iter().rev().map(|record| record.id.clone()).collect(),
+            _ => vec![id.clone()],
+        }
+    }
+
     /// Refuses a caller that is neither the owner nor an admin token still in standing; for
     /// what no tool covers (the REST API's OAuth endpoints), `what` names it.
     pub fn require_owner_or_admin(&self, caller: &Caller, what: &str) -> Result<()> {
