@@ -1117,3 +1117,50 @@ async fn a_minted_agent_never_locks_out_the_token_that_minted_it() {
     }
     drop(held);
 }
+
+/// Refused requests' bodies are read and dropped, never kept: many clients without a token
+/// posting a megabyte each cost the server next to nothing (each body was kept whole: +1 MiB
+/// per connection, past the +256 MiB of SPEC §16 at the default 1,024 connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_refused_requests_are_never_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let addr = server.addr.clone();
+    let before = rss_mib(server.pid());
+    let mut request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        1 << 20
+    )
+    .into_bytes();
+    request.resize(request.len() + (1 << 20), b' ');
+    // 150 clients each write all of their megabyte but its last byte, and hold: a server
+    // that keeps what it reads holds 150 MiB until the refusals' deadline.
+    request.pop();
+    let pid = server.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut peak = 0f64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    drop(held);
+    assert!(
+        peak - before < 64.0,
+        "RSS {before:.0} → {peak:.0} MiB while refusing 150 one-megabyte bodies"
+    );
+}

@@ -16,10 +16,7 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 
 use super::sessions::{SessionCheck, Sessions};
-use super::{
-    BODY_DEADLINE, BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body,
-    read_body_within,
-};
+use super::{BODY_DEADLINE, BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body};
 use crate::mcp::{Authenticated, Presented};
 use crate::observe::{Front, Unauthenticated};
 use crate::rules::cidr::canonical_ip;
@@ -136,7 +133,7 @@ async fn refuse(request: Request, mut response: Response, deadline: Duration) ->
     if let Some(shield) = request.extensions().get::<super::listener::Shield>() {
         shield.doom();
     }
-    if read_body_within(request.into_body(), MAX_BODY_BYTES, deadline)
+    if super::drain_body_within(request.into_body(), MAX_BODY_BYTES, deadline)
         .await
         .is_err()
     {

@@ -80,6 +80,36 @@ pub(crate) async fn read_body_within(
     }
 }
 
+/// Reads and drops a body the answer does not need (a refused request's), within `limit`
+/// bytes and `deadline`, keeping at most one chunk at a time: a refusal must not buffer a
+/// megabyte per connection for clients without a token.
+pub(crate) async fn drain_body_within(
+    body: axum::body::Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<(), BodyFault> {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(BodyFault::TooLarge);
+            };
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    return Err(BodyFault::TooLarge);
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, drain)
+        .await
+        .unwrap_or(Err(BodyFault::Late))
+}
+
 /// The bearer secret of a request, or why there is none (`None`: no credentials at all), for
 /// the REST API's check (`rest::auth`), which answers like the `/mcp` guard.
 pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Result<&str, Option<&'static str>> {
