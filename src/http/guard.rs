@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_stream::StreamExt;
 
+use super::inflight::Ticket;
 use super::sessions::{SessionCheck, Sessions};
 use super::{BODY_DEADLINE, BodyFault, MAX_BODY_BYTES, STREAM_RECHECK, body_too_late, read_body};
 use crate::mcp::{Authenticated, Presented};
@@ -263,16 +264,14 @@ pub(super) async fn guard(
         .extensions()
         .get::<super::listener::Shield>()
         .map(|shield| shield.raise(&lineage));
-    // A lineage with many requests in flight runs them a few at a time (`inflight`).
-    let turn = ticket.turn().await;
-    let work = checked(
+    let response = checked(
         &state,
         request,
         next,
         (token_id, client_ip, secret),
-        lineage,
-    );
-    let response = super::inflight::turned(work, turn).await;
+        (lineage, &ticket),
+    )
+    .await;
     let ticket = (ticket, shield);
     response.map(|body| super::inflight::hold(body, ticket))
 }
@@ -283,7 +282,7 @@ async fn checked(
     request: Request,
     next: Next,
     (token_id, client_ip, secret): (TokenId, IpAddr, Presented),
-    lineage: TokenId,
+    (lineage, ticket): (TokenId, &Ticket),
 ) -> Response {
     let session = request
         .headers()
@@ -325,7 +324,7 @@ async fn checked(
         request,
         next,
         (token_id, client_ip, secret),
-        (session, lineage),
+        (session, lineage, ticket),
     )
     .await
 }
@@ -366,7 +365,7 @@ async fn guarded(
     request: Request,
     next: Next,
     (token_id, client_ip, secret): (TokenId, IpAddr, Presented),
-    (session, token_lineage): (Option<String>, TokenId),
+    (session, token_lineage, ticket): (Option<String>, TokenId, &Ticket),
 ) -> Response {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -380,6 +379,7 @@ async fn guarded(
     }
     // The lineage of a token opening a session: what shares the server's session room.
     let mut opening_lineage = None;
+    let turn;
     let mut request = if method == Method::POST {
         let bytes = match read_body(body, MAX_BODY_BYTES).await {
             Ok(bytes) => bytes,
@@ -395,6 +395,10 @@ async fn guarded(
                 return body_too_late();
             }
         };
+        // A lineage with many requests in flight runs them a few at a time (`inflight`):
+        // the turn is taken once the body is here, so a body sent late cannot make the
+        // request give its turn back before its work starts.
+        turn = ticket.turn().await;
         let posted = match peek(&bytes) {
             Ok(posted) => posted,
             Err(response) => return *response,
@@ -419,6 +423,7 @@ async fn guarded(
         }
         Request::from_parts(parts, Body::from(bytes))
     } else {
+        turn = ticket.turn().await;
         Request::from_parts(parts, body)
     };
     let declared_json = request
@@ -442,7 +447,7 @@ async fn guarded(
         secret: Some(secret.clone()),
         trace,
     });
-    let mut response = next.run(request).await;
+    let mut response = super::inflight::turned(next.run(request), turn).await;
     if method == Method::POST
         && declared_json
         && response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
