@@ -48,13 +48,13 @@ pub use register::RegistrationLimits;
 const PENDING_TTL: Duration = Duration::from_secs(600);
 /// How long an authorization code may wait for its exchange (OAuth 2.1: short).
 const CODE_TTL: Duration = Duration::from_secs(60);
-/// Most pending consent requests held at once (anyone can open one).
-const MAX_PENDING: usize = 1_000;
-/// Most pending consent requests of one client id, and of one peer address (an IPv6 /64).
+/// Most pending consent requests held at once (anyone can open one; about a kilobyte each).
+const MAX_PENDING: usize = 10_000;
+/// Most pending consent requests of one peer address (an IPv6 /64).
 const PENDING_SHARE: usize = 100;
 /// Consent pages opened per minute by one peer address (an IPv6 /64), and by all together.
 const CONSENT_PAGES_PER_PEER_MINUTE: u32 = 60;
-const CONSENT_PAGES_PER_MINUTE: u32 = 600;
+const CONSENT_PAGES_PER_MINUTE: u32 = 6_000;
 /// Most authorization codes held at once.
 const MAX_CODES: usize = 1_000;
 /// Request bodies of the token, revocation and consent endpoints.

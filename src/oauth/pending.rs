@@ -3,10 +3,11 @@
 //!
 //! Codes exist only after a person approved, so when their map is full the oldest gives way.
 //! Anyone can open a consent page without a token, so [`Consents`] never evicts an open page
-//! to make room: each client id and each peer address holds at most its own share, and a
-//! request beyond a share (or beyond the cap) is refused. A flood can delay new consent pages
-//! from its own client or address, never expire a person's open page.
-//!
+//! to make room: each peer address holds at most its own share, and a request beyond its
+//! share (or beyond the cap) is refused. There is no share per client id: anyone may name any
+//! client, so such a share let one address block a connector's new pages for everyone. A
+//! flood can delay new consent pages from its own address, never expire a person's open page.
+
 //! Every method takes `now`, so tests drive the clock instead of sleeping. A restart forgets
 //! both maps: a person re-opens the consent page, a client re-runs the authorization.
 
@@ -89,14 +90,14 @@ pub struct Opener {
 /// Why a consent page was not opened.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoRoom {
-    /// This client or address holds its share of open pages.
+    /// This address holds its share of open pages.
     Share,
     /// The server holds its maximum of open pages.
     Full,
 }
 
-/// Pending consent requests, bounded per client id and per peer address (see the module
-/// comment); nothing is ever evicted before its time.
+/// Pending consent requests, bounded per peer address and in all (see the module comment);
+/// nothing is ever evicted before its time.
 pub struct Consents<V> {
     pages: Expiring<(Opener, V)>,
     cap: usize,
@@ -104,7 +105,7 @@ pub struct Consents<V> {
 }
 
 impl<V> Consents<V> {
-    /// At most `cap` open pages, `share` of them per client id and per peer address.
+    /// At most `cap` open pages, `share` of them per peer address.
     pub fn new(ttl: Duration, cap: usize, share: usize) -> Consents<V> {
         Consents {
             pages: Expiring::new(ttl, cap),
@@ -122,12 +123,13 @@ impl<V> Consents<V> {
         now: Instant,
     ) -> Result<(), NoRoom> {
         self.pages.forget_expired(now);
-        let (mut same_client, mut same_peer) = (0, 0);
-        for (_, (page, _)) in self.pages.entries.values() {
-            same_client += usize::from(page.client_id == opener.client_id);
-            same_peer += usize::from(page.peer == opener.peer);
-        }
-        if same_client >= self.share || same_peer >= self.share {
+        let same_peer = self
+            .pages
+            .entries
+            .values()
+            .filter(|(_, (page, _))| page.peer == opener.peer)
+            .count();
+        if same_peer >= self.share {
             return Err(NoRoom::Share);
         }
         if self.pages.entries.len() >= self.cap {
@@ -227,6 +229,18 @@ mod tests {
             Err(NoRoom::Full)
         );
         assert_eq!(pages.take("mine", start + Duration::from_secs(1)), Some(0));
+        // Other addresses naming the person's client id leave the person room for new pages.
+        let mut pages = Consents::new(Duration::from_secs(600), 10, 3);
+        for i in 0..6u32 {
+            let peer = [10, 0, 0, 3 + u8::try_from(i / 3).unwrap()];
+            pages
+                .open(format!("a{i}"), opener("connector", peer), 0, start)
+                .unwrap();
+        }
+        assert!(
+            pages.open("new".into(), person.clone(), 1, start).is_ok(),
+            "a client id is no one's to fill"
+        );
         // Expired pages make room again.
         let later = start + Duration::from_secs(600);
         assert!(
