@@ -148,6 +148,7 @@ impl Slot {
     /// [`OVERSIZE_PENALTY`], and this slot is given back only after `held` more.
     pub fn penalise(self, held: std::time::Duration) {
         self.share.lock().penalise(&self.lineage);
+        regrant_after_penalty(&self.share);
         tokio::spawn(async move {
             tokio::time::sleep(held).await;
             drop(self);
@@ -175,8 +176,20 @@ impl Slot {
         if window.1 > ANSWER_BUDGET {
             *window = (now, 0);
             state.penalise(&self.lineage);
+            drop(state);
+            regrant_after_penalty(&self.share);
         }
     }
+}
+
+/// When a penalty ends, the lineage's waiting calls may take the slots that are free then,
+/// rather than only when one of its calls ends.
+fn regrant_after_penalty(share: &Arc<FairShare>) {
+    let share = Arc::clone(share);
+    tokio::spawn(async move {
+        tokio::time::sleep(OVERSIZE_PENALTY).await;
+        share.lock().grant(share.slots, share.per_lineage);
+    });
 }
 
 impl Drop for Slot {
@@ -301,6 +314,29 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), future)
             .await
             .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lineage_s_waiting_calls_start_when_its_penalty_ends() {
+        let share = FairShare::with_slots(8, 4);
+        let a = lineage("a");
+        let first = share.acquire(Arc::clone(&a)).await.unwrap();
+        first.charge(ANSWER_BUDGET + 1);
+        // Penalised: one slot at a time; the second call waits although slots are free.
+        let second = tokio::spawn({
+            let share = Arc::clone(&share);
+            let a = Arc::clone(&a);
+            async move { share.acquire(a).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!second.is_finished(), "waits while penalised");
+        // The first call still runs; the penalty ends: the waiting one starts.
+        tokio::time::sleep(OVERSIZE_PENALTY).await;
+        assert!(
+            soon(second).await.is_some(),
+            "granted when the penalty ended, not when the first call did"
+        );
+        drop(first);
     }
 
     #[tokio::test]
