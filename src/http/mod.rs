@@ -231,10 +231,16 @@ pub fn router(
         Arc::clone(&service),
     )
     .with_metrics(config.metrics.clone());
+    let console = Arc::new(crate::console::Sessions::new(&config.oauth.public_url));
     let rest_auth = crate::rest::RestAuth {
         service: Arc::clone(&service),
         resource_metadata: config.oauth.resource_metadata_url().into(),
         inflight,
+        console: Arc::clone(&console),
+    };
+    let console = crate::console::Console {
+        service: Arc::clone(&service),
+        sessions: console,
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
@@ -246,6 +252,7 @@ pub fn router(
         .route("/healthz", get(healthz))
         .merge(crate::oauth::routes(oauth))
         .merge(crate::rest::routes(rest, rest_auth))
+        .merge(crate::console::routes(console))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(origins, cors::cors)))
 }
