@@ -20,6 +20,7 @@ const state = {
   page: 0,
   search: '',
   status: '',
+  showEnded: false,       // revoked and expired tokens are hidden unless asked for
   keepNotice: false,      // a notice set just before a navigation survives it
 };
 
@@ -121,6 +122,7 @@ async function signOut() {
 
 async function started() {
   state.me = await api('GET', '/v1/whoami');
+  state.expanded.add(state.me.id);
   $('sign-in').hidden = true;
   $('nav').hidden = false;
   $('view').hidden = false;
@@ -241,8 +243,19 @@ function text(value) {
 
 // ---- the token tree --------------------------------------------------------------------
 
+// Revoked or expired, itself or by an ancestor: gone for the tree unless asked for.
+function ended(record) {
+  const status = record.effective_status || record.status;
+  return /revoked|expired/.test(status);
+}
+
+function visibleChildren(id) {
+  const kids = state.children.get(id) || [];
+  return state.showEnded ? kids : kids.filter((kid) => !ended(state.tokens.get(kid)));
+}
+
 function nodeLine(record, depth) {
-  const kids = state.children.get(record.id) || [];
+  const kids = visibleChildren(record.id);
   const open = state.expanded.has(record.id);
   const line = el('div', { class: 'node' });
   if (kids.length) {
@@ -277,6 +290,7 @@ function nodeLine(record, depth) {
 }
 
 function matches(record) {
+  if (!state.status && !state.showEnded && ended(record)) return false;
   if (state.status && (record.effective_status || record.status) !== state.status
       && record.status !== state.status) return false;
   if (!state.search) return true;
@@ -303,14 +317,19 @@ async function viewTokens() {
     ['', 'active', 'paused', 'revoked', 'expired', 'paused_by_ancestor', 'revoked_by_ancestor',
       'expired_by_ancestor'].map((s) => el('option', { value: s, selected: s === state.status },
       s ? s.replaceAll('_', ' ') : 'any status')));
-  const apply = () => { state.search = search.value.trim(); state.status = status.value; state.page = 0; renderTree(); };
+  const showEnded = el('input', { type: 'checkbox', id: 'show-ended', checked: state.showEnded });
+  const apply = () => {
+    state.search = search.value.trim(); state.status = status.value; state.showEnded = showEnded.checked;
+    state.page = 0; renderTree();
+  };
   search.addEventListener('input', apply);
   status.addEventListener('change', apply);
+  showEnded.addEventListener('change', apply);
   const reload = el('button', { type: 'button', id: 'reload' }, 'Reload');
-  reload.addEventListener('click', async () => { state.loaded = false; await viewTokens(); });
+  reload.addEventListener('click', () => { state.loaded = false; viewTokens().catch(failed); });
   const expandAll = el('button', { type: 'button', id: 'expand-all' }, 'Expand all');
   expandAll.addEventListener('click', () => {
-    for (const [parent, kids] of state.children) if (parent && kids.length) state.expanded.add(parent);
+    for (const parent of state.children.keys()) if (parent && visibleChildren(parent).length) state.expanded.add(parent);
     renderTree();
   });
   const collapseAll = el('button', { type: 'button', id: 'collapse-all' }, 'Collapse all');
@@ -319,6 +338,7 @@ async function viewTokens() {
     el('div', { class: 'toolbar' },
       field('Search', 'filter-search', search),
       field('Status', 'filter-status', status),
+      el('div', {}, el('label', { class: 'inline', for: 'show-ended' }, showEnded, 'Show revoked and expired')),
       el('div', {}, reload, expandAll, collapseAll)),
     el('p', { id: 'tree-summary', class: 'meta' }),
     el('div', { id: 'tree' }),
@@ -332,7 +352,7 @@ function renderTree(focusToggle) {
   const filtering = state.search || state.status;
   const items = filtering
     ? [...state.tokens.values()].filter(matches)
-    : (state.children.get('') || []).map((id) => state.tokens.get(id));
+    : visibleChildren('').map((id) => state.tokens.get(id));
   const pages = Math.max(1, Math.ceil(items.length / PAGE_SIZE));
   state.page = Math.min(state.page, pages - 1);
   const shown = items.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
