@@ -479,7 +479,8 @@ async fn a_session_ends_when_its_token_stops_authenticating_or_on_sign_out() {
 /// The whole console in headless Chromium, against a server with one upstream (the `notes`
 /// bucket), as a person who just started it: the banner's admin token signs in, mints and
 /// revokes; a non-admin sees its own tree; its session ends when it is revoked; CSRF attempts
-/// from another origin fail; keyboard only; 375 px wide.
+/// from another origin fail; keyboard only; 375 px wide; a connector approved with one click
+/// as the console session (directly, and after another site's link).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_headless_browser() {
     assert!(
@@ -536,6 +537,18 @@ async fn the_console_works_in_a_headless_browser() {
             .status();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{secret}");
     }
+    // The connectors approved with one click are children of the admin with the bucket the
+    // client asked for.
+    let admin_id = common::connect_http(&server.url(), server.admin()).await;
+    let me = common::ok(&admin_id, "whoami", json!({})).await;
+    admin_id.cancel().await.unwrap();
+    for key in ["consent_access_token", "consent_via_link_token"] {
+        let connector = common::connect_http(&server.url(), result[key].as_str().unwrap()).await;
+        let issued = common::ok(&connector, "whoami", json!({})).await;
+        assert_eq!(issued["parent_id"], me["id"], "{key}: {issued}");
+        assert_eq!(issued["buckets"], json!(["notes"]), "{key}: {issued}");
+        connector.cancel().await.unwrap();
+    }
     // The non-admin saw exactly its own tree.
     let mut seen: Vec<&str> = result["team_tree"]
         .as_array()
@@ -576,6 +589,8 @@ async fn the_console_works_in_a_headless_browser() {
         "console-tree-non-admin",
         "console-session-ended",
         "console-375-tree",
+        "console-consent-one-click",
+        "console-consent-from-another-site",
     ] {
         assert!(
             screenshots.join(format!("{page}.png")).exists(),

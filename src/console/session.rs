@@ -282,10 +282,9 @@ impl Sessions {
         self.table().sessions.remove(&key(cookie_value));
     }
 
-    /// The session of a console request, checked whole: the cookie names a live session, the
-    /// request comes from this server's page (with the session's CSRF token unless
-    /// `csrf_exempt`), and the token still authenticates from `client_ip` with the secret that
-    /// signed in. A session whose token no longer authenticates is ended here.
+    /// The session of a console request, checked whole: the request comes from this
+    /// server's page (with the session's CSRF token unless `csrf_exempt`), the cookie names a
+    /// live session, and its token still authenticates (see [`Sessions::token_of`]).
     pub fn check(
         &self,
         service: &Service,
@@ -294,24 +293,9 @@ impl Sessions {
         client_ip: IpAddr,
         csrf_exempt: bool,
     ) -> Result<(TokenId, String), Refusal> {
-        let cookie = self.cookie(headers).ok_or(Refusal::NoSession)?;
         let change = !matches!(*method, Method::GET | Method::HEAD);
-        let now = Instant::now();
-        let (token, secret_hash, csrf) = {
-            let mut table = self.table();
-            let key = key(cookie);
-            let session = table.sessions.get(&key).ok_or(Refusal::NoSession)?;
-            if let Some(why) = expired(session, now) {
-                table.sessions.remove(&key);
-                return Err(Refusal::Ended(why.to_owned()));
-            }
-            (
-                session.token.clone(),
-                session.secret_hash,
-                session.csrf.clone(),
-            )
-        };
         self.same_origin(headers, change)?;
+        let (token, csrf) = self.token_of(service, headers, client_ip)?;
         if !csrf_exempt {
             let sent = headers
                 .get(CSRF_HEADER)
@@ -323,13 +307,41 @@ impl Sessions {
                 ));
             }
         }
+        Ok((token, csrf))
+    }
+
+    /// The token of the session the request's cookie names, and the session's CSRF token,
+    /// without proof of where the request came from (for showing a page, never for acting):
+    /// the session is live and its token still authenticates from `client_ip` with the secret
+    /// that signed in. A session that ran out of time, or whose token no longer
+    /// authenticates, is ended here.
+    pub fn token_of(
+        &self,
+        service: &Service,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<(TokenId, String), Refusal> {
+        let key = key(self.cookie(headers).ok_or(Refusal::NoSession)?);
+        let now = Instant::now();
+        let (token, secret_hash, csrf) = {
+            let mut table = self.table();
+            let session = table.sessions.get(&key).ok_or(Refusal::NoSession)?;
+            if let Some(why) = expired(session, now) {
+                table.sessions.remove(&key);
+                return Err(Refusal::Ended(why.to_owned()));
+            }
+            (
+                session.token.clone(),
+                session.secret_hash,
+                session.csrf.clone(),
+            )
+        };
         let ended = match service.authenticate_hash(&secret_hash, Some(client_ip)) {
             Ok(id) if id == token => None,
             Ok(_) => Some("its secret now names another token".to_owned()),
             Err(failure) => Some(failure.to_string()),
         };
         let mut table = self.table();
-        let key = key(cookie);
         if let Some(why) = ended {
             table.sessions.remove(&key);
             return Err(Refusal::Ended(format!(

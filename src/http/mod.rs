@@ -200,7 +200,15 @@ pub fn router(
     allowed_origins.push(config.oauth.origin());
     let origins = Arc::new(cors::allowed_origins(&allowed_origins)?);
     let manager = Arc::new(session_manager());
-    let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
+    let console = Arc::new(crate::console::Sessions::new(&config.oauth.public_url));
+    let oauth = Arc::new(
+        OAuth::new(Arc::clone(&service), config.oauth.clone())?.with_console(
+            crate::oauth::ConsoleLink {
+                sessions: Arc::clone(&console),
+                gateway: config.gateway.clone(),
+            },
+        ),
+    );
     let inflight = Arc::new(inflight::InFlight::new(
         config.max_inflight_per_token,
         config.max_connections,
@@ -231,7 +239,6 @@ pub fn router(
         Arc::clone(&service),
     )
     .with_metrics(config.metrics.clone());
-    let console = Arc::new(crate::console::Sessions::new(&config.oauth.public_url));
     let rest_auth = crate::rest::RestAuth {
         service: Arc::clone(&service),
         resource_metadata: config.oauth.resource_metadata_url().into(),

@@ -9,6 +9,7 @@
 // of each page go to ARTIFACT_DIR. Prints one JSON line for the Rust test (the secrets minted,
 // to check over MCP). Exits non-zero on the first failure.
 
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -32,8 +33,12 @@ async function bearer(method, path, secret, body) {
 
 // A page of another origin (same site: 127.0.0.1, another port) that tries to act with the
 // console's cookie.
+// It is also the OAuth client's redirect target, and a site that links to the consent page.
+let linkTo = '';
 const attacker = createServer((req, res) => {
   res.setHeader('content-type', 'text/html');
+  if (req.url.startsWith('/callback')) { res.end('<!doctype html><title>callback</title><p>callback received</p>'); return; }
+  if (req.url.startsWith('/link')) { res.end(`<!doctype html><title>client</title><a id="go" href="${linkTo}">Connect</a>`); return; }
   res.end(`<!doctype html><title>attacker</title>
 <form id="f" method="post" action="${base}/v1/tokens" enctype="text/plain">
 <input name='{"name":"csrf-form","x":"' value='"}'></form>`);
@@ -283,7 +288,69 @@ try {
   }
   await narrowContext.close();
 
-  // 10. A non-admin sees its own tree only, and its session ends when it is revoked.
+  // 10. One-click consent as the signed-in admin: a connector registers and sends the person
+  // to the consent page, which offers approval as the console session with checkboxes, the
+  // requested bucket ticked. Opened directly (as a desktop client opens the browser), the
+  // session is there at once; followed from another site's link, the SameSite=Strict cookie
+  // stays behind and one button brings it.
+  const redirectUri = `${attackerOrigin}/callback`;
+  const registered = await fetch(`${base}/oauth/register`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_name: 'Console test connector', redirect_uris: [redirectUri],
+      grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'none' }),
+  });
+  check(registered.status === 201, `register: ${registered.status}`);
+  const client = await registered.json();
+  const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
+  const authorization = () => {
+    const verifier = b64url(randomBytes(32));
+    const url = new URL(`${base}/oauth/authorize`);
+    url.search = new URLSearchParams({ response_type: 'code', client_id: client.client_id, redirect_uri: redirectUri,
+      code_challenge: b64url(createHash('sha256').update(verifier).digest()), code_challenge_method: 'S256',
+      state: 'st4te', scope: 'bucket:notes', resource: `${base}/mcp` }).toString();
+    return { url: url.href, verifier };
+  };
+  const exchange = async (code, verifier) => {
+    const answer = await fetch(`${base}/oauth/token`, { method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri,
+        client_id: client.client_id, code_verifier: verifier, resource: `${base}/mcp` }) });
+    const text = await answer.text();
+    check(answer.status === 200, `token: ${answer.status} ${text}`);
+    return JSON.parse(text).access_token;
+  };
+  const direct = authorization();
+  await page.goto(direct.url);
+  await page.locator('#console-approve').waitFor();
+  check((await page.locator('#approver_name').innerText()) === me.name, 'approve as the signed-in admin');
+  check(await page.locator('#consent').count() === 1, 'the paste form stays');
+  check(await page.locator('#console-approve input[name=bucket][value=notes]').isChecked(), 'the requested bucket is ticked');
+  check(!(await page.locator('#console-approve input[name=bucket][value="*"]').isChecked()), 'all buckets is not');
+  await shot(page, 'console-consent-one-click');
+  await page.click('#approve-as-session');
+  await page.waitForURL((url) => url.href.startsWith(redirectUri));
+  const landed = new URL(page.url());
+  check(landed.searchParams.get('state') === 'st4te', `state: ${landed}`);
+  out.consent_access_token = await exchange(landed.searchParams.get('code'), direct.verifier);
+
+  const viaLink = authorization();
+  linkTo = viaLink.url;
+  // localhost is another site than 127.0.0.1 (another port of 127.0.0.1 would be the same site).
+  await page.goto(`http://localhost:${attacker.address().port}/link`);
+  await page.click('#go');
+  await page.locator('#consent').waitFor();
+  check(await page.locator('#console-approve').count() === 0, 'no session after a cross-site link');
+  await shot(page, 'console-consent-from-another-site');
+  await page.click('#use-session');
+  await page.locator('#console-approve').waitFor();
+  await page.click('#approve-as-session');
+  await page.waitForURL((url) => url.href.startsWith(redirectUri));
+  out.consent_via_link_token = await exchange(new URL(page.url()).searchParams.get('code'), viaLink.verifier);
+  await page.goto(`${base}/console#/oauth`);
+  await page.locator('[data-remove]').first().waitFor();
+  await shot(page, 'console-oauth');
+
+  // 11. A non-admin sees its own tree only, and its session ends when it is revoked.
   await page.click('#sign-out');
   await page.locator('#sign-in').waitFor({ state: 'visible' });
   await signIn(page, teamSecret);
