@@ -611,3 +611,124 @@ async fn the_console_works_in_a_headless_browser() {
         assert!(!log.contains(&secret[4..]), "a secret is in the log");
     }
 }
+
+/// Approving as the console session on the consent page: the pending request's CSRF proof and
+/// the session (from this origin) are both needed, what the session's token does not hold is
+/// refused on the page, and the right form redirects with a code.
+#[tokio::test]
+async fn consent_as_the_console_session_needs_the_session_the_csrf_proof_and_the_scope() {
+    let (_dir, server) = start();
+    let base = format!("http://{}", server.addr);
+    let (_, narrow) = mint(
+        &server,
+        server.admin(),
+        json!({"name": "narrow", "parent": "none", "buckets": ["docs"],
+               "tools": ["create_token", "whoami"]}),
+    )
+    .await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&narrow).await;
+    let session = browser.cookie.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect_uri = "http://127.0.0.1:9/callback";
+    let client: Value = http
+        .post(format!("{base}/oauth/register"))
+        .json(&json!({"client_name": "c", "redirect_uris": [redirect_uri],
+                      "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let authorize = format!(
+        "{base}/oauth/authorize?response_type=code&client_id={}&redirect_uri={redirect_uri}\
+         &code_challenge={challenge}&code_challenge_method=S256&scope=bucket:docs",
+        client["client_id"].as_str().unwrap()
+    );
+    // Opened with the session cookie: the one-click form, the requested bucket ticked.
+    let page = http
+        .get(&authorize)
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    let csrf_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let csrf_cookie = csrf_cookie.split(';').next().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"console-approve\""), "{html}");
+    assert!(
+        html.contains("name=\"bucket\" id=\"bucket-0\" value=\"docs\" checked"),
+        "{html}"
+    );
+    let hidden = |name: &str| {
+        let start = html.find(&format!("name=\"{name}\" value=\"")).unwrap() + name.len() + 15;
+        html[start..start + html[start..].find('"').unwrap()].to_owned()
+    };
+    let (request, csrf) = (hidden("request"), hidden("csrf"));
+    let post = |cookies: String, origin: &'static str, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let response = http
+                .post(format!("{base}/oauth/authorize/console"))
+                .header("cookie", cookies)
+                .header(
+                    "origin",
+                    if origin.is_empty() {
+                        base.as_str()
+                    } else {
+                        origin
+                    },
+                )
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(serde_urlencoded::to_string(&form).unwrap())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned());
+            (status, location, response.text().await.unwrap())
+        }
+    };
+    let form = |csrf: &str, bucket: &str| {
+        vec![
+            ("request", request.clone()),
+            ("csrf", csrf.to_owned()),
+            ("decision", "approve".to_owned()),
+            ("bucket", bucket.to_owned()),
+            ("tool", "whoami".to_owned()),
+        ]
+    };
+    let both = format!("{csrf_cookie}; {session}");
+    // No session: the page again, saying so.
+    let (status, _, body) = post(csrf_cookie.clone(), "", form(&csrf, "docs")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("no console session"), "{body}");
+    // Another origin of the same site, with the session and the CSRF proof: refused.
+    let (status, location, _) = post(both.clone(), "http://127.0.0.1:1", form(&csrf, "docs")).await;
+    assert_eq!((status, location), (StatusCode::BAD_REQUEST, None));
+    // A wrong CSRF field: refused.
+    let (status, location, _) = post(both.clone(), "", form("wrong", "docs")).await;
+    assert_eq!((status, location), (StatusCode::BAD_REQUEST, None));
+    // A bucket the session's token does not hold: refused on the page, nothing approved.
+    let (status, location, body) = post(both.clone(), "", form(&csrf, "prod")).await;
+    assert_eq!((status, location), (StatusCode::OK, None));
+    assert!(body.contains("cannot grant that"), "{body}");
+    // The right form: a code for the client.
+    let (status, location, _) = post(both.clone(), "", form(&csrf, "docs")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location
+            .unwrap()
+            .starts_with(&format!("{redirect_uri}?code=")),
+        "a code"
+    );
+}

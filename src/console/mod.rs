@@ -224,6 +224,10 @@ async fn sign_in(
             );
         }
     };
+    // A browser holds one session: signing in again ends the one it had.
+    if let Some(previous) = console.sessions.cookie(&headers) {
+        console.sessions.sign_out(previous);
+    }
     let Some(signed_in) = console.sessions.sign_in(token, &secret, Instant::now()) else {
         return refusal(
             StatusCode::BAD_REQUEST,

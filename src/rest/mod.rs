@@ -412,7 +412,7 @@ async fn tools(
     let listed = rest
         .server
         .list_tools_as(false, &who, ip)
-        .map_err(|e| Problem::new(StatusCode::FORBIDDEN, "forbidden", e.message.to_string()))?;
+        .map_err(|e| Problem::internal(&e.message))?;
     let tools: Vec<Value> = listed
         .tools
         .iter()
