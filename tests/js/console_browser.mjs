@@ -346,9 +346,20 @@ try {
   await page.click('#approve-as-session');
   await page.waitForURL((url) => url.href.startsWith(redirectUri));
   out.consent_via_link_token = await exchange(new URL(page.url()).searchParams.get('code'), viaLink.verifier);
+  // Remove a client from the OAuth page, behind a confirmation naming its grants.
+  const removable = await (await fetch(`${base}/oauth/register`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_name: 'Removable connector', redirect_uris: [redirectUri], token_endpoint_auth_method: 'none' }),
+  })).json();
   await page.goto(`${base}/console#/oauth`);
-  await page.locator('[data-remove]').first().waitFor();
+  await page.locator(`[data-remove="${removable.client_id}"]`).waitFor();
   await shot(page, 'console-oauth');
+  await page.click(`[data-remove="${removable.client_id}"]`);
+  await page.locator('#confirm[open]').waitFor();
+  check((await page.locator('#confirm-text').innerText()).includes('ends its 0 grants'), 'the confirmation names the grants');
+  await page.click('#confirm-ok');
+  await page.waitForFunction((id) => !document.querySelector(`[data-remove="${id}"]`), removable.client_id);
+  check(await page.locator(`[data-remove="${client.client_id}"]`).count() === 1, 'the other client stays');
 
   // 11. A non-admin sees its own tree only, and its session ends when it is revoked.
   await page.click('#sign-out');
