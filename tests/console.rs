@@ -511,20 +511,27 @@ async fn the_console_works_in_a_headless_browser() {
     let (team_child_id, _) = mint(&server, &team, json!({"name": "team-child"})).await;
     let base = format!("http://{}", server.addr);
 
-    let node = tokio::process::Command::new("node")
+    let stderr_file = dir.path().join("browser.log");
+    let run = tokio::process::Command::new("node")
         .arg(&script)
         .arg(&base)
         .arg(server.admin())
         .arg(&team)
         .arg(&screenshots)
-        .output()
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .kill_on_drop(true)
+        .output();
+    let said = || std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    // A step that never ends fails the test with what the script said so far; never a hang.
+    let node = tokio::time::timeout(std::time::Duration::from_secs(240), run)
         .await
+        .unwrap_or_else(|_| panic!("the browser test did not end within 240 s:\n{}", said()))
         .expect("run node");
     let stdout = String::from_utf8_lossy(&node.stdout).into_owned();
     assert!(
         node.status.success(),
         "the browser test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&node.stderr)
+        said()
     );
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {stdout}"));

@@ -83,6 +83,7 @@ try {
   });
   page.on('pageerror', (e) => errors.push(String(e)));
 
+  console.error('step 1');
   // 1. The page: served with a strict CSP and no framing; the sign-in form.
   const response = await page.goto(`${base}/console`);
   const headers = await response.allHeaders();
@@ -98,6 +99,7 @@ try {
   await page.locator('#notice.error').waitFor({ state: 'visible' });
   check(await page.locator('#sign-in').isVisible(), 'still on the sign-in form');
 
+  console.error('step 2');
   // 2. Sign in with the banner's admin token: the tree, and no script can read the cookie.
   await signIn(page, adminSecret);
   check(await page.evaluate(() => document.cookie) === '', `document.cookie is empty: ${await page.evaluate(() => document.cookie)}`);
@@ -105,6 +107,7 @@ try {
   check((await treeIds(page)).includes(me.id), 'the admin token is in its tree');
   await shot(page, 'console-tree');
 
+  console.error('step 3');
   // 3. Create a child: the secret shown once with a copy button and a warning.
   await page.click('#nav-create');
   await page.locator('#create-name').waitFor();
@@ -147,6 +150,7 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#tree a.name').length === 1);
   await page.fill('#filter-search', '');
 
+  console.error('step 4');
   // 4. Narrow the child's scope with checkboxes of the catalogue (the notes bucket's tools).
   await page.goto(`${base}/console#/scope/${childId}`);
   await page.locator('#scope-form').waitFor();
@@ -164,6 +168,7 @@ try {
   check(JSON.stringify(narrowed.buckets) === '["notes"]', `buckets narrowed: ${narrowed.buckets}`);
   check(JSON.stringify([...narrowed.tools].sort()) === '["list_*","notes__*","whoami"]', `tools narrowed: ${narrowed.tools}`);
 
+  console.error('step 5');
   // 5. Revoke the child's subtree: the confirmation names 2 tokens; then it is gone.
   await page.click('#revoke');
   await page.locator('#confirm[open]').waitFor();
@@ -179,6 +184,7 @@ try {
   await page.locator(`#node-${childId}`).waitFor();
   await page.uncheck('#show-ended');
 
+  console.error('step 6');
   // 6. The other pages.
   for (const [nav, wait, name] of [['#nav-audit', 'table', 'console-audit'], ['#nav-access', '#log-form', 'console-access'],
     ['#nav-buckets', '.bucket', 'console-buckets'], ['#nav-oauth', '#view-title', 'console-oauth']]) {
@@ -191,6 +197,7 @@ try {
   await page.locator('table').waitFor();
   check((await page.locator('tbody tr').count()) >= 1, 'the audit log filtered by action shows the revocation');
 
+  console.error('step 7');
   // 7. CSRF from another origin of the same site: the cookie goes along, and is not enough.
   const foreign = await browser.newPage();
   await foreign.goto(`${attackerOrigin}/`);
@@ -202,11 +209,11 @@ try {
       simple: { method: 'POST', credentials: 'include', mode: 'no-cors', headers: { 'content-type': 'text/plain' }, body: '{"name":"csrf-simple"}' },
     };
     for (const [name, init] of Object.entries(tries)) {
-      try { const r = await fetch(`${base}/v1/tokens`, init); results[name] = r.type === 'opaque' ? 'opaque' : r.status; }
+      try { const r = await fetch(`${base}/v1/tokens`, { ...init, signal: AbortSignal.timeout(10000) }); results[name] = r.type === 'opaque' ? 'opaque' : r.status; }
       catch (e) { results[name] = `blocked: ${e.message}`; }
     }
     try {
-      const r = await fetch(`${base}/console/session`, { credentials: 'include' });
+      const r = await fetch(`${base}/console/session`, { credentials: 'include', signal: AbortSignal.timeout(10000) });
       results.read_csrf = await r.text();
     } catch (e) { results.read_csrf = `blocked: ${e.message}`; }
     return results;
@@ -220,6 +227,7 @@ try {
   out.csrf_form_answer = formAnswer.slice(0, 300);
   await foreign.close();
 
+  console.error('step 8');
   // 8. Keyboard only: sign in, reach Create through the navigation, create, open the tree,
   // collapse and expand a subtree, open a confirmation and cancel it with Escape.
   const keyboardContext = await chrome.newContext({ viewport: { width: 1200, height: 900 } });
@@ -268,6 +276,7 @@ try {
   await keys.locator('#confirm:not([open])').waitFor({ state: 'attached' });
   await keyboardContext.close();
 
+  console.error('step 9');
   // 9. 375 px wide: every page fits without sideways scrolling.
   const narrowContext = await chrome.newContext({ viewport: { width: 375, height: 812 } });
   narrowContext.setDefaultTimeout(15000);
@@ -288,6 +297,7 @@ try {
   }
   await narrowContext.close();
 
+  console.error('step 10');
   // 10. One-click consent as the signed-in admin: a connector registers and sends the person
   // to the consent page, which offers approval as the console session with checkboxes, the
   // requested bucket ticked. Opened directly (as a desktop client opens the browser), the
@@ -361,6 +371,7 @@ try {
   await page.waitForFunction((id) => !document.querySelector(`[data-remove="${id}"]`), removable.client_id);
   check(await page.locator(`[data-remove="${client.client_id}"]`).count() === 1, 'the other client stays');
 
+  console.error('step 11');
   // 11. A non-admin sees its own tree only, and its session ends when it is revoked.
   await page.click('#sign-out');
   await page.locator('#sign-in').waitFor({ state: 'visible' });

@@ -143,6 +143,8 @@ async function loadTokens() {
     const page = await api('GET', `/v1/tokens?${query}`);
     for (const record of page.records) state.tokens.set(record.id, record);
     cursor = page.has_more ? page.next_cursor : null;
+    const progress = $('tree-summary');
+    if (progress && cursor) progress.textContent = `Loading tokens… ${state.tokens.size} so far`;
     if (state.tokens.size >= LOAD_CAP) { state.truncated = Boolean(cursor); break; }
   } while (cursor);
   for (const record of state.tokens.values()) {
@@ -310,7 +312,10 @@ function lineagePath(record) {
 }
 
 async function viewTokens() {
-  await ensureTokens();
+  if (!state.loaded) {
+    show('Tokens', el('p', { id: 'tree-summary', class: 'meta', role: 'status' }, 'Loading tokens…'));
+    await loadTokens();
+  }
   const search = el('input', { type: 'search', id: 'filter-search', value: state.search,
     placeholder: 'name, description or id' });
   const status = el('select', { id: 'filter-status' },
