@@ -220,6 +220,10 @@ async fn the_console_is_served_locked_down_and_signs_in_to_a_strict_httponly_coo
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["admin"], true);
     let log = server.stderr();
+    assert!(
+        log.contains(&format!("web console at http://{}/console", server.addr)),
+        "the start says where the console is: {log}"
+    );
     assert!(log.contains("console sign-in"), "{log}");
     assert_eq!(
         log.matches(&server.admin()[4..]).count(),

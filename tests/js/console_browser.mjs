@@ -57,7 +57,15 @@ const chrome = await chromium.launch({
 // One context (cookie jar) per person; more below.
 const browser = await chrome.newContext({ viewport: { width: 1200, height: 900 } });
 browser.setDefaultTimeout(15000);
-const shot = (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+// Every page photographed is also checked for a control without a label (or a name of its own).
+const shot = async (page, name) => {
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, button, textarea')]
+    .filter((c) => c.type !== 'hidden' && !(c.labels && c.labels.length) && !c.getAttribute('aria-label')
+      && !c.textContent.trim())
+    .map((c) => c.outerHTML.slice(0, 100)));
+  check(unlabelled.length === 0, `${name}: controls without a label: ${unlabelled.join(' ')}`);
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+};
 const errors = [];
 const out = {};
 
