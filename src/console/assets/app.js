@@ -709,7 +709,9 @@ async function viewOAuth() {
       : el('p', {}, 'No client has registered.'),
     el('h3', {}, 'Grants'),
     grants.grants.length ? table([['Client', (g) => g.client_name], ['Approver', (g) => g.approver],
-      ['Access token', (g) => g.access_token], ['Status', (g) => g.access_token_status], ['Buckets', (g) => g.buckets],
+      ['Access token', (g) => (g.access_token_status === 'deleted' ? g.access_token
+        : el('a', { href: `#/token/${g.access_token}`, 'aria-label': `Token ${g.access_token} of this grant (revoke it there)` }, g.access_token))],
+      ['Status', (g) => g.access_token_status], ['Buckets', (g) => g.buckets],
       ['Tools', (g) => g.tools], ['Created', (g) => when(g.created_at)]], grants.grants)
       : el('p', {}, 'No grants.'));
 }
