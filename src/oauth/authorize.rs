@@ -40,12 +40,12 @@ pub(super) const MAX_LIFETIME_SECONDS: u64 = 86_400;
 pub(super) struct PendingRequest {
     pub(super) client_id: String,
     pub(super) client_name: String,
-    pub(super) redirect_uri: String,
-    pub(super) state: Option<String>,
-    pub(super) code_challenge: String,
-    pub(super) resource: Option<String>,
-    pub(super) requested: Vec<String>,
-    pub(super) ignored: Vec<String>,
+    redirect_uri: String,
+    state: Option<String>,
+    code_challenge: String,
+    resource: Option<String>,
+    requested: Vec<String>,
+    ignored: Vec<String>,
     /// Prefills of the form, from the requested scope.
     pub(super) buckets: Vec<String>,
     pub(super) tools: Vec<String>,
@@ -78,7 +78,7 @@ struct ConsentForm {
 }
 
 /// A redirect to a registered URI with `params` added to its query (and `iss`, RFC 9207).
-pub(super) fn redirect_to(
+fn redirect_to(
     status: StatusCode,
     redirect_uri: &str,
     params: &[(&str, &str)],
