@@ -228,8 +228,10 @@ try {
   }, base);
   check(!String(attempts.read_csrf).includes('csrf'), `another origin cannot read the CSRF token: ${JSON.stringify(attempts)}`);
   await foreign.click('body');
-  await foreign.evaluate(() => document.getElementById('f').submit());
-  await foreign.waitForLoadState('load');
+  await Promise.all([
+    foreign.waitForURL(`${base}/v1/tokens`),
+    foreign.evaluate(() => document.getElementById('f').submit()),
+  ]);
   const formAnswer = await foreign.locator('body').innerText().catch(() => '');
   out.csrf_attempts = attempts;
   out.csrf_form_answer = formAnswer.slice(0, 300);
