@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod console;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -602,6 +602,7 @@ async fn the_openapi_document_covers_every_endpoint_and_needs_no_token() {
         ("/v1/whoami", "get"),
         ("/v1/verify", "post"),
         ("/v1/buckets", "get"),
+        ("/v1/tools", "get"),
         ("/v1/audit", "get"),
         ("/v1/oauth/clients", "get"),
         ("/v1/oauth/grants", "get"),
@@ -672,4 +673,33 @@ async fn the_openapi_document_covers_every_endpoint_and_needs_no_token() {
             "{path}"
         );
     }
+}
+
+/// `GET /v1/tools` lists what the caller may call (its `tools/list`), and like `tools/list`
+/// it spends no use.
+#[tokio::test]
+async fn tools_lists_what_the_caller_may_call_and_spends_no_use() {
+    let (_dir, server) = start();
+    let api = Api::new(&server);
+    let (_, reader) = api
+        .mint(
+            server.admin(),
+            json!({"name": "reader", "parent": "none", "tools": ["whoami", "get_*"], "max_uses": 1}),
+        )
+        .await;
+    for _ in 0..3 {
+        let (status, listed) = api.get("/tools", &reader).await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        let names: Vec<&str> = listed["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["whoami", "get_token"], "{listed}");
+        assert_eq!(listed["tools"][0]["read_only"], true);
+    }
+    let (status, me) = api.get("/whoami", &reader).await;
+    assert_eq!(status, StatusCode::OK, "the one use is still there: {me}");
+    assert_eq!(me["remaining_uses"], 0);
 }

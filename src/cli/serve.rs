@@ -305,6 +305,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             "serving MCP over HTTP at http://{}/mcp",
             bound.expect("bound")
         );
+        tracing::info!(
+            "web console at http://{}/console (sign in with a token)",
+            bound.expect("bound")
+        );
         tokio::spawn(http::serve(listener, app, (limits, connections), stop))
     });
 

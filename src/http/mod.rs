@@ -230,7 +230,15 @@ pub fn router(
     allowed_origins.push(config.oauth.origin());
     let origins = Arc::new(cors::allowed_origins(&allowed_origins)?);
     let manager = Arc::new(session_manager());
-    let oauth = Arc::new(OAuth::new(Arc::clone(&service), config.oauth.clone())?);
+    let console = Arc::new(crate::console::Sessions::new(&config.oauth.public_url));
+    let oauth = Arc::new(
+        OAuth::new(Arc::clone(&service), config.oauth.clone())?.with_console(
+            crate::oauth::ConsoleLink {
+                sessions: Arc::clone(&console),
+                gateway: config.gateway.clone(),
+            },
+        ),
+    );
     let inflight = Arc::new(inflight::InFlight::new(
         config.max_inflight_per_token,
         config.max_connections,
@@ -265,6 +273,11 @@ pub fn router(
         service: Arc::clone(&service),
         resource_metadata: config.oauth.resource_metadata_url().into(),
         inflight,
+        console: Arc::clone(&console),
+    };
+    let console = crate::console::Console {
+        service: Arc::clone(&service),
+        sessions: console,
     };
     let express = express_lane(&service, &manager, config, &shutdown);
     Ok(Router::new()
@@ -276,6 +289,7 @@ pub fn router(
         .route("/healthz", get(healthz))
         .merge(crate::oauth::routes(oauth))
         .merge(crate::rest::routes(rest, rest_auth))
+        .merge(crate::console::routes(console))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(origins, cors::cors)))
 }

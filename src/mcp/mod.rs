@@ -36,7 +36,8 @@ pub struct Authenticated {
     pub token_id: TokenId,
     pub client_ip: IpAddr,
     /// The secret the request presented, so that work outliving the request (a stream, a long
-    /// gateway call) keeps belonging to that secret; `None` only in the guard benchmark.
+    /// gateway call) keeps belonging to that secret; `None` for a console session (which
+    /// keeps only its secret's hash, and makes no gateway calls) and in the guard benchmark.
     pub secret: Option<Presented>,
     /// The request's trace context (its `traceparent`, when it came), only when traces are on.
     pub trace: Option<crate::trace::Incoming>,

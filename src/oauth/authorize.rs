@@ -32,14 +32,14 @@ use crate::store::oauth::{ApprovedScope, OAuthClient};
 pub(super) const CSRF_COOKIE: &str = "tw_oauth_csrf_";
 const MAX_STATE_LEN: usize = 1_000;
 const MAX_SCOPE_LEN: usize = 2_000;
-const MIN_LIFETIME_SECONDS: u64 = 60;
-const MAX_LIFETIME_SECONDS: u64 = 86_400;
+pub(super) const MIN_LIFETIME_SECONDS: u64 = 60;
+pub(super) const MAX_LIFETIME_SECONDS: u64 = 86_400;
 
 /// A consent page waiting for its decision (in memory, 10 minutes).
 #[derive(Clone)]
 pub(super) struct PendingRequest {
-    client_id: String,
-    client_name: String,
+    pub(super) client_id: String,
+    pub(super) client_name: String,
     redirect_uri: String,
     state: Option<String>,
     code_challenge: String,
@@ -47,10 +47,10 @@ pub(super) struct PendingRequest {
     requested: Vec<String>,
     ignored: Vec<String>,
     /// Prefills of the form, from the requested scope.
-    buckets: Vec<String>,
-    tools: Vec<String>,
-    read_only: bool,
-    csrf: String,
+    pub(super) buckets: Vec<String>,
+    pub(super) tools: Vec<String>,
+    pub(super) read_only: bool,
+    pub(super) csrf: String,
 }
 
 #[derive(Deserialize)]
@@ -168,8 +168,10 @@ fn client_of(oauth: &OAuth, client_id: &str) -> Result<Option<OAuthClient>, Resp
 pub(super) async fn show(
     State(oauth): State<Arc<OAuth>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let ip = client_ip(peer);
     let peer = peer_key(peer.ip());
     let query = query.unwrap_or_default();
     let Ok(params) = serde_urlencoded::from_str::<AuthorizeParams>(&query) else {
@@ -283,6 +285,7 @@ pub(super) async fn show(
         csrf: random_string(32),
     };
     let request_id = random_string(32);
+    let console = super::console_consent::section(&oauth, &headers, ip, &request_id, &pending);
     let mut response = render(
         &oauth,
         &request_id,
@@ -292,6 +295,7 @@ pub(super) async fn show(
         pending.read_only,
         &oauth.config.token_lifetime_seconds.to_string(),
         None,
+        &console,
     );
     let secure = if oauth.config.public_url.starts_with("https://") {
         "; Secure"
@@ -348,7 +352,7 @@ fn too_many_pages(wait: Duration) -> Response {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render(
+pub(super) fn render(
     oauth: &OAuth,
     request_id: &str,
     pending: &PendingRequest,
@@ -357,6 +361,7 @@ fn render(
     read_only: bool,
     lifetime: &str,
     error: Option<&str>,
+    console: &str,
 ) -> Response {
     consent::page(&ConsentView {
         request_id,
@@ -372,16 +377,17 @@ fn render(
         read_only,
         lifetime_seconds: lifetime,
         error,
+        console,
     })
 }
 
 /// The CSRF cookie of one pending request (its id is base64url: safe in a cookie name).
-fn csrf_cookie(request_id: &str) -> String {
+pub(super) fn csrf_cookie(request_id: &str) -> String {
     let prefix: String = request_id.chars().take(16).collect();
     format!("{CSRF_COOKIE}{prefix}")
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -491,6 +497,7 @@ pub(super) async fn decide(
             read_only,
             &lifetime_field,
             Some(message),
+            "",
         )
     };
     let lifetime = match lifetime_field.trim().parse::<u64>() {
@@ -527,6 +534,21 @@ pub(super) async fn decide(
         Ok(approver) => approver,
         Err(message) => return again(&message),
     };
+    issue_code(&oauth, request_id, &pending, approver, scope).await
+}
+
+/// Approval, once the approver may grant `scope`: the pending request is spent, a single-use
+/// code is issued for it, the approval is audited, and the browser goes back to the client.
+/// (For the paste form and for approval as a console session alike.)
+pub(super) async fn issue_code(
+    oauth: &Arc<OAuth>,
+    request_id: &str,
+    pending: &PendingRequest,
+    approver: crate::secret::TokenId,
+    scope: ApprovedScope,
+) -> Response {
+    let bad = |message: &str| error_page(StatusCode::BAD_REQUEST, "Consent refused", message);
+    let state = pending.state.as_deref();
     if lock(&oauth.pending)
         .take(request_id, Instant::now())
         .is_none()
@@ -548,7 +570,7 @@ pub(super) async fn decide(
         Instant::now(),
     );
     let audited = {
-        let oauth = Arc::clone(&oauth);
+        let oauth = Arc::clone(oauth);
         let approver = approver.clone();
         let changes = json!({
             "client_id": pending.client_id,
@@ -602,10 +624,26 @@ fn check_approver(
     client_id: &str,
     client_name: &str,
 ) -> Result<crate::secret::TokenId, String> {
+    let approver = oauth
+        .service
+        .authenticate(secret, Some(ip))
+        .map_err(|failure| {
+            crate::secret::redact_secrets(&format!("This token cannot approve: {failure}."))
+        })?;
+    may_approve(oauth, approver, ip, scope, client_id, client_name)
+}
+
+/// Whether an authenticated token may approve `scope`: it may call `create_token` (counted
+/// like such a call), and `create_token` would accept the child.
+pub(super) fn may_approve(
+    oauth: &OAuth,
+    approver: crate::secret::TokenId,
+    ip: std::net::IpAddr,
+    scope: &ApprovedScope,
+    client_id: &str,
+    client_name: &str,
+) -> Result<crate::secret::TokenId, String> {
     let service = &oauth.service;
-    let approver = service.authenticate(secret, Some(ip)).map_err(|failure| {
-        crate::secret::redact_secrets(&format!("This token cannot approve: {failure}."))
-    })?;
     let caller = Caller::Token(approver.clone());
     service
         .authorize_call(&caller, "create_token", None, Some(ip))

@@ -24,6 +24,9 @@ pub(super) struct ConsentView<'a> {
     pub read_only: bool,
     pub lifetime_seconds: &'a str,
     pub error: Option<&'a str>,
+    /// Approval as the browser's console session (`console_consent`): HTML built and escaped
+    /// there, shown above the paste form.
+    pub console: &'a str,
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;\
@@ -141,7 +144,7 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
 <span class=\"hint\" id=\"unverified\">(unverified name: the client chose it itself)</span> \
 (client <code>{client_id}</code>) asks for a token to use the MCP server at <code>{public_url}</code>.</p>\
 <p>After you decide, your browser goes to <strong id=\"redirect_host\">{host}</strong> \
-(<code>{redirect}</code>).</p>{requested}{ignored}</div>{error}\
+(<code>{redirect}</code>).</p>{requested}{ignored}</div>{error}{console}\
 <form method=\"post\" action=\"/oauth/authorize\" id=\"consent\">\
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -172,6 +175,7 @@ never past the approver's own expiry; the client renews it while the approver st
         tools = esc(view.tools),
         checked = if view.read_only { " checked" } else { "" },
         lifetime = esc(view.lifetime_seconds),
+        console = view.console,
     );
     html(StatusCode::OK, body, Some(view.redirect_uri))
 }
@@ -208,6 +212,7 @@ mod tests {
             read_only: true,
             lifetime_seconds: evil,
             error: Some(evil),
+            console: "",
         };
         let response = page(&view);
         assert_eq!(

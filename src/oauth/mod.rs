@@ -20,6 +20,7 @@
 
 mod authorize;
 mod consent;
+mod console_consent;
 mod metadata;
 mod pending;
 mod register;
@@ -42,6 +43,7 @@ use crate::service::Service;
 use crate::store::oauth::OAuthStore;
 use pending::{Consents, Expiring};
 
+pub use console_consent::ConsoleLink;
 pub use register::RegistrationLimits;
 
 /// How long a consent page stays usable.
@@ -145,6 +147,8 @@ pub struct OAuth {
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
     /// or a code is spent exactly once.
     grants: Mutex<()>,
+    /// The console's sessions, for approval as a signed-in person (`console_consent`).
+    console: Option<ConsoleLink>,
 }
 
 impl OAuth {
@@ -165,7 +169,14 @@ impl OAuth {
             pending: Mutex::new(Consents::new(PENDING_TTL, MAX_PENDING, PENDING_SHARE)),
             codes: Mutex::new(Expiring::new(CODE_TTL, MAX_CODES)),
             grants: Mutex::new(()),
+            console: None,
         })
+    }
+
+    /// Lets the consent page approve as the browser's console session.
+    pub fn with_console(mut self, console: ConsoleLink) -> OAuth {
+        self.console = Some(console);
+        self
     }
 
     pub fn config(&self) -> &OAuthConfig {
@@ -214,6 +225,7 @@ pub fn routes(oauth: Arc<OAuth>) -> Router {
             "/oauth/authorize",
             get(authorize::show).post(authorize::decide),
         )
+        .route("/oauth/authorize/console", post(console_consent::approve))
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(token::revoke))
         .with_state(oauth)

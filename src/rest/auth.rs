@@ -1,6 +1,11 @@
 //! The bearer check for `/v1`: the `/mcp` guard's authentication (RFC 6750 challenges naming
 //! the resource metadata) and its bound on requests in flight per lineage, without MCP's
 //! sessions. An authenticated request carries [`Authenticated`] to its handler.
+//!
+//! A request without `Authorization` that carries a console session cookie is the console
+//! acting as that session's token: the session is checked whole (`console::session`: CSRF
+//! token, origin, and the token's secret still authenticating from its stored hash) and then
+//! meets everything below, as a bearer would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,16 +26,35 @@ pub struct RestAuth {
     pub service: Arc<Service>,
     pub resource_metadata: Arc<str>,
     pub inflight: Arc<crate::http::InFlight>,
+    /// The console's sessions, which stand for their tokens here.
+    pub console: Arc<crate::console::Sessions>,
 }
 
 pub async fn authenticate(
     State(auth): State<RestAuth>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let client_ip = canonical_ip(peer.ip());
-    let secret = match crate::http::bearer_of(request.headers()) {
+    let bearer = crate::http::bearer_of(request.headers());
+    if matches!(bearer, Err(None)) && auth.console.cookie(request.headers()).is_some() {
+        return match auth.console.check(
+            &auth.service,
+            request.method(),
+            request.headers(),
+            client_ip,
+            false,
+        ) {
+            Ok((token_id, _)) => admitted(&auth, token_id, client_ip, None, request, next).await,
+            Err(why) => {
+                tracing::debug!(%client_ip, "refused a console request: {why:?}");
+                crate::http::doom(&request);
+                crate::console::refused(&auth.console, &why)
+            }
+        };
+    }
+    let secret = match bearer {
         Ok(secret) => secret.to_owned(),
         Err(description) => {
             let reason = match description {
@@ -53,6 +77,21 @@ pub async fn authenticate(
             return refused(&auth, Some(&description));
         }
     };
+    let presented = Some(Presented::new(&secret));
+    admitted(&auth, token_id, client_ip, presented, request, next).await
+}
+
+/// An authenticated request (by bearer, or by console session: `secret` is `None`, since a
+/// session keeps only its secret's hash) from here on: its lineage's bound on requests in
+/// flight, then the handler.
+async fn admitted(
+    auth: &RestAuth,
+    token_id: crate::secret::TokenId,
+    client_ip: std::net::IpAddr,
+    secret: Option<Presented>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let chain = auth.service.lineage_chain(&token_id);
     let lineage = chain[0].clone();
     let Some(ticket) = auth.inflight.enter(chain) else {
@@ -92,7 +131,7 @@ pub async fn authenticate(
     request.extensions_mut().insert(Authenticated {
         token_id,
         client_ip,
-        secret: Some(Presented::new(&secret)),
+        secret,
         trace,
     });
     // A lineage with many requests in flight runs them a few at a time (`http::inflight`).

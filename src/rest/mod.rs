@@ -79,6 +79,7 @@ pub fn routes(rest: Rest, auth: RestAuth) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/verify", post(verify))
         .route("/v1/buckets", get(buckets))
+        .route("/v1/tools", get(tools))
         .route("/v1/audit", get(audit))
         .route("/v1/access", get(access))
         .route("/v1/oauth/clients", get(oauth_clients))
@@ -398,6 +399,32 @@ async fn buckets(
 ) -> Result<Response, Problem> {
     let buckets = run(&rest, &caller, "list_buckets", Map::new()).await?;
     Ok(json(StatusCode::OK, &buckets))
+}
+
+/// `GET /v1/tools`: what `tools/list` shows the caller over MCP (tokenwarden's own tools and
+/// the gateway's it may call), as `{tools: [{name, read_only, description}]}`. Like
+/// `tools/list`, not a tool call: it spends no use.
+async fn tools(
+    State(rest): State<Rest>,
+    caller: axum::Extension<Authenticated>,
+) -> Result<Response, Problem> {
+    let (who, ip) = who(&caller);
+    let listed = rest
+        .server
+        .list_tools_as(false, &who, ip)
+        .map_err(|e| Problem::internal(&e.message))?;
+    let tools: Vec<Value> = listed
+        .tools
+        .iter()
+        .map(|tool| {
+            serde_json::json!({
+                "name": tool.name,
+                "read_only": tool.annotations.as_ref().and_then(|a| a.read_only_hint).unwrap_or(false),
+                "description": tool.description,
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "tools": tools })))
 }
 
 async fn audit(

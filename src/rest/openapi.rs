@@ -410,6 +410,18 @@ pub fn build() -> Value {
                 extra_problems: &[],
             }.operation(),
         },
+        "/v1/tools": {
+            "get": Endpoint {
+                id: "listTools",
+                summary: "The tools you may call: tokenwarden's own and the gateway's (what \
+                          tools/list shows you over MCP; not a tool call, so it spends no use).",
+                sources: &[],
+                parameters: vec![],
+                request: None,
+                success: ("200", ok("The tools.", tools_schema())),
+                extra_problems: &[],
+            }.operation(),
+        },
         "/v1/audit": {
             "get": Endpoint {
                 id: "listAuditEvents",
@@ -535,6 +547,15 @@ fn buckets_schema() -> Value {
             "name": {"type": "string"}, "transport": {"type": "string"},
             "status": {"type": "string", "enum": ["connected", "connecting", "unavailable"]},
             "tools": {"type": "integer", "minimum": 0}, "error": {"type": "string"}}}}}})
+}
+
+/// `GET /v1/tools`' answer (built in `rest::tools` from `tools/list`).
+fn tools_schema() -> Value {
+    json!({"type": "object", "required": ["tools"], "properties": {"tools": {
+        "type": "array", "items": {"type": "object", "required": ["name", "read_only"],
+        "properties": {
+            "name": {"type": "string"}, "read_only": {"type": "boolean"},
+            "description": {"type": ["string", "null"]}}}}}})
 }
 
 /// The grants' rows (built in `cli::oauth::grants`).

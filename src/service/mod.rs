@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::record::{Actor, TokenRecord, effective_status};
 pub use crate::rules::authorize::Tool;
 use crate::rules::authorize::{Attempt, Denial, authentication_holds_until, authorize, permits};
-use crate::secret::{Secret, SecretError, TokenId};
+use crate::secret::{Secret, SecretError, SecretHash, TokenId};
 use crate::store::{Cached, HashEntry, Remember, Store, StoreConfig, StoreError};
 use crate::timestamp::Timestamp;
 use requests::TokenView;
@@ -196,6 +196,17 @@ impl Service {
         client_ip: Option<IpAddr>,
     ) -> std::result::Result<TokenId, AuthFailure> {
         let hash = Secret::hash_presented(presented).map_err(AuthFailure::Malformed)?;
+        self.authenticate_hash(&hash, client_ip)
+    }
+
+    /// [`Service::authenticate`] of a secret already checked and hashed: what a console
+    /// session keeps instead of the secret itself, so that every request it makes meets the
+    /// same check a bearer does (revoked, paused, expired, rotated past its grace).
+    pub fn authenticate_hash(
+        &self,
+        hash: &SecretHash,
+        client_ip: Option<IpAddr>,
+    ) -> std::result::Result<TokenId, AuthFailure> {
         let now = Timestamp::now();
         let attempt = Attempt::authentication(&self.config.environment, now, client_ip);
         let judge = |entry: &HashEntry, cached: Cached<'_>| {
@@ -210,11 +221,11 @@ impl Service {
             }
             Ok(entry.id.clone())
         };
-        if let Some(decision) = self.store.with_cached_chain(&hash, now, judge) {
+        if let Some(decision) = self.store.with_cached_chain(hash, now, judge) {
             return decision;
         }
         // Not all in memory yet: load the hash and the chain (this fills the cache).
-        let entry = self.store.hash_entry(&hash)?.ok_or(AuthFailure::Unknown)?;
+        let entry = self.store.hash_entry(hash)?.ok_or(AuthFailure::Unknown)?;
         let chain = self.store.chain(&entry.id)?.ok_or(AuthFailure::Unknown)?;
         let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
         judge(&entry, Cached::Chain(&links, Remember::nowhere()))
