@@ -213,6 +213,11 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Ticket {
+    /// Whether [`Ticket::turn`] may wait: its lineage was busy when it came in.
+    pub fn may_wait_for_turn(&self) -> bool {
+        self.turns.is_some()
+    }
+
     /// Waits for a turn of its lineage when the lineage is busy (see the module's
     /// documentation), then once more behind every task ready to run; `None` at once
     /// otherwise. Run the request with [`turned`].

@@ -134,7 +134,19 @@ async fn admitted(
         secret,
         trace,
     });
-    // A lineage with many requests in flight runs them a few at a time (`http::inflight`).
+    // A lineage with many requests in flight runs them a few at a time (`http::inflight`),
+    // its turn taken once the body is here: a body sent late would otherwise make the
+    // request give its turn back before its work began.
+    if ticket.may_wait_for_turn() && request.method() != axum::http::Method::GET {
+        let (parts, body) = request.into_parts();
+        let bytes = match super::read_whole_body(body).await {
+            Ok(bytes) => bytes,
+            Err(problem) => {
+                return crate::http::hold_ticket(problem.into_response(), (ticket, shield));
+            }
+        };
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
     let turn = ticket.turn().await;
     let response = crate::http::turned(next.run(request), turn).await;
     crate::http::hold_ticket(response, (ticket, shield))

@@ -183,23 +183,26 @@ fn query_arguments(query: Option<String>) -> Result<Map<String, Value>, Problem>
     Ok(arguments)
 }
 
+/// A request's body, whole, within the size limit and the body deadline.
+pub(crate) async fn read_whole_body(body: Body) -> Result<axum::body::Bytes, Problem> {
+    match crate::http::read_body(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => Ok(bytes),
+        Err(crate::http::BodyFault::TooLarge) => Err(Problem::too_large()),
+        Err(crate::http::BodyFault::Late) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_argument",
+            "the body must arrive within 10 seconds",
+        )),
+    }
+}
+
 /// A JSON object body (an empty body is `{}` where `empty_ok`).
 async fn body_arguments(
     headers: &HeaderMap,
     body: Body,
     empty_ok: bool,
 ) -> Result<Map<String, Value>, Problem> {
-    let bytes = match crate::http::read_body(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(crate::http::BodyFault::TooLarge) => return Err(Problem::too_large()),
-        Err(crate::http::BodyFault::Late) => {
-            return Err(Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_argument",
-                "the body must arrive within 10 seconds",
-            ));
-        }
-    };
+    let bytes = read_whole_body(body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) && empty_ok {
         return Ok(Map::new());
     }
