@@ -106,14 +106,6 @@ fn same(a: &str, b: &str) -> bool {
     blake3::hash(a.as_bytes()) == blake3::hash(b.as_bytes())
 }
 
-/// Who sign-in attempts are counted against: the peer, an IPv6 peer by its /64.
-fn peer_key(ip: IpAddr) -> IpAddr {
-    match crate::rules::cidr::canonical_ip(ip) {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
-
 impl Sessions {
     /// Sessions for a server reached at `public_url` (`--public-url`).
     pub fn new(public_url: &str) -> Sessions {
@@ -200,7 +192,7 @@ impl Sessions {
 
     /// Takes one sign-in attempt of `peer`'s allowance; `Err` holds how long to wait.
     pub fn take_sign_in(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
-        let peer = peer_key(peer);
+        let peer = crate::rules::cidr::peer_key(peer);
         let mut table = self.table();
         let refill = |a: &Allowance| {
             let earned = now.duration_since(a.at).as_secs_f64() / SIGN_IN_REFILL.as_secs_f64();

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,8 @@ struct Connection {
     write_blocked_since: AtomicU64,
     /// The lineage of the last request counted on it.
     lineage: Mutex<Option<TokenId>>,
+    /// Its peer as per-peer bounds count it (`cidr::peer_key`).
+    peer: IpAddr,
 }
 
 /// A connection's standing: nothing counted on it yet.
@@ -131,8 +134,9 @@ enum Room {
     None,
     /// A connection was closed.
     Made,
-    /// The connection closed was waiting for a refusal: a client retrying refused requests.
-    FromRefused,
+    /// The connection closed was waiting for a refusal: a client (this peer) retrying
+    /// refused requests.
+    FromRefused(IpAddr),
 }
 
 /// Every open connection, for eviction and idle sweeps.
@@ -140,6 +144,9 @@ struct Table {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Peers whose refused connections were closed to make room, and when (ms since `epoch`)
+    /// their next connection may start: see [`Table::paced_start`].
+    paced: Mutex<HashMap<IpAddr, u64>>,
 }
 
 impl Table {
@@ -148,6 +155,7 @@ impl Table {
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
+            paced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,7 +171,17 @@ impl Table {
         self.lock().len()
     }
 
-    fn insert(&self) -> (u64, Arc<Connection>) {
+    /// Connections not already closing: what counts against the limit when a new one comes
+    /// (a closed connection leaves the table only when its task next runs, and without this
+    /// a fast accept loop closed a kept-alive client for room already made).
+    fn open_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| !c.close.is_cancelled())
+            .count()
+    }
+
+    fn insert(&self, peer: IpAddr) -> (u64, Arc<Connection>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection {
             busy: AtomicUsize::new(0),
@@ -175,6 +193,7 @@ impl Table {
             standing: Arc::new(AtomicU8::new(UNKNOWN)),
             write_blocked_since: AtomicU64::new(0),
             lineage: Mutex::new(None),
+            peer,
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -257,7 +276,7 @@ impl Table {
         victim.forced.store(true, Ordering::Release);
         victim.close.cancel();
         Some(if victim.standing.load(Ordering::Acquire) == REFUSED {
-            Room::FromRefused
+            Room::FromRefused(victim.peer)
         } else {
             Room::Made
         })
@@ -273,6 +292,42 @@ impl Table {
         } else {
             Room::None
         }
+    }
+
+    /// `peer` retries refused requests at capacity: its connections are paced from now on.
+    fn pace(&self, peer: IpAddr) {
+        let now = self.now_ms();
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        if paced.len() >= MAX_PACED_PEERS && !paced.contains_key(&peer) {
+            paced.retain(|_, next| *next + PACE_MEMORY_MS > now);
+            if paced.len() >= MAX_PACED_PEERS {
+                paced.clear();
+            }
+        }
+        paced.entry(peer).or_insert(now);
+    }
+
+    /// How long a new connection of `peer` waits before it is served: nothing unless the peer
+    /// is paced, else until its next turn, one every [`ROOM_PACE`]; `None` when that is more
+    /// than [`PACE_QUEUE`] away (the connection is closed at once). A peer stops being paced a
+    /// second after its turns caught up with the clock.
+    fn paced_start(&self, peer: IpAddr) -> Option<Duration> {
+        let now = self.now_ms();
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(next) = paced.get_mut(&peer) else {
+            return Some(Duration::ZERO);
+        };
+        if *next + PACE_MEMORY_MS <= now {
+            paced.remove(&peer);
+            return Some(Duration::ZERO);
+        }
+        let start = (*next).max(now);
+        let wait = Duration::from_millis(start - now);
+        if wait > PACE_QUEUE {
+            return None;
+        }
+        *next = start + ROOM_PACE.as_millis() as u64;
+        Some(wait)
     }
 
     /// Closes connections idle past their deadline.
@@ -463,9 +518,15 @@ impl tokio::io::AsyncWrite for Tracked {
 /// Bytes one connection may buffer while its request head arrives.
 const MAX_HEADER_BUFFER: usize = 64 * 1024;
 
-/// At capacity, a connection that closes one waiting for its refusal is accepted at most once
-/// per this long (500 a second).
+/// A peer whose refused connections are closed to make room is served at most one new
+/// connection per this long (500 a second); other peers are not slowed.
 const ROOM_PACE: Duration = Duration::from_millis(2);
+/// How far ahead a paced peer's connections may queue; beyond, they are closed at once.
+const PACE_QUEUE: Duration = Duration::from_secs(1);
+/// How long after its turns caught up a peer stays paced.
+const PACE_MEMORY_MS: u64 = 1_000;
+/// Paced peers remembered at once.
+const MAX_PACED_PEERS: usize = 4_096;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, within `limits`, keeping its
 /// connections in the given table (where the metrics count them). Requests carry the peer's
@@ -517,14 +578,14 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        if table.len() >= limits.max_connections {
+        if table.len() >= limits.max_connections && table.open_count() >= limits.max_connections {
             let room = table.make_room(limits.max_connections);
-            if room == Room::FromRefused {
+            if let Room::FromRefused(refused) = room {
                 // The connection closed was waiting for its refusal, and a client whose
                 // refused requests are closed early would retry at once: a loop as fast as
-                // the server accepts. Pacing these (and only these: closing connections that
-                // never sent anything costs little) leaves the cores to the requests in.
-                tokio::time::sleep(ROOM_PACE).await;
+                // the server accepts. That peer's connections are paced (and only its: a
+                // pause here held up every new client behind the flood).
+                table.pace(refused);
             }
             if room == Room::None {
                 tracing::debug!(%peer, "refusing a connection: every connection is busy and counted");
@@ -532,7 +593,13 @@ pub async fn serve(
                 continue;
             }
         }
-        let (id, connection) = table.insert();
+        let peer_key = crate::rules::cidr::peer_key(peer.ip());
+        let Some(paced) = table.paced_start(peer_key) else {
+            tracing::debug!(%peer, "closing a connection: its address retries refused requests");
+            drop(tcp);
+            continue;
+        };
+        let (id, connection) = table.insert(peer_key);
         let app = app.clone();
         let table = Arc::clone(&table);
         let builder = Arc::clone(&builder);
@@ -540,6 +607,15 @@ pub async fn serve(
         // Polled again at once when it wakes itself (most requests do), instead of being
         // handed to the other worker thread: see `repoll`.
         tasks.spawn(Repoll::new(async move {
+            if !paced.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(paced) => {}
+                    _ = connection.close.cancelled() => {
+                        table.remove(id);
+                        return;
+                    }
+                }
+            }
             let service = {
                 let connection = Arc::clone(&connection);
                 let table = Arc::clone(&table);

@@ -172,7 +172,7 @@ pub(super) async fn show(
     RawQuery(query): RawQuery,
 ) -> Response {
     let ip = client_ip(peer);
-    let peer = peer_key(peer.ip());
+    let peer = crate::rules::cidr::peer_key(peer.ip());
     let query = query.unwrap_or_default();
     let Ok(params) = serde_urlencoded::from_str::<AuthorizeParams>(&query) else {
         return error_page(
@@ -322,18 +322,6 @@ pub(super) async fn show(
         return too_many_pages(Duration::from_secs(60));
     }
     response
-}
-
-/// Who a consent page is counted against: the peer's address, an IPv6 address by its /64
-/// (one host commonly holds a whole /64).
-fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match crate::rules::cidr::canonical_ip(ip) {
-        std::net::IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            std::net::IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    }
 }
 
 /// 429 for a consent page beyond the rate or the pending bounds: open pages stay open.

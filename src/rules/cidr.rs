@@ -41,6 +41,15 @@ pub fn canonical_ip(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Who an unauthenticated peer is for a per-peer bound: its address, an IPv6 address by its
+/// /64 (one host commonly holds a whole /64).
+pub fn peer_key(addr: IpAddr) -> IpAddr {
+    match canonical_ip(addr) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 impl IpNet {
     /// Accepts `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a single host).
     pub fn parse(text: &str) -> Result<IpNet, String> {
