@@ -23,8 +23,8 @@ use super::consent::{self, ConsentView, error_page};
 use super::pending::Opener;
 use super::token::{ApprovedCode, CodeState, code_key};
 use super::{MAX_FORM_BYTES, OAuth, blocking, client_ip, lock, random_string, read_body};
-use crate::service::Caller;
 use crate::service::requests::CreateToken;
+use crate::service::{Caller, MANAGEMENT_TOOLS};
 use crate::store::oauth::{ApprovedScope, OAuthClient};
 
 /// The CSRF cookie's name is this plus the start of the pending request's id, so two consent
@@ -73,6 +73,7 @@ struct ConsentForm {
     buckets: Option<String>,
     tools: Option<String>,
     read_only: Option<String>,
+    manage: Option<String>,
     lifetime_seconds: Option<String>,
     decision: Option<String>,
 }
@@ -289,7 +290,7 @@ pub(super) async fn show(
         &pending,
         &pending.buckets.join(" "),
         &pending.tools.join(" "),
-        pending.read_only,
+        (pending.read_only, false),
         &oauth.config.token_lifetime_seconds.to_string(),
         None,
     );
@@ -354,7 +355,7 @@ fn render(
     pending: &PendingRequest,
     buckets: &str,
     tools: &str,
-    read_only: bool,
+    (read_only, manage): (bool, bool),
     lifetime: &str,
     error: Option<&str>,
 ) -> Response {
@@ -370,6 +371,7 @@ fn render(
         buckets,
         tools,
         read_only,
+        manage,
         lifetime_seconds: lifetime,
         error,
     })
@@ -476,6 +478,7 @@ pub(super) async fn decide(
     let buckets_field = form.buckets.clone().unwrap_or_default();
     let tools_field = form.tools.clone().unwrap_or_default();
     let read_only = form.read_only.as_deref().is_some_and(|v| !v.is_empty());
+    let manage = form.manage.as_deref().is_some_and(|v| !v.is_empty());
     let lifetime_field = form
         .lifetime_seconds
         .clone()
@@ -488,7 +491,7 @@ pub(super) async fn decide(
             &pending,
             &buckets_field,
             &tools_field,
-            read_only,
+            (read_only, manage),
             &lifetime_field,
             Some(message),
         )
@@ -502,15 +505,24 @@ pub(super) async fn decide(
             ));
         }
     };
+    let tools = words(Some(&tools_field));
+    if !manage
+        && let Some(named) = tools.iter().flatten().find(|t| MANAGEMENT_TOOLS.contains(&t.as_str()))
+    {
+        return again(&format!(
+            "{named} manages tokens: tick \"Manage tokens\" to grant it, or remove it from Tools."
+        ));
+    }
     let secret = form.approver_token.clone().unwrap_or_default();
     if secret.trim().is_empty() {
         return again("Paste a tokenwarden token (mcp_…) to approve.");
     }
     let scope = ApprovedScope {
         buckets: words(Some(&buckets_field)),
-        tools: words(Some(&tools_field)),
+        tools,
         read_only,
         lifetime_seconds: lifetime,
+        manage,
     };
     let checked = {
         let oauth = Arc::clone(&oauth);
@@ -643,6 +655,8 @@ pub(super) fn child_request(
         buckets: scope.buckets.clone(),
         tools: scope.tools.clone(),
         read_only: scope.read_only.then_some(true),
+        deny_tools: (!scope.manage)
+            .then(|| MANAGEMENT_TOOLS.iter().map(|t| (*t).to_owned()).collect()),
         expires_at,
         metadata: Some(metadata),
         ..CreateToken::default()

@@ -22,6 +22,8 @@ pub(super) struct ConsentView<'a> {
     pub buckets: &'a str,
     pub tools: &'a str,
     pub read_only: bool,
+    /// Whether "Manage tokens" is ticked (never by default).
+    pub manage: bool,
     pub lifetime_seconds: &'a str,
     pub error: Option<&'a str>,
 }
@@ -151,10 +153,13 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
 <label for=\"buckets\">Buckets <span class=\"hint\">(space-separated; empty: all the approver holds)</span></label>\
 <input type=\"text\" name=\"buckets\" id=\"buckets\" value=\"{buckets}\">\
 <label for=\"tools\">Tools <span class=\"hint\">(space-separated names or patterns such as <code>list_*</code>; \
-empty: all the approver may call)</span></label>\
+empty: every tool the approver may call, except those that manage tokens unless you tick below)</span></label>\
 <input type=\"text\" name=\"tools\" id=\"tools\" value=\"{tools}\">\
 <label><input type=\"checkbox\" name=\"read_only\" id=\"read_only\" value=\"1\"{checked}> \
 Read-only <span class=\"hint\">(only tools marked read-only)</span></label>\
+<label><input type=\"checkbox\" name=\"manage\" id=\"manage\" value=\"1\"{manage}> \
+Manage tokens <span class=\"hint\">(let it call {management}: mint its own tokens and change, \
+pause or revoke those it reaches; unticked, it can call none of them)</span></label>\
 <label for=\"lifetime_seconds\">Access token lifetime in seconds <span class=\"hint\">(60 to 86400; \
 never past the approver's own expiry; the client renews it while the approver stands)</span></label>\
 <input type=\"number\" name=\"lifetime_seconds\" id=\"lifetime_seconds\" min=\"60\" max=\"86400\" value=\"{lifetime}\">\
@@ -171,6 +176,12 @@ never past the approver's own expiry; the client renews it while the approver st
         buckets = esc(view.buckets),
         tools = esc(view.tools),
         checked = if view.read_only { " checked" } else { "" },
+        manage = if view.manage { " checked" } else { "" },
+        management = crate::service::MANAGEMENT_TOOLS
+            .iter()
+            .map(|t| format!("<code>{t}</code>"))
+            .collect::<Vec<_>>()
+            .join(", "),
         lifetime = esc(view.lifetime_seconds),
     );
     html(StatusCode::OK, body, Some(view.redirect_uri))
@@ -206,6 +217,7 @@ mod tests {
             buckets: evil,
             tools: evil,
             read_only: true,
+            manage: false,
             lifetime_seconds: evil,
             error: Some(evil),
         };

@@ -313,6 +313,15 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         .map_err(unavailable)?
     {
         None => return Err(refuse("invalid_grant", "unknown refresh token")),
+        Some(RefreshLookup::Ended(ended)) => {
+            return Err(refuse(
+                "invalid_grant",
+                format!(
+                    "this grant was ended ({}) at {}; ask the person for consent again",
+                    ended.reason, ended.ended_at
+                ),
+            ));
+        }
         Some(RefreshLookup::Spent(grant)) => {
             tracing::warn!(client_id = %grant.client_id, grant = %grant.grant_id, "a spent refresh token was presented again; revoking the grant");
             end_grant(oauth, &grant, "refresh token reuse");
@@ -333,6 +342,15 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     if grant.refresh_expires_at <= now {
         end_grant(oauth, &grant, "refresh token expired");
         return Err(refuse("invalid_grant", "this refresh token has expired"));
+    }
+    // An approver that has fallen for good (revoked, expired, deleted) ends the grant, and the
+    // connector is told why; a paused one only refuses this refresh (resuming restores it).
+    if let Some(why) = approver_fallen(oauth, &grant.approver)? {
+        end_grant(oauth, &grant, &why);
+        return Err(refuse(
+            "invalid_grant",
+            format!("the grant was ended: {why}; ask the person for consent again"),
+        ));
     }
     // A person may have acted on the current access token since the last exchange: revoked
     // or paused, the grant ends (a refresh must not resurrect it); narrowed, the narrowing
@@ -403,6 +421,29 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         refresh_token,
         scope: scope_string(&grant.scope),
     })
+}
+
+/// Why the approver can never mint again (revoked, expired or deleted, itself or through an
+/// ancestor), or `None` while it stands or is only paused.
+fn approver_fallen(oauth: &OAuth, approver: &TokenId) -> Result<Option<String>, Refusal> {
+    use crate::record::EffectiveStatus as E;
+    let view = oauth.service.get_token(
+        &Caller::Owner,
+        TokenRef {
+            id: approver.to_string(),
+        },
+    );
+    match view {
+        Ok(view) => Ok(match view.effective_status {
+            E::Active | E::Paused | E::PausedByAncestor => None,
+            E::Revoked | E::RevokedByAncestor => Some("the approving token was revoked".into()),
+            E::Expired | E::ExpiredByAncestor => Some("the approving token expired".into()),
+        }),
+        Err(e) if e.code == crate::error::ErrorCode::NotFound => {
+            Ok(Some("the approving token was deleted".into()))
+        }
+        Err(e) => Err(unavailable(e.message)),
+    }
 }
 
 /// A child minted for a grant.
@@ -528,7 +569,7 @@ fn revoke_quietly(oauth: &OAuth, token: &TokenId) {
 /// Ends a grant: its access token is revoked, its refresh tokens forgotten; audited.
 fn end_grant(oauth: &OAuth, grant: &Grant, reason: &str) {
     revoke_quietly(oauth, &grant.access_token);
-    if let Err(e) = oauth.store.remove_grant(grant) {
+    if let Err(e) = oauth.store.end_grant(grant, reason, Timestamp::now()) {
         tracing::error!(grant = %grant.grant_id, "removing an OAuth grant failed: {e}");
     }
     audit(
@@ -616,7 +657,7 @@ fn revoke_token(oauth: &OAuth, token: &str, client_id: Option<&str>) -> Result<(
     } else {
         match store.grant_by_refresh(token).map_err(unavailable)? {
             Some(RefreshLookup::Current(grant) | RefreshLookup::Spent(grant)) => Some(grant),
-            None => None,
+            Some(RefreshLookup::Ended(_)) | None => None,
         }
     };
     if let Some(grant) = grant

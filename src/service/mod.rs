@@ -44,6 +44,19 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "list_buckets",
 ];
 
+/// The tools that mint or change tokens. A connector approved on the consent page gets them
+/// only when the person ticks "manage tokens" (otherwise its tokens deny them).
+pub const MANAGEMENT_TOOLS: &[&str] = &[
+    "create_token",
+    "update_token",
+    "scope_token",
+    "pause_token",
+    "resume_token",
+    "rotate_token",
+    "revoke_token",
+    "delete_token",
+];
+
 pub fn is_read_only_tool(name: &str) -> bool {
     READ_ONLY_TOOLS.contains(&name)
 }
