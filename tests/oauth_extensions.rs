@@ -125,3 +125,205 @@ async fn a_refresh_refused_because_its_grant_ended_says_why() {
     let (_, body) = refresh_with(&base, &client_id, "no-such-refresh-token").await;
     assert_eq!(body["error_description"], "unknown refresh token");
 }
+
+/// POSTs `token` to `/oauth/introspect` with `caller` as the bearer (if any).
+async fn introspect(base: &str, caller: Option<&str>, token: &str) -> (StatusCode, String) {
+    let mut request = http()
+        .post(format!("{base}/oauth/introspect"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("token", token)]).unwrap());
+    if let Some(caller) = caller {
+        request = request.header("authorization", common::bearer(caller));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    if status == StatusCode::OK {
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_tells_active_from_inactive_and_nothing_more() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let meta: serde_json::Value = http()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["introspection_endpoint"], format!("{base}/oauth/introspect"));
+
+    // The service's token: an admin that may call verify_token (and is rate limited).
+    let service = ok(
+        &admin,
+        "create_token",
+        json!({"name": "resource server", "admin": true, "tools": ["verify_token"],
+               "rate_limit_per_minute": 30}),
+    )
+    .await;
+    let service = service["token"].as_str().unwrap().to_owned();
+
+    // Active: the effective scope (a parent narrowed after the child was minted narrows it).
+    let parent = ok(
+        &admin,
+        "create_token",
+        json!({"name": "parent", "buckets": ["docs", "notes"],
+               "tools": ["whoami", "list_*", "create_token"], "ttl_seconds": 3600}),
+    )
+    .await;
+    let parent_client = connect_http(&server.url(), parent["token"].as_str().unwrap()).await;
+    let child = ok(
+        &parent_client,
+        "create_token",
+        json!({"name": "child", "tools": ["whoami", "list_*"]}),
+    )
+    .await;
+    ok(
+        &admin,
+        "scope_token",
+        json!({"id": parent["id"], "buckets": ["docs"], "deny_tools": ["list_audit_events"]}),
+    )
+    .await;
+    // Shortening the parent's life shortens the child's effective one.
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": parent["id"], "expires_at": time_in(600)}),
+    )
+    .await;
+    let secret = child["token"].as_str().unwrap();
+    let (status, body) = introspect(&base, Some(&service), secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let active: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(active["active"], json!(true), "{active}");
+    assert_eq!(active["sub"], child["id"]);
+    assert_eq!(active["token_type"], "Bearer");
+    assert_eq!(active["scope"], "bucket:docs tool:list_* tool:whoami", "{active}");
+    assert_eq!(active["buckets"], json!(["docs"]));
+    assert_eq!(active["deny_tools"], json!(["list_audit_events"]));
+    let exp = active["exp"].as_i64().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((now + 590..=now + 600).contains(&exp), "{active}");
+    assert!(active.get("client_id").is_none(), "not an OAuth token: {active}");
+    assert!(!body.contains(secret), "the secret is never echoed");
+
+    // An OAuth-issued token names its client.
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let (_, body) = introspect(&base, Some(&service), tokens["access_token"].as_str().unwrap()).await;
+    let issued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(issued["client_id"], json!(client_id), "{issued}");
+
+    // Inactive, whatever the reason: byte for byte the same answer.
+    let revoked = ok(&admin, "create_token", json!({"name": "revoked"})).await;
+    ok(&admin, "revoke_token", json!({"id": revoked["id"]})).await;
+    let paused = ok(&admin, "create_token", json!({"name": "paused"})).await;
+    ok(&admin, "pause_token", json!({"id": paused["id"]})).await;
+    let expiring = ok(&admin, "create_token", json!({"name": "expiring", "ttl_seconds": 1})).await;
+    let revoked_parent = ok(&admin, "create_token", json!({"name": "p"})).await;
+    let orphan = ok(
+        &connect_http(&server.url(), revoked_parent["token"].as_str().unwrap()).await,
+        "create_token",
+        json!({"name": "orphan"}),
+    )
+    .await;
+    ok(&admin, "revoke_token", json!({"id": revoked_parent["id"]})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let unknown = "mcp_000000000000000000000000000000000000";
+    for inactive in [
+        revoked["token"].as_str().unwrap(),
+        paused["token"].as_str().unwrap(),
+        expiring["token"].as_str().unwrap(),
+        orphan["token"].as_str().unwrap(),
+        unknown,
+        "mcp_short",
+        "not a token at all",
+        &"x".repeat(5_000),
+    ] {
+        let (status, body) = introspect(&base, Some(&service), inactive).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"active":false}"#));
+    }
+
+    // Callers without the right: no credentials or bad ones (401), a token that may not call
+    // verify_token or is no admin (403). None learns anything about the token.
+    let (status, body) = introspect(&base, None, secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = introspect(&base, Some(unknown), secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let no_verify = ok(
+        &admin,
+        "create_token",
+        json!({"name": "admin without verify", "admin": true, "tools": ["whoami"]}),
+    )
+    .await;
+    let not_admin = ok(
+        &admin,
+        "create_token",
+        json!({"name": "not admin", "tools": ["verify_token"]}),
+    )
+    .await;
+    for caller in [&no_verify, &not_admin] {
+        let (status, body) = introspect(&base, caller["token"].as_str(), secret).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(!body.contains("active"), "{body}");
+    }
+
+    // Bounded: an oversized body is refused; the caller's rate limit counts introspections.
+    let response = http()
+        .post(format!("{base}/oauth/introspect"))
+        .header("authorization", common::bearer(&service))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", "a".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let mut limited = None;
+    for i in 0..40 {
+        let (status, _) = introspect(&base, Some(&service), secret).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(limited.is_some(), "the caller's rate limit of 30 a minute never applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_without_valid_credentials_is_bounded_per_address() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let service = ok(
+        &admin,
+        "create_token",
+        json!({"name": "resource server", "admin": true, "tools": ["verify_token"]}),
+    )
+    .await;
+    let service = service["token"].as_str().unwrap().to_owned();
+    let unknown = "mcp_000000000000000000000000000000000000";
+    let mut refused_at = None;
+    for i in 0..700 {
+        let (status, _) = introspect(&base, Some(unknown), unknown).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // 600 a minute (the bucket refills a little while the loop runs).
+    let refused_at = refused_at.expect("never refused");
+    assert!((600..620).contains(&refused_at), "{refused_at}");
+    // A valid caller from elsewhere is unaffected; from the same address it waits too (the
+    // address is what is counted). The server's own admin over MCP is unaffected.
+    let (status, _) = introspect(&base, Some(&service), unknown).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    ok(&admin, "whoami", json!({})).await;
+}

@@ -323,7 +323,7 @@ pub(super) async fn show(
 
 /// Who a consent page is counted against: the peer's address, an IPv6 address by its /64
 /// (one host commonly holds a whole /64).
-fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+pub(super) fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
     match crate::rules::cidr::canonical_ip(ip) {
         std::net::IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

@@ -46,6 +46,7 @@ pub(super) async fn authorization_server(State(oauth): State<Arc<OAuth>>) -> Res
         "token_endpoint": format!("{url}/oauth/token"),
         "registration_endpoint": format!("{url}/oauth/register"),
         "revocation_endpoint": format!("{url}/oauth/revoke"),
+        "introspection_endpoint": format!("{url}/oauth/introspect"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token"],

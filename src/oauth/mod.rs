@@ -6,6 +6,7 @@
 //! - `authorize` + `consent`: the consent page, where a person pastes an approver token and
 //!   narrows what the connector gets; approval yields a single-use code.
 //! - `token`: code and refresh exchanges, and revocation (RFC 7009).
+//! - `introspect`: RFC 7662 introspection for services holding a token that may verify.
 //! - `pending`: the bounded, expiring in-memory maps (pending consents, codes).
 //!
 //! The access token a connector receives is the secret of an ordinary tokenwarden token, a
@@ -20,6 +21,7 @@
 
 mod authorize;
 mod consent;
+mod introspect;
 mod metadata;
 mod pending;
 mod register;
@@ -142,6 +144,8 @@ pub struct OAuth {
     consent_pages: Mutex<register::PeerRate>,
     codes: Mutex<Expiring<token::CodeState>>,
     registrations: Mutex<register::PeerRate>,
+    /// Introspection requests whose caller did not authenticate, per address.
+    refused_introspectors: Mutex<register::PeerRate>,
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
     /// or a code is spent exactly once.
     grants: Mutex<()>,
@@ -160,6 +164,10 @@ impl OAuth {
             consent_pages: Mutex::new(register::PeerRate::new(
                 CONSENT_PAGES_PER_MINUTE,
                 CONSENT_PAGES_PER_PEER_MINUTE,
+            )),
+            refused_introspectors: Mutex::new(register::PeerRate::new(
+                u32::MAX,
+                introspect::REFUSED_CALLERS_PER_PEER_MINUTE,
             )),
             config,
             pending: Mutex::new(Consents::new(PENDING_TTL, MAX_PENDING, PENDING_SHARE)),
@@ -216,6 +224,7 @@ pub fn routes(oauth: Arc<OAuth>) -> Router {
         )
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(token::revoke))
+        .route("/oauth/introspect", post(introspect::introspect))
         .with_state(oauth)
 }
 

@@ -9,7 +9,7 @@ pub mod access;
 mod backup;
 mod manage;
 mod query;
-pub use query::Census;
+pub use query::{Census, Introspection};
 pub mod requests;
 pub use backup::Imported;
 mod retention;
