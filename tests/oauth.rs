@@ -57,7 +57,11 @@ async fn discovery_documents_and_challenges_need_no_token() {
     assert_eq!(meta["response_types_supported"], json!(["code"]));
     assert_eq!(
         meta["grant_types_supported"],
-        json!(["authorization_code", "refresh_token"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     assert_eq!(
         meta["token_endpoint_auth_methods_supported"],

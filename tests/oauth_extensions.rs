@@ -327,3 +327,214 @@ async fn introspection_without_valid_credentials_is_bounded_per_address() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     ok(&admin, "whoami", json!({})).await;
 }
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// An RFC 8693 exchange of `subject` with `extra` parameters.
+async fn exchange(
+    base: &str,
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
+    let mut form = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", ACCESS_TOKEN),
+    ];
+    form.extend_from_slice(extra);
+    token_request(base, &form).await
+}
+
+/// Every audit event's action and target, oldest first.
+async fn audit_trail(admin: &common::Client) -> Vec<(String, String)> {
+    let page = ok(admin, "list_audit_events", json!({"limit": 100})).await;
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["target"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
+    let (_dir, server) = start(&["--max-depth", "2"]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let meta: serde_json::Value = http()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        meta["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(EXCHANGE)),
+        "{meta}"
+    );
+    // The agent's token (depth 1): two buckets, three tools, a denial, two minutes to live.
+    let agent = ok(
+        &admin,
+        "create_token",
+        json!({"name": "agent", "buckets": ["docs", "notes"],
+               "tools": ["whoami", "list_tokens", "create_token"],
+               "deny_tools": ["list_tokens"], "ttl_seconds": 120}),
+    )
+    .await;
+    let subject = agent["token"].as_str().unwrap();
+
+    let resource = format!("{base}/mcp");
+    let (status, body) = exchange(
+        &base,
+        subject,
+        &[
+            ("scope", "bucket:docs tool:whoami read_only"),
+            ("resource", &resource),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert_eq!(body["scope"], "read_only bucket:docs tool:whoami");
+    let expires_in = body["expires_in"].as_i64().unwrap();
+    assert!((100..=120).contains(&expires_in), "never past the subject: {body}");
+    let child_secret = body["access_token"].as_str().unwrap().to_owned();
+    let child = connect_http(&server.url(), &child_secret).await;
+    let me = ok(&child, "whoami", json!({})).await;
+    assert_eq!(me["parent_id"], agent["id"]);
+    assert_eq!(me["created_by"], agent["id"]);
+    assert_eq!(me["depth"], json!(2));
+    assert_eq!(me["buckets"], json!(["docs"]));
+    assert_eq!(me["tools"], json!(["whoami"]));
+    assert_eq!(me["read_only"], json!(true));
+    assert_eq!(me["deny_tools"], json!(["list_tokens"]), "denials inherited");
+    assert_eq!(me["metadata"]["oauth_token_exchange"], json!(true));
+    // Audited like create_token: the subject created the child.
+    let events = ok(
+        &admin,
+        "list_audit_events",
+        json!({"token_id": me["id"], "limit": 10}),
+    )
+    .await;
+    let create = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "create")
+        .unwrap_or_else(|| panic!("no create event: {events}"));
+    assert_eq!(create["actor"], agent["id"], "{create}");
+
+    // Omitted scope: the subject's own (inherited, as create_token does).
+    let (status, body) = exchange(&base, subject, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Escalations and bad requests: refused, and nothing is minted or audited.
+    let revoked = ok(&admin, "create_token", json!({"name": "gone"})).await;
+    ok(&admin, "revoke_token", json!({"id": revoked["id"]})).await;
+    let cannot_mint = ok(
+        &admin,
+        "create_token",
+        json!({"name": "cannot mint", "tools": ["whoami"]}),
+    )
+    .await;
+    let before_tokens = token_count(&admin).await;
+    let before_audit = audit_trail(&admin).await;
+    let child_of_child = child_secret.clone();
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+        (subject, vec![("scope", "bucket:secrets")], "invalid_scope", "buckets"),
+        (subject, vec![("scope", "tool:revoke_token")], "invalid_scope", "tools"),
+        (subject, vec![("scope", "tool:*")], "invalid_scope", "tools"),
+        (subject, vec![("scope", "admin")], "invalid_scope", "unknown scope"),
+        (
+            subject,
+            vec![("resource", "https://elsewhere.example/mcp")],
+            "invalid_target",
+            "",
+        ),
+        (
+            subject,
+            vec![("audience", "https://elsewhere.example")],
+            "invalid_target",
+            "",
+        ),
+        (
+            subject,
+            vec![("actor_token", subject), ("actor_token_type", ACCESS_TOKEN)],
+            "invalid_request",
+            "actor",
+        ),
+        (
+            subject,
+            vec![("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")],
+            "invalid_request",
+            "",
+        ),
+        (revoked["token"].as_str().unwrap(), vec![], "invalid_request", "revoked"),
+        ("mcp_000000000000000000000000000000000000", vec![], "invalid_request", ""),
+        ("nonsense", vec![], "invalid_request", ""),
+        (
+            cannot_mint["token"].as_str().unwrap(),
+            vec![],
+            "invalid_request",
+            "create_token",
+        ),
+        // The child holds no create_token, and would be past --max-depth 2 anyway.
+        (&child_of_child, vec![], "invalid_request", "create_token"),
+    ];
+    for (subject_token, extra, error, says) in cases {
+        let (status, body) = exchange(&base, subject_token, &extra).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra:?}: {body}");
+        assert_eq!(body["error"], error, "{extra:?}: {body}");
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(description.contains(says), "{extra:?}: {body}");
+        assert!(!body.to_string().contains(subject_token) || subject_token == "nonsense");
+    }
+    let (status, body) = token_request(
+        &base,
+        &[("grant_type", EXCHANGE), ("subject_token", subject)],
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+    assert_eq!(token_count(&admin).await, before_tokens, "nothing minted");
+    assert_eq!(audit_trail(&admin).await, before_audit, "nothing audited");
+
+    // The depth limit holds: a depth-2 subject that may mint cannot exchange past 2.
+    let deep = ok(
+        &connect_http(&server.url(), subject).await,
+        "create_token",
+        json!({"name": "deep", "tools": ["create_token", "whoami"], "deny_tools": []}),
+    )
+    .await;
+    let (status, body) = exchange(&base, deep["token"].as_str().unwrap(), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("depth"),
+        "{body}"
+    );
+
+    // The subject's rate limit counts exchanges like create_token calls.
+    let limited = ok(
+        &admin,
+        "create_token",
+        json!({"name": "limited", "tools": ["create_token"], "rate_limit_per_minute": 2}),
+    )
+    .await;
+    let limited = limited["token"].as_str().unwrap();
+    for _ in 0..2 {
+        assert_eq!(exchange(&base, limited, &[]).await.0, StatusCode::OK);
+    }
+    let (status, body) = exchange(&base, limited, &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+}

@@ -138,7 +138,7 @@ fn valid_challenge(challenge: &str) -> bool {
 }
 
 /// Splits a requested scope into what the form can prefill and what it ignores.
-fn split_scope(scope: &str) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
+pub(super) fn split_scope(scope: &str) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
     let requested: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let (mut buckets, mut tools, mut ignored, mut read_only) = (vec![], vec![], vec![], false);
     for item in &requested {

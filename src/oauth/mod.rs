@@ -6,6 +6,7 @@
 //! - `authorize` + `consent`: the consent page, where a person pastes an approver token and
 //!   narrows what the connector gets; approval yields a single-use code.
 //! - `token`: code and refresh exchanges, and revocation (RFC 7009).
+//! - `exchange`: RFC 8693 token exchange, a `create_token` call by the subject token.
 //! - `introspect`: RFC 7662 introspection for services holding a token that may verify.
 //! - `pending`: the bounded, expiring in-memory maps (pending consents, codes).
 //!
@@ -21,6 +22,7 @@
 
 mod authorize;
 mod consent;
+mod exchange;
 mod introspect;
 mod metadata;
 mod pending;

@@ -10,11 +10,12 @@
 //! stored as BLAKE3 hashes, single use; presenting a spent one revokes the grant and its
 //! access token. Codes live in memory for 60 s; a code presented twice revokes what it issued.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
@@ -59,14 +60,22 @@ pub(super) fn code_key(code: &str) -> String {
 }
 
 #[derive(Deserialize)]
-struct TokenForm {
+pub(super) struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
     redirect_uri: Option<String>,
     client_id: Option<String>,
     code_verifier: Option<String>,
     refresh_token: Option<String>,
-    resource: Option<String>,
+    pub resource: Option<String>,
+    // RFC 8693 token exchange (`exchange`).
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,12 +87,12 @@ struct RevokeForm {
 }
 
 /// An RFC 6749 §5.2 refusal.
-struct Refusal {
+pub(super) struct Refusal {
     error: &'static str,
     description: String,
 }
 
-fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
+pub(super) fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
     Refusal {
         error,
         description: description.into(),
@@ -92,21 +101,25 @@ fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
 
 impl Refusal {
     fn response(&self) -> Response {
-        let status = if self.error == "temporarily_unavailable" {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match self.error {
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            // A subject token's uses or rate limit (RFC 8628's name for "wait").
+            "slow_down" => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
         };
         oauth_error(status, self.error, &self.description)
     }
 }
 
 /// What a successful exchange hands the client.
-struct Tokens {
-    access_token: String,
-    expires_in: i64,
-    refresh_token: String,
-    scope: String,
+pub(super) struct Tokens {
+    pub access_token: String,
+    pub expires_in: i64,
+    /// None for a token exchange (the subject token is what renews it).
+    pub refresh_token: Option<String>,
+    pub scope: String,
+    /// RFC 8693's `issued_token_type`, for a token exchange.
+    pub issued_token_type: Option<&'static str>,
 }
 
 fn verifier_matches(verifier: &str, challenge: &str) -> bool {
@@ -136,7 +149,7 @@ fn scope_string(scope: &ApprovedScope) -> String {
     items.join(" ")
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Refusal {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Refusal {
     tracing::error!("OAuth storage failure: {e}");
     refuse(
         "temporarily_unavailable",
@@ -144,7 +157,11 @@ fn unavailable(e: impl std::fmt::Display) -> Refusal {
     )
 }
 
-pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Response {
+pub(super) async fn token(
+    State(oauth): State<Arc<OAuth>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
     let body = match read_body(body, MAX_FORM_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -159,9 +176,13 @@ pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Respon
     let outcome = blocking(move || match form.grant_type.as_deref() {
         Some("authorization_code") => exchange_code(&oauth, &form),
         Some("refresh_token") => refresh(&oauth, &form),
+        Some(super::exchange::GRANT_TYPE) => {
+            super::exchange::exchange(&oauth, &form, super::client_ip(peer))
+        }
         Some(_) => Err(refuse(
             "unsupported_grant_type",
-            "grant_type must be authorization_code or refresh_token",
+            "grant_type must be authorization_code, refresh_token or token exchange \
+             (urn:ietf:params:oauth:grant-type:token-exchange)",
         )),
         None => Err(refuse("invalid_request", "grant_type is required")),
     })
@@ -172,8 +193,13 @@ pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Respon
                 "access_token": tokens.access_token,
                 "token_type": "Bearer",
                 "expires_in": tokens.expires_in,
-                "refresh_token": tokens.refresh_token,
             });
+            if let Some(refresh) = tokens.refresh_token {
+                body["refresh_token"] = json!(refresh);
+            }
+            if let Some(issued) = tokens.issued_token_type {
+                body["issued_token_type"] = json!(issued);
+            }
             // An empty scope is omitted (RFC 6749 §5.1: scope is a list of items).
             if !tokens.scope.is_empty() {
                 body["scope"] = json!(tokens.scope);
@@ -297,8 +323,9 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     Ok(Tokens {
         access_token: minted.secret,
         expires_in: minted.expires_in,
-        refresh_token,
+        refresh_token: Some(refresh_token),
         scope: scope_string(&approved.scope),
+        issued_token_type: None,
     })
 }
 
@@ -418,8 +445,9 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     Ok(Tokens {
         access_token: minted.secret,
         expires_in: minted.expires_in,
-        refresh_token,
+        refresh_token: Some(refresh_token),
         scope: scope_string(&grant.scope),
+        issued_token_type: None,
     })
 }
 
