@@ -5,7 +5,7 @@
 mod common;
 
 use common::oauth::*;
-use common::{connect_http, err, ok, tool_names};
+use common::{connect_http, ok, tool_names};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -48,8 +48,13 @@ async fn management_tools_are_granted_only_when_the_person_ticks_them() {
         );
     }
     assert!(names.iter().any(|n| n == "whoami"), "{names:?}");
-    let refused = err(&connector, "create_token", json!({"name": "mine"}), "forbidden").await;
-    assert!(refused.contains("create_token"), "{refused}");
+    // Calling one anyway: a step-up challenge (the person may tick "Manage tokens" later).
+    let access = tokens["access_token"].as_str().unwrap();
+    let session = open_session(&server, access).await;
+    let refused = session_post(&server, access, &session, tools_call("create_token")).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("scope=\"tool:create_token\""), "{challenge}");
 
     // Naming a management tool without ticking is refused on the page: nothing approved.
     let before = token_count(&admin).await;
@@ -537,4 +542,167 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     }
     let (status, body) = exchange(&base, limited, &[]).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+}
+
+/// Opens an MCP session with `secret` over raw HTTP: its id.
+async fn open_session(server: &common::Server, secret: &str) -> String {
+    let opened = common::raw_initialize(
+        &server.url(),
+        &[("authorization", &common::bearer(secret))],
+    )
+    .await;
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = session_post(
+        server,
+        secret,
+        &session,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(initialized.status(), StatusCode::ACCEPTED);
+    session
+}
+
+async fn session_post(
+    server: &common::Server,
+    secret: &str,
+    session: &str,
+    message: serde_json::Value,
+) -> reqwest::Response {
+    common::raw_post(
+        &server.url(),
+        &[
+            ("authorization", &common::bearer(secret)),
+            ("mcp-session-id", session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        message.to_string(),
+    )
+    .await
+}
+
+fn tools_call(name: &str) -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+           "params": {"name": name, "arguments": {}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_steps_up_its_scope_through_the_consent_page() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    // The approver may call whoami, list_tokens and create_token, not get_token.
+    let (alice, alice_id) = approver(
+        &admin,
+        json!(["whoami", "list_tokens", "create_token"]),
+    )
+    .await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[("tools", "whoami")]).await;
+    let (access, first_child, refresh) = granted(&server, &tokens).await;
+    let session = open_session(&server, &access).await;
+
+    // A tool the grant lacks but the approver holds: 403 insufficient_scope naming it.
+    let refused = session_post(&server, &access, &session, tools_call("list_tokens")).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+    assert!(challenge.contains("scope=\"tool:list_tokens\""), "{challenge}");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    // A tool the approver itself lacks: no consent could grant it, so an ordinary tool error.
+    let refused = session_post(&server, &access, &session, tools_call("get_token")).await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("forbidden"), "{body}");
+    // A token not issued through OAuth gets the ordinary tool error too.
+    let plain = ok(
+        &admin,
+        "create_token",
+        json!({"name": "plain", "tools": ["whoami"]}),
+    )
+    .await;
+    let plain = plain["token"].as_str().unwrap();
+    let plain_session = open_session(&server, plain).await;
+    let refused = session_post(&server, plain, &plain_session, tools_call("list_tokens")).await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    // Allowed calls are untouched.
+    let allowed = session_post(&server, &access, &session, tools_call("whoami")).await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+
+    // The client asks again with the scope named; the person approves with the same token and
+    // is shown what is new before anything changes.
+    let (verifier, challenge) = pkce();
+    let page = open_page(&base, &client_id, &challenge, &[("scope", "tool:list_tokens")]).await;
+    assert_eq!(field(&page.html, "tools"), "list_tokens", "prefilled");
+    let before = token_count(&admin).await;
+    let response = approve(&base, &page, &alice, &[("tools", "list_tokens")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.text().await.unwrap();
+    let added = html.split("id=\"added_scope\"").nth(1).unwrap();
+    let added = added.split("</ul>").next().unwrap();
+    assert!(added.contains("tool list_tokens"), "{added}");
+    assert!(!added.contains("tool whoami"), "{added}");
+    let current = html.split("id=\"current_scope\"").nth(1).unwrap();
+    assert!(current.contains("tool whoami"), "{current}");
+    assert!(!html.contains(&alice), "the approver is never written back");
+    assert_eq!(token_count(&admin).await, before, "nothing minted yet");
+
+    let response = decide_again(&base, &page, "add").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let code = redirected(&response)["code"].clone();
+    let (status, stepped) = token_request(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{stepped}");
+    assert_eq!(stepped["scope"], "tool:whoami tool:list_tokens");
+    let (new_access, new_child, new_refresh) = granted(&server, &stepped).await;
+    assert_ne!(new_child, first_child);
+
+    // The new token replaces the old one in the grant: the old stops, the session carries on
+    // with the new one and may now call the tool; one grant, one live token.
+    assert_eq!(mcp_status(&server, &access).await, 401);
+    let now_allowed = session_post(&server, &new_access, &session, tools_call("list_tokens")).await;
+    assert_eq!(now_allowed.status(), StatusCode::OK);
+    let body = now_allowed.text().await.unwrap();
+    assert!(!body.contains("forbidden"), "{body}");
+    let children = ok(
+        &admin,
+        "list_tokens",
+        json!({"parent_id": alice_id, "status": "active"}),
+    )
+    .await;
+    assert_eq!(children["records"].as_array().unwrap().len(), 1, "{children}");
+    // The old refresh token is gone (not "spent": presenting it does not end the grant)…
+    let (_, body) = refresh_with(&base, &client_id, &refresh).await;
+    assert_eq!(body["error_description"], "unknown refresh token", "{body}");
+    // …and the new one refreshes with the joined scope.
+    let (status, body) = refresh_with(&base, &client_id, &new_refresh).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "tool:whoami tool:list_tokens");
+
+    // "Separate" leaves the grant alone and makes one of its own.
+    let (_, challenge) = pkce();
+    let page = open_page(&base, &client_id, &challenge, &[]).await;
+    let response = approve(&base, &page, &alice, &[("tools", "whoami")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = decide_again(&base, &page, "separate").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    // A confirmation is one decision: the page cannot be confirmed twice.
+    let response = decide_again(&base, &page, "add").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }

@@ -51,6 +51,8 @@ pub(super) struct PendingRequest {
     tools: Vec<String>,
     read_only: bool,
     csrf: String,
+    /// Set once an approval would add to an existing grant: what the person confirms.
+    confirming: Option<Confirming>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +78,9 @@ struct ConsentForm {
     manage: Option<String>,
     lifetime_seconds: Option<String>,
     decision: Option<String>,
+    /// On the page shown when the approver already approved this client: `add` (to that
+    /// grant: scope step-up) or `separate` (a grant of its own, e.g. another device).
+    confirm: Option<String>,
 }
 
 /// A redirect to a registered URI with `params` added to its query (and `iss`, RFC 9207).
@@ -282,6 +287,7 @@ pub(super) async fn show(
         tools,
         read_only,
         csrf: random_string(32),
+        confirming: None,
     };
     let request_id = random_string(32);
     let mut response = render(
@@ -471,6 +477,10 @@ pub(super) async fn decide(
                 &oauth.config.public_url,
             );
         }
+        Some("approve") if form.confirm.is_some() => {
+            let adds = form.confirm.as_deref() == Some("add");
+            return confirm(Arc::clone(&oauth), request_id, pending, client_ip(peer), adds).await;
+        }
         Some("approve") => {}
         _ => return bad("The form must say approve or deny."),
     }
@@ -539,11 +549,186 @@ pub(super) async fn decide(
         Ok(approver) => approver,
         Err(message) => return again(&message),
     };
+    // A second consent of the same approver for the same client adds to its grant (scope
+    // step-up): the person sees what is new before it takes effect.
+    let existing = {
+        let oauth = Arc::clone(&oauth);
+        let (client_id, approver) = (pending.client_id.clone(), approver.clone());
+        blocking(move || oauth.store.grant_of_approver(&client_id, &approver)).await
+    };
+    let existing = match existing {
+        Ok(existing) => existing,
+        Err(e) => {
+            tracing::error!("reading OAuth grants failed: {e}");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server cannot read its OAuth grants now.",
+            );
+        }
+    };
+    let Some(current) = existing else {
+        return issue_code(&oauth, request_id, &pending, approver, scope, None).await;
+    };
+    let joined = current.scope.joined(&scope);
+    let checked = {
+        let oauth = Arc::clone(&oauth);
+        let joined = joined.clone();
+        let (client_id, client_name) = (pending.client_id.clone(), pending.client_name.clone());
+        let caller = Caller::Token(approver.clone());
+        blocking(move || {
+            oauth
+                .service
+                .check_create_token(
+                    &caller,
+                    child_request(&joined, &client_id, &client_name, "", None),
+                )
+                .map_err(|e| format!("This token cannot grant that: {}.", e.message))
+        })
+        .await
+    };
+    if let Err(message) = checked {
+        return again(&message);
+    }
+    let confirming = Confirming {
+        approver,
+        scope: joined,
+        chosen: scope,
+        current: current.scope.clone(),
+        grant_id: current.grant_id.clone(),
+    };
+    let view = confirm_view(&pending, &confirming);
+    match lock(&oauth.pending).get_mut(request_id, Instant::now()) {
+        Some(open) => open.confirming = Some(confirming),
+        None => return bad("This consent request was already decided."),
+    }
+    consent::confirm_page(&consent::ConfirmView {
+        request_id,
+        csrf: &pending.csrf,
+        client_name: &pending.client_name,
+        redirect_uri: &pending.redirect_uri,
+        now: &view.0,
+        added: &view.1,
+        removed: &view.2,
+    })
+}
+
+/// A consent that would add to an existing grant, shown for confirmation (in memory, with its
+/// pending request): the approver's id and what was chosen, never its secret.
+#[derive(Clone)]
+pub(super) struct Confirming {
+    approver: crate::secret::TokenId,
+    /// The grant's scope once confirmed: the current one joined with the new choice.
+    scope: ApprovedScope,
+    /// The new choice alone (for a separate grant).
+    chosen: ApprovedScope,
+    current: ApprovedScope,
+    grant_id: String,
+}
+
+/// What a grant allows, in the consent page's words, one item each.
+fn described(scope: &ApprovedScope) -> Vec<String> {
+    let mut items = Vec::new();
+    match &scope.buckets {
+        None => items.push("every bucket the approver holds".to_owned()),
+        Some(buckets) => items.extend(buckets.iter().map(|b| format!("bucket {b}"))),
+    }
+    match &scope.tools {
+        None => items.push("every tool the approver may call".to_owned()),
+        Some(tools) => items.extend(tools.iter().map(|t| format!("tool {t}"))),
+    }
+    if scope.manage {
+        items.push("managing tokens".to_owned());
+    }
+    items.push(if scope.read_only {
+        "read-only tools only".to_owned()
+    } else {
+        "tools that change things".to_owned()
+    });
+    items
+}
+
+/// (what the grant allows now, what approving adds, what it no longer says).
+fn confirm_view(_pending: &PendingRequest, c: &Confirming) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (now, after) = (described(&c.current), described(&c.scope));
+    let added = after.iter().filter(|i| !now.contains(i)).cloned().collect();
+    let removed = now.iter().filter(|i| !after.contains(i)).cloned().collect();
+    (now, added, removed)
+}
+
+/// The person decided on a consent by an approver that already approved this client: `adds`
+/// to that grant (the code replaces its token at exchange, with the joined scope), or a
+/// separate grant of the new choice. The approver is checked again first (its standing, its
+/// right to call `create_token`, counted, and the scope).
+async fn confirm(
+    oauth: Arc<OAuth>,
+    request_id: &str,
+    pending: PendingRequest,
+    ip: std::net::IpAddr,
+    adds: bool,
+) -> Response {
+    let Some(mut confirming) = pending.confirming.clone() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Consent refused",
+            "There is nothing to confirm on this consent request. Start again from your client.",
+        );
+    };
+    if !adds {
+        confirming.scope = confirming.chosen.clone();
+    }
+    let checked = {
+        let oauth = Arc::clone(&oauth);
+        let c = confirming.clone();
+        let (client_id, client_name) = (pending.client_id.clone(), pending.client_name.clone());
+        blocking(move || {
+            let caller = Caller::Token(c.approver.clone());
+            let service = &oauth.service;
+            service
+                .check_standing(&c.approver, Some(ip))
+                .map_err(|f| crate::secret::redact_secrets(&format!("This token cannot approve: {f}.")))?;
+            service
+                .authorize_call(&caller, "create_token", None, Some(ip))
+                .map_err(|e| format!("This token cannot approve: {}.", e.message))?;
+            service
+                .check_create_token(&caller, child_request(&c.scope, &client_id, &client_name, "", None))
+                .map_err(|e| format!("This token cannot grant that: {}.", e.message))
+        })
+        .await
+    };
+    if let Err(message) = checked {
+        return error_page(StatusCode::FORBIDDEN, "Consent refused", &message);
+    }
+    issue_code(
+        &oauth,
+        request_id,
+        &pending,
+        confirming.approver,
+        confirming.scope,
+        adds.then_some(confirming.grant_id),
+    )
+    .await
+}
+
+/// Approval: the pending request is decided, a code is issued for `scope` (replacing the
+/// grant `replaces` at exchange, if any), the approval audited, the browser sent back.
+async fn issue_code(
+    oauth: &Arc<OAuth>,
+    request_id: &str,
+    pending: &PendingRequest,
+    approver: crate::secret::TokenId,
+    scope: ApprovedScope,
+    replaces: Option<String>,
+) -> Response {
     if lock(&oauth.pending)
         .take(request_id, Instant::now())
         .is_none()
     {
-        return bad("This consent request was already decided.");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Consent refused",
+            "This consent request was already decided.",
+        );
     }
     let code = random_string(32);
     let approved = ApprovedCode {
@@ -553,6 +738,7 @@ pub(super) async fn decide(
         code_challenge: pending.code_challenge.clone(),
         approver: approver.clone(),
         scope: scope.clone(),
+        replaces: replaces.clone(),
     };
     lock(&oauth.codes).insert(
         code_key(&code),
@@ -560,17 +746,21 @@ pub(super) async fn decide(
         Instant::now(),
     );
     let audited = {
-        let oauth = Arc::clone(&oauth);
+        let oauth = Arc::clone(oauth);
         let approver = approver.clone();
-        let changes = json!({
+        let mut changes = json!({
             "client_id": pending.client_id,
             "client_name": pending.client_name,
             "redirect_uri": pending.redirect_uri,
             "buckets": scope.buckets,
             "tools": scope.tools,
             "read_only": scope.read_only,
+            "manage": scope.manage,
             "lifetime_seconds": scope.lifetime_seconds,
         });
+        if let Some(grant) = &replaces {
+            changes["adds_to_grant"] = json!(grant);
+        }
         blocking(move || {
             oauth.service.record_event(
                 &Caller::Token(approver.clone()),
@@ -592,7 +782,7 @@ pub(super) async fn decide(
     }
     tracing::info!(client_id = %pending.client_id, approver = %approver, "consent approved");
     let mut params = vec![("code", code.as_str())];
-    if let Some(state) = state {
+    if let Some(state) = pending.state.as_deref() {
         params.push(("state", state));
     }
     redirect_to(

@@ -187,6 +187,72 @@ never past the approver's own expiry; the client renews it while the approver st
     html(StatusCode::OK, body, Some(view.redirect_uri))
 }
 
+/// What the confirmation of an approval that adds to an existing grant shows.
+pub(super) struct ConfirmView<'a> {
+    pub request_id: &'a str,
+    pub csrf: &'a str,
+    pub client_name: &'a str,
+    pub redirect_uri: &'a str,
+    /// What the grant allows now, what approving adds, what it no longer says.
+    pub now: &'a [String],
+    pub added: &'a [String],
+    pub removed: &'a [String],
+}
+
+fn list(id: &str, items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        return format!("<p id=\"{id}\" class=\"hint\">{}</p>", esc(empty));
+    }
+    let items: String = items
+        .iter()
+        .map(|i| format!("<li>{}</li>", esc(i)))
+        .collect();
+    format!("<ul id=\"{id}\">{items}</ul>")
+}
+
+/// The second step of a consent that adds to a grant the same approver gave this client
+/// (scope step-up): what the grant allows now and what approving adds. Confirming replaces the
+/// client's current token with one of the joined scope; the approver is not pasted again (the
+/// server kept its id, never its secret, with the pending request).
+pub(super) fn confirm_page(view: &ConfirmView<'_>) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>tokenwarden: add to what {name} may do?</title><style>{STYLE}</style></head><body>\
+<h1>Add to what <bdi id=\"client_name\">{name}</bdi> may do?</h1>\
+<div class=\"who\"><p>This token already approved this client. <strong>Add</strong> adds to that \
+grant: the client's current access token is replaced by one that may do both (what a client \
+asking for more scope needs). <strong>Separate</strong> approves only the new choice as a grant \
+of its own, leaving the current one alone (the same client on another device).</p>\
+<p>It may now use:</p>{now}<p><strong>New with this approval:</strong></p>{added}{removed}</div>\
+<form method=\"post\" action=\"/oauth/authorize\" id=\"consent\">\
+<input type=\"hidden\" name=\"request\" value=\"{request}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"decision\" value=\"approve\">\
+<button type=\"submit\" name=\"confirm\" value=\"add\" id=\"add\">Add</button>\
+<button type=\"submit\" name=\"confirm\" value=\"separate\" id=\"separate\">Separate</button>\
+</form><form method=\"post\" action=\"/oauth/authorize\">\
+<input type=\"hidden\" name=\"request\" value=\"{request}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\">Deny</button>\
+</form></body></html>",
+        name = esc(view.client_name),
+        now = list("current_scope", view.now, "nothing"),
+        added = list("added_scope", view.added, "nothing new"),
+        removed = if view.removed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<p>No longer:</p>{}",
+                list("removed_scope", view.removed, "")
+            )
+        },
+        request = esc(view.request_id),
+        csrf = esc(view.csrf),
+    );
+    html(StatusCode::OK, body, Some(view.redirect_uri))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

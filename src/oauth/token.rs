@@ -45,6 +45,8 @@ pub(super) struct ApprovedCode {
     pub code_challenge: String,
     pub approver: TokenId,
     pub scope: ApprovedScope,
+    /// The grant this approval adds to (scope step-up): its token is replaced at exchange.
+    pub replaces: Option<String>,
 }
 
 pub(super) enum CodeState {
@@ -287,6 +289,17 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
             "code_verifier does not match the code_challenge",
         ));
     }
+    if let Some(grant_id) = &approved.replaces
+        && let Some(grant) = oauth
+            .store
+            .grant(&client.client_id, grant_id)
+            .map_err(unavailable)?
+            .filter(|g| g.approver == approved.approver)
+    {
+        let (tokens, issued) = replace_in_grant(oauth, &client, &grant, &approved.scope)?;
+        spend(Some(issued));
+        return Ok(tokens);
+    }
     let grant_id = format!("twg_{}", random_string(16));
     let minted = mint(
         oauth,
@@ -327,6 +340,51 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         scope: scope_string(&approved.scope),
         issued_token_type: None,
     })
+}
+
+/// A code approved to add to `grant` (scope step-up): a new child of the approver with the
+/// joined scope replaces the grant's access token, which is revoked; the grant's refresh token
+/// is replaced too. A session the old token opened carries on with the new one.
+fn replace_in_grant(
+    oauth: &OAuth,
+    client: &OAuthClient,
+    grant: &Grant,
+    scope: &ApprovedScope,
+) -> Result<(Tokens, TokenId), Refusal> {
+    let minted = mint(oauth, client, &grant.approver, scope, &grant.grant_id, None)?;
+    let refresh_token = random_string(32);
+    if let Err(e) = oauth.store.replace(
+        grant,
+        scope.clone(),
+        minted.id.clone(),
+        &refresh_token,
+        minted.refresh_expires_at,
+        Timestamp::now(),
+    ) {
+        revoke_quietly(oauth, &minted.id);
+        return Err(unavailable(e));
+    }
+    revoke_quietly(oauth, &grant.access_token);
+    audit(
+        oauth,
+        &grant.approver,
+        "oauth_token",
+        &minted.id,
+        json!({
+            "client_id": client.client_id,
+            "grant_id": grant.grant_id,
+            "replaced_token": grant.access_token,
+        }),
+    );
+    tracing::info!(client_id = %client.client_id, token = %minted.id, "a new consent replaced an OAuth access token");
+    let tokens = Tokens {
+        access_token: minted.secret,
+        expires_in: minted.expires_in,
+        refresh_token: Some(refresh_token),
+        scope: scope_string(scope),
+        issued_token_type: None,
+    };
+    Ok((tokens, minted.id))
 }
 
 fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {

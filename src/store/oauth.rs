@@ -67,6 +67,27 @@ fn approved_before_the_choice() -> bool {
     true
 }
 
+impl ApprovedScope {
+    /// What `self` and `added` allow together: a second consent for the same client and
+    /// approver adds to its grant (scope step-up). Read-only only if both are; the lifetime is
+    /// the newer approval's.
+    pub fn joined(&self, added: &ApprovedScope) -> ApprovedScope {
+        fn union(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> Option<Vec<String>> {
+            let (a, b) = (a.as_ref()?, b.as_ref()?);
+            let mut all = a.clone();
+            all.extend(b.iter().filter(|item| !a.contains(item)).cloned());
+            Some(all)
+        }
+        ApprovedScope {
+            buckets: union(&self.buckets, &added.buckets),
+            tools: union(&self.tools, &added.tools),
+            read_only: self.read_only && added.read_only,
+            lifetime_seconds: added.lifetime_seconds,
+            manage: self.manage || added.manage,
+        }
+    }
+}
+
 /// One client's standing authorisation: who approved it, what it may mint, its current access
 /// token and refresh token.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -268,6 +289,20 @@ impl OAuthStore {
             .collect()
     }
 
+    /// The grant `grant_id` of `client_id`.
+    pub fn grant(&self, client_id: &str, grant_id: &str) -> Result<Option<Grant>> {
+        self.grant_at(&grant_key(client_id, grant_id))
+    }
+
+    /// The most recent grant `approver` gave `client_id`, if any.
+    pub fn grant_of_approver(&self, client_id: &str, approver: &TokenId) -> Result<Option<Grant>> {
+        Ok(self
+            .grants_of(client_id)?
+            .into_iter()
+            .filter(|g| g.approver == *approver)
+            .max_by_key(|g| g.created_at))
+    }
+
     fn grant_at(&self, key: &[u8]) -> Result<Option<Grant>> {
         self.tree.get(key)?.map(|v| decode("grant", &v)).transpose()
     }
@@ -357,6 +392,47 @@ impl OAuthStore {
         if updated.previous.len() > PREVIOUS_KEPT {
             updated.previous.remove(0);
         }
+        updated.access_token = access_token;
+        updated.refreshed_at = Some(now);
+        updated.refresh_expires_at = refresh_expires_at;
+        batch.insert(key, encode(&updated));
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        Ok(updated)
+    }
+
+    /// Records a new consent for a grant (scope step-up): its scope, access token and refresh
+    /// token are replaced. The old refresh token is forgotten, not marked spent (the client
+    /// did not use it: presenting it later is not a theft), and the old access token joins
+    /// `previous`, so a session it opened carries on with the new one.
+    pub fn replace(
+        &self,
+        grant: &Grant,
+        scope: ApprovedScope,
+        access_token: TokenId,
+        refresh_token: &str,
+        refresh_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Grant> {
+        let key = grant.key();
+        let mut updated = grant.clone();
+        let mut batch = sled::Batch::default();
+        batch.remove(prefixed(REFRESH, &grant.refresh_hash));
+        updated.refresh_hash = refresh_hash(refresh_token);
+        batch.insert(
+            prefixed(REFRESH, &updated.refresh_hash),
+            [&[CURRENT][..], &key].concat(),
+        );
+        batch.remove(prefixed(ACCESS, grant.access_token.as_str().as_bytes()));
+        batch.insert(
+            prefixed(ACCESS, access_token.as_str().as_bytes()),
+            key.clone(),
+        );
+        updated.previous.push(grant.access_token.clone());
+        if updated.previous.len() > PREVIOUS_KEPT {
+            updated.previous.remove(0);
+        }
+        updated.scope = scope;
         updated.access_token = access_token;
         updated.refreshed_at = Some(now);
         updated.refresh_expires_at = refresh_expires_at;

@@ -164,6 +164,22 @@ pub async fn approve(
     post_consent(base, Some(&page.cookie), &form).await
 }
 
+/// The person's choice on the page shown when the approver already approved the client:
+/// `add` (to that grant) or `separate`.
+pub async fn decide_again(base: &str, page: &Page, choice: &str) -> reqwest::Response {
+    post_consent(
+        base,
+        Some(&page.cookie),
+        &[
+            ("request", page.request.as_str()),
+            ("csrf", page.csrf.as_str()),
+            ("decision", "approve"),
+            ("confirm", choice),
+        ],
+    )
+    .await
+}
+
 /// The query parameters of a redirect's `Location`, which must lead to `REDIRECT`.
 pub fn redirected(response: &reqwest::Response) -> HashMap<String, String> {
     let location = response.headers()["location"].to_str().unwrap();
@@ -215,7 +231,14 @@ pub async fn approved_code(
 ) -> (String, String) {
     let (verifier, challenge) = pkce();
     let page = open_page(base, client_id, &challenge, &[]).await;
-    let response = approve(base, &page, approver, extra).await;
+    let mut response = approve(base, &page, approver, extra).await;
+    if response.status() == StatusCode::OK {
+        // The approver already approved this client: the page asks whether to add to that
+        // grant or approve separately. These flows want grants of their own.
+        let html = response.text().await.unwrap();
+        assert!(html.contains("id=\"added_scope\""), "{html}");
+        response = decide_again(base, &page, "separate").await;
+    }
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let params = redirected(&response);
     assert_eq!(params["state"], "st4te");
