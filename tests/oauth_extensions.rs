@@ -706,3 +706,105 @@ async fn a_connector_steps_up_its_scope_through_the_consent_page() {
     let response = decide_again(&base, &page, "add").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_an_approver_ends_the_connectors_it_approved() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, alice_id) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+
+    // Two connectors approved with alice's secret; one may manage tokens, minted a sub-agent
+    // and wiped the grant's mark from its own metadata.
+    let plain = grant(&base, &client_id, &alice, &[]).await;
+    let managing = grant(&base, &client_id, &alice, &[("manage", "1")]).await;
+    let (plain_access, _, plain_refresh) = granted(&server, &plain).await;
+    let (managing_access, managing_id, _) = granted(&server, &managing).await;
+    let managing_client = connect_http(&server.url(), &managing_access).await;
+    let sub = ok(&managing_client, "create_token", json!({"name": "sub-agent"})).await;
+    ok(
+        &managing_client,
+        "update_token",
+        json!({"id": managing_id, "metadata": {}}),
+    )
+    .await;
+    // An ordinary child of alice, not a connector.
+    let alice_client = connect_http(&server.url(), &alice).await;
+    let ordinary = ok(&alice_client, "create_token", json!({"name": "ordinary"})).await;
+
+    let rotated = ok(
+        &admin,
+        "rotate_token",
+        json!({"id": alice_id, "grace_seconds": 0}),
+    )
+    .await;
+    let new_alice = rotated["token"].as_str().unwrap().to_owned();
+
+    // The connectors stop at once, with what they minted; the ordinary child does not.
+    assert_eq!(mcp_status(&server, &plain_access).await, 401);
+    assert_eq!(mcp_status(&server, &managing_access).await, 401);
+    assert_eq!(mcp_status(&server, sub["token"].as_str().unwrap()).await, 401);
+    assert_eq!(mcp_status(&server, ordinary["token"].as_str().unwrap()).await, 200);
+    let events = ok(
+        &admin,
+        "list_audit_events",
+        json!({"token_id": alice_id, "action": "rotate"}),
+    )
+    .await;
+    assert_eq!(
+        events["events"][0]["changes"]["revoked_oauth_tokens"],
+        json!(3),
+        "{events}"
+    );
+    // Their refresh says why and mints nothing.
+    let before = token_count(&admin).await;
+    let (_, body) = refresh_with(&base, &client_id, &plain_refresh).await;
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("rotated"),
+        "{body}"
+    );
+    assert_eq!(token_count(&admin).await, before);
+
+    // A connector the new secret approves works, and refreshes.
+    let fresh = grant(&base, &client_id, &new_alice, &[]).await;
+    let (fresh_access, _, fresh_refresh) = granted(&server, &fresh).await;
+    assert_eq!(mcp_status(&server, &fresh_access).await, 200);
+    let (status, body) = refresh_with(&base, &client_id, &fresh_refresh).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A code approved before a rotation and exchanged after it mints nothing.
+    let (code, verifier) = approved_code(&base, &client_id, &new_alice, &[]).await;
+    ok(
+        &admin,
+        "rotate_token",
+        json!({"id": alice_id, "grace_seconds": 0}),
+    )
+    .await;
+    let before = token_count(&admin).await;
+    let (status, body) = token_request(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
+    let live = ok(
+        &admin,
+        "list_tokens",
+        json!({"parent_id": alice_id, "status": "active", "limit": 100}),
+    )
+    .await;
+    assert_eq!(
+        live["records"].as_array().unwrap().len(),
+        1,
+        "only the ordinary child is left: {live}"
+    );
+    assert_eq!(token_count(&admin).await, before, "nothing minted");
+}

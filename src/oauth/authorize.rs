@@ -739,6 +739,7 @@ async fn issue_code(
         approver: approver.clone(),
         scope: scope.clone(),
         replaces: replaces.clone(),
+        approved_at: crate::timestamp::Timestamp::now(),
     };
     lock(&oauth.codes).insert(
         code_key(&code),

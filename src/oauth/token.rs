@@ -47,6 +47,8 @@ pub(super) struct ApprovedCode {
     pub scope: ApprovedScope,
     /// The grant this approval adds to (scope step-up): its token is replaced at exchange.
     pub replaces: Option<String>,
+    /// When the person approved: an approver rotated since refuses the exchange.
+    pub approved_at: Timestamp,
 }
 
 pub(super) enum CodeState {
@@ -296,7 +298,12 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
             .map_err(unavailable)?
             .filter(|g| g.approver == approved.approver)
     {
-        let (tokens, issued) = replace_in_grant(oauth, &client, &grant, &approved.scope)?;
+        let (tokens, issued) = replace_in_grant(
+            oauth,
+            &client,
+            &grant,
+            (&approved.scope, approved.approved_at),
+        )?;
         spend(Some(issued));
         return Ok(tokens);
     }
@@ -304,7 +311,7 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     let minted = mint(
         oauth,
         &client,
-        &approved.approver,
+        (&approved.approver, approved.approved_at),
         &approved.scope,
         &grant_id,
         None,
@@ -349,9 +356,16 @@ fn replace_in_grant(
     oauth: &OAuth,
     client: &OAuthClient,
     grant: &Grant,
-    scope: &ApprovedScope,
+    (scope, approved_at): (&ApprovedScope, Timestamp),
 ) -> Result<(Tokens, TokenId), Refusal> {
-    let minted = mint(oauth, client, &grant.approver, scope, &grant.grant_id, None)?;
+    let minted = mint(
+        oauth,
+        client,
+        (&grant.approver, approved_at),
+        scope,
+        &grant.grant_id,
+        None,
+    )?;
     let refresh_token = random_string(32);
     if let Err(e) = oauth.store.replace(
         grant,
@@ -430,7 +444,7 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     }
     // An approver that has fallen for good (revoked, expired, deleted) ends the grant, and the
     // connector is told why; a paused one only refuses this refresh (resuming restores it).
-    if let Some(why) = approver_fallen(oauth, &grant.approver)? {
+    if let Some(why) = approver_fallen(oauth, &grant.approver, grant.last_approved())? {
         end_grant(oauth, &grant, &why);
         return Err(refuse(
             "invalid_grant",
@@ -470,7 +484,7 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     let minted = mint(
         oauth,
         &client,
-        &grant.approver,
+        (&grant.approver, grant.last_approved()),
         &grant.scope,
         &grant.grant_id,
         Some(&current),
@@ -509,9 +523,14 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     })
 }
 
-/// Why the approver can never mint again (revoked, expired or deleted, itself or through an
-/// ancestor), or `None` while it stands or is only paused.
-fn approver_fallen(oauth: &OAuth, approver: &TokenId) -> Result<Option<String>, Refusal> {
+/// Why the approver can never mint for an approval given at `approved_at` again (revoked,
+/// expired or deleted, itself or through an ancestor; or rotated since: docs/oauth.md), or
+/// `None` while it stands or is only paused.
+fn approver_fallen(
+    oauth: &OAuth,
+    approver: &TokenId,
+    approved_at: Timestamp,
+) -> Result<Option<String>, Refusal> {
     use crate::record::EffectiveStatus as E;
     let view = oauth.service.get_token(
         &Caller::Owner,
@@ -520,6 +539,11 @@ fn approver_fallen(oauth: &OAuth, approver: &TokenId) -> Result<Option<String>, 
         },
     );
     match view {
+        Ok(view) if view.rotated_at.is_some_and(|r| r >= approved_at) => Ok(Some(
+            "the approving token was rotated after it approved this client (its secret may \
+             have leaked)"
+                .into(),
+        )),
         Ok(view) => Ok(match view.effective_status {
             E::Active | E::Paused | E::PausedByAncestor => None,
             E::Revoked | E::RevokedByAncestor => Some("the approving token was revoked".into()),
@@ -548,7 +572,7 @@ struct Minted {
 fn mint(
     oauth: &OAuth,
     client: &OAuthClient,
-    approver: &TokenId,
+    (approver, approved_at): (&TokenId, Timestamp),
     scope: &ApprovedScope,
     grant_id: &str,
     previous: Option<&TokenView>,
@@ -556,6 +580,9 @@ fn mint(
     let service = &oauth.service;
     let caller = Caller::Token(approver.clone());
     let cannot = |why: String| refuse("invalid_grant", format!("the approving token {why}"));
+    if let Some(why) = approver_fallen(oauth, approver, approved_at)? {
+        return Err(refuse("invalid_grant", why));
+    }
     service
         .check_standing(approver, None)
         .map_err(|failure| cannot(format!("no longer stands: {failure}")))?;
@@ -594,6 +621,12 @@ fn mint(
     let issued = service
         .create_token(&caller, request)
         .map_err(|e| cannot(format!("cannot mint the access token: {}", e.message)))?;
+    // A rotation of the approver committed before this child revokes it (see
+    // `revoke_approved_connectors`); one committed after is seen here.
+    if let Some(why) = approver_fallen(oauth, approver, approved_at)? {
+        revoke_quietly(oauth, &issued.record.id);
+        return Err(refuse("invalid_grant", why));
+    }
     Ok(Minted {
         id: issued.record.id,
         secret: issued.token,

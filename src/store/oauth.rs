@@ -111,6 +111,9 @@ pub struct Grant {
     /// [`PREVIOUS_KEPT`]): a session opened with one of them may carry on with the current one.
     #[serde(default)]
     pub previous: Vec<TokenId>,
+    /// When a person last approved it (a consent that added to it), if after `created_at`.
+    #[serde(default)]
+    pub approved_at: Option<Timestamp>,
 }
 
 /// What a refresh token's hash names.
@@ -165,7 +168,13 @@ impl Grant {
             refresh_hash: refresh_hash(refresh_token),
             spent: Vec::new(),
             previous: Vec::new(),
+            approved_at: None,
         }
+    }
+
+    /// When a person last approved this grant: what rotating its approver is compared with.
+    pub fn last_approved(&self) -> Timestamp {
+        self.approved_at.unwrap_or(self.created_at)
     }
 
     fn key(&self) -> Vec<u8> {
@@ -434,6 +443,7 @@ impl OAuthStore {
         }
         updated.scope = scope;
         updated.access_token = access_token;
+        updated.approved_at = Some(now);
         updated.refreshed_at = Some(now);
         updated.refresh_expires_at = refresh_expires_at;
         batch.insert(key, encode(&updated));
