@@ -10,26 +10,70 @@
 //! the form into that request and the answer into RFC 8693's.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::json;
 
 use super::authorize::{names_this_server, split_scope};
 use super::token::{Refusal, TokenForm, Tokens, refuse, unavailable};
-use super::OAuth;
+use super::{OAuth, blocking};
 use crate::error::ErrorCode;
 use crate::service::Caller;
 use crate::service::requests::{CreateToken, TokenRef};
+use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
 
 pub(super) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub(super) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-pub(super) fn exchange(oauth: &OAuth, form: &TokenForm, ip: IpAddr) -> Result<Tokens, Refusal> {
+/// The exchange: the form checked, the subject authenticated, then the minting on the
+/// blocking pool under the subject lineage's place there (as its `create_token` tool call
+/// would be), so one lineage cannot tie up the pool with exchanges.
+pub(super) async fn exchange(
+    oauth: Arc<OAuth>,
+    form: TokenForm,
+    ip: IpAddr,
+) -> Result<Tokens, Refusal> {
+    let (subject, wanted) = checked_form(&oauth, &form)?;
+    let subject_id = {
+        let oauth = Arc::clone(&oauth);
+        blocking(move || oauth.service.authenticate(&subject, Some(ip)))
+            .await
+            .map_err(|failure| {
+                refuse(
+                    "invalid_request",
+                    crate::secret::redact_secrets(&format!(
+                        "subject_token cannot be used: {failure}"
+                    )),
+                )
+            })?
+    };
+    let permit = oauth
+        .service
+        .blocking_permit(&Caller::Token(subject_id.clone()))
+        .await;
+    blocking(move || {
+        let _permit = permit;
+        mint_child(&oauth, subject_id, wanted, ip)
+    })
+    .await
+}
+
+/// What the subject asks for: buckets, tools, read-only.
+struct Wanted {
+    buckets: Vec<String>,
+    tools: Vec<String>,
+    read_only: bool,
+}
+
+/// The form's own checks, before the subject is looked at: the subject token and the scope.
+fn checked_form(oauth: &OAuth, form: &TokenForm) -> Result<(String, Wanted), Refusal> {
     let subject = form
         .subject_token
         .as_deref()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| refuse("invalid_request", "subject_token is required"))?;
+        .ok_or_else(|| refuse("invalid_request", "subject_token is required"))?
+        .to_owned();
     if form.subject_token_type.as_deref() != Some(ACCESS_TOKEN_TYPE) {
         return Err(refuse(
             "invalid_request",
@@ -74,14 +118,30 @@ pub(super) fn exchange(oauth: &OAuth, form: &TokenForm, ip: IpAddr) -> Result<To
             ),
         ));
     }
+    Ok((
+        subject,
+        Wanted {
+            buckets,
+            tools,
+            read_only,
+        },
+    ))
+}
 
+/// The subject's `create_token` call: decided and counted through the one decision, minted by
+/// `Service::create_token` with the subject as caller.
+fn mint_child(
+    oauth: &OAuth,
+    subject_id: TokenId,
+    wanted: Wanted,
+    ip: IpAddr,
+) -> Result<Tokens, Refusal> {
     let service = &oauth.service;
-    let subject_id = service.authenticate(subject, Some(ip)).map_err(|failure| {
-        refuse(
-            "invalid_request",
-            crate::secret::redact_secrets(&format!("subject_token cannot be used: {failure}")),
-        )
-    })?;
+    let Wanted {
+        buckets,
+        tools,
+        read_only,
+    } = wanted;
     let caller = Caller::Token(subject_id.clone());
     service
         .authorize_call(&caller, "create_token", None, Some(ip))

@@ -177,20 +177,11 @@ pub(super) async fn token(
         )
         .response();
     };
-    let outcome = blocking(move || match form.grant_type.as_deref() {
-        Some("authorization_code") => exchange_code(&oauth, &form),
-        Some("refresh_token") => refresh(&oauth, &form),
-        Some(super::exchange::GRANT_TYPE) => {
-            super::exchange::exchange(&oauth, &form, super::client_ip(peer))
-        }
-        Some(_) => Err(refuse(
-            "unsupported_grant_type",
-            "grant_type must be authorization_code, refresh_token or token exchange \
-             (urn:ietf:params:oauth:grant-type:token-exchange)",
-        )),
-        None => Err(refuse("invalid_request", "grant_type is required")),
-    })
-    .await;
+    let outcome = if form.grant_type.as_deref() == Some(super::exchange::GRANT_TYPE) {
+        super::exchange::exchange(oauth, form, super::client_ip(peer)).await
+    } else {
+        blocking(move || by_code_or_refresh(&oauth, &form)).await
+    };
     match outcome {
         Ok(tokens) => {
             let mut body = json!({
@@ -211,6 +202,19 @@ pub(super) async fn token(
             json_no_store(StatusCode::OK, body)
         }
         Err(refusal) => refusal.response(),
+    }
+}
+
+fn by_code_or_refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => exchange_code(oauth, form),
+        Some("refresh_token") => refresh(oauth, form),
+        Some(_) => Err(refuse(
+            "unsupported_grant_type",
+            "grant_type must be authorization_code, refresh_token or token exchange \
+             (urn:ietf:params:oauth:grant-type:token-exchange)",
+        )),
+        None => Err(refuse("invalid_request", "grant_type is required")),
     }
 }
 
