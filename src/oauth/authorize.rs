@@ -40,6 +40,8 @@ const MAX_LIFETIME_SECONDS: u64 = 86_400;
 pub(super) struct PendingRequest {
     client_id: String,
     client_name: String,
+    /// The host of the client's metadata document, for a client that names itself by one.
+    verified_host: Option<String>,
     redirect_uri: String,
     state: Option<String>,
     code_challenge: String,
@@ -192,7 +194,26 @@ pub(super) async fn show(
             "The request names no client_id.",
         );
     };
-    let client = {
+    // A client_id that is an https URL is a client metadata document: fetched and checked
+    // (`cimd`); any other is a registered client.
+    let mut verified_host = None;
+    let client = if super::cimd::is_document_url(client_id) {
+        match oauth.documents.client(client_id, peer).await {
+            Ok(verified) => {
+                verified_host = Some(verified.host);
+                Some(verified.client)
+            }
+            Err(why) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Client not verified",
+                    &format!(
+                        "This client names itself by a metadata document this server cannot                          use: {why}. Nothing was authorized."
+                    ),
+                );
+            }
+        }
+    } else {
         let oauth = Arc::clone(&oauth);
         let client_id = client_id.to_owned();
         match blocking(move || client_of(&oauth, &client_id)).await {
@@ -277,6 +298,7 @@ pub(super) async fn show(
     let pending = PendingRequest {
         client_id: client.client_id.clone(),
         client_name: client.client_name.clone(),
+        verified_host,
         redirect_uri: redirect_uri.to_owned(),
         state: params.state.clone(),
         code_challenge: challenge.to_owned(),
@@ -370,6 +392,7 @@ fn render(
         csrf: &pending.csrf,
         client_name: &pending.client_name,
         client_id: &pending.client_id,
+        verified_host: pending.verified_host.as_deref(),
         redirect_uri: &pending.redirect_uri,
         public_url: &oauth.config.public_url,
         requested: &pending.requested,
@@ -733,6 +756,7 @@ async fn issue_code(
     let code = random_string(32);
     let approved = ApprovedCode {
         client_id: pending.client_id.clone(),
+        client_name: pending.client_name.clone(),
         redirect_uri: pending.redirect_uri.clone(),
         resource: pending.resource.clone(),
         code_challenge: pending.code_challenge.clone(),

@@ -13,6 +13,8 @@ pub(super) struct ConsentView<'a> {
     pub csrf: &'a str,
     pub client_name: &'a str,
     pub client_id: &'a str,
+    /// For a client known by its metadata document: the host that served it.
+    pub verified_host: Option<&'a str>,
     pub redirect_uri: &'a str,
     pub public_url: &'a str,
     /// The scope items the client asked for, as sent.
@@ -140,7 +142,7 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
 <title>tokenwarden: authorize {name}</title><style>{STYLE}</style></head><body>\
 <h1>Authorize <bdi id=\"client_name\">{name}</bdi>?</h1>\
 <div class=\"who\"><p><strong><bdi id=\"client_name_again\">{name}</bdi></strong> \
-<span class=\"hint\" id=\"unverified\">(unverified name: the client chose it itself)</span> \
+{verified} \
 (client <code>{client_id}</code>) asks for a token to use the MCP server at <code>{public_url}</code>.</p>\
 <p>After you decide, your browser goes to <strong id=\"redirect_host\">{host}</strong> \
 (<code>{redirect}</code>).</p>{requested}{ignored}</div>{error}\
@@ -167,6 +169,17 @@ never past the approver's own expiry; the client renews it while the approver st
 <button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\" formnovalidate>Deny</button>\
 </form></body></html>",
         name = esc(view.client_name),
+        verified = match view.verified_host {
+            Some(host) => format!(
+                "<span class=\"hint\">from</span> <strong id=\"verified_host\">{}</strong> \
+                 <span class=\"hint\">(verified: its description was fetched from there; \
+                 the name is still the client's own)</span>",
+                esc(host)
+            ),
+            None => "<span class=\"hint\" id=\"unverified\">(unverified name: the client \
+                     chose it itself)</span>"
+                .to_owned(),
+        },
         client_id = esc(view.client_id),
         public_url = esc(view.public_url),
         host = esc(&redirect_host(view.redirect_uri)),
@@ -276,6 +289,7 @@ mod tests {
             csrf: evil,
             client_name: evil,
             client_id: evil,
+            verified_host: Some(evil),
             redirect_uri: "https://example.com/cb?a=\"><script>",
             public_url: evil,
             requested: &requested,

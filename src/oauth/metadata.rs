@@ -56,6 +56,7 @@ pub(super) async fn authorization_server(State(oauth): State<Arc<OAuth>>) -> Res
         ],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
+        "client_id_metadata_document_supported": true,
         "revocation_endpoint_auth_methods_supported": ["none"],
         "authorization_response_iss_parameter_supported": true,
     }))

@@ -3,6 +3,8 @@
 //!
 //! - `metadata`: the RFC 9728 and RFC 8414 documents, served without a token.
 //! - `register`: dynamic client registration (RFC 7591), bounded in count and rate.
+//! - `cimd`: client metadata documents (a `client_id` that is an https URL), fetched behind
+//!   request forgery guards.
 //! - `authorize` + `consent`: the consent page, where a person pastes an approver token and
 //!   narrows what the connector gets; approval yields a single-use code.
 //! - `token`: code and refresh exchanges, and revocation (RFC 7009).
@@ -21,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 mod authorize;
+mod cimd;
 mod consent;
 mod exchange;
 mod introspect;
@@ -46,6 +49,7 @@ use crate::service::Service;
 use crate::store::oauth::OAuthStore;
 use pending::{Consents, Expiring};
 
+pub use cimd::CimdTesting;
 pub use register::RegistrationLimits;
 
 /// How long a consent page stays usable.
@@ -74,6 +78,8 @@ pub struct OAuthConfig {
     /// Default lifetime of an access token in seconds (never past the approver's expiry).
     pub token_lifetime_seconds: u64,
     pub registration: RegistrationLimits,
+    /// Client metadata documents: what tests may loosen (nothing in production).
+    pub cimd: CimdTesting,
 }
 
 impl Default for OAuthConfig {
@@ -83,6 +89,7 @@ impl Default for OAuthConfig {
             public_url: "http://127.0.0.1:8787".to_owned(),
             token_lifetime_seconds: 3_600,
             registration: RegistrationLimits::default(),
+            cimd: CimdTesting::default(),
         }
     }
 }
@@ -146,6 +153,8 @@ pub struct OAuth {
     consent_pages: Mutex<register::PeerRate>,
     codes: Mutex<Expiring<token::CodeState>>,
     registrations: Mutex<register::PeerRate>,
+    /// Client metadata documents: fetched, checked, cached.
+    documents: cimd::Documents,
     /// Introspection requests whose caller did not authenticate, per address.
     refused_introspectors: Mutex<register::PeerRate>,
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
@@ -159,9 +168,11 @@ impl OAuth {
             .store()
             .oauth()
             .map_err(|e| format!("cannot open the OAuth store: {e}"))?;
+        let documents = cimd::Documents::new(&config.cimd)?;
         Ok(OAuth {
             service,
             store,
+            documents,
             registrations: Mutex::new(register::PeerRate::registrations(config.registration)),
             consent_pages: Mutex::new(register::PeerRate::new(
                 CONSENT_PAGES_PER_MINUTE,

@@ -40,6 +40,7 @@ use crate::timestamp::Timestamp;
 /// An approved authorization waiting for its exchange.
 pub(super) struct ApprovedCode {
     pub client_id: String,
+    pub client_name: String,
     pub redirect_uri: String,
     pub resource: Option<String>,
     pub code_challenge: String,
@@ -238,7 +239,12 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     let client_id = required(&form.client_id, "client_id")?;
     let redirect_uri = required(&form.redirect_uri, "redirect_uri")?;
     let verifier = required(&form.code_verifier, "code_verifier")?;
-    let client = known_client(oauth, client_id)?;
+    // A metadata-document client was checked when its consent page opened; its code names it.
+    let client = if super::cimd::is_document_url(client_id) {
+        None
+    } else {
+        Some(known_client(oauth, client_id)?)
+    };
     let _grants = lock(&oauth.grants);
     let key = code_key(code);
     let now = Instant::now();
@@ -268,7 +274,16 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         lock(&oauth.codes).insert(key.clone(), CodeState::Spent(issued), now);
     };
     spend(None);
-    if approved.client_id != client.client_id {
+    let client = match client {
+        Some(client) => client,
+        None => OAuthClient {
+            client_id: approved.client_id.clone(),
+            client_name: approved.client_name.clone(),
+            redirect_uris: vec![approved.redirect_uri.clone()],
+            created_at: Timestamp::now(),
+        },
+    };
+    if approved.client_id != client.client_id || client_id != client.client_id {
         return Err(refuse(
             "invalid_grant",
             "this code was issued to another client",
@@ -330,7 +345,14 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         &refresh_token,
         minted.refresh_expires_at,
     );
-    if let Err(e) = oauth.store.insert_grant(&grant) {
+    // A document client is remembered once it holds a grant: refreshes and the command line
+    // know it by its URL (its document is fetched again at its next consent page).
+    let remembered = if super::cimd::is_document_url(&client.client_id) {
+        oauth.store.insert_client(&client)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = remembered.and_then(|()| oauth.store.insert_grant(&grant)) {
         // No grant, so no token either.
         revoke_quietly(oauth, &minted.id);
         return Err(unavailable(e));
