@@ -30,8 +30,19 @@ fn make_certificates(dir: &Path) {
         );
     };
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=tokenwarden test CA",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tokenwarden test CA",
     ]);
     std::fs::write(
         dir.join("leaf.ext"),
@@ -40,12 +51,33 @@ fn make_certificates(dir: &Path) {
     )
     .unwrap();
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr",
-        "-subj", "/CN=127.0.0.1",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
     ]);
     run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
     ]);
 }
 
@@ -176,7 +208,12 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
     // the server knows is the document's URL, remembered with its grant.
     let hits = documents.hits();
     assert_eq!(hits["/client.json"], json!(1), "{hits}");
-    let clients = ok(&admin, "list_audit_events", json!({"action": "oauth_register"})).await;
+    let clients = ok(
+        &admin,
+        "list_audit_events",
+        json!({"action": "oauth_register"}),
+    )
+    .await;
     assert_eq!(clients["events"], json!([]), "{clients}");
 
     // A document that forbids caching is fetched each time.
@@ -225,7 +262,11 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
     let (status, html) = page_for(&base, &documents.url("/slow.json")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("5 seconds"), "{html}");
-    assert!(started.elapsed() < Duration::from_secs(7), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,5 +321,8 @@ async fn documents_are_never_fetched_from_loopback_private_or_metadata_addresses
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("TOKENWARDEN_INSECURE_CIMD_TEST=1"), "{stderr}");
+    assert!(
+        stderr.contains("TOKENWARDEN_INSECURE_CIMD_TEST=1"),
+        "{stderr}"
+    );
 }

@@ -234,12 +234,7 @@ async fn mcp_remote_connects_without_a_header() {
     // mcp-remote asks for its own default scope (`openid email profile`), which names nothing
     // of ours: the person approved the approver's own tools, except those that manage tokens
     // (the page's default leaves "Manage tokens" unticked).
-    assert_eq!(
-        names,
-        ["get_token", "list_tokens", "whoami"],
-        "{}",
-        logs()
-    );
+    assert_eq!(names, ["get_token", "list_tokens", "whoami"], "{}", logs());
     proxy.kill().await.unwrap();
 
     let admin = connect_http(&server.url(), server.admin()).await;

@@ -19,7 +19,13 @@ async fn management_tools_are_granted_only_when_the_person_ticks_them() {
 
     // The page says what an empty Tools field means, and "Manage tokens" starts unticked.
     let (_, challenge) = pkce();
-    let page = open_page(&base, &client_id, &challenge, &[("scope", "tool:create_token")]).await;
+    let page = open_page(
+        &base,
+        &client_id,
+        &challenge,
+        &[("scope", "tool:create_token")],
+    )
+    .await;
     assert!(
         page.html.contains("except those that manage tokens"),
         "{}",
@@ -54,14 +60,21 @@ async fn management_tools_are_granted_only_when_the_person_ticks_them() {
     let refused = session_post(&server, access, &session, tools_call("create_token")).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
-    assert!(challenge.contains("scope=\"tool:create_token\""), "{challenge}");
+    assert!(
+        challenge.contains("scope=\"tool:create_token\""),
+        "{challenge}"
+    );
 
     // Naming a management tool without ticking is refused on the page: nothing approved.
     let before = token_count(&admin).await;
     let (_, challenge) = pkce();
     let page = open_page(&base, &client_id, &challenge, &[]).await;
     let response = approve(&base, &page, &alice, &[("tools", "whoami create_token")]).await;
-    assert_eq!(response.status(), StatusCode::OK, "shown again, no redirect");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "shown again, no redirect"
+    );
     let html = response.text().await.unwrap();
     assert!(html.contains("Manage tokens"), "{html}");
     assert!(html.contains("id=\"error\""), "{html}");
@@ -161,7 +174,10 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
         .json()
         .await
         .unwrap();
-    assert_eq!(meta["introspection_endpoint"], format!("{base}/oauth/introspect"));
+    assert_eq!(
+        meta["introspection_endpoint"],
+        format!("{base}/oauth/introspect")
+    );
 
     // The service's token: an admin that may call verify_token (and is rate limited).
     let service = ok(
@@ -208,20 +224,31 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
     assert_eq!(active["active"], json!(true), "{active}");
     assert_eq!(active["sub"], child["id"]);
     assert_eq!(active["token_type"], "Bearer");
-    assert_eq!(active["scope"], "bucket:docs tool:list_* tool:whoami", "{active}");
+    assert_eq!(
+        active["scope"], "bucket:docs tool:list_* tool:whoami",
+        "{active}"
+    );
     assert_eq!(active["buckets"], json!(["docs"]));
     assert_eq!(active["deny_tools"], json!(["list_audit_events"]));
     let exp = active["exp"].as_i64().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!((now + 590..=now + 600).contains(&exp), "{active}");
-    assert!(active.get("client_id").is_none(), "not an OAuth token: {active}");
+    assert!(
+        active.get("client_id").is_none(),
+        "not an OAuth token: {active}"
+    );
     assert!(!body.contains(secret), "the secret is never echoed");
 
     // An OAuth-issued token names its client.
     let (alice, _) = approver(&admin, json!(["*"])).await;
     let client_id = register_client(&base, "Claude").await;
     let tokens = grant(&base, &client_id, &alice, &[]).await;
-    let (_, body) = introspect(&base, Some(&service), tokens["access_token"].as_str().unwrap()).await;
+    let (_, body) = introspect(
+        &base,
+        Some(&service),
+        tokens["access_token"].as_str().unwrap(),
+    )
+    .await;
     let issued: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(issued["client_id"], json!(client_id), "{issued}");
 
@@ -230,7 +257,12 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
     ok(&admin, "revoke_token", json!({"id": revoked["id"]})).await;
     let paused = ok(&admin, "create_token", json!({"name": "paused"})).await;
     ok(&admin, "pause_token", json!({"id": paused["id"]})).await;
-    let expiring = ok(&admin, "create_token", json!({"name": "expiring", "ttl_seconds": 1})).await;
+    let expiring = ok(
+        &admin,
+        "create_token",
+        json!({"name": "expiring", "ttl_seconds": 1}),
+    )
+    .await;
     let revoked_parent = ok(&admin, "create_token", json!({"name": "p"})).await;
     let orphan = ok(
         &connect_http(&server.url(), revoked_parent["token"].as_str().unwrap()).await,
@@ -252,7 +284,10 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
         &"x".repeat(5_000),
     ] {
         let (status, body) = introspect(&base, Some(&service), inactive).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"active":false}"#));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"active":false}"#)
+        );
     }
 
     // Callers without the right: no credentials or bad ones (401), a token that may not call
@@ -298,7 +333,10 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
         }
         assert_eq!(status, StatusCode::OK);
     }
-    assert!(limited.is_some(), "the caller's rate limit of 30 a minute never applied");
+    assert!(
+        limited.is_some(),
+        "the caller's rate limit of 30 a minute never applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -414,7 +452,10 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     assert!(body.get("refresh_token").is_none(), "{body}");
     assert_eq!(body["scope"], "read_only bucket:docs tool:whoami");
     let expires_in = body["expires_in"].as_i64().unwrap();
-    assert!((100..=120).contains(&expires_in), "never past the subject: {body}");
+    assert!(
+        (100..=120).contains(&expires_in),
+        "never past the subject: {body}"
+    );
     let child_secret = body["access_token"].as_str().unwrap().to_owned();
     let child = connect_http(&server.url(), &child_secret).await;
     let me = ok(&child, "whoami", json!({})).await;
@@ -424,7 +465,11 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     assert_eq!(me["buckets"], json!(["docs"]));
     assert_eq!(me["tools"], json!(["whoami"]));
     assert_eq!(me["read_only"], json!(true));
-    assert_eq!(me["deny_tools"], json!(["list_tokens"]), "denials inherited");
+    assert_eq!(
+        me["deny_tools"],
+        json!(["list_tokens"]),
+        "denials inherited"
+    );
     assert_eq!(me["metadata"]["oauth_token_exchange"], json!(true));
     // Audited like create_token: the subject created the child.
     let events = ok(
@@ -458,10 +503,25 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     let before_audit = audit_trail(&admin).await;
     let child_of_child = child_secret.clone();
     let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
-        (subject, vec![("scope", "bucket:secrets")], "invalid_scope", "buckets"),
-        (subject, vec![("scope", "tool:revoke_token")], "invalid_scope", "tools"),
+        (
+            subject,
+            vec![("scope", "bucket:secrets")],
+            "invalid_scope",
+            "buckets",
+        ),
+        (
+            subject,
+            vec![("scope", "tool:revoke_token")],
+            "invalid_scope",
+            "tools",
+        ),
         (subject, vec![("scope", "tool:*")], "invalid_scope", "tools"),
-        (subject, vec![("scope", "admin")], "invalid_scope", "unknown scope"),
+        (
+            subject,
+            vec![("scope", "admin")],
+            "invalid_scope",
+            "unknown scope",
+        ),
         (
             subject,
             vec![("resource", "https://elsewhere.example/mcp")],
@@ -482,12 +542,25 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
         ),
         (
             subject,
-            vec![("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")],
+            vec![(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:id_token",
+            )],
             "invalid_request",
             "",
         ),
-        (revoked["token"].as_str().unwrap(), vec![], "invalid_request", "revoked"),
-        ("mcp_000000000000000000000000000000000000", vec![], "invalid_request", ""),
+        (
+            revoked["token"].as_str().unwrap(),
+            vec![],
+            "invalid_request",
+            "revoked",
+        ),
+        (
+            "mcp_000000000000000000000000000000000000",
+            vec![],
+            "invalid_request",
+            "",
+        ),
         ("nonsense", vec![], "invalid_request", ""),
         (
             cannot_mint["token"].as_str().unwrap(),
@@ -511,7 +584,10 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
         &[("grant_type", EXCHANGE), ("subject_token", subject)],
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
     assert_eq!(token_count(&admin).await, before_tokens, "nothing minted");
     assert_eq!(audit_trail(&admin).await, before_audit, "nothing audited");
 
@@ -525,7 +601,10 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     let (status, body) = exchange(&base, deep["token"].as_str().unwrap(), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
-        body["error_description"].as_str().unwrap().contains("depth"),
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("depth"),
         "{body}"
     );
 
@@ -546,11 +625,8 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
 
 /// Opens an MCP session with `secret` over raw HTTP: its id.
 async fn open_session(server: &common::Server, secret: &str) -> String {
-    let opened = common::raw_initialize(
-        &server.url(),
-        &[("authorization", &common::bearer(secret))],
-    )
-    .await;
+    let opened =
+        common::raw_initialize(&server.url(), &[("authorization", &common::bearer(secret))]).await;
     assert_eq!(opened.status(), StatusCode::OK);
     let session = opened.headers()["mcp-session-id"]
         .to_str()
@@ -596,11 +672,8 @@ async fn a_connector_steps_up_its_scope_through_the_consent_page() {
     let base = base(&server);
     let admin = connect_http(&server.url(), server.admin()).await;
     // The approver may call whoami, list_tokens and create_token, not get_token.
-    let (alice, alice_id) = approver(
-        &admin,
-        json!(["whoami", "list_tokens", "create_token"]),
-    )
-    .await;
+    let (alice, alice_id) =
+        approver(&admin, json!(["whoami", "list_tokens", "create_token"])).await;
     let client_id = register_client(&base, "Claude").await;
     let tokens = grant(&base, &client_id, &alice, &[("tools", "whoami")]).await;
     let (access, first_child, refresh) = granted(&server, &tokens).await;
@@ -613,8 +686,14 @@ async fn a_connector_steps_up_its_scope_through_the_consent_page() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
-    assert!(challenge.contains("scope=\"tool:list_tokens\""), "{challenge}");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"tool:list_tokens\""),
+        "{challenge}"
+    );
     assert!(challenge.contains("resource_metadata="), "{challenge}");
     // A tool the approver itself lacks: no consent could grant it, so an ordinary tool error.
     let refused = session_post(&server, &access, &session, tools_call("get_token")).await;
@@ -639,7 +718,13 @@ async fn a_connector_steps_up_its_scope_through_the_consent_page() {
     // The client asks again with the scope named; the person approves with the same token and
     // is shown what is new before anything changes.
     let (verifier, challenge) = pkce();
-    let page = open_page(&base, &client_id, &challenge, &[("scope", "tool:list_tokens")]).await;
+    let page = open_page(
+        &base,
+        &client_id,
+        &challenge,
+        &[("scope", "tool:list_tokens")],
+    )
+    .await;
     assert_eq!(field(&page.html, "tools"), "list_tokens", "prefilled");
     let before = token_count(&admin).await;
     let response = approve(&base, &page, &alice, &[("tools", "list_tokens")]).await;
@@ -686,7 +771,11 @@ async fn a_connector_steps_up_its_scope_through_the_consent_page() {
         json!({"parent_id": alice_id, "status": "active"}),
     )
     .await;
-    assert_eq!(children["records"].as_array().unwrap().len(), 1, "{children}");
+    assert_eq!(
+        children["records"].as_array().unwrap().len(),
+        1,
+        "{children}"
+    );
     // The old refresh token is gone (not "spent": presenting it does not end the grant)…
     let (_, body) = refresh_with(&base, &client_id, &refresh).await;
     assert_eq!(body["error_description"], "unknown refresh token", "{body}");
@@ -722,7 +811,12 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
     let (plain_access, _, plain_refresh) = granted(&server, &plain).await;
     let (managing_access, managing_id, _) = granted(&server, &managing).await;
     let managing_client = connect_http(&server.url(), &managing_access).await;
-    let sub = ok(&managing_client, "create_token", json!({"name": "sub-agent"})).await;
+    let sub = ok(
+        &managing_client,
+        "create_token",
+        json!({"name": "sub-agent"}),
+    )
+    .await;
     ok(
         &managing_client,
         "update_token",
@@ -744,8 +838,14 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
     // The connectors stop at once, with what they minted; the ordinary child does not.
     assert_eq!(mcp_status(&server, &plain_access).await, 401);
     assert_eq!(mcp_status(&server, &managing_access).await, 401);
-    assert_eq!(mcp_status(&server, sub["token"].as_str().unwrap()).await, 401);
-    assert_eq!(mcp_status(&server, ordinary["token"].as_str().unwrap()).await, 200);
+    assert_eq!(
+        mcp_status(&server, sub["token"].as_str().unwrap()).await,
+        401
+    );
+    assert_eq!(
+        mcp_status(&server, ordinary["token"].as_str().unwrap()).await,
+        200
+    );
     let events = ok(
         &admin,
         "list_audit_events",
@@ -762,7 +862,10 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
     let (_, body) = refresh_with(&base, &client_id, &plain_refresh).await;
     assert_eq!(body["error"], "invalid_grant", "{body}");
     assert!(
-        body["error_description"].as_str().unwrap().contains("rotated"),
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("rotated"),
         "{body}"
     );
     assert_eq!(token_count(&admin).await, before);
@@ -794,7 +897,11 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
         ],
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
     let live = ok(
         &admin,
         "list_tokens",

@@ -677,7 +677,10 @@ fn cimd_testing(test_ca: Option<&Path>) -> Result<crate::oauth::CimdTesting, Cli
         )));
     }
     let pem = std::fs::read(path).map_err(|e| {
-        CliError::usage(format!("cannot read --insecure-cimd-test-ca {}: {e}", path.display()))
+        CliError::usage(format!(
+            "cannot read --insecure-cimd-test-ca {}: {e}",
+            path.display()
+        ))
     })?;
     tracing::warn!(
         ca = %path.display(),

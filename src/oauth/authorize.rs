@@ -145,7 +145,9 @@ fn valid_challenge(challenge: &str) -> bool {
 }
 
 /// Splits a requested scope into what the form can prefill and what it ignores.
-pub(super) fn split_scope(scope: &str) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
+pub(super) fn split_scope(
+    scope: &str,
+) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
     let requested: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let (mut buckets, mut tools, mut ignored, mut read_only) = (vec![], vec![], vec![], false);
     for item in &requested {
@@ -208,7 +210,7 @@ pub(super) async fn show(
                     StatusCode::BAD_REQUEST,
                     "Client not verified",
                     &format!(
-                        "This client names itself by a metadata document this server cannot                          use: {why}. Nothing was authorized."
+                        "This client names itself by a metadata document this server cannot use: {why}. Nothing was authorized."
                     ),
                 );
             }
@@ -502,7 +504,14 @@ pub(super) async fn decide(
         }
         Some("approve") if form.confirm.is_some() => {
             let adds = form.confirm.as_deref() == Some("add");
-            return confirm(Arc::clone(&oauth), request_id, pending, client_ip(peer), adds).await;
+            return confirm(
+                Arc::clone(&oauth),
+                request_id,
+                pending,
+                client_ip(peer),
+                adds,
+            )
+            .await;
         }
         Some("approve") => {}
         _ => return bad("The form must say approve or deny."),
@@ -540,7 +549,10 @@ pub(super) async fn decide(
     };
     let tools = words(Some(&tools_field));
     if !manage
-        && let Some(named) = tools.iter().flatten().find(|t| MANAGEMENT_TOOLS.contains(&t.as_str()))
+        && let Some(named) = tools
+            .iter()
+            .flatten()
+            .find(|t| MANAGEMENT_TOOLS.contains(&t.as_str()))
     {
         return again(&format!(
             "{named} manages tokens: tick \"Manage tokens\" to grant it, or remove it from Tools."
@@ -672,7 +684,10 @@ fn described(scope: &ApprovedScope) -> Vec<String> {
 }
 
 /// (what the grant allows now, what approving adds, what it no longer says).
-fn confirm_view(_pending: &PendingRequest, c: &Confirming) -> (Vec<String>, Vec<String>, Vec<String>) {
+fn confirm_view(
+    _pending: &PendingRequest,
+    c: &Confirming,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (now, after) = (described(&c.current), described(&c.scope));
     let added = after.iter().filter(|i| !now.contains(i)).cloned().collect();
     let removed = now.iter().filter(|i| !after.contains(i)).cloned().collect();
@@ -707,14 +722,17 @@ async fn confirm(
         blocking(move || {
             let caller = Caller::Token(c.approver.clone());
             let service = &oauth.service;
-            service
-                .check_standing(&c.approver, Some(ip))
-                .map_err(|f| crate::secret::redact_secrets(&format!("This token cannot approve: {f}.")))?;
+            service.check_standing(&c.approver, Some(ip)).map_err(|f| {
+                crate::secret::redact_secrets(&format!("This token cannot approve: {f}."))
+            })?;
             service
                 .authorize_call(&caller, "create_token", None, Some(ip))
                 .map_err(|e| format!("This token cannot approve: {}.", e.message))?;
             service
-                .check_create_token(&caller, child_request(&c.scope, &client_id, &client_name, "", None))
+                .check_create_token(
+                    &caller,
+                    child_request(&c.scope, &client_id, &client_name, "", None),
+                )
                 .map_err(|e| format!("This token cannot grant that: {}.", e.message))
         })
         .await

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::register::{PeerRate, check_redirect_uri, client_name};
 use super::lock;
+use super::register::{PeerRate, check_redirect_uri, client_name};
 use crate::store::oauth::OAuthClient;
 use crate::timestamp::Timestamp;
 
@@ -164,22 +164,26 @@ impl Documents {
         if let Some(verified) = self.cached(url) {
             return Ok(verified);
         }
-        lock(&self.rate)
-            .take(peer, Instant::now())
-            .map_err(|_| "too many client metadata documents fetched lately; retry in a minute".to_owned())?;
-        let _slot = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| "too many client metadata documents are being fetched; retry shortly".to_owned())?;
+        lock(&self.rate).take(peer, Instant::now()).map_err(|_| {
+            "too many client metadata documents fetched lately; retry in a minute".to_owned()
+        })?;
+        let _slot = self.in_flight.try_acquire().map_err(|_| {
+            "too many client metadata documents are being fetched; retry shortly".to_owned()
+        })?;
         let (verified, keep) = tokio::time::timeout(FETCH_DEADLINE, self.fetch(url))
             .await
-            .map_err(|_| "fetching the client metadata document took longer than 5 seconds".to_owned())??;
+            .map_err(|_| {
+                "fetching the client metadata document took longer than 5 seconds".to_owned()
+            })??;
         if let Some(keep) = keep.filter(|k| !k.is_zero()) {
             let mut cache = lock(&self.cache);
             let now = Instant::now();
             cache.retain(|_, (until, _)| *until > now);
             if cache.len() < CACHE_ENTRIES {
-                cache.insert(url.to_owned(), (now + keep.min(MAX_CACHE), verified.clone()));
+                cache.insert(
+                    url.to_owned(),
+                    (now + keep.min(MAX_CACHE), verified.clone()),
+                );
             }
         }
         Ok(verified)
@@ -277,7 +281,9 @@ impl Documents {
         ))
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 too_large()
             } else {
                 failed("reading", &e)
@@ -286,7 +292,13 @@ impl Documents {
         .to_bytes();
         drop(driver);
         let client = parse_document(raw, &body)?;
-        Ok((Verified { client, host: shown }, keep))
+        Ok((
+            Verified {
+                client,
+                host: shown,
+            },
+            keep,
+        ))
     }
 }
 
@@ -365,8 +377,7 @@ fn parse_document(url: &str, body: &[u8]) -> Result<OAuthClient, Refused> {
         && method.as_str() != Some("none")
     {
         return Err(
-            "only public clients are supported: token_endpoint_auth_method must be none"
-                .to_owned(),
+            "only public clients are supported: token_endpoint_auth_method must be none".to_owned(),
         );
     }
     let uris: Vec<String> = match doc.get("redirect_uris") {
@@ -447,7 +458,10 @@ mod tests {
             serde_json::json!({"client_id": url, "redirect_uris": ["https://a.example.com/cb"], "token_endpoint_auth_method": "client_secret_basic"}),
             serde_json::json!([url]),
         ] {
-            assert!(parse_document(url, bad.to_string().as_bytes()).is_err(), "{bad}");
+            assert!(
+                parse_document(url, bad.to_string().as_bytes()).is_err(),
+                "{bad}"
+            );
         }
         for bad_url in [
             "http://app.example.com/c.json",

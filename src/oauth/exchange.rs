@@ -18,9 +18,9 @@ use super::authorize::{names_this_server, split_scope};
 use super::token::{Refusal, TokenForm, Tokens, refuse, unavailable};
 use super::{OAuth, blocking};
 use crate::error::ErrorCode;
+use crate::secret::TokenId;
 use crate::service::Caller;
 use crate::service::requests::{CreateToken, TokenRef};
-use crate::secret::TokenId;
 use crate::timestamp::Timestamp;
 
 pub(super) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -178,11 +178,13 @@ fn mint_child(
         metadata: Some(metadata),
         ..CreateToken::default()
     };
-    let issued = service.create_token(&caller, request).map_err(|e| match e.code {
-        ErrorCode::ScopeExceedsParent => refuse("invalid_scope", e.message),
-        ErrorCode::Internal => unavailable(e.message),
-        _ => refuse("invalid_request", e.message),
-    })?;
+    let issued = service
+        .create_token(&caller, request)
+        .map_err(|e| match e.code {
+            ErrorCode::ScopeExceedsParent => refuse("invalid_scope", e.message),
+            ErrorCode::Internal => unavailable(e.message),
+            _ => refuse("invalid_request", e.message),
+        })?;
     tracing::info!(subject = %subject_id, token = %issued.record.id, "token exchange minted a child");
     let record = &issued.record;
     let mut items = Vec::new();

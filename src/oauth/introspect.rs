@@ -106,7 +106,11 @@ pub(super) async fn introspect(
         );
     };
     let Some(presented) = form.token.filter(|t| !t.is_empty()) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        );
     };
     let permit = oauth.service.blocking_permit(&caller).await;
     let decided = {

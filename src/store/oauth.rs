@@ -596,9 +596,7 @@ mod tests {
             oauth.grant_by_access_token(&new_access).unwrap(),
             Some(g2.clone())
         );
-        oauth
-            .end_grant(&g2, "test", Timestamp::now())
-            .unwrap();
+        oauth.end_grant(&g2, "test", Timestamp::now()).unwrap();
         assert!(oauth.grant_by_refresh("first").unwrap().is_none());
         assert!(oauth.grant_by_refresh("second").unwrap().is_none());
         assert!(oauth.grant_by_access_token(&new_access).unwrap().is_none());

@@ -113,7 +113,12 @@ pub fn field(html: &str, name: &str) -> String {
     value.split('"').next().unwrap().to_owned()
 }
 
-pub async fn open_page(base: &str, client_id: &str, challenge: &str, extra: &[(&str, &str)]) -> Page {
+pub async fn open_page(
+    base: &str,
+    client_id: &str,
+    challenge: &str,
+    extra: &[(&str, &str)],
+) -> Page {
     let response = consent_page(base, client_id, challenge, extra).await;
     assert_eq!(response.status(), StatusCode::OK);
     let cookie = response.headers()["set-cookie"]
