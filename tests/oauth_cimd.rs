@@ -96,13 +96,14 @@ impl Drop for DocumentServer {
 }
 
 impl DocumentServer {
-    fn start(dir: &Path) -> DocumentServer {
+    /// A server whose documents list `redirect_uri`.
+    fn start(dir: &Path, redirect_uri: &str) -> DocumentServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cimd_server.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(dir.join("leaf.pem"))
             .arg(dir.join("leaf.key"))
-            .arg(REDIRECT)
+            .arg(redirect_uri)
             .arg(dir.join("hits.json"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -157,7 +158,7 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let ca = certs.path().join("ca.pem");
-    let documents = DocumentServer::start(certs.path());
+    let documents = DocumentServer::start(certs.path(), REDIRECT);
     let data = tempfile::tempdir().unwrap();
     let server = insecure_server(data.path(), &ca);
     assert!(
@@ -195,7 +196,11 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
         "{}",
         page.html
     );
-    assert!(page.html.contains("Document Client"), "{}", page.html);
+    assert!(
+        page.html.contains("tokenwarden python sdk test"),
+        "{}",
+        page.html
+    );
     let tokens = grant(&base, &client_id, &alice, &[]).await;
     let (access, _, refresh) = granted(&server, &tokens).await;
     let connector = connect_http(&server.url(), &access).await;
@@ -273,7 +278,7 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
 async fn documents_are_never_fetched_from_loopback_private_or_metadata_addresses() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
-    let documents = DocumentServer::start(certs.path());
+    let documents = DocumentServer::start(certs.path(), REDIRECT);
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
     let base = base(&server);
@@ -325,4 +330,37 @@ async fn documents_are_never_fetched_from_loopback_private_or_metadata_addresses
         stderr.contains("TOKENWARDEN_INSECURE_CIMD_TEST=1"),
         "{stderr}"
     );
+}
+
+/// The official Python SDK's OAuth client, given a client metadata URL, signs in without
+/// registering (tests/python/oauth_flow.py's whole flow: consent, token, refresh, the approver's
+/// revocation).
+#[test]
+fn the_python_sdk_signs_in_with_a_client_metadata_document() {
+    let python = common::installs::python_with_sdk();
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    // The flow's own redirect URI (tests/python/oauth_flow.py).
+    let documents = DocumentServer::start(certs.path(), "http://127.0.0.1:47813/callback");
+    let data = tempfile::tempdir().unwrap();
+    let server = insecure_server(data.path(), &certs.path().join("ca.pem"));
+    let secrets_file = data.path().join("secrets.json");
+    let output = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/oauth_flow.py"))
+        .arg(server.url())
+        .arg(server.admin())
+        .arg("auto")
+        .arg(&secrets_file)
+        .arg(documents.url("/client.json"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python"))
+        .output()
+        .expect("run the Python SDK client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("python sdk oauth flow (cimd): ok"),
+        "{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.stderr()
+    );
+    assert_eq!(documents.hits()["/client.json"], json!(1), "fetched once");
 }

@@ -502,7 +502,9 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     let before_tokens = token_count(&admin).await;
     let before_audit = audit_trail(&admin).await;
     let child_of_child = child_secret.clone();
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+    // (subject, extra parameters, error, what the description says)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             subject,
             vec![("scope", "bucket:secrets")],

@@ -51,7 +51,7 @@ def main() -> None:
             own_url = f"https://{host}{path}"
             doc = {
                 "client_id": own_url,
-                "client_name": "Document Client",
+                "client_name": "tokenwarden python sdk test",
                 "redirect_uris": [redirect_uri],
                 "token_endpoint_auth_method": "none",
             }

@@ -1,9 +1,10 @@
 """A claude.ai-style connector flow driven by the official MCP Python SDK's OAuth client.
 
-Usage: oauth_flow.py URL ADMIN_TOKEN MODE SECRETS_FILE. URL is the server's /mcp endpoint; MODE is
-the SDK's connect mode ("auto" or "legacy"); SECRETS_FILE receives, as a JSON list, every secret
-the flow saw (approver, codes, access and refresh tokens), for the caller to look for in the
-server's log. The script plays both the connector (the SDK's
+Usage: oauth_flow.py URL ADMIN_TOKEN MODE SECRETS_FILE [CLIENT_METADATA_URL]. URL is the server's
+/mcp endpoint; MODE is the SDK's connect mode ("auto" or "legacy"); SECRETS_FILE receives, as a
+JSON list, every secret the flow saw (approver, codes, access and refresh tokens), for the caller
+to look for in the server's log. With CLIENT_METADATA_URL the SDK names itself by that client
+metadata document (its client_id) instead of registering (tests/oauth_cimd.rs). The script plays both the connector (the SDK's
 `OAuthClientProvider`, which discovers, registers, exchanges and refreshes by itself) and the
 person at the consent page (a cookie-keeping HTTP client that reads the form, pastes an approver
 token and approves). Exits non-zero with a message on the first failure.
@@ -24,6 +25,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAu
 from consent import ConsentRefused, Failed, approve, check
 
 MODE = sys.argv[3]
+CLIENT_METADATA_URL = sys.argv[5] if len(sys.argv) > 5 else None
 CLIENT_NAME = "tokenwarden python sdk test"
 # Never listened on: the person's "browser" reads the code from the redirect's Location.
 REDIRECT_URI = "http://127.0.0.1:47813/callback"
@@ -151,6 +153,7 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
         storage=storage,
         redirect_handler=person.redirect_handler,
         callback_handler=person.callback_handler,
+        client_metadata_url=CLIENT_METADATA_URL,
     )
     seen: list[str] = []
 
@@ -176,10 +179,15 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
                 "POST /oauth/register 201",
                 "POST /oauth/token 200",
             ]
+            if CLIENT_METADATA_URL is not None:
+                # Named by its document: nothing registered.
+                wanted.remove("POST /oauth/register 201")
             check(seen[: len(wanted)] == wanted, f"the SDK's requests begin with {wanted}: {seen}")
             check(person.visits == 1, "one consent")
             client_info = storage.client_info
             first = storage.tokens
+            if CLIENT_METADATA_URL is not None:
+                check(client_info.client_id == CLIENT_METADATA_URL, f"client_id: {client_info.client_id}")
             check(client_info is not None and first is not None, "the SDK stored a client and tokens")
             check(first.refresh_token is not None, "a refresh token was issued")
             check(first.expires_in is not None and 0 < first.expires_in <= 3600, f"expires_in: {first.expires_in}")
@@ -257,7 +265,8 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
     seen_secrets += [first.access_token, first.refresh_token, second.access_token, second.refresh_token]
     with open(secrets_file, "w") as out:
         json.dump(seen_secrets, out)
-    print(f"python sdk oauth flow ({MODE}): ok")
+    how = "cimd" if CLIENT_METADATA_URL else MODE
+    print(f"python sdk oauth flow ({how}): ok")
 
 
 if __name__ == "__main__":
