@@ -76,6 +76,9 @@ class Person:
         self.codes: list[str] = []
         self.visits = 0
         self.requested_scope: list[str] = []
+        # Set for the visit a scope step-up causes: the person adds what the page prefills.
+        self.step_up = False
+        self.added: str | None = None
 
     async def redirect_handler(self, authorization_url: str) -> None:
         self.visits += 1
@@ -84,14 +87,23 @@ class Person:
         check(query.get("code_challenge_method") == ["S256"], f"the SDK asks for S256: {query}")
         check(query.get("redirect_uri") == [REDIRECT_URI], f"redirect_uri: {query}")
         self.requested_scope = query.get("scope", [""])[0].split()
-        consent = await approve(
-            authorization_url,
-            self.approver_secret,
-            client_name=CLIENT_NAME,
-            tools=" ".join(GRANTED_TOOLS),
-            buckets="docs",
-            try_wrong_approver_first=self.visits == 1,
-        )
+        if self.step_up:
+            # The SDK asks for what it was granted and what the 403 named; the person approves
+            # the prefilled fields and adds them to the connector's grant.
+            self.step_up = False
+            consent = await approve(
+                authorization_url, self.approver_secret, client_name=CLIENT_NAME, confirm="add"
+            )
+            self.added = consent.added
+        else:
+            consent = await approve(
+                authorization_url,
+                self.approver_secret,
+                client_name=CLIENT_NAME,
+                tools=" ".join(GRANTED_TOOLS),
+                buckets="docs",
+                try_wrong_approver_first=self.visits == 1,
+            )
         if consent.wrong_approver_error:
             print(f"a wrong approver reads: {consent.wrong_approver_error}")
         params = consent.params
@@ -218,6 +230,24 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
             check(again["parent_id"] == approver["id"], f"the refreshed token is a child of the approver: {again}")
             print(f"the access token from before the refresh still works: {await works(url, first.access_token)}")
 
+            # Scope step-up: a tool the grant lacks but the approver holds answers 403
+            # insufficient_scope; the SDK sends the person back to the consent page with that scope,
+            # the person adds it to the grant, and the SDK retries with the new token.
+            seen.clear()
+            person.step_up = True
+            failed, stepped = await call(connector, "list_tokens", {})
+            check(not failed, f"list_tokens after the step-up: {stepped}")
+            check("POST /mcp 403" in seen, f"the call met a 403 first: {seen}")
+            check("tool:list_tokens" in person.requested_scope, f"the SDK asked for it: {person.requested_scope}")
+            check(person.added is not None and "tool list_tokens" in person.added, f"new: {person.added}")
+            check(person.visits == 2, f"a second consent: {person.visits}")
+            third = storage.tokens
+            check(third.access_token != second.access_token, "the step-up issued a new access token")
+            check(not await works(url, second.access_token), "the token the step-up replaced stops")
+            failed, me3 = await call(connector, "whoami", {})
+            check(not failed and me3["parent_id"] == approver["id"], f"still a child of the approver: {me3}")
+            print("requests of the step-up:", ", ".join(seen))
+
             # Revoking the approver cuts the connector off on its next request: the SDK meets a 401,
             # goes back to the consent page, and the revoked approver cannot approve again.
             revoked = await admin_call(url, admin, "revoke_token", {"id": approver["id"]})
@@ -234,7 +264,7 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
             raise
     print(f"after revocation the consent page says: {refusal}")
     check(seen[:1] == ["POST /mcp 401"], f"the next request met a 401: {seen}")
-    check(person.visits == 2, f"the SDK went back to the consent page: {person.visits}")
+    check(person.visits == 3, f"the SDK went back to the consent page: {person.visits}")
 
     # The same secret over plain HTTP: a 401 that points at the resource metadata.
     async with httpx2.AsyncClient(timeout=30) as raw:
@@ -263,6 +293,7 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
         check("resource_metadata=" in challenge, f"the 401 names the resource metadata: {challenge}")
     seen_secrets = [approver["token"], *person.codes]
     seen_secrets += [first.access_token, first.refresh_token, second.access_token, second.refresh_token]
+    seen_secrets += [third.access_token, third.refresh_token]
     with open(secrets_file, "w") as out:
         json.dump(seen_secrets, out)
     how = "cimd" if CLIENT_METADATA_URL else MODE
