@@ -917,3 +917,52 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
     );
     assert_eq!(token_count(&admin).await, before, "nothing minted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_tool_outside_the_grant_names_its_bucket_and_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstreams = dir.path().join("upstreams.json");
+    std::fs::write(
+        &upstreams,
+        json!({"mcpServers": {"notes": {
+            "command": env!("CARGO_BIN_EXE_tokenwarden-test-upstream"),
+            "env": {"FIXTURE_LOG": dir.path().join("fixture.log")},
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    let server = common::Server::start(
+        &dir.path().join("data"),
+        &["--upstreams", upstreams.to_str().unwrap()],
+    );
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok(&admin, "list_buckets", json!({}))
+        .await
+        .to_string()
+        .contains("\"connected\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    // Granted another bucket only: the approver holds every bucket.
+    let tokens = grant(&base, &client_id, &alice, &[("buckets", "docs")]).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let session = open_session(&server, access).await;
+    let refused = session_post(&server, access, &session, tools_call("notes__read_note")).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("scope=\"bucket:notes tool:notes__read_note\""),
+        "{challenge}"
+    );
+    // Calls within the grant are untouched.
+    let allowed = session_post(&server, access, &session, tools_call("whoami")).await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+}
