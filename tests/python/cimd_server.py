@@ -11,6 +11,7 @@ client's would, unless the path says otherwise):
   /redirect.json   302 to /client.json
   /big.json        a good document padded past 64 KiB
   /slow.json       a good document after 8 seconds
+  /trickle.json    headers at once, then the body one byte every half second
 """
 
 import json
@@ -71,6 +72,19 @@ def main() -> None:
             elif path == "/slow.json":
                 time.sleep(8)
                 self.send(200, json.dumps(doc).encode(), json_type)
+            elif path == "/trickle.json":
+                body = json.dumps(doc).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for byte in body:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                except OSError:
+                    pass
             else:
                 self.send(404, b"{}", json_type)
 
