@@ -95,6 +95,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub oauth_registrations_per_minute: u32,
 
+    /// FOR TESTS ONLY: trust this CA (PEM) for OAuth client metadata documents and let them
+    /// come from loopback addresses. Refused unless TOKENWARDEN_INSECURE_CIMD_TEST=1 is also
+    /// set; logged as a warning.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub insecure_cimd_test_ca: Option<std::path::PathBuf>,
+
     /// Front the MCP servers in FILE (the mcpServers shape of claude_desktop_config.json or
     /// .mcp.json) as buckets; SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "TOKENWARDEN_UPSTREAMS")]
@@ -284,6 +290,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
                         max_clients: args.oauth_max_clients as usize,
                         per_minute: args.oauth_registrations_per_minute,
                     },
+                    cimd: cimd_testing(args.insecure_cimd_test_ca.as_deref())?,
                 },
                 connections: connections.clone(),
                 metrics: metrics.clone(),
@@ -656,4 +663,35 @@ async fn reload_on_sighup(gateway: Arc<crate::gateway::Gateway>, shutdown: Cance
     }
     #[cfg(not(unix))]
     let _ = (gateway, shutdown);
+}
+
+/// The environment variable that must accompany `--insecure-cimd-test-ca`.
+const INSECURE_CIMD_TEST_ENV: &str = "TOKENWARDEN_INSECURE_CIMD_TEST";
+
+/// `--insecure-cimd-test-ca`: honoured only with TOKENWARDEN_INSECURE_CIMD_TEST=1, so neither a
+/// stray flag nor a stray variable alone loosens anything; said loudly when on.
+fn cimd_testing(test_ca: Option<&Path>) -> Result<crate::oauth::CimdTesting, CliError> {
+    let Some(path) = test_ca else {
+        return Ok(crate::oauth::CimdTesting::default());
+    };
+    if std::env::var(INSECURE_CIMD_TEST_ENV).as_deref() != Ok("1") {
+        return Err(CliError::usage(format!(
+            "--insecure-cimd-test-ca is for tests only: it needs {INSECURE_CIMD_TEST_ENV}=1 in \
+             the environment as well"
+        )));
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read --insecure-cimd-test-ca {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::warn!(
+        ca = %path.display(),
+        "INSECURE TEST MODE: OAuth client metadata documents may come from loopback addresses \
+         and this CA is trusted; never run a real server like this"
+    );
+    Ok(crate::oauth::CimdTesting {
+        test_ca_pem: Some(pem),
+    })
 }

@@ -41,7 +41,13 @@ pub(super) struct GuardState {
     pub streams: Arc<super::streams::Streams>,
     /// Requests in flight per lineage (bounded: see `inflight`).
     pub inflight: Arc<super::inflight::InFlight>,
+    /// The scope an OAuth consent could add so that the token may make a `tools/call` it is
+    /// refused (`TokenServer::step_up_scope`): such a call is answered 403 `insufficient_scope`.
+    pub step_up: Arc<StepUp>,
 }
+
+/// Asked with (the caller, the tool's name, the client's address).
+pub(super) type StepUp = dyn Fn(&TokenId, &str, IpAddr) -> Option<String> + Send + Sync;
 
 /// Asked with (the token that opened a session, the token presenting it now).
 pub(super) type Succession = dyn Fn(&TokenId, &TokenId) -> bool + Send + Sync;
@@ -177,11 +183,30 @@ fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
 struct Peek<'a> {
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<Lenient<PeekParams<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct PeekParams<'a> {
+    #[serde(borrow)]
+    name: Option<Lenient<Cow<'a, str>>>,
+}
+
+/// A field the guard reads when it has the expected shape; any other value is left for rmcp
+/// to answer (with the error it would give anyway).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Expected(T),
+    Other(serde::de::IgnoredAny),
 }
 
 /// What a POST body is, decided before rmcp parses it.
 enum Posted {
     Initialize,
+    /// `tools/call` of the named tool.
+    ToolCall(String),
     Other,
 }
 
@@ -197,6 +222,13 @@ fn peek(body: &[u8]) -> Result<Posted, Box<Response>> {
     }
     match serde_json::from_slice::<Peek<'_>>(body) {
         Ok(peek) if peek.method.as_deref() == Some("initialize") => Ok(Posted::Initialize),
+        Ok(Peek {
+            method: Some(method),
+            params:
+                Some(Lenient::Expected(PeekParams {
+                    name: Some(Lenient::Expected(name)),
+                })),
+        }) if method == "tools/call" => Ok(Posted::ToolCall(name.into_owned())),
         Ok(_) => Ok(Posted::Other),
         Err(e) if e.is_data() => Err(Box::new(jsonrpc_error(
             StatusCode::BAD_REQUEST,
@@ -329,6 +361,45 @@ async fn checked(
     .await
 }
 
+/// 403 for a call an OAuth-issued token may not make but a new consent could grant (RFC 6750
+/// §3.1, MCP scope step-up): the challenge names the scope needed, so the client can send the
+/// person to the consent page again.
+fn insufficient_scope(
+    resource_metadata: &str,
+    token: &TokenId,
+    tool: &str,
+    scope: &str,
+) -> Response {
+    let description = format!(
+        "token {token} may not call {}: its grant does not include it; ask for scope {scope}",
+        header_safe(tool)
+    );
+    let challenge = format!(
+        "Bearer realm=\"tokenwarden\", error=\"insufficient_scope\", scope=\"{}\", \
+         resource_metadata=\"{}\", error_description=\"{}\"",
+        header_safe(scope),
+        header_safe(resource_metadata),
+        header_safe(&description)
+    );
+    let mut response = (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "error": "insufficient_scope",
+            "error_description": description,
+            "scope": scope,
+        })
+        .to_string(),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
 /// A 429 for a lineage with its maximum in flight, after [`super::inflight::REFUSAL_DELAY`];
 /// the connection closes after it.
 async fn too_many_in_flight(request: Request, bound: usize) -> Response {
@@ -405,6 +476,12 @@ async fn guarded(
         };
         if matches!(posted, Posted::Initialize) && session.is_none() {
             opening_lineage = Some(token_lineage.clone());
+        }
+        if let Posted::ToolCall(name) = &posted
+            && let Some(scope) = (state.step_up)(&token_id, name, client_ip)
+        {
+            tracing::debug!(token = %token_id, tool = %name, "refused a call: step-up needed ({scope})");
+            return insufficient_scope(&state.resource_metadata, &token_id, name, &scope);
         }
         if let Some(lineage) = &opening_lineage
             && !state.sessions.has_room(lineage).await
@@ -583,6 +660,22 @@ mod tests {
             peek(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
             Ok(Posted::Other)
         ));
+        // A tools/call is named for the step-up check; odd params are left to rmcp.
+        assert!(matches!(
+            peek(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"w\u0068oami","arguments":{"a":[1]}}}"#),
+            Ok(Posted::ToolCall(name)) if name == "whoami"
+        ));
+        for odd in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+        ] {
+            assert!(
+                matches!(peek(odd), Ok(Posted::Other)),
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
         for (body, expected) in [
             (&b"{not json"[..], (400, -32700)),
             (b"", (400, -32700)),

@@ -44,7 +44,7 @@ pub use sessions::SessionLimits;
 
 use crate::mcp::TokenServer;
 use crate::oauth::{OAuth, OAuthConfig};
-use crate::service::Service;
+use crate::service::{Caller, Service};
 use guard::GuardState;
 
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -244,6 +244,8 @@ pub fn router(
         config.max_connections,
     ));
     let successions = Arc::clone(&oauth);
+    let step_up_server =
+        TokenServer::for_http(Arc::clone(&service)).with_gateway(config.gateway.clone());
     let state = GuardState {
         service: Arc::clone(&service),
         sessions: Arc::new(sessions::Sessions::new(
@@ -254,6 +256,9 @@ pub fn router(
         succeeds: Arc::new(move |earlier, current| successions.succeeds(earlier, current)),
         streams: Arc::new(streams::Streams::new(config.max_connections)),
         inflight: Arc::clone(&inflight),
+        step_up: Arc::new(move |token, tool, ip| {
+            step_up_server.step_up_scope(&Caller::Token(token.clone()), tool, Some(ip))
+        }),
     };
     if let Some(metrics) = &config.metrics {
         metrics.watch_http(Arc::new(OpenCounts {

@@ -153,6 +153,29 @@ impl TokenServer {
         (!tools::exists(name)).then_some((gateway, tool))
     }
 
+    /// The scope a person could grant so that `caller` may call `name` (scope step-up, SPEC
+    /// §11): `tool:NAME`, with `bucket:NAME` first for a gateway tool, when the service says the
+    /// refusal is one a new OAuth consent could lift; `None` otherwise (allowed, unknown tool,
+    /// or refused for another reason).
+    pub fn step_up_scope(&self, caller: &Caller, name: &str, ip: Option<IpAddr>) -> Option<String> {
+        if let Some((_, tool)) = self.upstream_tool(name) {
+            return self
+                .service
+                .needs_step_up(caller, gateway_tool(&tool), Some(&tool.bucket), ip)
+                .then(|| format!("bucket:{} tool:{}", tool.bucket, tool.name));
+        }
+        if !tools::exists(name) {
+            return None;
+        }
+        let tool = crate::service::Tool {
+            name,
+            read_only: crate::service::is_read_only_tool(name),
+        };
+        self.service
+            .needs_step_up(caller, tool, None, ip)
+            .then(|| format!("tool:{name}"))
+    }
+
     /// Whether `tools/call` of `name` is forwarded to an upstream.
     pub fn forwards(&self, name: &str) -> bool {
         self.upstream_tool(name).is_some()

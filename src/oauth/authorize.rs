@@ -23,8 +23,8 @@ use super::consent::{self, ConsentView, error_page};
 use super::pending::Opener;
 use super::token::{ApprovedCode, CodeState, code_key};
 use super::{MAX_FORM_BYTES, OAuth, blocking, client_ip, lock, random_string, read_body};
-use crate::service::Caller;
 use crate::service::requests::CreateToken;
+use crate::service::{Caller, MANAGEMENT_TOOLS};
 use crate::store::oauth::{ApprovedScope, OAuthClient};
 
 /// The CSRF cookie's name is this plus the start of the pending request's id, so two consent
@@ -40,6 +40,8 @@ pub(super) const MAX_LIFETIME_SECONDS: u64 = 86_400;
 pub(super) struct PendingRequest {
     pub(super) client_id: String,
     pub(super) client_name: String,
+    /// The host of the client's metadata document, for a client that names itself by one.
+    verified_host: Option<String>,
     redirect_uri: String,
     state: Option<String>,
     code_challenge: String,
@@ -51,6 +53,8 @@ pub(super) struct PendingRequest {
     pub(super) tools: Vec<String>,
     pub(super) read_only: bool,
     pub(super) csrf: String,
+    /// Set once an approval would add to an existing grant: what the person confirms.
+    confirming: Option<Confirming>,
 }
 
 #[derive(Deserialize)]
@@ -73,8 +77,12 @@ struct ConsentForm {
     buckets: Option<String>,
     tools: Option<String>,
     read_only: Option<String>,
+    manage: Option<String>,
     lifetime_seconds: Option<String>,
     decision: Option<String>,
+    /// On the page shown when the approver already approved this client: `add` (to that
+    /// grant: scope step-up) or `separate` (a grant of its own, e.g. another device).
+    confirm: Option<String>,
 }
 
 /// A redirect to a registered URI with `params` added to its query (and `iss`, RFC 9207).
@@ -137,7 +145,9 @@ fn valid_challenge(challenge: &str) -> bool {
 }
 
 /// Splits a requested scope into what the form can prefill and what it ignores.
-fn split_scope(scope: &str) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
+pub(super) fn split_scope(
+    scope: &str,
+) -> (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>) {
     let requested: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let (mut buckets, mut tools, mut ignored, mut read_only) = (vec![], vec![], vec![], false);
     for item in &requested {
@@ -188,7 +198,26 @@ pub(super) async fn show(
             "The request names no client_id.",
         );
     };
-    let client = {
+    // A client_id that is an https URL is a client metadata document: fetched and checked
+    // (`cimd`); any other is a registered client.
+    let mut verified_host = None;
+    let client = if super::cimd::is_document_url(client_id) {
+        match oauth.documents.client(client_id, peer).await {
+            Ok(verified) => {
+                verified_host = Some(verified.host);
+                Some(verified.client)
+            }
+            Err(why) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Client not verified",
+                    &format!(
+                        "This client names itself by a metadata document this server cannot use: {why}. Nothing was authorized."
+                    ),
+                );
+            }
+        }
+    } else {
         let oauth = Arc::clone(&oauth);
         let client_id = client_id.to_owned();
         match blocking(move || client_of(&oauth, &client_id)).await {
@@ -273,6 +302,7 @@ pub(super) async fn show(
     let pending = PendingRequest {
         client_id: client.client_id.clone(),
         client_name: client.client_name.clone(),
+        verified_host,
         redirect_uri: redirect_uri.to_owned(),
         state: params.state.clone(),
         code_challenge: challenge.to_owned(),
@@ -283,6 +313,7 @@ pub(super) async fn show(
         tools,
         read_only,
         csrf: random_string(32),
+        confirming: None,
     };
     let request_id = random_string(32);
     let console = super::console_consent::section(&oauth, &headers, ip, &request_id, &pending);
@@ -292,7 +323,7 @@ pub(super) async fn show(
         &pending,
         &pending.buckets.join(" "),
         &pending.tools.join(" "),
-        pending.read_only,
+        (pending.read_only, false),
         &oauth.config.token_lifetime_seconds.to_string(),
         None,
         &console,
@@ -346,7 +377,7 @@ pub(super) fn render(
     pending: &PendingRequest,
     buckets: &str,
     tools: &str,
-    read_only: bool,
+    (read_only, manage): (bool, bool),
     lifetime: &str,
     error: Option<&str>,
     console: &str,
@@ -356,6 +387,7 @@ pub(super) fn render(
         csrf: &pending.csrf,
         client_name: &pending.client_name,
         client_id: &pending.client_id,
+        verified_host: pending.verified_host.as_deref(),
         redirect_uri: &pending.redirect_uri,
         public_url: &oauth.config.public_url,
         requested: &pending.requested,
@@ -363,6 +395,7 @@ pub(super) fn render(
         buckets,
         tools,
         read_only,
+        manage,
         lifetime_seconds: lifetime,
         error,
         console,
@@ -463,6 +496,17 @@ pub(super) async fn decide(
                 &oauth.config.public_url,
             );
         }
+        Some("approve") if form.confirm.is_some() => {
+            let adds = form.confirm.as_deref() == Some("add");
+            return confirm(
+                Arc::clone(&oauth),
+                request_id,
+                pending,
+                client_ip(peer),
+                adds,
+            )
+            .await;
+        }
         Some("approve") => {}
         _ => return bad("The form must say approve or deny."),
     }
@@ -470,6 +514,7 @@ pub(super) async fn decide(
     let buckets_field = form.buckets.clone().unwrap_or_default();
     let tools_field = form.tools.clone().unwrap_or_default();
     let read_only = form.read_only.as_deref().is_some_and(|v| !v.is_empty());
+    let manage = form.manage.as_deref().is_some_and(|v| !v.is_empty());
     let lifetime_field = form
         .lifetime_seconds
         .clone()
@@ -482,7 +527,7 @@ pub(super) async fn decide(
             &pending,
             &buckets_field,
             &tools_field,
-            read_only,
+            (read_only, manage),
             &lifetime_field,
             Some(message),
             "",
@@ -497,15 +542,27 @@ pub(super) async fn decide(
             ));
         }
     };
+    let tools = words(Some(&tools_field));
+    if !manage
+        && let Some(named) = tools
+            .iter()
+            .flatten()
+            .find(|t| MANAGEMENT_TOOLS.contains(&t.as_str()))
+    {
+        return again(&format!(
+            "{named} manages tokens: tick \"Manage tokens\" to grant it, or remove it from Tools."
+        ));
+    }
     let secret = form.approver_token.clone().unwrap_or_default();
     if secret.trim().is_empty() {
         return again("Paste a tokenwarden token (mcp_…) to approve.");
     }
     let scope = ApprovedScope {
         buckets: words(Some(&buckets_field)),
-        tools: words(Some(&tools_field)),
+        tools,
         read_only,
         lifetime_seconds: lifetime,
+        manage,
     };
     let checked = {
         let oauth = Arc::clone(&oauth);
@@ -522,11 +579,190 @@ pub(super) async fn decide(
         Ok(approver) => approver,
         Err(message) => return again(&message),
     };
-    issue_code(&oauth, request_id, &pending, approver, scope).await
+    grant_or_confirm(&oauth, request_id, &pending, (approver, scope), again).await
 }
 
-/// Approval, once the approver may grant `scope`: the pending request is spent, a single-use
-/// code is issued for it, the approval is audited, and the browser goes back to the client.
+/// Approval by `approver`, checked: a code for `scope`, or, when the same approver already
+/// approved this client, its confirmation page first (scope step-up: the person sees what is
+/// new). `again` shows the form once more with a message. (The paste form and approval as a
+/// console session alike.)
+pub(super) async fn grant_or_confirm(
+    oauth: &Arc<OAuth>,
+    request_id: &str,
+    pending: &PendingRequest,
+    (approver, scope): (crate::secret::TokenId, ApprovedScope),
+    again: impl Fn(&str) -> Response,
+) -> Response {
+    let bad = |message: &str| error_page(StatusCode::BAD_REQUEST, "Consent refused", message);
+    // A second consent of the same approver for the same client adds to its grant (scope
+    // step-up): the person sees what is new before it takes effect.
+    let existing = {
+        let oauth = Arc::clone(oauth);
+        let (client_id, approver) = (pending.client_id.clone(), approver.clone());
+        blocking(move || oauth.store.grant_of_approver(&client_id, &approver)).await
+    };
+    let existing = match existing {
+        Ok(existing) => existing,
+        Err(e) => {
+            tracing::error!("reading OAuth grants failed: {e}");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server cannot read its OAuth grants now.",
+            );
+        }
+    };
+    let Some(current) = existing else {
+        return issue_code(oauth, request_id, pending, approver, scope, None).await;
+    };
+    let joined = current.scope.joined(&scope);
+    let checked = {
+        let oauth = Arc::clone(oauth);
+        let joined = joined.clone();
+        let (client_id, client_name) = (pending.client_id.clone(), pending.client_name.clone());
+        let caller = Caller::Token(approver.clone());
+        blocking(move || {
+            oauth
+                .service
+                .check_create_token(
+                    &caller,
+                    child_request(&joined, &client_id, &client_name, "", None),
+                )
+                .map_err(|e| format!("This token cannot grant that: {}.", e.message))
+        })
+        .await
+    };
+    if let Err(message) = checked {
+        return again(&message);
+    }
+    let confirming = Confirming {
+        approver,
+        scope: joined,
+        chosen: scope,
+        current: current.scope.clone(),
+        grant_id: current.grant_id.clone(),
+    };
+    let view = confirm_view(pending, &confirming);
+    match lock(&oauth.pending).get_mut(request_id, Instant::now()) {
+        Some(open) => open.confirming = Some(confirming),
+        None => return bad("This consent request was already decided."),
+    }
+    consent::confirm_page(&consent::ConfirmView {
+        request_id,
+        csrf: &pending.csrf,
+        client_name: &pending.client_name,
+        redirect_uri: &pending.redirect_uri,
+        now: &view.0,
+        added: &view.1,
+        removed: &view.2,
+    })
+}
+
+/// A consent that would add to an existing grant, shown for confirmation (in memory, with its
+/// pending request): the approver's id and what was chosen, never its secret.
+#[derive(Clone)]
+pub(super) struct Confirming {
+    approver: crate::secret::TokenId,
+    /// The grant's scope once confirmed: the current one joined with the new choice.
+    scope: ApprovedScope,
+    /// The new choice alone (for a separate grant).
+    chosen: ApprovedScope,
+    current: ApprovedScope,
+    grant_id: String,
+}
+
+/// What a grant allows, in the consent page's words, one item each.
+fn described(scope: &ApprovedScope) -> Vec<String> {
+    let mut items = Vec::new();
+    match &scope.buckets {
+        None => items.push("every bucket the approver holds".to_owned()),
+        Some(buckets) => items.extend(buckets.iter().map(|b| format!("bucket {b}"))),
+    }
+    match &scope.tools {
+        None => items.push("every tool the approver may call".to_owned()),
+        Some(tools) => items.extend(tools.iter().map(|t| format!("tool {t}"))),
+    }
+    if scope.manage {
+        items.push("managing tokens".to_owned());
+    }
+    items.push(if scope.read_only {
+        "read-only tools only".to_owned()
+    } else {
+        "tools that change things".to_owned()
+    });
+    items
+}
+
+/// (what the grant allows now, what approving adds, what it no longer says).
+fn confirm_view(
+    _pending: &PendingRequest,
+    c: &Confirming,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (now, after) = (described(&c.current), described(&c.scope));
+    let added = after.iter().filter(|i| !now.contains(i)).cloned().collect();
+    let removed = now.iter().filter(|i| !after.contains(i)).cloned().collect();
+    (now, added, removed)
+}
+
+/// The person decided on a consent by an approver that already approved this client: `adds`
+/// to that grant (the code replaces its token at exchange, with the joined scope), or a
+/// separate grant of the new choice. The approver is checked again first (its standing, its
+/// right to call `create_token`, counted, and the scope).
+async fn confirm(
+    oauth: Arc<OAuth>,
+    request_id: &str,
+    pending: PendingRequest,
+    ip: std::net::IpAddr,
+    adds: bool,
+) -> Response {
+    let Some(mut confirming) = pending.confirming.clone() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Consent refused",
+            "There is nothing to confirm on this consent request. Start again from your client.",
+        );
+    };
+    if !adds {
+        confirming.scope = confirming.chosen.clone();
+    }
+    let checked = {
+        let oauth = Arc::clone(&oauth);
+        let c = confirming.clone();
+        let (client_id, client_name) = (pending.client_id.clone(), pending.client_name.clone());
+        blocking(move || {
+            let caller = Caller::Token(c.approver.clone());
+            let service = &oauth.service;
+            service.check_standing(&c.approver, Some(ip)).map_err(|f| {
+                crate::secret::redact_secrets(&format!("This token cannot approve: {f}."))
+            })?;
+            service
+                .authorize_call(&caller, "create_token", None, Some(ip))
+                .map_err(|e| format!("This token cannot approve: {}.", e.message))?;
+            service
+                .check_create_token(
+                    &caller,
+                    child_request(&c.scope, &client_id, &client_name, "", None),
+                )
+                .map_err(|e| format!("This token cannot grant that: {}.", e.message))
+        })
+        .await
+    };
+    if let Err(message) = checked {
+        return error_page(StatusCode::FORBIDDEN, "Consent refused", &message);
+    }
+    issue_code(
+        &oauth,
+        request_id,
+        &pending,
+        confirming.approver,
+        confirming.scope,
+        adds.then_some(confirming.grant_id),
+    )
+    .await
+}
+
+/// Approval: the pending request is decided, a code is issued for `scope` (replacing the
+/// grant `replaces` at exchange, if any), the approval audited, the browser sent back.
 /// (For the paste form and for approval as a console session alike.)
 pub(super) async fn issue_code(
     oauth: &Arc<OAuth>,
@@ -534,23 +770,29 @@ pub(super) async fn issue_code(
     pending: &PendingRequest,
     approver: crate::secret::TokenId,
     scope: ApprovedScope,
+    replaces: Option<String>,
 ) -> Response {
-    let bad = |message: &str| error_page(StatusCode::BAD_REQUEST, "Consent refused", message);
-    let state = pending.state.as_deref();
     if lock(&oauth.pending)
         .take(request_id, Instant::now())
         .is_none()
     {
-        return bad("This consent request was already decided.");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Consent refused",
+            "This consent request was already decided.",
+        );
     }
     let code = random_string(32);
     let approved = ApprovedCode {
         client_id: pending.client_id.clone(),
+        client_name: pending.client_name.clone(),
         redirect_uri: pending.redirect_uri.clone(),
         resource: pending.resource.clone(),
         code_challenge: pending.code_challenge.clone(),
         approver: approver.clone(),
         scope: scope.clone(),
+        replaces: replaces.clone(),
+        approved_at: crate::timestamp::Timestamp::now(),
     };
     lock(&oauth.codes).insert(
         code_key(&code),
@@ -560,15 +802,19 @@ pub(super) async fn issue_code(
     let audited = {
         let oauth = Arc::clone(oauth);
         let approver = approver.clone();
-        let changes = json!({
+        let mut changes = json!({
             "client_id": pending.client_id,
             "client_name": pending.client_name,
             "redirect_uri": pending.redirect_uri,
             "buckets": scope.buckets,
             "tools": scope.tools,
             "read_only": scope.read_only,
+            "manage": scope.manage,
             "lifetime_seconds": scope.lifetime_seconds,
         });
+        if let Some(grant) = &replaces {
+            changes["adds_to_grant"] = json!(grant);
+        }
         blocking(move || {
             oauth.service.record_event(
                 &Caller::Token(approver.clone()),
@@ -590,7 +836,7 @@ pub(super) async fn issue_code(
     }
     tracing::info!(client_id = %pending.client_id, approver = %approver, "consent approved");
     let mut params = vec![("code", code.as_str())];
-    if let Some(state) = state {
+    if let Some(state) = pending.state.as_deref() {
         params.push(("state", state));
     }
     redirect_to(
@@ -669,6 +915,8 @@ pub(super) fn child_request(
         buckets: scope.buckets.clone(),
         tools: scope.tools.clone(),
         read_only: scope.read_only.then_some(true),
+        deny_tools: (!scope.manage)
+            .then(|| MANAGEMENT_TOOLS.iter().map(|t| (*t).to_owned()).collect()),
         expires_at,
         metadata: Some(metadata),
         ..CreateToken::default()

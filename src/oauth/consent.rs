@@ -13,6 +13,8 @@ pub(super) struct ConsentView<'a> {
     pub csrf: &'a str,
     pub client_name: &'a str,
     pub client_id: &'a str,
+    /// For a client known by its metadata document: the host that served it.
+    pub verified_host: Option<&'a str>,
     pub redirect_uri: &'a str,
     pub public_url: &'a str,
     /// The scope items the client asked for, as sent.
@@ -22,6 +24,8 @@ pub(super) struct ConsentView<'a> {
     pub buckets: &'a str,
     pub tools: &'a str,
     pub read_only: bool,
+    /// Whether "Manage tokens" is ticked (never by default).
+    pub manage: bool,
     pub lifetime_seconds: &'a str,
     pub error: Option<&'a str>,
     /// Approval as the browser's console session (`console_consent`): HTML built and escaped
@@ -141,7 +145,7 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
 <title>tokenwarden: authorize {name}</title><style>{STYLE}</style></head><body>\
 <h1>Authorize <bdi id=\"client_name\">{name}</bdi>?</h1>\
 <div class=\"who\"><p><strong><bdi id=\"client_name_again\">{name}</bdi></strong> \
-<span class=\"hint\" id=\"unverified\">(unverified name: the client chose it itself)</span> \
+{verified} \
 (client <code>{client_id}</code>) asks for a token to use the MCP server at <code>{public_url}</code>.</p>\
 <p>After you decide, your browser goes to <strong id=\"redirect_host\">{host}</strong> \
 (<code>{redirect}</code>).</p>{requested}{ignored}</div>{error}{console}\
@@ -154,10 +158,13 @@ pub(super) fn page(view: &ConsentView<'_>) -> Response {
 <label for=\"buckets\">Buckets <span class=\"hint\">(space-separated; empty: all the approver holds)</span></label>\
 <input type=\"text\" name=\"buckets\" id=\"buckets\" value=\"{buckets}\">\
 <label for=\"tools\">Tools <span class=\"hint\">(space-separated names or patterns such as <code>list_*</code>; \
-empty: all the approver may call)</span></label>\
+empty: every tool the approver may call, except those that manage tokens unless you tick below)</span></label>\
 <input type=\"text\" name=\"tools\" id=\"tools\" value=\"{tools}\">\
 <label><input type=\"checkbox\" name=\"read_only\" id=\"read_only\" value=\"1\"{checked}> \
 Read-only <span class=\"hint\">(only tools marked read-only)</span></label>\
+<label><input type=\"checkbox\" name=\"manage\" id=\"manage\" value=\"1\"{manage}> \
+Manage tokens <span class=\"hint\">(let it call {management}: mint its own tokens and change, \
+pause or revoke those it reaches; unticked, it can call none of them)</span></label>\
 <label for=\"lifetime_seconds\">Access token lifetime in seconds <span class=\"hint\">(60 to 86400; \
 never past the approver's own expiry; the client renews it while the approver stands)</span></label>\
 <input type=\"number\" name=\"lifetime_seconds\" id=\"lifetime_seconds\" min=\"60\" max=\"86400\" value=\"{lifetime}\">\
@@ -165,6 +172,17 @@ never past the approver's own expiry; the client renews it while the approver st
 <button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\" formnovalidate>Deny</button>\
 </form></body></html>",
         name = esc(view.client_name),
+        verified = match view.verified_host {
+            Some(host) => format!(
+                "<span class=\"hint\">from</span> <strong id=\"verified_host\">{}</strong> \
+                 <span class=\"hint\">(verified: its description was fetched from there; \
+                 the name is still the client's own)</span>",
+                esc(host)
+            ),
+            None => "<span class=\"hint\" id=\"unverified\">(unverified name: the client \
+                     chose it itself)</span>"
+                .to_owned(),
+        },
         client_id = esc(view.client_id),
         public_url = esc(view.public_url),
         host = esc(&redirect_host(view.redirect_uri)),
@@ -174,8 +192,80 @@ never past the approver's own expiry; the client renews it while the approver st
         buckets = esc(view.buckets),
         tools = esc(view.tools),
         checked = if view.read_only { " checked" } else { "" },
+        manage = if view.manage { " checked" } else { "" },
+        management = crate::service::MANAGEMENT_TOOLS
+            .iter()
+            .map(|t| format!("<code>{t}</code>"))
+            .collect::<Vec<_>>()
+            .join(", "),
         lifetime = esc(view.lifetime_seconds),
         console = view.console,
+    );
+    html(StatusCode::OK, body, Some(view.redirect_uri))
+}
+
+/// What the confirmation of an approval that adds to an existing grant shows.
+pub(super) struct ConfirmView<'a> {
+    pub request_id: &'a str,
+    pub csrf: &'a str,
+    pub client_name: &'a str,
+    pub redirect_uri: &'a str,
+    /// What the grant allows now, what approving adds, what it no longer says.
+    pub now: &'a [String],
+    pub added: &'a [String],
+    pub removed: &'a [String],
+}
+
+fn list(id: &str, items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        return format!("<p id=\"{id}\" class=\"hint\">{}</p>", esc(empty));
+    }
+    let items: String = items
+        .iter()
+        .map(|i| format!("<li>{}</li>", esc(i)))
+        .collect();
+    format!("<ul id=\"{id}\">{items}</ul>")
+}
+
+/// The second step of a consent that adds to a grant the same approver gave this client
+/// (scope step-up): what the grant allows now and what approving adds. Confirming replaces the
+/// client's current token with one of the joined scope; the approver is not pasted again (the
+/// server kept its id, never its secret, with the pending request).
+pub(super) fn confirm_page(view: &ConfirmView<'_>) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>tokenwarden: add to what {name} may do?</title><style>{STYLE}</style></head><body>\
+<h1>Add to what <bdi id=\"client_name\">{name}</bdi> may do?</h1>\
+<div class=\"who\"><p>This token already approved this client. <strong>Add</strong> adds to that \
+grant: the client's current access token is replaced by one that may do both (what a client \
+asking for more scope needs). <strong>Separate</strong> approves only the new choice as a grant \
+of its own, leaving the current one alone (the same client on another device).</p>\
+<p>It may now use:</p>{now}<p><strong>New with this approval:</strong></p>{added}{removed}</div>\
+<form method=\"post\" action=\"/oauth/authorize\" id=\"consent\">\
+<input type=\"hidden\" name=\"request\" value=\"{request}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"decision\" value=\"approve\">\
+<button type=\"submit\" name=\"confirm\" value=\"add\" id=\"add\">Add</button>\
+<button type=\"submit\" name=\"confirm\" value=\"separate\" id=\"separate\">Separate</button>\
+</form><form method=\"post\" action=\"/oauth/authorize\">\
+<input type=\"hidden\" name=\"request\" value=\"{request}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\">Deny</button>\
+</form></body></html>",
+        name = esc(view.client_name),
+        now = list("current_scope", view.now, "nothing"),
+        added = list("added_scope", view.added, "nothing new"),
+        removed = if view.removed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<p>No longer:</p>{}",
+                list("removed_scope", view.removed, "")
+            )
+        },
+        request = esc(view.request_id),
+        csrf = esc(view.csrf),
     );
     html(StatusCode::OK, body, Some(view.redirect_uri))
 }
@@ -203,6 +293,7 @@ mod tests {
             csrf: evil,
             client_name: evil,
             client_id: evil,
+            verified_host: Some(evil),
             redirect_uri: "https://example.com/cb?a=\"><script>",
             public_url: evil,
             requested: &requested,
@@ -210,6 +301,7 @@ mod tests {
             buckets: evil,
             tools: evil,
             read_only: true,
+            manage: false,
             lifetime_seconds: evil,
             error: Some(evil),
             console: "",

@@ -8,7 +8,7 @@
 //! cookie, and shows the same choice. Approving needs what the paste form needs (the pending
 //! request's CSRF cookie and field) plus the session, checked whole as on `/v1` (its token
 //! still authenticates; the form comes from this origin), then the same checks and the same
-//! code as the paste form (`authorize::may_approve`, `authorize::issue_code`).
+//! code as the paste form (`authorize::may_approve`, `authorize::grant_or_confirm`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use html_escape::encode_safe as esc;
 
 use super::authorize::{
     MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS, PendingRequest, cookie_value, csrf_cookie,
-    issue_code, may_approve, render, same_secret,
+    grant_or_confirm, may_approve, render, same_secret,
 };
 use super::consent::error_page;
 use super::{MAX_FORM_BYTES, OAuth, blocking, client_ip, lock, read_body};
@@ -154,6 +154,9 @@ token, never more than it holds.</p>\
 <fieldset><legend>Tools</legend>{tool_boxes}</fieldset>\
 <label class=\"check\"><input type=\"checkbox\" name=\"read_only\" id=\"console_read_only\" value=\"1\"{read_only}> \
 Read-only <span class=\"hint\">(only tools marked read-only)</span></label>\
+<label class=\"check\"><input type=\"checkbox\" name=\"manage\" id=\"console_manage\" value=\"1\"> \
+Manage tokens <span class=\"hint\">(let it call the tools that mint and change tokens; unticked, \
+they are denied to it whatever is ticked above)</span></label>\
 <label for=\"console_lifetime\">Access token lifetime in seconds <span class=\"hint\">(60 to 86400)</span></label>\
 <input type=\"number\" name=\"lifetime_seconds\" id=\"console_lifetime\" min=\"60\" max=\"86400\" value=\"{lifetime}\">\
 <button type=\"submit\" name=\"decision\" value=\"approve\" id=\"approve-as-session\">Approve as {name}</button>\
@@ -227,7 +230,7 @@ pub(super) async fn approve(
             &pending,
             &pending.buckets.join(" "),
             &pending.tools.join(" "),
-            pending.read_only,
+            (pending.read_only, false),
             &oauth.config.token_lifetime_seconds.to_string(),
             error,
             console,
@@ -281,11 +284,22 @@ pub(super) async fn approve(
             ));
         }
     };
+    let manage = one("manage").is_some_and(|v| !v.is_empty());
+    if !manage
+        && let Some(named) = tools
+            .iter()
+            .find(|t| crate::service::MANAGEMENT_TOOLS.contains(&t.as_str()))
+    {
+        return again(&format!(
+            "{named} manages tokens: tick \"Manage tokens\" to grant it, or untick it."
+        ));
+    }
     let scope = ApprovedScope {
         buckets: Some(buckets),
         tools: Some(tools),
         read_only: one("read_only").is_some_and(|v| !v.is_empty()),
         lifetime_seconds: lifetime,
+        manage,
     };
     let checked = {
         let oauth = Arc::clone(&oauth);
@@ -295,7 +309,9 @@ pub(super) async fn approve(
         blocking(move || may_approve(&oauth, approver, ip, &scope, &client_id, &client_name)).await
     };
     match checked {
-        Ok(approver) => issue_code(&oauth, &request_id, &pending, approver, scope).await,
+        Ok(approver) => {
+            grant_or_confirm(&oauth, &request_id, &pending, (approver, scope), again).await
+        }
         Err(message) => again(&message),
     }
 }

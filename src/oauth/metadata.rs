@@ -46,11 +46,17 @@ pub(super) async fn authorization_server(State(oauth): State<Arc<OAuth>>) -> Res
         "token_endpoint": format!("{url}/oauth/token"),
         "registration_endpoint": format!("{url}/oauth/register"),
         "revocation_endpoint": format!("{url}/oauth/revoke"),
+        "introspection_endpoint": format!("{url}/oauth/introspect"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            super::exchange::GRANT_TYPE,
+        ],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
+        "client_id_metadata_document_supported": true,
         "revocation_endpoint_auth_methods_supported": ["none"],
         "authorization_response_iss_parameter_supported": true,
     }))

@@ -3,9 +3,13 @@
 //!
 //! - `metadata`: the RFC 9728 and RFC 8414 documents, served without a token.
 //! - `register`: dynamic client registration (RFC 7591), bounded in count and rate.
+//! - `cimd`: client metadata documents (a `client_id` that is an https URL), fetched behind
+//!   request forgery guards.
 //! - `authorize` + `consent`: the consent page, where a person pastes an approver token and
 //!   narrows what the connector gets; approval yields a single-use code.
 //! - `token`: code and refresh exchanges, and revocation (RFC 7009).
+//! - `exchange`: RFC 8693 token exchange, a `create_token` call by the subject token.
+//! - `introspect`: RFC 7662 introspection for services holding a token that may verify.
 //! - `pending`: the bounded, expiring in-memory maps (pending consents, codes).
 //!
 //! The access token a connector receives is the secret of an ordinary tokenwarden token, a
@@ -19,8 +23,11 @@
 #![allow(clippy::result_large_err)]
 
 mod authorize;
+mod cimd;
 mod consent;
 mod console_consent;
+mod exchange;
+mod introspect;
 mod metadata;
 mod pending;
 mod register;
@@ -43,6 +50,7 @@ use crate::service::Service;
 use crate::store::oauth::OAuthStore;
 use pending::{Consents, Expiring};
 
+pub use cimd::CimdTesting;
 pub use console_consent::ConsoleLink;
 pub use register::RegistrationLimits;
 
@@ -72,6 +80,8 @@ pub struct OAuthConfig {
     /// Default lifetime of an access token in seconds (never past the approver's expiry).
     pub token_lifetime_seconds: u64,
     pub registration: RegistrationLimits,
+    /// Client metadata documents: what tests may loosen (nothing in production).
+    pub cimd: CimdTesting,
 }
 
 impl Default for OAuthConfig {
@@ -81,6 +91,7 @@ impl Default for OAuthConfig {
             public_url: "http://127.0.0.1:8787".to_owned(),
             token_lifetime_seconds: 3_600,
             registration: RegistrationLimits::default(),
+            cimd: CimdTesting::default(),
         }
     }
 }
@@ -144,6 +155,10 @@ pub struct OAuth {
     consent_pages: Mutex<register::PeerRate>,
     codes: Mutex<Expiring<token::CodeState>>,
     registrations: Mutex<register::PeerRate>,
+    /// Client metadata documents: fetched, checked, cached.
+    documents: cimd::Documents,
+    /// Introspection requests whose caller did not authenticate, per address.
+    refused_introspectors: Mutex<register::PeerRate>,
     /// Serialises every change to grants (exchange, refresh, revocation), so a refresh token
     /// or a code is spent exactly once.
     grants: Mutex<()>,
@@ -157,13 +172,19 @@ impl OAuth {
             .store()
             .oauth()
             .map_err(|e| format!("cannot open the OAuth store: {e}"))?;
+        let documents = cimd::Documents::new(&config.cimd)?;
         Ok(OAuth {
             service,
             store,
+            documents,
             registrations: Mutex::new(register::PeerRate::registrations(config.registration)),
             consent_pages: Mutex::new(register::PeerRate::new(
                 CONSENT_PAGES_PER_MINUTE,
                 CONSENT_PAGES_PER_PEER_MINUTE,
+            )),
+            refused_introspectors: Mutex::new(register::PeerRate::new(
+                u32::MAX,
+                introspect::REFUSED_CALLERS_PER_PEER_MINUTE,
             )),
             config,
             pending: Mutex::new(Consents::new(PENDING_TTL, MAX_PENDING, PENDING_SHARE)),
@@ -228,6 +249,7 @@ pub fn routes(oauth: Arc<OAuth>) -> Router {
         .route("/oauth/authorize/console", post(console_consent::approve))
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(token::revoke))
+        .route("/oauth/introspect", post(introspect::introspect))
         .with_state(oauth)
 }
 

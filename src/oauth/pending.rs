@@ -61,6 +61,15 @@ impl<V> Expiring<V> {
             .map(|(_, v)| v)
     }
 
+    /// The entry under `key`, to change, if it has not expired.
+    pub fn get_mut(&mut self, key: &str, now: Instant) -> Option<&mut V> {
+        let ttl = self.ttl;
+        self.entries
+            .get_mut(key)
+            .filter(|(born, _)| now.saturating_duration_since(*born) < ttl)
+            .map(|(_, v)| v)
+    }
+
     /// Removes and returns the entry under `key` if it has not expired.
     pub fn take(&mut self, key: &str, now: Instant) -> Option<V> {
         let (born, value) = self.entries.remove(key)?;
@@ -141,6 +150,10 @@ impl<V> Consents<V> {
 
     pub fn get(&self, key: &str, now: Instant) -> Option<&V> {
         self.pages.get(key, now).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, key: &str, now: Instant) -> Option<&mut V> {
+        self.pages.get_mut(key, now).map(|(_, v)| v)
     }
 
     pub fn take(&mut self, key: &str, now: Instant) -> Option<V> {

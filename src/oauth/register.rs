@@ -238,7 +238,7 @@ fn is_format(c: char) -> bool {
 
 /// The client's display name: control and format characters dropped, trimmed, at most 100
 /// characters.
-fn client_name(value: Option<&Value>) -> String {
+pub(super) fn client_name(value: Option<&Value>) -> String {
     let name: String = value
         .and_then(Value::as_str)
         .unwrap_or_default()

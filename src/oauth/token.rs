@@ -10,11 +10,12 @@
 //! stored as BLAKE3 hashes, single use; presenting a spent one revokes the grant and its
 //! access token. Codes live in memory for 60 s; a code presented twice revokes what it issued.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
@@ -39,11 +40,16 @@ use crate::timestamp::Timestamp;
 /// An approved authorization waiting for its exchange.
 pub(super) struct ApprovedCode {
     pub client_id: String,
+    pub client_name: String,
     pub redirect_uri: String,
     pub resource: Option<String>,
     pub code_challenge: String,
     pub approver: TokenId,
     pub scope: ApprovedScope,
+    /// The grant this approval adds to (scope step-up): its token is replaced at exchange.
+    pub replaces: Option<String>,
+    /// When the person approved: an approver rotated since refuses the exchange.
+    pub approved_at: Timestamp,
 }
 
 pub(super) enum CodeState {
@@ -59,14 +65,22 @@ pub(super) fn code_key(code: &str) -> String {
 }
 
 #[derive(Deserialize)]
-struct TokenForm {
+pub(super) struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
     redirect_uri: Option<String>,
     client_id: Option<String>,
     code_verifier: Option<String>,
     refresh_token: Option<String>,
-    resource: Option<String>,
+    pub resource: Option<String>,
+    // RFC 8693 token exchange (`exchange`).
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,12 +92,12 @@ struct RevokeForm {
 }
 
 /// An RFC 6749 §5.2 refusal.
-struct Refusal {
+pub(super) struct Refusal {
     error: &'static str,
     description: String,
 }
 
-fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
+pub(super) fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
     Refusal {
         error,
         description: description.into(),
@@ -92,21 +106,25 @@ fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
 
 impl Refusal {
     fn response(&self) -> Response {
-        let status = if self.error == "temporarily_unavailable" {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match self.error {
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            // A subject token's uses or rate limit (RFC 8628's name for "wait").
+            "slow_down" => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
         };
         oauth_error(status, self.error, &self.description)
     }
 }
 
 /// What a successful exchange hands the client.
-struct Tokens {
-    access_token: String,
-    expires_in: i64,
-    refresh_token: String,
-    scope: String,
+pub(super) struct Tokens {
+    pub access_token: String,
+    pub expires_in: i64,
+    /// None for a token exchange (the subject token is what renews it).
+    pub refresh_token: Option<String>,
+    pub scope: String,
+    /// RFC 8693's `issued_token_type`, for a token exchange.
+    pub issued_token_type: Option<&'static str>,
 }
 
 fn verifier_matches(verifier: &str, challenge: &str) -> bool {
@@ -136,7 +154,7 @@ fn scope_string(scope: &ApprovedScope) -> String {
     items.join(" ")
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Refusal {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Refusal {
     tracing::error!("OAuth storage failure: {e}");
     refuse(
         "temporarily_unavailable",
@@ -144,7 +162,11 @@ fn unavailable(e: impl std::fmt::Display) -> Refusal {
     )
 }
 
-pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Response {
+pub(super) async fn token(
+    State(oauth): State<Arc<OAuth>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
     let body = match read_body(body, MAX_FORM_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -156,24 +178,24 @@ pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Respon
         )
         .response();
     };
-    let outcome = blocking(move || match form.grant_type.as_deref() {
-        Some("authorization_code") => exchange_code(&oauth, &form),
-        Some("refresh_token") => refresh(&oauth, &form),
-        Some(_) => Err(refuse(
-            "unsupported_grant_type",
-            "grant_type must be authorization_code or refresh_token",
-        )),
-        None => Err(refuse("invalid_request", "grant_type is required")),
-    })
-    .await;
+    let outcome = if form.grant_type.as_deref() == Some(super::exchange::GRANT_TYPE) {
+        super::exchange::exchange(oauth, form, super::client_ip(peer)).await
+    } else {
+        blocking(move || by_code_or_refresh(&oauth, &form)).await
+    };
     match outcome {
         Ok(tokens) => {
             let mut body = json!({
                 "access_token": tokens.access_token,
                 "token_type": "Bearer",
                 "expires_in": tokens.expires_in,
-                "refresh_token": tokens.refresh_token,
             });
+            if let Some(refresh) = tokens.refresh_token {
+                body["refresh_token"] = json!(refresh);
+            }
+            if let Some(issued) = tokens.issued_token_type {
+                body["issued_token_type"] = json!(issued);
+            }
             // An empty scope is omitted (RFC 6749 §5.1: scope is a list of items).
             if !tokens.scope.is_empty() {
                 body["scope"] = json!(tokens.scope);
@@ -181,6 +203,19 @@ pub(super) async fn token(State(oauth): State<Arc<OAuth>>, body: Body) -> Respon
             json_no_store(StatusCode::OK, body)
         }
         Err(refusal) => refusal.response(),
+    }
+}
+
+fn by_code_or_refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => exchange_code(oauth, form),
+        Some("refresh_token") => refresh(oauth, form),
+        Some(_) => Err(refuse(
+            "unsupported_grant_type",
+            "grant_type must be authorization_code, refresh_token or token exchange \
+             (urn:ietf:params:oauth:grant-type:token-exchange)",
+        )),
+        None => Err(refuse("invalid_request", "grant_type is required")),
     }
 }
 
@@ -204,7 +239,12 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     let client_id = required(&form.client_id, "client_id")?;
     let redirect_uri = required(&form.redirect_uri, "redirect_uri")?;
     let verifier = required(&form.code_verifier, "code_verifier")?;
-    let client = known_client(oauth, client_id)?;
+    // A metadata-document client was checked when its consent page opened; its code names it.
+    let client = if super::cimd::is_document_url(client_id) {
+        None
+    } else {
+        Some(known_client(oauth, client_id)?)
+    };
     let _grants = lock(&oauth.grants);
     let key = code_key(code);
     let now = Instant::now();
@@ -234,7 +274,16 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         lock(&oauth.codes).insert(key.clone(), CodeState::Spent(issued), now);
     };
     spend(None);
-    if approved.client_id != client.client_id {
+    let client = match client {
+        Some(client) => client,
+        None => OAuthClient {
+            client_id: approved.client_id.clone(),
+            client_name: approved.client_name.clone(),
+            redirect_uris: vec![approved.redirect_uri.clone()],
+            created_at: Timestamp::now(),
+        },
+    };
+    if approved.client_id != client.client_id || client_id != client.client_id {
         return Err(refuse(
             "invalid_grant",
             "this code was issued to another client",
@@ -261,11 +310,27 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
             "code_verifier does not match the code_challenge",
         ));
     }
+    if let Some(grant_id) = &approved.replaces
+        && let Some(grant) = oauth
+            .store
+            .grant(&client.client_id, grant_id)
+            .map_err(unavailable)?
+            .filter(|g| g.approver == approved.approver)
+    {
+        let (tokens, issued) = replace_in_grant(
+            oauth,
+            &client,
+            &grant,
+            (&approved.scope, approved.approved_at),
+        )?;
+        spend(Some(issued));
+        return Ok(tokens);
+    }
     let grant_id = format!("twg_{}", random_string(16));
     let minted = mint(
         oauth,
         &client,
-        &approved.approver,
+        (&approved.approver, approved.approved_at),
         &approved.scope,
         &grant_id,
         None,
@@ -280,7 +345,14 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         &refresh_token,
         minted.refresh_expires_at,
     );
-    if let Err(e) = oauth.store.insert_grant(&grant) {
+    // A document client is remembered once it holds a grant: refreshes and the command line
+    // know it by its URL (its document is fetched again at its next consent page).
+    let remembered = if super::cimd::is_document_url(&client.client_id) {
+        oauth.store.insert_client(&client)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = remembered.and_then(|()| oauth.store.insert_grant(&grant)) {
         // No grant, so no token either.
         revoke_quietly(oauth, &minted.id);
         return Err(unavailable(e));
@@ -297,9 +369,62 @@ fn exchange_code(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     Ok(Tokens {
         access_token: minted.secret,
         expires_in: minted.expires_in,
-        refresh_token,
+        refresh_token: Some(refresh_token),
         scope: scope_string(&approved.scope),
+        issued_token_type: None,
     })
+}
+
+/// A code approved to add to `grant` (scope step-up): a new child of the approver with the
+/// joined scope replaces the grant's access token, which is revoked; the grant's refresh token
+/// is replaced too. A session the old token opened carries on with the new one.
+fn replace_in_grant(
+    oauth: &OAuth,
+    client: &OAuthClient,
+    grant: &Grant,
+    (scope, approved_at): (&ApprovedScope, Timestamp),
+) -> Result<(Tokens, TokenId), Refusal> {
+    let minted = mint(
+        oauth,
+        client,
+        (&grant.approver, approved_at),
+        scope,
+        &grant.grant_id,
+        None,
+    )?;
+    let refresh_token = random_string(32);
+    if let Err(e) = oauth.store.replace(
+        grant,
+        scope.clone(),
+        minted.id.clone(),
+        &refresh_token,
+        minted.refresh_expires_at,
+        Timestamp::now(),
+    ) {
+        revoke_quietly(oauth, &minted.id);
+        return Err(unavailable(e));
+    }
+    revoke_quietly(oauth, &grant.access_token);
+    audit(
+        oauth,
+        &grant.approver,
+        "oauth_token",
+        &minted.id,
+        json!({
+            "client_id": client.client_id,
+            "grant_id": grant.grant_id,
+            "replaced_token": grant.access_token,
+        }),
+    );
+    tracing::info!(client_id = %client.client_id, token = %minted.id, "a new consent replaced an OAuth access token");
+    let tokens = Tokens {
+        access_token: minted.secret,
+        expires_in: minted.expires_in,
+        refresh_token: Some(refresh_token),
+        scope: scope_string(scope),
+        issued_token_type: None,
+    };
+    Ok((tokens, minted.id))
 }
 
 fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
@@ -313,6 +438,15 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
         .map_err(unavailable)?
     {
         None => return Err(refuse("invalid_grant", "unknown refresh token")),
+        Some(RefreshLookup::Ended(ended)) => {
+            return Err(refuse(
+                "invalid_grant",
+                format!(
+                    "this grant was ended ({}) at {}; ask the person for consent again",
+                    ended.reason, ended.ended_at
+                ),
+            ));
+        }
         Some(RefreshLookup::Spent(grant)) => {
             tracing::warn!(client_id = %grant.client_id, grant = %grant.grant_id, "a spent refresh token was presented again; revoking the grant");
             end_grant(oauth, &grant, "refresh token reuse");
@@ -333,6 +467,15 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     if grant.refresh_expires_at <= now {
         end_grant(oauth, &grant, "refresh token expired");
         return Err(refuse("invalid_grant", "this refresh token has expired"));
+    }
+    // An approver that has fallen for good (revoked, expired, deleted) ends the grant, and the
+    // connector is told why; a paused one only refuses this refresh (resuming restores it).
+    if let Some(why) = approver_fallen(oauth, &grant.approver, grant.last_approved())? {
+        end_grant(oauth, &grant, &why);
+        return Err(refuse(
+            "invalid_grant",
+            format!("the grant was ended: {why}; ask the person for consent again"),
+        ));
     }
     // A person may have acted on the current access token since the last exchange: revoked
     // or paused, the grant ends (a refresh must not resurrect it); narrowed, the narrowing
@@ -367,7 +510,7 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     let minted = mint(
         oauth,
         &client,
-        &grant.approver,
+        (&grant.approver, grant.last_approved()),
         &grant.scope,
         &grant.grant_id,
         Some(&current),
@@ -400,9 +543,43 @@ fn refresh(oauth: &OAuth, form: &TokenForm) -> Result<Tokens, Refusal> {
     Ok(Tokens {
         access_token: minted.secret,
         expires_in: minted.expires_in,
-        refresh_token,
+        refresh_token: Some(refresh_token),
         scope: scope_string(&grant.scope),
+        issued_token_type: None,
     })
+}
+
+/// Why the approver can never mint for an approval given at `approved_at` again (revoked,
+/// expired or deleted, itself or through an ancestor; or rotated since: docs/oauth.md), or
+/// `None` while it stands or is only paused.
+fn approver_fallen(
+    oauth: &OAuth,
+    approver: &TokenId,
+    approved_at: Timestamp,
+) -> Result<Option<String>, Refusal> {
+    use crate::record::EffectiveStatus as E;
+    let view = oauth.service.get_token(
+        &Caller::Owner,
+        TokenRef {
+            id: approver.to_string(),
+        },
+    );
+    match view {
+        Ok(view) if view.rotated_at.is_some_and(|r| r >= approved_at) => Ok(Some(
+            "the approving token was rotated after it approved this client (its secret may \
+             have leaked)"
+                .into(),
+        )),
+        Ok(view) => Ok(match view.effective_status {
+            E::Active | E::Paused | E::PausedByAncestor => None,
+            E::Revoked | E::RevokedByAncestor => Some("the approving token was revoked".into()),
+            E::Expired | E::ExpiredByAncestor => Some("the approving token expired".into()),
+        }),
+        Err(e) if e.code == crate::error::ErrorCode::NotFound => {
+            Ok(Some("the approving token was deleted".into()))
+        }
+        Err(e) => Err(unavailable(e.message)),
+    }
 }
 
 /// A child minted for a grant.
@@ -421,7 +598,7 @@ struct Minted {
 fn mint(
     oauth: &OAuth,
     client: &OAuthClient,
-    approver: &TokenId,
+    (approver, approved_at): (&TokenId, Timestamp),
     scope: &ApprovedScope,
     grant_id: &str,
     previous: Option<&TokenView>,
@@ -429,6 +606,9 @@ fn mint(
     let service = &oauth.service;
     let caller = Caller::Token(approver.clone());
     let cannot = |why: String| refuse("invalid_grant", format!("the approving token {why}"));
+    if let Some(why) = approver_fallen(oauth, approver, approved_at)? {
+        return Err(refuse("invalid_grant", why));
+    }
     service
         .check_standing(approver, None)
         .map_err(|failure| cannot(format!("no longer stands: {failure}")))?;
@@ -467,6 +647,12 @@ fn mint(
     let issued = service
         .create_token(&caller, request)
         .map_err(|e| cannot(format!("cannot mint the access token: {}", e.message)))?;
+    // A rotation of the approver committed before this child revokes it (see
+    // `revoke_approved_connectors`); one committed after is seen here.
+    if let Some(why) = approver_fallen(oauth, approver, approved_at)? {
+        revoke_quietly(oauth, &issued.record.id);
+        return Err(refuse("invalid_grant", why));
+    }
     Ok(Minted {
         id: issued.record.id,
         secret: issued.token,
@@ -528,7 +714,7 @@ fn revoke_quietly(oauth: &OAuth, token: &TokenId) {
 /// Ends a grant: its access token is revoked, its refresh tokens forgotten; audited.
 fn end_grant(oauth: &OAuth, grant: &Grant, reason: &str) {
     revoke_quietly(oauth, &grant.access_token);
-    if let Err(e) = oauth.store.remove_grant(grant) {
+    if let Err(e) = oauth.store.end_grant(grant, reason, Timestamp::now()) {
         tracing::error!(grant = %grant.grant_id, "removing an OAuth grant failed: {e}");
     }
     audit(
@@ -616,7 +802,7 @@ fn revoke_token(oauth: &OAuth, token: &str, client_id: Option<&str>) -> Result<(
     } else {
         match store.grant_by_refresh(token).map_err(unavailable)? {
             Some(RefreshLookup::Current(grant) | RefreshLookup::Spent(grant)) => Some(grant),
-            None => None,
+            Some(RefreshLookup::Ended(_)) | None => None,
         }
     };
     if let Some(grant) = grant

@@ -843,12 +843,17 @@ impl Service {
         updated.last4 = secret.last4().to_owned();
         updated.rotated_at = Some(now);
         updated.updated_at = now;
+        let connectors = self.revoke_approved_connectors(target, &mut change, now)?;
+        let mut details = json!({ "grace_seconds": grace, "masked": updated.masked });
+        if connectors > 0 {
+            details["revoked_oauth_tokens"] = json!(connectors);
+        }
         change.audit(AuditEvent::new(
             &acting.actor,
             "rotate",
             &target.id,
             now,
-            json!({ "grace_seconds": grace, "masked": updated.masked }),
+            details,
         ));
         let id = target.id.clone();
         change.put(Some(Arc::clone(target)), updated);
@@ -858,6 +863,46 @@ impl Service {
             record: self.view_of(&id, now)?,
             token: secret.expose().to_owned(),
         })
+    }
+
+    /// Rotating a token says its secret may have leaked, so a connector it approved through
+    /// OAuth consent may be an attacker's: the access tokens of its grants (and whatever they
+    /// minted) are revoked in the rotation's own commit, and each grant ends at its next
+    /// refresh (docs/oauth.md). The tokens are found both in the grants and by the
+    /// `oauth_grant_id` their metadata had when minted, so neither a token minted by a refresh
+    /// racing with this rotation (not yet in its grant) nor one whose metadata was edited
+    /// since escapes. Returns how many tokens it revoked.
+    fn revoke_approved_connectors(
+        &self,
+        approver: &TokenRecord,
+        change: &mut Change,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let mut ids: HashSet<TokenId> = self
+            .store
+            .oauth()?
+            .grants()?
+            .into_iter()
+            .filter(|grant| grant.approver == approver.id)
+            .map(|grant| grant.access_token)
+            .collect();
+        for id in self.store.children(&approver.id)? {
+            if let Some(child) = self.store.get(&id)?
+                && child.metadata.contains_key("oauth_grant_id")
+            {
+                ids.insert(id);
+            }
+        }
+        let mut revoked = 0;
+        for id in ids {
+            if let Some(record) = self.store.get(&id)?
+                && record.parent_id.as_ref() == Some(&approver.id)
+                && record.status != Status::Revoked
+            {
+                revoked += 1 + self.revoke_subtree(&record, change, now)?;
+            }
+        }
+        Ok(revoked)
     }
 
     /// Marks `target` and every descendant revoked; returns how many descendants changed.

@@ -9,7 +9,7 @@ pub mod access;
 mod backup;
 mod manage;
 mod query;
-pub use query::Census;
+pub use query::{Census, Introspection};
 pub mod requests;
 pub use backup::Imported;
 mod retention;
@@ -42,6 +42,19 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "list_audit_events",
     "list_access_events",
     "list_buckets",
+];
+
+/// The tools that mint or change tokens. A connector approved on the consent page gets them
+/// only when the person ticks "manage tokens" (otherwise its tokens deny them).
+pub const MANAGEMENT_TOOLS: &[&str] = &[
+    "create_token",
+    "update_token",
+    "scope_token",
+    "pause_token",
+    "resume_token",
+    "rotate_token",
+    "revoke_token",
+    "delete_token",
 ];
 
 pub fn is_read_only_tool(name: &str) -> bool {
@@ -374,6 +387,53 @@ impl Service {
                 permits(&links, &attempt)
             })
             .collect()
+    }
+
+    /// Whether a call `caller` cannot make is one a person could grant through OAuth consent
+    /// again (scope step-up, SPEC §11): the caller was issued through OAuth (its metadata names
+    /// an OAuth client or a token exchange), its own tool or bucket allowlist or its own
+    /// denials refuse the call, and its parent's chain would allow it. Counts nothing. A call
+    /// refused for any other reason (its approver lacks the tool, read-only, limits) is not.
+    pub fn needs_step_up(
+        &self,
+        caller: &Caller,
+        tool: Tool<'_>,
+        bucket: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> bool {
+        use crate::rules::authorize::Rule;
+        let Caller::Token(id) = caller else {
+            return false;
+        };
+        let Ok(chain) = self.caller_chain(id) else {
+            return false;
+        };
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let metadata = &links[0].metadata;
+        if links.len() < 2
+            || !(metadata.contains_key("oauth_client_id")
+                || metadata.contains_key("oauth_token_exchange"))
+        {
+            return false;
+        }
+        let attempt = Attempt {
+            environment: &self.config.environment,
+            now: Timestamp::now(),
+            client_ip,
+            tool: Some(tool),
+            bucket,
+            budgets: None,
+        };
+        match authorize(&links, &attempt) {
+            Err(denial) => {
+                matches!(
+                    denial.rule,
+                    Rule::ToolAllowlist | Rule::ToolDenied | Rule::BucketAllowlist
+                ) && denial.culprit.is_none()
+                    && permits(&links[1..], &attempt)
+            }
+            Ok(()) => false,
+        }
     }
 
     /// Whether `caller` holds `bucket`, for `list_buckets`: owner and admin tokens hold every

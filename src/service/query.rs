@@ -36,6 +36,17 @@ fn cursor_of(created: Timestamp, id: &TokenId) -> String {
     format!("{}.{id}", created.millis())
 }
 
+/// What introspection tells about an active token (SPEC §11).
+#[derive(Clone, Debug)]
+pub struct Introspection {
+    pub token_id: TokenId,
+    /// Its effective scope (its own within every ancestor's); `expires_at` the earliest.
+    pub scope: crate::rules::scope::Scope,
+    pub created_at: Timestamp,
+    /// The OAuth client it was issued to, if any.
+    pub client_id: Option<String>,
+}
+
 /// What the store holds, counted (for the metrics). No id, name or secret.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Census {
@@ -200,6 +211,52 @@ impl Service {
     /// only, since it turns any secret into a yes/no oracle.
     pub fn verify_token(&self, caller: &Caller, req: VerifyToken) -> Result<Verification> {
         self.verify_token_with(caller, req, &|_| None)
+    }
+
+    /// RFC 7662 introspection of a presented secret, for a service that holds a token which may
+    /// call `verify_token` (owner/admin only, as that tool; the caller's front end counts the
+    /// call). Whatever makes a secret unusable — malformed, unknown, rotated out, revoked,
+    /// paused, expired, of another environment, itself or through an ancestor — answers `None`,
+    /// with nothing that tells those apart. An active token's scope is its effective scope: its
+    /// own narrowed by every ancestor's.
+    pub fn introspect(&self, caller: &Caller, presented: &str) -> Result<Option<Introspection>> {
+        if !self.acting(caller)?.is_owner_or_admin() {
+            return Err(Error::forbidden(
+                "introspection is for the owner and admin tokens only (as verify_token)",
+            ));
+        }
+        let now = Timestamp::now();
+        let id = match self.resolve_secret(presented, now) {
+            Ok(id) => id,
+            Err(AuthFailure::Unavailable(e)) => {
+                return Err(Error::new(crate::error::ErrorCode::Internal, e));
+            }
+            Err(_) => return Ok(None),
+        };
+        let Some(chain) = self.store.chain(&id)? else {
+            return Ok(None);
+        };
+        let links: Vec<&TokenRecord> = chain.iter().map(Arc::as_ref).collect();
+        let base = Attempt::authentication(&self.config.environment, now, None);
+        if authorize(&links, &base).is_err() {
+            return Ok(None);
+        }
+        let token = links[0];
+        let scope = links[1..]
+            .iter()
+            .fold(token.scope.clone(), |scope, ancestor| {
+                scope.clamped_to(&ancestor.scope)
+            });
+        Ok(Some(Introspection {
+            token_id: token.id.clone(),
+            scope,
+            created_at: token.created_at,
+            client_id: token
+                .metadata
+                .get("oauth_client_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+        }))
     }
 
     /// [`Service::verify_token`] that also knows tools the service does not define:

@@ -11,6 +11,7 @@
 //! | `g` | client id + `/` + grant id | grant (JSON) |
 //! | `r` | BLAKE3 of a refresh token | `c` (current) or `s` (spent), then the grant's key |
 //! | `a` | access token id | the grant's key |
+//! | `e` | BLAKE3 of an ended grant's last refresh token | why and when it ended (JSON) |
 //!
 //! Refresh tokens are stored only as hashes. A grant remembers its last
 //! [`SPENT_REFRESH_KEPT`] spent refresh hashes, so presenting one again is recognised as
@@ -26,6 +27,7 @@ const CLIENT: u8 = b'c';
 const GRANT: u8 = b'g';
 const REFRESH: u8 = b'r';
 const ACCESS: u8 = b'a';
+const ENDED: u8 = b'e';
 const CURRENT: u8 = b'c';
 const SPENT: u8 = b's';
 /// How many spent refresh hashes a grant remembers for reuse detection.
@@ -54,6 +56,36 @@ pub struct ApprovedScope {
     pub read_only: bool,
     /// Lifetime of each access token, capped by the approver's expiry.
     pub lifetime_seconds: u64,
+    /// Whether the person ticked "manage tokens": without it every token the grant mints
+    /// denies [`crate::service::MANAGEMENT_TOOLS`]. Grants approved before the choice existed
+    /// keep what they were approved with (an empty Tools field then meant every tool).
+    #[serde(default = "approved_before_the_choice")]
+    pub manage: bool,
+}
+
+fn approved_before_the_choice() -> bool {
+    true
+}
+
+impl ApprovedScope {
+    /// What `self` and `added` allow together: a second consent for the same client and
+    /// approver adds to its grant (scope step-up). Read-only only if both are; the lifetime is
+    /// the newer approval's.
+    pub fn joined(&self, added: &ApprovedScope) -> ApprovedScope {
+        fn union(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> Option<Vec<String>> {
+            let (a, b) = (a.as_ref()?, b.as_ref()?);
+            let mut all = a.clone();
+            all.extend(b.iter().filter(|item| !a.contains(item)).cloned());
+            Some(all)
+        }
+        ApprovedScope {
+            buckets: union(&self.buckets, &added.buckets),
+            tools: union(&self.tools, &added.tools),
+            read_only: self.read_only && added.read_only,
+            lifetime_seconds: added.lifetime_seconds,
+            manage: self.manage || added.manage,
+        }
+    }
 }
 
 /// One client's standing authorisation: who approved it, what it may mint, its current access
@@ -79,6 +111,9 @@ pub struct Grant {
     /// [`PREVIOUS_KEPT`]): a session opened with one of them may carry on with the current one.
     #[serde(default)]
     pub previous: Vec<TokenId>,
+    /// When a person last approved it (a consent that added to it), if after `created_at`.
+    #[serde(default)]
+    pub approved_at: Option<Timestamp>,
 }
 
 /// What a refresh token's hash names.
@@ -86,7 +121,24 @@ pub enum RefreshLookup {
     Current(Grant),
     /// A refresh token already exchanged: its grant is compromised.
     Spent(Grant),
+    /// The last refresh token of a grant that was ended, and why: the connector is told so
+    /// rather than "unknown refresh token".
+    Ended(EndedGrant),
 }
+
+/// What remains of an ended grant under its last refresh token's hash, until that token would
+/// have expired: enough to tell the connector why it must ask for consent again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndedGrant {
+    pub client_id: String,
+    pub reason: String,
+    pub ended_at: Timestamp,
+    /// When the refresh token would have expired: the entry is pruned after.
+    pub until: Timestamp,
+}
+
+/// Most ended-grant entries kept; past it, the ones closest to expiry go first.
+pub const ENDED_KEPT: usize = 10_000;
 
 /// BLAKE3 of a refresh token: the only form in which it is stored.
 pub fn refresh_hash(token: &str) -> [u8; 32] {
@@ -116,7 +168,13 @@ impl Grant {
             refresh_hash: refresh_hash(refresh_token),
             spent: Vec::new(),
             previous: Vec::new(),
+            approved_at: None,
         }
+    }
+
+    /// When a person last approved this grant: what rotating its approver is compared with.
+    pub fn last_approved(&self) -> Timestamp {
+        self.approved_at.unwrap_or(self.created_at)
     }
 
     fn key(&self) -> Vec<u8> {
@@ -240,6 +298,20 @@ impl OAuthStore {
             .collect()
     }
 
+    /// The grant `grant_id` of `client_id`.
+    pub fn grant(&self, client_id: &str, grant_id: &str) -> Result<Option<Grant>> {
+        self.grant_at(&grant_key(client_id, grant_id))
+    }
+
+    /// The most recent grant `approver` gave `client_id`, if any.
+    pub fn grant_of_approver(&self, client_id: &str, approver: &TokenId) -> Result<Option<Grant>> {
+        Ok(self
+            .grants_of(client_id)?
+            .into_iter()
+            .filter(|g| g.approver == *approver)
+            .max_by_key(|g| g.created_at))
+    }
+
     fn grant_at(&self, key: &[u8]) -> Result<Option<Grant>> {
         self.tree.get(key)?.map(|v| decode("grant", &v)).transpose()
     }
@@ -262,8 +334,14 @@ impl OAuthStore {
 
     /// The grant a refresh token belongs to, and whether that token is its current one.
     pub fn grant_by_refresh(&self, token: &str) -> Result<Option<RefreshLookup>> {
-        let Some(entry) = self.tree.get(prefixed(REFRESH, &refresh_hash(token)))? else {
-            return Ok(None);
+        let hash = refresh_hash(token);
+        let Some(entry) = self.tree.get(prefixed(REFRESH, &hash))? else {
+            return Ok(self
+                .tree
+                .get(prefixed(ENDED, &hash))?
+                .map(|v| decode("ended grant", &v))
+                .transpose()?
+                .map(RefreshLookup::Ended));
         };
         let Some((&state, key)) = entry.split_first() else {
             return Err(StoreError::Corrupt("empty oauth refresh entry".into()));
@@ -332,12 +410,86 @@ impl OAuthStore {
         Ok(updated)
     }
 
-    /// Forgets a grant: its refresh tokens (current and spent) stop being recognised.
-    pub fn remove_grant(&self, grant: &Grant) -> Result<()> {
+    /// Records a new consent for a grant (scope step-up): its scope, access token and refresh
+    /// token are replaced. The old refresh token is forgotten, not marked spent (the client
+    /// did not use it: presenting it later is not a theft), and the old access token joins
+    /// `previous`, so a session it opened carries on with the new one.
+    pub fn replace(
+        &self,
+        grant: &Grant,
+        scope: ApprovedScope,
+        access_token: TokenId,
+        refresh_token: &str,
+        refresh_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Grant> {
+        let key = grant.key();
+        let mut updated = grant.clone();
+        let mut batch = sled::Batch::default();
+        batch.remove(prefixed(REFRESH, &grant.refresh_hash));
+        updated.refresh_hash = refresh_hash(refresh_token);
+        batch.insert(
+            prefixed(REFRESH, &updated.refresh_hash),
+            [&[CURRENT][..], &key].concat(),
+        );
+        batch.remove(prefixed(ACCESS, grant.access_token.as_str().as_bytes()));
+        batch.insert(
+            prefixed(ACCESS, access_token.as_str().as_bytes()),
+            key.clone(),
+        );
+        updated.previous.push(grant.access_token.clone());
+        if updated.previous.len() > PREVIOUS_KEPT {
+            updated.previous.remove(0);
+        }
+        updated.scope = scope;
+        updated.access_token = access_token;
+        updated.approved_at = Some(now);
+        updated.refreshed_at = Some(now);
+        updated.refresh_expires_at = refresh_expires_at;
+        batch.insert(key, encode(&updated));
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        Ok(updated)
+    }
+
+    /// Ends a grant: its refresh tokens (current and spent) stop working, and its current
+    /// refresh token is remembered as ended with `reason` (until it would have expired, at most
+    /// [`ENDED_KEPT`] such entries), so the connector learns why.
+    pub fn end_grant(&self, grant: &Grant, reason: &str, now: Timestamp) -> Result<()> {
         let mut batch = sled::Batch::default();
         remove_grant_entries(&mut batch, grant);
+        let ended = EndedGrant {
+            client_id: grant.client_id.clone(),
+            reason: reason.to_owned(),
+            ended_at: now,
+            until: grant.refresh_expires_at,
+        };
+        if ended.until > now {
+            batch.insert(prefixed(ENDED, &grant.refresh_hash), encode(&ended));
+        }
+        self.prune_ended(&mut batch, now)?;
         self.tree.apply_batch(batch)?;
         self.flush()
+    }
+
+    /// Removes ended-grant entries past their time, and the ones closest to it beyond
+    /// [`ENDED_KEPT`]. Grants end rarely (a person's action, a reuse), so a scan is fine.
+    fn prune_ended(&self, batch: &mut sled::Batch, now: Timestamp) -> Result<()> {
+        let mut live = Vec::new();
+        for entry in self.tree.scan_prefix([ENDED]) {
+            let (key, value) = entry?;
+            match decode::<EndedGrant>("ended grant", &value) {
+                Ok(ended) if ended.until > now => live.push((ended.until, key)),
+                _ => batch.remove(key),
+            }
+        }
+        if live.len() >= ENDED_KEPT {
+            live.sort();
+            for (_, key) in &live[..=live.len() - ENDED_KEPT] {
+                batch.remove(key.clone());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -444,13 +596,33 @@ mod tests {
             oauth.grant_by_access_token(&new_access).unwrap(),
             Some(g2.clone())
         );
-        oauth.remove_grant(&g2).unwrap();
+        oauth.end_grant(&g2, "test", Timestamp::now()).unwrap();
         assert!(oauth.grant_by_refresh("first").unwrap().is_none());
         assert!(oauth.grant_by_refresh("second").unwrap().is_none());
         assert!(oauth.grant_by_access_token(&new_access).unwrap().is_none());
         assert_eq!(oauth.tree.len(), 0, "nothing of the grant is left");
         // The token store proper is untouched: backups see none of this.
         assert!(store.is_blank());
+    }
+
+    #[test]
+    fn an_ended_grant_says_why_until_its_refresh_token_would_have_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let oauth = store.oauth().unwrap();
+        let now = Timestamp::now();
+        let mut g = grant(&oauth, "live");
+        g.refresh_expires_at = now.plus_seconds(60).unwrap();
+        oauth.end_grant(&g, "approver revoked", now).unwrap();
+        match oauth.grant_by_refresh("live").unwrap() {
+            Some(RefreshLookup::Ended(ended)) => assert_eq!(ended.reason, "approver revoked"),
+            _ => panic!("the ended grant is not remembered"),
+        }
+        // Pruned once its refresh token would have expired (at the next grant's end).
+        let later = now.plus_seconds(61).unwrap();
+        let other = grant(&oauth, "other");
+        oauth.end_grant(&other, "x", later).unwrap();
+        assert!(oauth.grant_by_refresh("live").unwrap().is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 
 pub mod installs;
+pub mod oauth;
 pub mod plain;
 pub mod raw_http;
 

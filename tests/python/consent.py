@@ -95,6 +95,8 @@ class Consent:
     location: str
     params: dict[str, list[str]]
     wrong_approver_error: str | None
+    # What the confirmation page listed as new, when the approval added to a grant.
+    added: str | None = None
 
 
 async def approve(
@@ -105,9 +107,12 @@ async def approve(
     tools: str | None = None,
     buckets: str | None = None,
     try_wrong_approver_first: bool = False,
+    confirm: str | None = None,
 ) -> Consent:
     """Loads the consent page, checks what every consent page must show and send, fills it and
-    approves. `tools`/`buckets` replace the prefilled fields when given. Raises ConsentRefused
+    approves. `tools`/`buckets` replace the prefilled fields when given. When the approver
+    already approved this client, the page asks whether to add to that grant: `confirm` ("add"
+    or "separate") answers it (without it, that page fails the check). Raises ConsentRefused
     when the page answers the approval with #error."""
     query = parse_qs(urlsplit(authorization_url).query)
     requested_scope = query.get("scope", [""])[0].split()
@@ -160,6 +165,14 @@ async def approve(
             wrong_error = form.error
 
         answer = await browser.post(action, data=submit(form, approver))
+        added = None
+        if answer.status_code == 200 and "added_scope" in read_page(answer).ids:
+            check(confirm is not None, f"unexpected confirmation page: {answer.text[:300]}")
+            confirmation = read_page(answer)
+            added = answer.text.split('id="added_scope"', 1)[1].split("</ul>", 1)[0]
+            data = dict(confirmation.fields)
+            data["confirm"] = confirm
+            answer = await browser.post(action, data=data)
         if answer.status_code == 200:
             refused = read_page(answer)
             check("error" in refused.ids, f"an approval answered 200 shows #error: {answer.text[:300]}")
@@ -170,7 +183,9 @@ async def approve(
         params = parse_qs(urlsplit(location).query)
         check(params.get("state") == query.get("state"), f"the state comes back: {location}")
         check("code" in params and "error" not in params, f"a code: {location}")
-        return Consent(page=form, location=location, params=params, wrong_approver_error=wrong_error)
+        return Consent(
+            page=form, location=location, params=params, wrong_approver_error=wrong_error, added=added
+        )
 
 
 async def browse(authorization_url: str) -> None:

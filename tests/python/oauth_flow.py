@@ -1,9 +1,10 @@
 """A claude.ai-style connector flow driven by the official MCP Python SDK's OAuth client.
 
-Usage: oauth_flow.py URL ADMIN_TOKEN MODE SECRETS_FILE. URL is the server's /mcp endpoint; MODE is
-the SDK's connect mode ("auto" or "legacy"); SECRETS_FILE receives, as a JSON list, every secret
-the flow saw (approver, codes, access and refresh tokens), for the caller to look for in the
-server's log. The script plays both the connector (the SDK's
+Usage: oauth_flow.py URL ADMIN_TOKEN MODE SECRETS_FILE [CLIENT_METADATA_URL]. URL is the server's
+/mcp endpoint; MODE is the SDK's connect mode ("auto" or "legacy"); SECRETS_FILE receives, as a
+JSON list, every secret the flow saw (approver, codes, access and refresh tokens), for the caller
+to look for in the server's log. With CLIENT_METADATA_URL the SDK names itself by that client
+metadata document (its client_id) instead of registering (tests/oauth_cimd.rs). The script plays both the connector (the SDK's
 `OAuthClientProvider`, which discovers, registers, exchanges and refreshes by itself) and the
 person at the consent page (a cookie-keeping HTTP client that reads the form, pastes an approver
 token and approves). Exits non-zero with a message on the first failure.
@@ -24,6 +25,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAu
 from consent import ConsentRefused, Failed, approve, check
 
 MODE = sys.argv[3]
+CLIENT_METADATA_URL = sys.argv[5] if len(sys.argv) > 5 else None
 CLIENT_NAME = "tokenwarden python sdk test"
 # Never listened on: the person's "browser" reads the code from the redirect's Location.
 REDIRECT_URI = "http://127.0.0.1:47813/callback"
@@ -74,6 +76,9 @@ class Person:
         self.codes: list[str] = []
         self.visits = 0
         self.requested_scope: list[str] = []
+        # Set for the visit a scope step-up causes: the person adds what the page prefills.
+        self.step_up = False
+        self.added: str | None = None
 
     async def redirect_handler(self, authorization_url: str) -> None:
         self.visits += 1
@@ -82,14 +87,23 @@ class Person:
         check(query.get("code_challenge_method") == ["S256"], f"the SDK asks for S256: {query}")
         check(query.get("redirect_uri") == [REDIRECT_URI], f"redirect_uri: {query}")
         self.requested_scope = query.get("scope", [""])[0].split()
-        consent = await approve(
-            authorization_url,
-            self.approver_secret,
-            client_name=CLIENT_NAME,
-            tools=" ".join(GRANTED_TOOLS),
-            buckets="docs",
-            try_wrong_approver_first=self.visits == 1,
-        )
+        if self.step_up:
+            # The SDK asks for what it was granted and what the 403 named; the person approves
+            # the prefilled fields and adds them to the connector's grant.
+            self.step_up = False
+            consent = await approve(
+                authorization_url, self.approver_secret, client_name=CLIENT_NAME, confirm="add"
+            )
+            self.added = consent.added
+        else:
+            consent = await approve(
+                authorization_url,
+                self.approver_secret,
+                client_name=CLIENT_NAME,
+                tools=" ".join(GRANTED_TOOLS),
+                buckets="docs",
+                try_wrong_approver_first=self.visits == 1,
+            )
         if consent.wrong_approver_error:
             print(f"a wrong approver reads: {consent.wrong_approver_error}")
         params = consent.params
@@ -151,6 +165,7 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
         storage=storage,
         redirect_handler=person.redirect_handler,
         callback_handler=person.callback_handler,
+        client_metadata_url=CLIENT_METADATA_URL,
     )
     seen: list[str] = []
 
@@ -176,10 +191,15 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
                 "POST /oauth/register 201",
                 "POST /oauth/token 200",
             ]
+            if CLIENT_METADATA_URL is not None:
+                # Named by its document: nothing registered.
+                wanted.remove("POST /oauth/register 201")
             check(seen[: len(wanted)] == wanted, f"the SDK's requests begin with {wanted}: {seen}")
             check(person.visits == 1, "one consent")
             client_info = storage.client_info
             first = storage.tokens
+            if CLIENT_METADATA_URL is not None:
+                check(client_info.client_id == CLIENT_METADATA_URL, f"client_id: {client_info.client_id}")
             check(client_info is not None and first is not None, "the SDK stored a client and tokens")
             check(first.refresh_token is not None, "a refresh token was issued")
             check(first.expires_in is not None and 0 < first.expires_in <= 3600, f"expires_in: {first.expires_in}")
@@ -210,6 +230,24 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
             check(again["parent_id"] == approver["id"], f"the refreshed token is a child of the approver: {again}")
             print(f"the access token from before the refresh still works: {await works(url, first.access_token)}")
 
+            # Scope step-up: a tool the grant lacks but the approver holds answers 403
+            # insufficient_scope; the SDK sends the person back to the consent page with that scope,
+            # the person adds it to the grant, and the SDK retries with the new token.
+            seen.clear()
+            person.step_up = True
+            failed, stepped = await call(connector, "list_tokens", {})
+            check(not failed, f"list_tokens after the step-up: {stepped}")
+            check("POST /mcp 403" in seen, f"the call met a 403 first: {seen}")
+            check("tool:list_tokens" in person.requested_scope, f"the SDK asked for it: {person.requested_scope}")
+            check(person.added is not None and "tool list_tokens" in person.added, f"new: {person.added}")
+            check(person.visits == 2, f"a second consent: {person.visits}")
+            third = storage.tokens
+            check(third.access_token != second.access_token, "the step-up issued a new access token")
+            check(not await works(url, second.access_token), "the token the step-up replaced stops")
+            failed, me3 = await call(connector, "whoami", {})
+            check(not failed and me3["parent_id"] == approver["id"], f"still a child of the approver: {me3}")
+            print("requests of the step-up:", ", ".join(seen))
+
             # Revoking the approver cuts the connector off on its next request: the SDK meets a 401,
             # goes back to the consent page, and the revoked approver cannot approve again.
             revoked = await admin_call(url, admin, "revoke_token", {"id": approver["id"]})
@@ -226,7 +264,7 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
             raise
     print(f"after revocation the consent page says: {refusal}")
     check(seen[:1] == ["POST /mcp 401"], f"the next request met a 401: {seen}")
-    check(person.visits == 2, f"the SDK went back to the consent page: {person.visits}")
+    check(person.visits == 3, f"the SDK went back to the consent page: {person.visits}")
 
     # The same secret over plain HTTP: a 401 that points at the resource metadata.
     async with httpx2.AsyncClient(timeout=30) as raw:
@@ -255,9 +293,11 @@ async def main(url: str, admin: str, secrets_file: str) -> None:
         check("resource_metadata=" in challenge, f"the 401 names the resource metadata: {challenge}")
     seen_secrets = [approver["token"], *person.codes]
     seen_secrets += [first.access_token, first.refresh_token, second.access_token, second.refresh_token]
+    seen_secrets += [third.access_token, third.refresh_token]
     with open(secrets_file, "w") as out:
         json.dump(seen_secrets, out)
-    print(f"python sdk oauth flow ({MODE}): ok")
+    how = "cimd" if CLIENT_METADATA_URL else MODE
+    print(f"python sdk oauth flow ({how}): ok")
 
 
 if __name__ == "__main__":
