@@ -364,6 +364,10 @@ try {
   await page.click('#use-session');
   await page.locator('#console-approve').waitFor();
   await page.click('#approve-as-session');
+  // The same approver already approved this client: the step-up page asks Add or Separate.
+  await page.locator('#separate').waitFor();
+  await shot(page, 'console-consent-step-up');
+  await page.click('#separate');
   await page.waitForURL((url) => url.href.startsWith(redirectUri));
   out.consent_via_link_token = await exchange(new URL(page.url()).searchParams.get('code'), viaLink.verifier);
   // Remove a client from the OAuth page, behind a confirmation naming its grants.
