@@ -219,6 +219,11 @@ async fn the_console_is_served_locked_down_and_signs_in_to_a_strict_httponly_coo
     let (status, me) = browser.get("/v1/whoami").await;
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["admin"], true);
+    // The log is written behind the answer: wait for the sign-in's line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.stderr().contains("console sign-in") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let log = server.stderr();
     assert!(
         log.contains(&format!("web console at http://{}/console", server.addr)),
@@ -264,6 +269,21 @@ async fn the_cookie_without_the_csrf_token_and_origin_is_refused() {
         }
         headers
     };
+    // The cookie alone never yields the CSRF token: cookies reach every port of a host, so
+    // another server on this machine may hold the cookie (a review took a session that way).
+    let (status, body, _) = browser
+        .send(
+            reqwest::Method::GET,
+            "/console/session",
+            with(&[("cookie", &cookie)]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!body.to_string().contains(&csrf), "{body}");
+    let (status, body) = browser.get("/console/session").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("csrf").is_none(), "{body}");
     let refused = [
         (
             "no CSRF token",

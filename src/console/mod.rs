@@ -4,8 +4,9 @@
 //! - `/console`: one HTML page, its stylesheet and its script, compiled into the binary
 //!   (`assets/`); no external asset, CSP `default-src 'self'`, framing forbidden. The script
 //!   builds every element with `textContent`, never HTML from data.
-//! - `/console/session`: sign-in (`POST`, the secret posted once), the session's CSRF token
-//!   for a reloaded page (`GET`), sign-out (`DELETE`). `session` holds the sessions; the REST
+//! - `/console/session`: sign-in (`POST`, the secret posted once; the answer holds the
+//!   session's CSRF token, which the page keeps in its origin's storage), who the session is
+//!   (`GET`, with that token: the cookie alone learns nothing), sign-out (`DELETE`). `session` holds the sessions; the REST
 //!   check (`rest::auth`) accepts a session's cookie with its CSRF token as that session's
 //!   token, so the console's every action meets the one decision path a bearer meets.
 
@@ -140,19 +141,21 @@ pub fn refused(sessions: &Sessions, why: &Refusal) -> Response {
     response
 }
 
-/// `GET /console/session`: who the session is and its CSRF token, for a page that was
-/// reloaded (the script keeps the token only in memory).
+/// `GET /console/session` with the session's CSRF token: who the session is, for a page that
+/// was reloaded (the script keeps the token from its sign-in in its origin's storage).
 async fn session_info(
     State(console): State<Console>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
+    // The CSRF token is never handed out again: cookies reach every port of a host, so the
+    // cookie alone must not be enough to learn it (the page keeps it from its sign-in).
     match console
         .sessions
-        .check(&console.service, &Method::GET, &headers, ip, true)
+        .check(&console.service, &Method::GET, &headers, ip, false)
     {
-        Ok((token, csrf)) => answer(StatusCode::OK, &json!({"token_id": token, "csrf": csrf})),
+        Ok((token, _)) => answer(StatusCode::OK, &json!({"token_id": token})),
         Err(why) => refused(&console.sessions, &why),
     }
 }

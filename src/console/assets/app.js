@@ -79,8 +79,22 @@ async function api(method, path, body) {
 
 // ---- sign-in and sign-out -------------------------------------------------------------
 
+// The CSRF token lives in this origin's storage (scheme, host and port), never in a cookie:
+// cookies reach every port of a host, so another server on this machine could read or plant
+// one; the token it would need stays here.
+const CSRF_KEY = 'tokenwarden.console.csrf';
+function keepCsrf(value) {
+  state.csrf = value;
+  try {
+    if (value) localStorage.setItem(CSRF_KEY, value); else localStorage.removeItem(CSRF_KEY);
+  } catch { /* storage refused: this tab keeps it in memory */ }
+}
+function storedCsrf() {
+  try { return localStorage.getItem(CSRF_KEY); } catch { return null; }
+}
+
 function signedOut(message) {
-  state.csrf = null; state.me = null; state.tokens.clear(); state.children.clear();
+  keepCsrf(null); state.me = null; state.tokens.clear(); state.children.clear();
   state.loaded = false;
   $('nav').hidden = true;
   $('view').hidden = true;
@@ -107,7 +121,7 @@ async function signIn(event) {
       input.focus();
       return;
     }
-    state.csrf = value.csrf;
+    keepCsrf(value.csrf);
     await started();
   } catch (error) {
     notice(`sign-in failed: ${error.message}`, true);
@@ -744,9 +758,14 @@ $('sign-in-form').addEventListener('submit', signIn);
 $('sign-out').addEventListener('click', signOut);
 
 (async () => {
-  const response = await fetch('/console/session', { credentials: 'same-origin' });
-  if (response.ok) {
-    state.csrf = (await response.json()).csrf;
+  // A reloaded page carries on with the token kept at sign-in; the server checks it with the
+  // cookie on every request.
+  const csrf = storedCsrf();
+  const response = csrf
+    ? await fetch('/console/session', { credentials: 'same-origin', headers: { 'X-CSRF-Token': csrf } })
+    : null;
+  if (response && response.ok) {
+    state.csrf = csrf;
     try { await started(); } catch (error) { failed(error); }
   } else {
     signedOut('');
