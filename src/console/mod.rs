@@ -231,7 +231,14 @@ async fn sign_in(
     if let Some(previous) = console.sessions.cookie(&headers) {
         console.sessions.sign_out(previous);
     }
-    let Some(signed_in) = console.sessions.sign_in(token, &secret, Instant::now()) else {
+    let lineage = console
+        .service
+        .lineage_root(&token)
+        .unwrap_or_else(|| token.clone());
+    let Some(signed_in) = console
+        .sessions
+        .sign_in((token, lineage), &secret, Instant::now())
+    else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "invalid_argument",

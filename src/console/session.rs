@@ -51,6 +51,8 @@ pub enum Refusal {
 
 struct Session {
     token: TokenId,
+    /// Its token's lineage root: who gives way when the table is full.
+    lineage: TokenId,
     secret_hash: SecretHash,
     csrf: String,
     signed_in: Instant,
@@ -226,7 +228,12 @@ impl Sessions {
     }
 
     /// Starts a session for `secret`, which has just authenticated as `token`.
-    pub fn sign_in(&self, token: TokenId, secret: &str, now: Instant) -> Option<SignedIn> {
+    pub fn sign_in(
+        &self,
+        (token, lineage): (TokenId, TokenId),
+        secret: &str,
+        now: Instant,
+    ) -> Option<SignedIn> {
         let secret_hash = Secret::hash_presented(secret).ok()?;
         let cookie_value = random_token();
         let csrf = random_token();
@@ -243,19 +250,32 @@ impl Sessions {
         {
             table.sessions.remove(oldest);
         }
-        if table.sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = table
+        // Full: the least recently used session of the lineage holding the most gives way, so
+        // a token minting children to sign them in pushes out its own lineage's, no one else's.
+        if table.sessions.len() >= MAX_SESSIONS {
+            let mut held: HashMap<&TokenId, usize> = HashMap::new();
+            for s in table.sessions.values() {
+                *held.entry(&s.lineage).or_default() += 1;
+            }
+            let greedy = held
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(lineage, _)| lineage.clone());
+            let oldest = table
                 .sessions
                 .iter()
+                .filter(|(_, s)| Some(&s.lineage) == greedy.as_ref())
                 .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| *k)
-        {
-            table.sessions.remove(&oldest);
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                table.sessions.remove(&oldest);
+            }
         }
         table.sessions.insert(
             key(&cookie_value),
             Session {
                 token: token.clone(),
+                lineage,
                 secret_hash,
                 csrf: csrf.clone(),
                 signed_in: now,
@@ -428,13 +448,30 @@ mod tests {
         let now = Instant::now();
         let token = TokenId::generate();
         for _ in 0..MAX_SESSIONS_PER_TOKEN + 3 {
-            sessions.sign_in(token.clone(), secret.expose(), now);
+            sessions.sign_in((token.clone(), token.clone()), secret.expose(), now);
         }
         assert_eq!(sessions.count(), MAX_SESSIONS_PER_TOKEN);
-        for _ in 0..MAX_SESSIONS + 10 {
-            sessions.sign_in(TokenId::generate(), secret.expose(), now);
+        // One lineage signing in many children fills the table, then pushes out its own.
+        let flooder = TokenId::generate();
+        for i in 0..MAX_SESSIONS + 10 {
+            let later = now + Duration::from_millis(1 + i as u64);
+            sessions.sign_in(
+                (TokenId::generate(), flooder.clone()),
+                secret.expose(),
+                later,
+            );
         }
         assert_eq!(sessions.count(), MAX_SESSIONS);
+        assert_eq!(
+            sessions
+                .table()
+                .sessions
+                .values()
+                .filter(|s| s.token == token)
+                .count(),
+            MAX_SESSIONS_PER_TOKEN,
+            "another lineage's sessions, older, all kept"
+        );
     }
 
     #[test]
