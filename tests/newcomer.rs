@@ -598,6 +598,7 @@ fn the_readme_test_command_is_the_one_ci_runs_and_installs_what_the_readme_lists
         "apt-get install",
         "chromium",
         "prometheus",
+        "openssl",
         "TOKENWARDEN_REQUIRE_PROMETHEUS=1",
     ] {
         assert!(script.contains(installed), ".ci/run installs {installed}");
@@ -608,6 +609,7 @@ fn the_readme_test_command_is_the_one_ci_runs_and_installs_what_the_readme_lists
         "Node 20",
         "`chromium`",
         "`prometheus`",
+        "`openssl`",
     ] {
         assert!(
             section.contains(prerequisite),
