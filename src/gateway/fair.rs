@@ -316,6 +316,36 @@ mod tests {
             .ok()
     }
 
+    #[tokio::test]
+    async fn a_freed_slot_is_granted_once_never_past_the_upstream_s_slots() {
+        let share = FairShare::with_slots(2, 2);
+        let (a, b) = (lineage("a"), lineage("b"));
+        let mut held = vec![
+            share.acquire(Arc::clone(&a)).await.unwrap(),
+            share.acquire(Arc::clone(&a)).await.unwrap(),
+        ];
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let (share, b) = (Arc::clone(&share), Arc::clone(&b));
+                tokio::spawn(async move { share.acquire(b).await.map(drop_later) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        held.pop();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = waiting.iter().filter(|w| w.is_finished()).count();
+        assert_eq!(started, 1, "one slot freed, one call started");
+        assert_eq!(share.lock().total, 2);
+        for w in waiting {
+            w.abort();
+        }
+    }
+
+    /// Keeps a granted slot for the rest of the test.
+    fn drop_later(slot: Slot) {
+        std::mem::forget(slot);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lineage_s_waiting_calls_start_when_its_penalty_ends() {
         let share = FairShare::with_slots(8, 4);
