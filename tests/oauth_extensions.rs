@@ -916,6 +916,54 @@ async fn rotating_an_approver_ends_the_connectors_it_approved() {
         "only the ordinary child is left: {live}"
     );
     assert_eq!(token_count(&admin).await, before, "nothing minted");
+
+    // A second consent checked before a rotation and decided after it (the page that asks
+    // Add or Separate needs no secret) yields nothing either (a review got a connector that
+    // way with a leaked secret after the owner rotated it with grace 0).
+    let newest = rotated_secret(&admin, &alice_id).await;
+    grant(&base, &client_id, &newest, &[]).await;
+    let (verifier, challenge) = pkce();
+    let page = open_page(&base, &client_id, &challenge, &[]).await;
+    let asked = approve(&base, &page, &newest, &[]).await;
+    assert_eq!(
+        asked.status(),
+        StatusCode::OK,
+        "the page asks Add or Separate"
+    );
+    ok(
+        &admin,
+        "rotate_token",
+        json!({"id": alice_id, "grace_seconds": 0}),
+    )
+    .await;
+    let before = token_count(&admin).await;
+    let decided = decide_again(&base, &page, "separate").await;
+    let outcome = if decided.status() == StatusCode::SEE_OTHER {
+        let code = redirected(&decided)["code"].clone();
+        token_request(
+            &base,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", &client_id),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await
+        .1["error"]
+            .clone()
+    } else {
+        json!(decided.status().as_u16())
+    };
+    assert_eq!(outcome, "invalid_grant", "refused at the exchange");
+    assert_eq!(token_count(&admin).await, before, "nothing minted");
+}
+
+/// Rotates `id` (grace 0) and returns its new secret.
+async fn rotated_secret(admin: &common::Client, id: &str) -> String {
+    let rotated = ok(admin, "rotate_token", json!({"id": id, "grace_seconds": 0})).await;
+    rotated["token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -613,7 +613,16 @@ pub(super) async fn grant_or_confirm(
         }
     };
     let Some(current) = existing else {
-        return issue_code(oauth, request_id, pending, approver, scope, None).await;
+        let checked_at = crate::timestamp::Timestamp::now();
+        return issue_code(
+            oauth,
+            request_id,
+            pending,
+            (approver, checked_at),
+            scope,
+            None,
+        )
+        .await;
     };
     let joined = current.scope.joined(&scope);
     let checked = {
@@ -637,6 +646,7 @@ pub(super) async fn grant_or_confirm(
     }
     let confirming = Confirming {
         approver,
+        checked_at: crate::timestamp::Timestamp::now(),
         scope: joined,
         chosen: scope,
         current: current.scope.clone(),
@@ -663,6 +673,9 @@ pub(super) async fn grant_or_confirm(
 #[derive(Clone)]
 pub(super) struct Confirming {
     approver: crate::secret::TokenId,
+    /// When the approver's secret (or session) was last checked: the approval's time, so a
+    /// rotation between this page and the person's choice ends what the choice approves.
+    checked_at: crate::timestamp::Timestamp,
     /// The grant's scope once confirmed: the current one joined with the new choice.
     scope: ApprovedScope,
     /// The new choice alone (for a separate grant).
@@ -754,7 +767,7 @@ async fn confirm(
         &oauth,
         request_id,
         &pending,
-        confirming.approver,
+        (confirming.approver, confirming.checked_at),
         confirming.scope,
         adds.then_some(confirming.grant_id),
     )
@@ -768,7 +781,7 @@ pub(super) async fn issue_code(
     oauth: &Arc<OAuth>,
     request_id: &str,
     pending: &PendingRequest,
-    approver: crate::secret::TokenId,
+    (approver, approved_at): (crate::secret::TokenId, crate::timestamp::Timestamp),
     scope: ApprovedScope,
     replaces: Option<String>,
 ) -> Response {
@@ -792,7 +805,7 @@ pub(super) async fn issue_code(
         approver: approver.clone(),
         scope: scope.clone(),
         replaces: replaces.clone(),
-        approved_at: crate::timestamp::Timestamp::now(),
+        approved_at,
     };
     lock(&oauth.codes).insert(
         code_key(&code),
