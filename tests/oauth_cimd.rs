@@ -302,7 +302,22 @@ async fn documents_are_never_fetched_from_loopback_private_or_metadata_addresses
         let (status, html) = page_for(&base, &url).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}");
         assert!(html.contains("not a public address"), "{url}: {html}");
+        // What a name resolved to stays in the server's log, not on the page.
+        if url.contains("localhost") {
+            assert!(!html.contains("127.0.0.1"), "{url}: {html}");
+        }
     }
+    // URLs that could never be fetched cost no fetch budget (20 a minute per address): a
+    // flood of them left the next real fetch refused for a minute, for everyone at 120.
+    for _ in 0..25 {
+        let (status, _) = page_for(&base, "https://x/").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (_, html) = page_for(&base, "https://10.9.9.9/client.json").await;
+    assert!(
+        html.contains("not a public address"),
+        "still fetched: {html}"
+    );
     for (url, says) in [
         (format!("https://127.0.0.1:{port}/"), "must have a path"),
         (

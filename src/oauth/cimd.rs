@@ -164,6 +164,8 @@ impl Documents {
         if let Some(verified) = self.cached(url) {
             return Ok(verified);
         }
+        // A URL that could never be fetched costs no one's budget.
+        checked_url(url)?;
         lock(&self.rate).take(peer, Instant::now()).map_err(|_| {
             "too many client metadata documents fetched lately; retry in a minute".to_owned()
         })?;
@@ -207,7 +209,10 @@ impl Documents {
             url::Host::Domain(name) => {
                 let found = tokio::net::lookup_host((name, port))
                     .await
-                    .map_err(|_| format!("{shown} cannot be resolved"))?;
+                    .map_err(|e| {
+                        tracing::info!(host = %shown, "a client metadata document's host cannot be resolved: {e}");
+                        format!("{shown} cannot be fetched from")
+                    })?;
                 (Some(name.to_owned()), found.map(|a| a.ip()).collect())
             }
             url::Host::Ipv4(v4) => (None, vec![IpAddr::V4(v4)]),
@@ -220,9 +225,11 @@ impl Documents {
         let allowed = |ip: IpAddr| is_public(ip) || (self.allow_loopback && is_loopback(ip));
         if let Some(bad) = addresses.iter().find(|ip| !allowed(**ip)) {
             tracing::warn!(host = %shown, address = %bad, "refused a client metadata document: not a public address");
+            // The address stays in the log: told to anyone, it would answer questions about
+            // the server's own network (split-horizon names).
             return Err(format!(
-                "{shown} resolves to {bad}, which is not a public address: documents are never \
-                 fetched from loopback, private, link-local or metadata addresses"
+                "{shown} is not a public address: documents are never fetched from loopback, \
+                 private, link-local or metadata addresses"
             ));
         }
         let address = SocketAddr::new(addresses[0], port);
