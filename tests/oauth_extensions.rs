@@ -669,6 +669,53 @@ fn tools_call(name: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_consent_never_undoes_a_narrowing_of_the_grant_s_token() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let (alice, _) = approver(
+        &admin,
+        json!(["whoami", "list_tokens", "get_token", "create_token"]),
+    )
+    .await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[("tools", "whoami get_token")]).await;
+    let (access, child, _) = granted(&server, &tokens).await;
+    // The admin narrows the connector's token: one tool fewer, a rate limit.
+    ok(
+        &admin,
+        "scope_token",
+        json!({"id": child, "tools": ["whoami"]}),
+    )
+    .await;
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "rate_limit_per_minute": 2}),
+    )
+    .await;
+    // A second consent asks for one more tool: no Add (it would mint from the grant's scope
+    // and undo the narrowing: a review got get_token back and the limit gone), a grant of
+    // its own, and the narrowed token unchanged.
+    let (_, challenge) = pkce();
+    let page = open_page(&base, &client_id, &challenge, &[]).await;
+    let answered = approve(&base, &page, &alice, &[("tools", "list_tokens")]).await;
+    assert_eq!(
+        answered.status(),
+        StatusCode::SEE_OTHER,
+        "no Add/Separate page"
+    );
+    let view = ok(&admin, "get_token", json!({"id": child})).await;
+    assert_eq!(view["tools"], json!(["whoami"]), "{view}");
+    assert_eq!(view["rate_limit_per_minute"], 2, "{view}");
+    assert_eq!(
+        mcp_status(&server, &access).await,
+        200,
+        "the narrowed token still works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_connector_steps_up_its_scope_through_the_consent_page() {
     let (_dir, server) = start(&[]);
     let base = base(&server);

@@ -612,7 +612,24 @@ pub(super) async fn grant_or_confirm(
             );
         }
     };
-    let Some(current) = existing else {
+    // The grant's token changed since it was minted (someone narrowed, limited or paused
+    // it): adding to the grant would mint from the grant's scope and undo that, so this
+    // consent makes a grant of its own instead, and the changed token stays as it is.
+    let changed = match &existing {
+        None => false,
+        Some(current) => {
+            let oauth = Arc::clone(oauth);
+            let id = current.access_token.to_string();
+            blocking(move || {
+                oauth
+                    .service
+                    .get_token(&Caller::Owner, crate::service::requests::TokenRef { id })
+                    .is_ok_and(|view| view.updated_at > view.created_at)
+            })
+            .await
+        }
+    };
+    let Some(current) = existing.filter(|_| !changed) else {
         let checked_at = crate::timestamp::Timestamp::now();
         return issue_code(
             oauth,
