@@ -5,7 +5,7 @@
 mod common;
 
 use common::oauth::*;
-use common::{connect_http, ok, tool_names};
+use common::{connect_http, err, ok, tool_names};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -1060,4 +1060,48 @@ async fn a_gateway_tool_outside_the_grant_names_its_bucket_and_tool() {
     // Calls within the grant are untouched.
     let allowed = session_post(&server, access, &session, tools_call("whoami")).await;
     assert_eq!(allowed.status(), StatusCode::OK);
+}
+
+/// The metadata keys introspection reports and step-up trusts (`oauth_client_id`,
+/// `oauth_grant_id`…) are the OAuth server's: a caller can keep them, never set or change one
+/// (a review made introspection report a chosen client_id for a plain child).
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_cannot_set_the_oauth_server_s_metadata() {
+    let (_dir, server) = start(&[]);
+    let base = base(&server);
+    let admin = connect_http(&server.url(), server.admin()).await;
+    let forged = json!({"name": "plain", "metadata": {"oauth_client_id": "https://claude.ai/x"}});
+    let message = err(&admin, "create_token", forged, "invalid_argument").await;
+    assert!(message.contains("oauth_client_id"), "{message}");
+    let plain = ok(&admin, "create_token", json!({"name": "plain"})).await;
+    let id = plain["id"].as_str().unwrap().to_owned();
+    err(
+        &admin,
+        "update_token",
+        json!({"id": id, "metadata": {"oauth_grant_id": "g"}}),
+        "invalid_argument",
+    )
+    .await;
+    // A connector's own keys may be kept as they are (and dropped).
+    let (alice, _) = approver(&admin, json!(["*"])).await;
+    let client_id = register_client(&base, "Claude").await;
+    let tokens = grant(&base, &client_id, &alice, &[]).await;
+    let (_, child, _) = granted(&server, &tokens).await;
+    let view = ok(&admin, "get_token", json!({"id": child})).await;
+    let mut metadata = view["metadata"].clone();
+    metadata["note"] = json!("kept");
+    ok(
+        &admin,
+        "update_token",
+        json!({"id": child, "metadata": metadata}),
+    )
+    .await;
+    metadata["oauth_client_id"] = json!("https://elsewhere.example/x");
+    err(
+        &admin,
+        "update_token",
+        json!({"id": child, "metadata": metadata}),
+        "invalid_argument",
+    )
+    .await;
 }

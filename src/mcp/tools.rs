@@ -241,6 +241,31 @@ fn json<T: Serialize>(value: T) -> Result<Value> {
     Ok(serde_json::to_value(value).expect("results always serialise"))
 }
 
+/// Metadata keys only the OAuth server writes (`oauth_client_id`, `oauth_grant_id`…):
+/// introspection reports them and step-up trusts them, so a caller may keep them as they are
+/// but never set or change one.
+const RESERVED_METADATA_PREFIX: &str = "oauth_";
+
+fn reserved_metadata(
+    requested: Option<&serde_json::Map<String, Value>>,
+    current: Option<&serde_json::Map<String, Value>>,
+) -> Result<()> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    for (key, value) in requested {
+        if key.starts_with(RESERVED_METADATA_PREFIX)
+            && current.and_then(|c| c.get(key)) != Some(value)
+        {
+            return Err(Error::invalid(format!(
+                "metadata keys starting with {RESERVED_METADATA_PREFIX} are the OAuth server's: \
+                 {key} cannot be set or changed"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs tool `name` for `caller`. The caller has already been authorised for the tool.
 pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value) -> Result<Value> {
     match name {
@@ -252,8 +277,26 @@ pub fn dispatch(service: &Service, caller: &Caller, name: &str, arguments: Value
         }
         "list_tokens" => json(service.list_tokens(caller, args(name, arguments)?)?),
         "get_token" => json(service.get_token(caller, args(name, arguments)?)?),
-        "create_token" => json(service.create_token(caller, args(name, arguments)?)?),
-        "update_token" => json(service.update_token(caller, args(name, arguments)?)?),
+        "create_token" => {
+            let request: CreateToken = args(name, arguments)?;
+            reserved_metadata(request.metadata.as_ref(), None)?;
+            json(service.create_token(caller, request)?)
+        }
+        "update_token" => {
+            let request: UpdateToken = args(name, arguments)?;
+            if request.metadata.is_some() {
+                let current = service
+                    .get_token(
+                        caller,
+                        TokenRef {
+                            id: request.id.clone(),
+                        },
+                    )?
+                    .metadata;
+                reserved_metadata(request.metadata.as_ref(), Some(&current))?;
+            }
+            json(service.update_token(caller, request)?)
+        }
         "scope_token" => json(service.scope_token(caller, args(name, arguments)?)?),
         "pause_token" => json(service.pause_token(caller, args(name, arguments)?)?),
         "resume_token" => json(service.resume_token(caller, args(name, arguments)?)?),
