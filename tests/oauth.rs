@@ -5,7 +5,7 @@
 mod common;
 
 use common::oauth::*;
-use common::{Server, bearer, connect_http, ok, raw_initialize, tool_names};
+use common::{Server, bearer, connect_http, err, ok, raw_initialize, tool_names};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -1072,7 +1072,8 @@ async fn a_session_carries_on_with_the_token_a_refresh_issued() {
     // Tokens that do not succeed the session's: refused, and the session stays its owner's.
     assert_eq!(list_in_session(&server, &other, &session).await, 403);
     assert_eq!(list_in_session(&server, &alice, &session).await, 403);
-    // Even when the metadata claims the same grant (metadata is anyone's to edit).
+    // Nor can a token claim the same grant in its metadata: the `oauth_` keys are the OAuth
+    // server's to write (the session check never trusts them either).
     let other_id = ok(
         &connect_http(&server.url(), &other).await,
         "whoami",
@@ -1083,10 +1084,11 @@ async fn a_session_carries_on_with_the_token_a_refresh_issued() {
     let grant_id =
         ok(&admin, "get_token", json!({"id": child})).await["metadata"]["oauth_grant_id"].clone();
     claimed["oauth_grant_id"] = grant_id;
-    ok(
+    err(
         &admin,
         "update_token",
         json!({"id": other_id["id"], "metadata": claimed}),
+        "invalid_argument",
     )
     .await;
     assert_eq!(list_in_session(&server, &other, &session).await, 403);

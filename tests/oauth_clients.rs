@@ -193,19 +193,6 @@ async fn mcp_remote_connects_without_a_header() {
         .expect("start mcp-remote");
     let mut stdin = proxy.stdin.take().unwrap();
     let mut stdout = BufReader::new(proxy.stdout.take().unwrap()).lines();
-    let messages = [
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "stdio-test", "version": "1"}}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-    ];
-    for message in &messages {
-        stdin
-            .write_all(format!("{message}\n").as_bytes())
-            .await
-            .unwrap();
-    }
     let logs = || {
         format!(
             "mcp-remote:\n{}\nbrowser:\n{}",
@@ -213,9 +200,31 @@ async fn mcp_remote_connects_without_a_header() {
             std::fs::read_to_string(&browser_log).unwrap_or_default()
         )
     };
+    // As an MCP client does: initialize, and only once it is answered the rest (mcp-remote
+    // forwards each message as it comes; sent before the session existed, the next ones went
+    // without its id and were refused, under load).
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "stdio-test", "version": "1"}}});
+    let rest = [
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    ];
     let listed = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        stdin
+            .write_all(format!("{initialize}\n").as_bytes())
+            .await
+            .unwrap();
         while let Some(line) = stdout.next_line().await.unwrap() {
             let message: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if message["id"] == json!(1) {
+                for message in &rest {
+                    stdin
+                        .write_all(format!("{message}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            }
             if message["id"] == json!(2) {
                 return message;
             }
