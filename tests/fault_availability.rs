@@ -1258,3 +1258,68 @@ async fn a_refusal_flood_at_capacity_is_paced_for_its_address_only() {
         "{per_second} refusals a second churned through a full table"
     );
 }
+
+/// Review finding: under a flood of silent connections at capacity, a request without a
+/// token whose body was still on its way (an OAuth exchange, a 401 to come) was closed to make
+/// room, oldest first. Idle connections without standing now go before busy ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_flood_never_cuts_off_a_request_on_its_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-connections", "32"]);
+    let addr = server.addr.clone();
+    let seconds = 4;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                while Instant::now() < stop {
+                    if let Ok(mut stream) = TcpStream::connect(&addr).await {
+                        // Silent until the server closes it.
+                        let mut byte = [0u8; 1];
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(500),
+                            stream.read(&mut byte),
+                        )
+                        .await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let outcome = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
+                .ok()?;
+            let mut stream = socket.connect(addr.parse().ok()?).await.ok()?;
+            stream.write_all(head.as_bytes()).await.ok()?;
+            // The body comes half a second after the headers.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stream.write_all(body.as_bytes()).await.ok()?;
+            read_response(&mut stream).await.map(|(status, _)| status)
+        };
+        answered.push(
+            tokio::time::timeout(Duration::from_secs(5), outcome)
+                .await
+                .ok()
+                .flatten(),
+        );
+    }
+    for task in flood {
+        task.abort();
+    }
+    assert!(
+        answered.iter().all(|a| *a == Some(401)),
+        "requests cut off mid-body: {answered:?}"
+    );
+}

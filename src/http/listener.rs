@@ -259,20 +259,33 @@ impl Table {
         }
     }
 
-    /// Closes the oldest connection without standing (idle or busy, never shielded): one
-    /// that has not (yet) had a counted request, or whose last request was refused; false
-    /// when there is none. Oldest first, so a client that just connected has as long as the
-    /// table takes to turn over to send its first request.
+    /// Closes a connection without standing (never shielded): one that has not (yet) had a
+    /// counted request, or whose last request was refused; `None` when there is none. It is
+    /// taken from the address holding the most of them (a flood of silent or refused
+    /// connections from one place gives way before anyone else's request, which may be on its
+    /// way: an OAuth exchange whose body follows its headers, a first request not yet read),
+    /// an idle one before one busy with a request, then the oldest, so a client that just
+    /// connected has as long as its own address's turnover to send its first request.
     fn evict_without_standing(&self) -> Option<Room> {
         let open = self.lock();
-        let victim = open
-            .values()
-            .filter(|c| {
+        let candidates = || {
+            open.values().filter(|c| {
                 c.standing.load(Ordering::Acquire) != STANDING
                     && c.shielded.load(Ordering::Acquire) == 0
                     && !c.close.is_cancelled()
             })
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed))?;
+        };
+        let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
+        for c in candidates() {
+            *per_peer.entry(c.peer).or_default() += 1;
+        }
+        let (&crowded, _) = per_peer.iter().max_by_key(|(_, n)| **n)?;
+        let victim = candidates().filter(|c| c.peer == crowded).min_by_key(|c| {
+            (
+                c.busy.load(Ordering::Acquire) != 0,
+                c.idle_since.load(Ordering::Relaxed),
+            )
+        })?;
         victim.forced.store(true, Ordering::Release);
         victim.close.cancel();
         Some(if victim.standing.load(Ordering::Acquire) == REFUSED {
