@@ -221,6 +221,25 @@ impl Store {
     }
 }
 
+/// The grant's new access and refresh tokens, into `updated` and `batch`: the refresh index
+/// points at the grant, the access index moves to the new token, and the old access token
+/// joins `previous` (at most [`PREVIOUS_KEPT`]), so a session it opened carries on.
+fn reissue(batch: &mut sled::Batch, updated: &mut Grant, access_token: TokenId, refresh: &str) {
+    let key = updated.key();
+    updated.refresh_hash = refresh_hash(refresh);
+    batch.insert(
+        prefixed(REFRESH, &updated.refresh_hash),
+        [&[CURRENT][..], &key].concat(),
+    );
+    batch.remove(prefixed(ACCESS, updated.access_token.as_str().as_bytes()));
+    batch.insert(prefixed(ACCESS, access_token.as_str().as_bytes()), key);
+    let old = std::mem::replace(&mut updated.access_token, access_token);
+    updated.previous.push(old);
+    if updated.previous.len() > PREVIOUS_KEPT {
+        updated.previous.remove(0);
+    }
+}
+
 impl OAuthStore {
     pub fn flush(&self) -> Result<()> {
         self.tree.flush()?;
@@ -387,21 +406,7 @@ impl OAuthStore {
             let forgotten = updated.spent.remove(0);
             batch.remove(prefixed(REFRESH, &forgotten));
         }
-        updated.refresh_hash = refresh_hash(refresh_token);
-        batch.insert(
-            prefixed(REFRESH, &updated.refresh_hash),
-            [&[CURRENT][..], &key].concat(),
-        );
-        batch.remove(prefixed(ACCESS, grant.access_token.as_str().as_bytes()));
-        batch.insert(
-            prefixed(ACCESS, access_token.as_str().as_bytes()),
-            key.clone(),
-        );
-        updated.previous.push(grant.access_token.clone());
-        if updated.previous.len() > PREVIOUS_KEPT {
-            updated.previous.remove(0);
-        }
-        updated.access_token = access_token;
+        reissue(&mut batch, &mut updated, access_token, refresh_token);
         updated.refreshed_at = Some(now);
         updated.refresh_expires_at = refresh_expires_at;
         batch.insert(key, encode(&updated));
@@ -427,22 +432,8 @@ impl OAuthStore {
         let mut updated = grant.clone();
         let mut batch = sled::Batch::default();
         batch.remove(prefixed(REFRESH, &grant.refresh_hash));
-        updated.refresh_hash = refresh_hash(refresh_token);
-        batch.insert(
-            prefixed(REFRESH, &updated.refresh_hash),
-            [&[CURRENT][..], &key].concat(),
-        );
-        batch.remove(prefixed(ACCESS, grant.access_token.as_str().as_bytes()));
-        batch.insert(
-            prefixed(ACCESS, access_token.as_str().as_bytes()),
-            key.clone(),
-        );
-        updated.previous.push(grant.access_token.clone());
-        if updated.previous.len() > PREVIOUS_KEPT {
-            updated.previous.remove(0);
-        }
+        reissue(&mut batch, &mut updated, access_token, refresh_token);
         updated.scope = scope;
-        updated.access_token = access_token;
         updated.approved_at = Some(now);
         updated.refreshed_at = Some(now);
         updated.refresh_expires_at = refresh_expires_at;
