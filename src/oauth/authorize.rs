@@ -317,17 +317,7 @@ pub(super) async fn show(
     };
     let request_id = random_string(32);
     let console = super::console_consent::section(&oauth, &headers, ip, &request_id, &pending);
-    let mut response = render(
-        &oauth,
-        &request_id,
-        &pending,
-        &pending.buckets.join(" "),
-        &pending.tools.join(" "),
-        (pending.read_only, false),
-        &oauth.config.token_lifetime_seconds.to_string(),
-        None,
-        &console,
-    );
+    let mut response = render_as_asked(&oauth, &request_id, &pending, None, &console);
     let secure = if oauth.config.public_url.starts_with("https://") {
         "; Secure"
     } else {
@@ -355,6 +345,28 @@ pub(super) async fn show(
     response
 }
 
+/// The consent page of `pending` with the form filled as the client asked (the request's
+/// scope, the default lifetime, "Manage tokens" unticked), with `error` and the `console`
+/// section.
+pub(super) fn render_as_asked(
+    oauth: &OAuth,
+    request_id: &str,
+    pending: &PendingRequest,
+    error: Option<&str>,
+    console: &str,
+) -> Response {
+    render(
+        oauth,
+        request_id,
+        pending,
+        &pending.buckets.join(" "),
+        &pending.tools.join(" "),
+        (pending.read_only, false),
+        &oauth.config.token_lifetime_seconds.to_string(),
+        error,
+        console,
+    )
+}
 /// 429 for a consent page beyond the rate or the pending bounds: open pages stay open.
 fn too_many_pages(wait: Duration) -> Response {
     let mut response = error_page(

@@ -22,7 +22,7 @@ use html_escape::encode_safe as esc;
 
 use super::authorize::{
     MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS, PendingRequest, cookie_value, csrf_cookie,
-    grant_or_confirm, may_approve, render, same_secret,
+    grant_or_confirm, may_approve, render_as_asked, same_secret,
 };
 use super::consent::error_page;
 use super::{MAX_FORM_BYTES, OAuth, blocking, client_ip, lock, read_body};
@@ -224,17 +224,7 @@ pub(super) async fn approve(
         );
     }
     let page = |error: Option<&str>, console: &str| {
-        render(
-            &oauth,
-            &request_id,
-            &pending,
-            &pending.buckets.join(" "),
-            &pending.tools.join(" "),
-            (pending.read_only, false),
-            &oauth.config.token_lifetime_seconds.to_string(),
-            error,
-            console,
-        )
+        render_as_asked(&oauth, &request_id, &pending, error, console)
     };
     let Some(link) = oauth.console.as_ref() else {
         return page(Some("This server has no console."), "");
