@@ -33,14 +33,7 @@ async fn discovery_documents_and_challenges_need_no_token() {
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
         assert!(doc.get("scopes_supported").is_none(), "{doc}");
     }
-    let meta: Value = http()
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = server_metadata(&base).await;
     let url = "https://tw.example.com";
     assert_eq!(meta["issuer"], url);
     assert_eq!(

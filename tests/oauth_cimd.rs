@@ -167,14 +167,7 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
         server.stderr()
     );
     let base = base(&server);
-    let meta: Value = http()
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = server_metadata(&base).await;
     assert_eq!(meta["client_id_metadata_document_supported"], json!(true));
     assert!(
         meta["token_endpoint_auth_methods_supported"]

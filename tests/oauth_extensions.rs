@@ -166,14 +166,7 @@ async fn introspection_tells_active_from_inactive_and_nothing_more() {
     let (_dir, server) = start(&[]);
     let base = base(&server);
     let admin = connect_http(&server.url(), server.admin()).await;
-    let meta: serde_json::Value = http()
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = server_metadata(&base).await;
     assert_eq!(
         meta["introspection_endpoint"],
         format!("{base}/oauth/introspect")
@@ -410,14 +403,7 @@ async fn token_exchange_mints_a_child_that_cannot_exceed_its_subject() {
     let (_dir, server) = start(&["--max-depth", "2"]);
     let base = base(&server);
     let admin = connect_http(&server.url(), server.admin()).await;
-    let meta: serde_json::Value = http()
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = server_metadata(&base).await;
     assert!(
         meta["grant_types_supported"]
             .as_array()

@@ -31,6 +31,18 @@ pub fn base(server: &Server) -> String {
 }
 
 /// A PKCE verifier and its S256 challenge.
+/// The authorization server's metadata (RFC 8414).
+pub async fn server_metadata(base: &str) -> Value {
+    http()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn pkce() -> (String, String) {
     let verifier = format!("verifier-{}", "x".repeat(40)) + &rand_suffix();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
