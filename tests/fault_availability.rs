@@ -184,9 +184,7 @@ async fn exchange_from(
     within: Duration,
 ) -> (u16, String) {
     let attempt = async {
-        let socket = tokio::net::TcpSocket::new_v4().ok()?;
-        socket.bind(std::net::SocketAddr::from((local, 0))).ok()?;
-        let mut stream = socket.connect(addr.parse().ok()?).await.ok()?;
+        let mut stream = connect_from(local, addr).await?;
         stream.write_all(request).await.ok()?;
         read_response(&mut stream).await
     };
@@ -195,6 +193,13 @@ async fn exchange_from(
         Ok(None) => (1, String::new()),
         Err(_) => (0, String::new()),
     }
+}
+
+/// A connection from another loopback address (`127.0.0.x`).
+async fn connect_from(local: [u8; 4], addr: &str) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(std::net::SocketAddr::from((local, 0))).ok()?;
+    socket.connect(addr.parse().ok()?).await.ok()
 }
 
 /// The tool result inside a JSON reply.
@@ -1299,11 +1304,7 @@ async fn a_silent_flood_never_cuts_off_a_request_on_its_way() {
     let mut answered = Vec::new();
     for _ in 0..4 {
         let outcome = async {
-            let socket = tokio::net::TcpSocket::new_v4().ok()?;
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
-                .ok()?;
-            let mut stream = socket.connect(addr.parse().ok()?).await.ok()?;
+            let mut stream = connect_from([127, 0, 0, 2], &addr).await?;
             stream.write_all(head.as_bytes()).await.ok()?;
             // The body comes half a second after the headers.
             tokio::time::sleep(Duration::from_millis(500)).await;
