@@ -942,8 +942,9 @@ async fn one_lineage_s_kept_alive_connections_never_push_out_another_s() {
     );
 }
 
-/// Held by the tests whose upstreams build answers of many MiB: run side by side on two
-/// cores, each slowed the other's answers past what its timing asserts.
+/// Held by the tests whose upstreams build answers of many MiB, and by the connection floods
+/// that take both cores: run side by side on two cores, each slowed the other past what its
+/// timing asserts (the big answers then missed their 10 s window).
 static BIG_ANSWERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The p-th quantile of sorted latencies.
@@ -1197,6 +1198,7 @@ async fn bodies_of_refused_requests_are_never_kept() {
 /// one gets at most about 500 answers a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_flood_at_capacity_is_paced_for_its_address_only() {
+    let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--max-connections", "64"]);
     let addr = server.addr.clone();
@@ -1271,6 +1273,7 @@ async fn a_refusal_flood_at_capacity_is_paced_for_its_address_only() {
 /// room, oldest first. Idle connections without standing now go before busy ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_flood_never_cuts_off_a_request_on_its_way() {
+    let _serial = BIG_ANSWERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--max-connections", "32"]);
     let addr = server.addr.clone();

@@ -279,9 +279,10 @@ impl Table {
         for c in candidates() {
             *per_peer.entry(c.peer).or_default() += 1;
         }
-        let (&crowded, _) = per_peer.iter().max_by_key(|(_, n)| **n)?;
-        let victim = candidates().filter(|c| c.peer == crowded).min_by_key(|c| {
+        // Among addresses holding as many, the oldest connection decides (no arbitrary tie).
+        let victim = candidates().min_by_key(|c| {
             (
+                std::cmp::Reverse(per_peer[&c.peer]),
                 c.busy.load(Ordering::Acquire) != 0,
                 c.idle_since.load(Ordering::Relaxed),
             )
